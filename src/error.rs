@@ -1,0 +1,279 @@
+//! The crate's one error type.
+
+use std::io;
+
+use crate::seals::Seals;
+
+/// Result type of every fallible sealpipe operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in sealpipe.
+///
+/// Variants are grouped by what a caller can do about them:
+///
+/// - **the peer misbehaved** ([`Error::is_peer_fault`]): a malformed message, a region that
+///   failed verification, descriptors that do not match the header. Every descriptor that
+///   arrived with the message has already been closed; the channel is still usable, and the
+///   caller decides whether to keep talking to that peer.
+/// - **the peer is gone** ([`Error::PeerClosed`]): reconnect or give up.
+/// - **try again later** ([`Error::WouldBlock`], [`Error::Timeout`],
+///   [`Error::TooManyInFlight`]): nothing was sent or received.
+/// - **local misuse or resource exhaustion**: bounds, casts, out of memory, syscalls.
+///
+/// `Display` never repeats the source error; use [`std::error::Error::source`] for the
+/// chain. Messages never contain secrets or payload bytes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call failed for a reason not covered by a more specific variant.
+    #[error("{op} failed")]
+    Io {
+        /// The operation that failed, e.g. `"memfd_create"`.
+        op: &'static str,
+        /// The underlying OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Committing memory for a new region failed (`ENOMEM`/`ENOSPC` from `fallocate`, or a
+    /// memory cgroup limit). Failing here is what keeps consumers from a later `SIGBUS`.
+    #[error("cannot commit {len} bytes of memory for a region")]
+    OutOfMemory {
+        /// The requested region length.
+        len: u64,
+        /// The underlying OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An access fell outside a region.
+    #[error("range {offset}..{offset}+{len} is outside the region of {region_len} bytes")]
+    OutOfBounds {
+        /// Start of the requested range.
+        offset: u64,
+        /// Length of the requested range.
+        len: u64,
+        /// Length of the region.
+        region_len: u64,
+    },
+
+    /// A typed view could not be made (alignment or size does not fit `T`).
+    #[error("cannot view region as the requested type: {0}")]
+    Cast(bytemuck::PodCastError),
+
+    /// Direct `&[u8]` access was requested on a region that is not write-sealed: its
+    /// producer can still change it, so only copying reads ([`crate::RegionView::read_at`])
+    /// are safe.
+    #[error("region is not immutable (seals {seals}); use read_at to copy out")]
+    NotImmutable {
+        /// The seals the region has.
+        seals: Seals,
+    },
+
+    /// The peer closed the connection (or exited). Nothing was sent or received.
+    #[error("peer closed the channel")]
+    PeerClosed,
+
+    /// A non-blocking call found nothing to do (nothing to receive, no room to send).
+    #[error("operation would block")]
+    WouldBlock,
+
+    /// The deadline of a blocking call passed. Nothing was sent or received.
+    #[error("operation timed out")]
+    Timeout,
+
+    /// The kernel refused to queue more descriptors (`ETOOMANYREFS`: the sending user's
+    /// in-flight descriptor budget is spent). Back-pressure: retry once the peer has read.
+    #[error("too many descriptors in flight for this user; retry after the peer reads")]
+    TooManyInFlight,
+
+    /// The message does not fit the socket (`EMSGSIZE`).
+    #[error("message of {len} bytes is too large for the socket")]
+    MessageTooLarge {
+        /// Bytes the message would have taken on the wire.
+        len: usize,
+    },
+
+    /// The descriptor handed to [`crate::Channel::from_fd`] is not a unix `SOCK_SEQPACKET`
+    /// socket.
+    #[error("descriptor is not a unix SOCK_SEQPACKET socket")]
+    NotSeqpacket,
+
+    /// [`crate::spawn::worker_channel`] found no channel inherited from a parent.
+    #[error("no inherited channel: {reason}")]
+    NoInheritedChannel {
+        /// Why.
+        reason: &'static str,
+    },
+
+    /// The caller asked to send more regions or payload than the protocol allows.
+    #[error("message exceeds protocol limits: {what} is {got}, the limit is {max}")]
+    LimitExceeded {
+        /// Which limit (`"regions"` or `"payload"`).
+        what: &'static str,
+        /// What was asked for.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    // ----- peer faults: the message was rejected and all its descriptors closed -----
+    /// The message's control data was truncated (`MSG_CTRUNC`): the peer sent more
+    /// descriptors than this receiver accepts, or this process's descriptor table is full.
+    /// The descriptors that did arrive (`received`) were closed.
+    #[error("peer sent more descriptors than could be received ({received} arrived and were closed)")]
+    ControlTruncated {
+        /// Descriptors that were installed before truncation (now closed).
+        received: usize,
+    },
+
+    /// The message was longer than any valid message (`MSG_TRUNC`).
+    #[error("peer sent a message longer than {max} bytes")]
+    MessageTruncated {
+        /// The longest valid message.
+        max: usize,
+    },
+
+    /// The message is not a valid sealpipe header.
+    #[error("malformed message: {reason}")]
+    Malformed {
+        /// What was wrong, for humans.
+        reason: &'static str,
+    },
+
+    /// The peer speaks a protocol version this build does not.
+    #[error("unsupported protocol version {got} (this build speaks {supported})")]
+    UnsupportedVersion {
+        /// Version in the peer's header.
+        got: u16,
+        /// Version this build speaks.
+        supported: u16,
+    },
+
+    /// The header declares a different number of regions than descriptors arrived.
+    #[error("header declares {declared} regions but {received} descriptors arrived")]
+    FdCountMismatch {
+        /// Regions the header declares.
+        declared: usize,
+        /// Descriptors that arrived (now closed).
+        received: usize,
+    },
+
+    /// The message carries more regions or payload than the receiving policy accepts.
+    #[error("peer exceeded this receiver's limit: {what} is {got}, the limit is {max}")]
+    PolicyLimit {
+        /// Which limit (`"regions"` or `"payload"`).
+        what: &'static str,
+        /// What the peer sent.
+        got: u64,
+        /// The receiver's limit.
+        max: u64,
+    },
+
+    /// Region `index` is not a sealable shared-memory file (a pipe, socket, regular file,
+    /// eventfd, `O_PATH` descriptor, ...).
+    #[error("region {index} is not a memfd: {reason}")]
+    NotMemfd {
+        /// Index of the region within its message.
+        index: usize,
+        /// What the descriptor turned out to be.
+        reason: &'static str,
+    },
+
+    /// Region `index` lacks seals the receiving policy requires.
+    #[error("region {index} is missing seals {missing} (has {have})")]
+    MissingSeals {
+        /// Index of the region within its message.
+        index: usize,
+        /// Seals the region has.
+        have: Seals,
+        /// Required seals it lacks. For the read-only-view policy, `WRITE|FUTURE_WRITE`
+        /// here means "either one".
+        missing: Seals,
+    },
+
+    /// Region `index` is empty (declared length 0).
+    #[error("region {index} has length zero")]
+    EmptyRegion {
+        /// Index of the region within its message.
+        index: usize,
+    },
+
+    /// Region `index` is larger than the receiving policy allows.
+    #[error("region {index} declares {len} bytes, over this receiver's limit of {max}")]
+    RegionTooLarge {
+        /// Index of the region within its message.
+        index: usize,
+        /// Declared length.
+        len: u64,
+        /// The receiver's limit.
+        max: u64,
+    },
+
+    /// Region `index`'s real size differs from the length the header declares.
+    #[error("region {index} declares {declared} bytes but its file has {actual}")]
+    SizeMismatch {
+        /// Index of the region within its message.
+        index: usize,
+        /// Length in the header.
+        declared: u64,
+        /// `st_size` of the descriptor.
+        actual: u64,
+    },
+
+    /// Mapping verified region `index` failed (e.g. `ENOMEM` for a huge-page region).
+    #[error("cannot map region {index}")]
+    Map {
+        /// Index of the region within its message.
+        index: usize,
+        /// The underlying OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// Whether the error was caused by what the peer sent (as opposed to local conditions
+    /// or the peer going away). Descriptors of the offending message were closed.
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(
+            self,
+            Error::ControlTruncated { .. }
+                | Error::MessageTruncated { .. }
+                | Error::Malformed { .. }
+                | Error::UnsupportedVersion { .. }
+                | Error::FdCountMismatch { .. }
+                | Error::PolicyLimit { .. }
+                | Error::NotMemfd { .. }
+                | Error::MissingSeals { .. }
+                | Error::EmptyRegion { .. }
+                | Error::RegionTooLarge { .. }
+                | Error::SizeMismatch { .. }
+        )
+    }
+
+    pub(crate) fn io(op: &'static str, errno: rustix::io::Errno) -> Self {
+        Error::Io {
+            op,
+            source: errno.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn ok<E: std::error::Error + Send + Sync + 'static>() {}
+        ok::<Error>();
+    }
+
+    #[test]
+    fn display_does_not_repeat_source() {
+        let e = Error::io("sendmsg", rustix::io::Errno::PIPE);
+        assert_eq!(e.to_string(), "sendmsg failed");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}

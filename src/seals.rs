@@ -1,0 +1,268 @@
+//! Seal sets and the receiver's verification policy.
+
+use std::fmt;
+
+/// A set of memfd seals (`F_SEAL_*`), as reported by `fcntl(F_GET_SEALS)`.
+///
+/// Unknown bits from newer kernels are kept, so a receiver never rejects a region because
+/// it carries a seal this build does not know about.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Seals(u32);
+
+impl Seals {
+    /// `F_SEAL_SEAL`: no further seals can be added.
+    pub const SEAL: Seals = Seals(0x1);
+    /// `F_SEAL_SHRINK`: the file cannot shrink (no `SIGBUS` from truncation).
+    pub const SHRINK: Seals = Seals(0x2);
+    /// `F_SEAL_GROW`: the file cannot grow.
+    pub const GROW: Seals = Seals(0x4);
+    /// `F_SEAL_WRITE`: nobody can write the file, by any path. The contents are immutable.
+    pub const WRITE: Seals = Seals(0x8);
+    /// `F_SEAL_FUTURE_WRITE`: no *new* writable access can be made; writable mappings that
+    /// existed before the seal (the producer's) can still write.
+    pub const FUTURE_WRITE: Seals = Seals(0x10);
+    /// `F_SEAL_EXEC`: the file's exec mode bits are frozen.
+    pub const EXEC: Seals = Seals(0x20);
+
+    /// The seals of an immutable region: `WRITE | SHRINK | GROW | SEAL`.
+    pub const IMMUTABLE: Seals = Seals(0x8 | 0x2 | 0x4 | 0x1);
+    /// The seals of a producer-writable region: `FUTURE_WRITE | SHRINK | GROW | SEAL`.
+    pub const PRODUCER_WRITABLE: Seals = Seals(0x10 | 0x2 | 0x4 | 0x1);
+
+    /// The empty set.
+    pub const fn empty() -> Seals {
+        Seals(0)
+    }
+
+    /// A set from raw `F_SEAL_*` bits; unknown bits are kept.
+    pub const fn from_bits(bits: u32) -> Seals {
+        Seals(bits)
+    }
+
+    /// The raw `F_SEAL_*` bits.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether every seal in `other` is also in `self`.
+    pub const fn contains(self, other: Seals) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether `self` and `other` have a seal in common.
+    pub const fn intersects(self, other: Seals) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// The seals in `self` that are not in `other`.
+    pub const fn difference(self, other: Seals) -> Seals {
+        Seals(self.0 & !other.0)
+    }
+
+    /// The union of `self` and `other`.
+    pub const fn union(self, other: Seals) -> Seals {
+        Seals(self.0 | other.0)
+    }
+
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::ops::BitOr for Seals {
+    type Output = Seals;
+    fn bitor(self, rhs: Seals) -> Seals {
+        self.union(rhs)
+    }
+}
+
+const NAMES: [(u32, &str); 6] = [
+    (0x1, "SEAL"),
+    (0x2, "SHRINK"),
+    (0x4, "GROW"),
+    (0x8, "WRITE"),
+    (0x10, "FUTURE_WRITE"),
+    (0x20, "EXEC"),
+];
+
+impl fmt::Display for Seals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return f.write_str("none");
+        }
+        let mut rest = self.0;
+        let mut first = true;
+        for (bit, name) in NAMES {
+            if rest & bit != 0 {
+                if !first {
+                    f.write_str("|")?;
+                }
+                f.write_str(name)?;
+                first = false;
+                rest &= !bit;
+            }
+        }
+        if rest != 0 {
+            if !first {
+                f.write_str("|")?;
+            }
+            write!(f, "{rest:#x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Seals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Seals({self})")
+    }
+}
+
+/// What a receiver demands of every region before it maps it.
+///
+/// Seals are checked as a **superset**: a region may carry more seals than required.
+///
+/// ```
+/// let policy = sealpipe::Policy::immutable().max_region_len(256 << 20);
+/// assert_eq!(policy.required_seals(), sealpipe::Seals::WRITE | sealpipe::Seals::SHRINK | sealpipe::Seals::GROW);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    accept_future_write: bool,
+    max_region_len: u64,
+    max_regions: usize,
+    max_payload: usize,
+}
+
+impl Policy {
+    /// Default limit on a single region: 1 GiB.
+    pub const DEFAULT_MAX_REGION_LEN: u64 = 1 << 30;
+
+    /// Only immutable regions: `WRITE | SHRINK | GROW` required. Every received region can be
+    /// read as `&[u8]`.
+    pub const fn immutable() -> Policy {
+        Policy {
+            accept_future_write: false,
+            max_region_len: Self::DEFAULT_MAX_REGION_LEN,
+            max_regions: crate::wire::MAX_REGIONS,
+            max_payload: crate::wire::MAX_PAYLOAD,
+        }
+    }
+
+    /// Read-only views: `SHRINK | GROW` plus either `WRITE` or `FUTURE_WRITE` required. A
+    /// `FUTURE_WRITE` region can still be changed by its producer, so it can only be read
+    /// by copying ([`crate::RegionView::read_at`]).
+    pub const fn read_only_view() -> Policy {
+        Policy {
+            accept_future_write: true,
+            ..Policy::immutable()
+        }
+    }
+
+    /// Largest region accepted, in bytes (default [`Policy::DEFAULT_MAX_REGION_LEN`]).
+    pub const fn max_region_len(mut self, len: u64) -> Policy {
+        self.max_region_len = len;
+        self
+    }
+
+    /// Most regions accepted in one message (default and upper bound: 253, the kernel's
+    /// limit). Descriptors beyond this are never installed in this process.
+    pub const fn max_regions(mut self, n: usize) -> Policy {
+        self.max_regions = if n > crate::wire::MAX_REGIONS {
+            crate::wire::MAX_REGIONS
+        } else {
+            n
+        };
+        self
+    }
+
+    /// Largest application payload accepted, in bytes (default and upper bound:
+    /// [`crate::wire::MAX_PAYLOAD`]).
+    pub const fn max_payload(mut self, n: usize) -> Policy {
+        self.max_payload = if n > crate::wire::MAX_PAYLOAD {
+            crate::wire::MAX_PAYLOAD
+        } else {
+            n
+        };
+        self
+    }
+
+    /// Seals every region must have. For [`Policy::read_only_view`] this is `SHRINK | GROW`,
+    /// and additionally one of `WRITE` or `FUTURE_WRITE`.
+    pub const fn required_seals(&self) -> Seals {
+        if self.accept_future_write {
+            Seals(Seals::SHRINK.0 | Seals::GROW.0)
+        } else {
+            Seals(Seals::WRITE.0 | Seals::SHRINK.0 | Seals::GROW.0)
+        }
+    }
+
+    /// Whether regions sealed `FUTURE_WRITE` (not `WRITE`) are accepted.
+    pub const fn accepts_future_write(&self) -> bool {
+        self.accept_future_write
+    }
+
+    /// The region length limit.
+    pub const fn region_len_limit(&self) -> u64 {
+        self.max_region_len
+    }
+
+    /// The per-message region count limit.
+    pub const fn regions_limit(&self) -> usize {
+        self.max_regions
+    }
+
+    /// The payload length limit.
+    pub const fn payload_limit(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Seals `have` lacks for this policy; empty if `have` satisfies it.
+    pub const fn missing_seals(&self, have: Seals) -> Seals {
+        let mut missing = self.required_seals().difference(have);
+        if self.accept_future_write && !have.intersects(Seals(Seals::WRITE.0 | Seals::FUTURE_WRITE.0)) {
+            missing = missing.union(Seals(Seals::WRITE.0 | Seals::FUTURE_WRITE.0));
+        }
+        missing
+    }
+}
+
+impl Default for Policy {
+    /// [`Policy::immutable`].
+    fn default() -> Policy {
+        Policy::immutable()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_known_and_unknown_bits() {
+        assert_eq!(Seals::IMMUTABLE.to_string(), "SEAL|SHRINK|GROW|WRITE");
+        assert_eq!(Seals::from_bits(0x40 | 0x2).to_string(), "SHRINK|0x40");
+        assert_eq!(Seals::empty().to_string(), "none");
+    }
+
+    #[test]
+    fn policies_check_supersets() {
+        let imm = Policy::immutable();
+        assert!(imm.missing_seals(Seals::IMMUTABLE).is_empty());
+        assert!(imm.missing_seals(Seals::IMMUTABLE | Seals::EXEC | Seals::from_bits(0x400)).is_empty());
+        assert_eq!(imm.missing_seals(Seals::PRODUCER_WRITABLE), Seals::WRITE);
+        let view = Policy::read_only_view();
+        assert!(view.missing_seals(Seals::PRODUCER_WRITABLE).is_empty());
+        assert!(view.missing_seals(Seals::IMMUTABLE).is_empty());
+        assert_eq!(view.missing_seals(Seals::SHRINK | Seals::GROW), Seals::WRITE | Seals::FUTURE_WRITE);
+        assert_eq!(view.missing_seals(Seals::WRITE), Seals::SHRINK | Seals::GROW);
+    }
+
+    #[test]
+    fn limits_are_clamped_to_protocol() {
+        let p = Policy::immutable().max_regions(1000).max_payload(usize::MAX);
+        assert_eq!(p.regions_limit(), crate::wire::MAX_REGIONS);
+        assert_eq!(p.payload_limit(), crate::wire::MAX_PAYLOAD);
+    }
+}

@@ -1,0 +1,111 @@
+//! Handing a channel to a child process on an inherited descriptor.
+//!
+//! The parent calls [`spawn`] with a [`Command`]; the child calls [`worker_channel`]. Every
+//! descriptor sealpipe creates is close-on-exec, and the child's end of the pair is made
+//! inheritable only inside the child, between `fork` and `exec`, so no other thread's
+//! `spawn` can leak it and the child inherits exactly this one descriptor from sealpipe.
+#![allow(unsafe_code)]
+
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
+
+use crate::error::{Error, Result};
+use crate::transport::Channel;
+
+/// The environment variable that tells the child which descriptor holds its channel.
+pub const ENV_VAR: &str = "SEALPIPE_FD";
+
+/// The descriptor number the child's channel is placed on.
+pub const CHILD_FD: RawFd = 3;
+
+/// Spawns `cmd` with one end of a new channel on descriptor [`CHILD_FD`] (named in
+/// [`ENV_VAR`]) and returns the child and the parent's end.
+///
+/// # Errors
+/// [`Error::Io`] if the pair cannot be created or the process cannot be spawned.
+pub fn spawn(cmd: &mut Command) -> Result<(Child, Channel)> {
+    let (parent, child_end) = Channel::pair()?;
+    let child_end: OwnedFd = child_end.into_fd();
+    let raw = child_end.as_raw_fd();
+    cmd.env(ENV_VAR, CHILD_FD.to_string());
+    // SAFETY: the closure runs in the child between fork and exec, so it may only make
+    // async-signal-safe calls: it makes two raw syscalls (fcntl, dup2) through rustix and
+    // allocates nothing. `raw` is open in the child because `child_end` lives in the parent
+    // until `spawn` has returned, and fork copied it.
+    unsafe {
+        cmd.pre_exec(move || {
+            // SAFETY: `raw` is open in the child (see above) for the whole closure.
+            let src = BorrowedFd::borrow_raw(raw);
+            if raw == CHILD_FD {
+                // dup2 onto itself would keep FD_CLOEXEC: clear it instead.
+                fcntl_setfd(src, FdFlags::empty())?;
+            } else {
+                // SAFETY: the target number is only used as dup2's destination; wrapping it
+                // in ManuallyDrop means this closure never closes it.
+                let mut target = ManuallyDrop::new(OwnedFd::from_raw_fd(CHILD_FD));
+                // dup2 creates the new descriptor without FD_CLOEXEC: the one inherited fd.
+                rustix::io::dup2(src, &mut target)?;
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| Error::Io {
+        op: "spawn",
+        source,
+    })?;
+    drop(child_end);
+    Ok((child, parent))
+}
+
+/// In a child started by [`spawn`], takes ownership of the inherited channel.
+///
+/// Checks that [`ENV_VAR`] names a descriptor that was inherited (it lacks close-on-exec,
+/// unlike every descriptor Rust opens itself) and is a unix `SOCK_SEQPACKET` socket, then
+/// marks it close-on-exec so it does not leak further. Succeeds at most once per process.
+///
+/// # Errors
+/// [`Error::NoInheritedChannel`] if the variable is missing or invalid, the descriptor is
+/// not open or not inherited, or the channel was already claimed; [`Error::NotSeqpacket`].
+pub fn worker_channel() -> Result<Channel> {
+    static CLAIMED: AtomicBool = AtomicBool::new(false);
+    let value = std::env::var(ENV_VAR).map_err(|_| Error::NoInheritedChannel {
+        reason: "SEALPIPE_FD is not set",
+    })?;
+    let fd: RawFd = match value.parse() {
+        Ok(fd) if fd >= 3 => fd,
+        _ => {
+            return Err(Error::NoInheritedChannel {
+                reason: "SEALPIPE_FD is not a descriptor number of 3 or more",
+            })
+        }
+    };
+    if CLAIMED.swap(true, Ordering::AcqRel) {
+        return Err(Error::NoInheritedChannel {
+            reason: "the inherited channel was already claimed",
+        });
+    }
+    // SAFETY: the borrow is only used for fcntl(F_GETFD) right here. If `fd` is not open the
+    // kernel answers EBADF; no memory is touched either way.
+    let flags = fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) });
+    match flags {
+        Err(_) => Err(Error::NoInheritedChannel {
+            reason: "SEALPIPE_FD names a descriptor that is not open",
+        }),
+        Ok(flags) if flags.contains(FdFlags::CLOEXEC) => Err(Error::NoInheritedChannel {
+            reason: "SEALPIPE_FD names a descriptor this process opened itself",
+        }),
+        Ok(_) => {
+            // SAFETY: `fd` is open, was inherited across exec (no FD_CLOEXEC), and is named by
+            // the variable our parent set for exactly this purpose; CLAIMED guarantees that
+            // this process creates at most one owner for it.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            fcntl_setfd(&owned, FdFlags::CLOEXEC).map_err(|e| Error::io("fcntl(F_SETFD)", e))?;
+            Channel::from_fd(owned)
+        }
+    }
+}

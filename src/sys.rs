@@ -1,0 +1,147 @@
+//! The few places that need `unsafe`: mapping descriptors and copying out of memory that
+//! another process may write.
+//!
+//! Invariants the safe layers rely on:
+//! - a [`ReadMap`] is only created over a file whose size was checked to be at least the
+//!   mapping's length and which is sealed against shrinking, so touching it cannot `SIGBUS`;
+//! - [`ReadMap::as_slice`] is only reached for files sealed `F_SEAL_WRITE` (checked by the
+//!   caller, `RegionView`), so no process can write the bytes behind the slice;
+//! - everything else reads through [`volatile_copy`], which never creates a reference to
+//!   peer-writable memory.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use memmap2::{Mmap, MmapMut, MmapOptions, MmapRaw};
+
+/// A read-only mapping of a verified region.
+#[derive(Debug)]
+pub(crate) enum ReadMap {
+    /// `PROT_READ, MAP_SHARED`: sees the producer's later writes (FUTURE_WRITE regions).
+    Shared(MmapRaw),
+    /// `PROT_READ, MAP_PRIVATE`: the fallback for kernels that refuse a shared read-only
+    /// mapping of a write-sealed memfd. Only used for write-sealed regions, whose contents
+    /// cannot change, so it shows the same bytes.
+    Private(Mmap),
+}
+
+impl ReadMap {
+    /// Maps `len` bytes of `fd` read-only and shared.
+    pub(crate) fn shared(fd: impl AsFd, len: usize, populate: bool) -> io::Result<ReadMap> {
+        let mut opts = MmapOptions::new();
+        opts.len(len);
+        if populate {
+            opts.populate();
+        }
+        opts.map_raw_read_only(fd.as_fd().as_raw_fd())
+            .map(ReadMap::Shared)
+    }
+
+    /// Maps `len` bytes of `fd` read-only and private.
+    pub(crate) fn private(fd: impl AsFd, len: usize) -> io::Result<ReadMap> {
+        // SAFETY: memmap2's `map_copy_read_only` is unsafe because the file may change
+        // underneath the mapping. Callers only use this for files sealed F_SEAL_WRITE and
+        // F_SEAL_SHRINK whose size was checked to be `len`: nobody can change or truncate
+        // them.
+        unsafe { MmapOptions::new().len(len).map_copy_read_only(fd.as_fd().as_raw_fd()) }
+            .map(ReadMap::Private)
+    }
+
+    pub(crate) fn ptr(&self) -> *const u8 {
+        match self {
+            ReadMap::Shared(m) => m.as_ptr(),
+            ReadMap::Private(m) => m.as_ptr(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ReadMap::Shared(m) => m.len(),
+            ReadMap::Private(m) => m.len(),
+        }
+    }
+
+    /// The mapped bytes as a slice.
+    ///
+    /// # Safety
+    /// No process may be able to write the mapped file while the slice lives: the file must
+    /// be sealed `F_SEAL_WRITE` (which also means no writable shared mapping exists).
+    pub(crate) unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr/len describe a live mapping owned by self (memmap2 keeps it until
+        // drop); the caller guarantees the bytes are immutable for the slice's lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr(), self.len()) }
+    }
+
+    /// Copies `dst.len()` bytes starting at `offset` out of the mapping without creating a
+    /// reference to it. Returns `false` (copying nothing) if the range is out of bounds.
+    pub(crate) fn copy_out(&self, offset: usize, dst: &mut [u8]) -> bool {
+        match offset.checked_add(dst.len()) {
+            Some(end) if end <= self.len() => {
+                // SAFETY: offset..end lies inside the live mapping (checked just above).
+                unsafe { volatile_copy(self.ptr().add(offset), dst) };
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Copies `dst.len()` bytes from `src` with volatile loads, 8 bytes at a time where aligned.
+///
+/// Volatile loads are what the unsafe-code guidelines recommend for memory that another
+/// process may write concurrently: the compiler may neither elide, repeat nor tear-assume
+/// them, and every byte is read exactly once, so the caller validates a private snapshot.
+///
+/// # Safety
+/// `src..src + dst.len()` must be readable (mapped) for the duration of the call.
+pub(crate) unsafe fn volatile_copy(src: *const u8, dst: &mut [u8]) {
+    let len = dst.len();
+    let mut i = 0;
+    let head = src.align_offset(8).min(len);
+    while i < head {
+        // SAFETY: i < len, so src + i is inside the readable range (caller's contract).
+        dst[i] = unsafe { src.add(i).read_volatile() };
+        i += 1;
+    }
+    while i + 8 <= len {
+        // SAFETY: src + i is 8-aligned (we advanced to the alignment boundary, then by 8s)
+        // and src + i + 8 <= src + len is inside the readable range.
+        let word = unsafe { src.add(i).cast::<u64>().read_volatile() };
+        dst[i..i + 8].copy_from_slice(&word.to_ne_bytes());
+        i += 8;
+    }
+    while i < len {
+        // SAFETY: i < len, inside the readable range.
+        dst[i] = unsafe { src.add(i).read_volatile() };
+        i += 1;
+    }
+}
+
+/// Maps `len` bytes of `fd` read-write and shared: the producer's own view of a region it
+/// created and has not shared with anyone yet.
+pub(crate) fn map_writable(fd: impl AsFd, len: usize) -> io::Result<MmapMut> {
+    // SAFETY: memmap2's `map_mut` is unsafe because others could modify or truncate the
+    // file. The caller owns a fresh memfd that no other process holds yet, whose size is
+    // `len` and whose pages are allocated; once shared, it is sealed against shrinking and
+    // against every new writer, so the only writer is this mapping.
+    unsafe { MmapOptions::new().len(len).map_mut(fd.as_fd().as_raw_fd()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volatile_copy_handles_every_alignment_and_length() {
+        let src: Vec<u8> = (0..=255u8).collect();
+        for start in 0..9 {
+            for len in 0..40 {
+                let mut dst = vec![0u8; len];
+                // SAFETY: start + len <= 49 < 256, inside `src`.
+                unsafe { volatile_copy(src.as_ptr().add(start), &mut dst) };
+                assert_eq!(&dst[..], &src[start..start + len]);
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Consumer side: check a received descriptor, then map it read-only.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
+
+use rustix::fs::{self, OFlags};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::seals::{Policy, Seals};
+use crate::sys::ReadMap;
+
+/// Regions at least this large are mapped with `MAP_POPULATE`: one page-table fill instead
+/// of a fault per 64 KiB when the consumer reads the whole region.
+const POPULATE_THRESHOLD: usize = 1 << 20;
+
+/// Verifies `fd` against `policy` and the length its sender declared, then maps it
+/// read-only.
+///
+/// The checks, in order, all before any `mmap`: the descriptor is not `O_PATH`; it is a
+/// sealable shared-memory file (`F_GET_SEALS` works); its seals are a superset of what the
+/// policy requires; `declared_len` is non-zero and within the policy's limit; `fstat`
+/// reports exactly `declared_len` bytes. On any failure `fd` is closed.
+///
+/// `index` is only used to label errors (the region's position within its message).
+///
+/// # Errors
+/// [`Error::NotMemfd`], [`Error::MissingSeals`], [`Error::EmptyRegion`],
+/// [`Error::RegionTooLarge`], [`Error::SizeMismatch`], or [`Error::Map`].
+pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy, index: usize) -> Result<RegionView> {
+    let seals = check(fd.as_fd(), declared_len, policy, index)?;
+    let len = declared_len as usize; // fits: it equals st_size of a file we can map
+    let map = map_read_only(fd.as_fd(), len, seals).map_err(|source| Error::Map { index, source })?;
+    Ok(RegionView { map, seals, fd })
+}
+
+/// Every check of [`verify`], without mapping. Returns the region's seals.
+pub(crate) fn check(fd: BorrowedFd<'_>, declared_len: u64, policy: &Policy, index: usize) -> Result<Seals> {
+    let flags = fs::fcntl_getfl(fd).map_err(|e| Error::io("fcntl(F_GETFL)", e))?;
+    if flags.contains(OFlags::PATH) {
+        return Err(Error::NotMemfd {
+            index,
+            reason: "O_PATH descriptor (no access to contents)",
+        });
+    }
+    let seals = match fs::fcntl_get_seals(fd) {
+        Ok(s) => Seals::from_bits(s.bits()),
+        Err(Errno::INVAL) => {
+            return Err(Error::NotMemfd {
+                index,
+                reason: file_kind(fd),
+            })
+        }
+        Err(Errno::BADF) => {
+            return Err(Error::NotMemfd {
+                index,
+                reason: "descriptor cannot be inspected",
+            })
+        }
+        Err(e) => return Err(Error::io("fcntl(F_GET_SEALS)", e)),
+    };
+    let missing = policy.missing_seals(seals);
+    if !missing.is_empty() {
+        return Err(Error::MissingSeals {
+            index,
+            have: seals,
+            missing,
+        });
+    }
+    if declared_len == 0 {
+        return Err(Error::EmptyRegion { index });
+    }
+    if declared_len > policy.region_len_limit() || declared_len > isize::MAX as u64 {
+        return Err(Error::RegionTooLarge {
+            index,
+            len: declared_len,
+            max: policy.region_len_limit(),
+        });
+    }
+    let st = fs::fstat(fd).map_err(|e| Error::io("fstat", e))?;
+    let actual = st.st_size as u64;
+    if actual != declared_len {
+        return Err(Error::SizeMismatch {
+            index,
+            declared: declared_len,
+            actual,
+        });
+    }
+    Ok(seals)
+}
+
+fn file_kind(fd: BorrowedFd<'_>) -> &'static str {
+    match fs::fstat(fd) {
+        Ok(st) => match fs::FileType::from_raw_mode(st.st_mode) {
+            fs::FileType::RegularFile => "regular file (not shared memory)",
+            fs::FileType::Directory => "directory",
+            fs::FileType::Fifo => "pipe",
+            fs::FileType::Socket => "socket",
+            fs::FileType::CharacterDevice => "character device",
+            fs::FileType::BlockDevice => "block device",
+            fs::FileType::Symlink => "symbolic link",
+            fs::FileType::Unknown => "anonymous inode (eventfd, epoll, pidfd, ...)",
+        },
+        Err(_) => "descriptor cannot be inspected",
+    }
+}
+
+fn map_read_only(fd: BorrowedFd<'_>, len: usize, seals: Seals) -> std::io::Result<ReadMap> {
+    let populate = len >= POPULATE_THRESHOLD;
+    if seals.contains(Seals::WRITE) && !capabilities().shared_map_of_write_sealed {
+        return ReadMap::private(fd, len);
+    }
+    ReadMap::shared(fd, len, populate)
+}
+
+/// A verified region, mapped read-only.
+///
+/// If the region is sealed `F_SEAL_WRITE` ([`is_immutable`](RegionView::is_immutable)), its
+/// bytes can never change and [`as_bytes`](RegionView::as_bytes) hands them out as
+/// `&[u8]`. Otherwise (`F_SEAL_FUTURE_WRITE`) its producer can still write at any moment:
+/// read it with [`read_at`](RegionView::read_at) or [`read_value`](RegionView::read_value),
+/// which copy each byte exactly once into your memory, and validate the copy.
+#[derive(Debug)]
+pub struct RegionView {
+    map: ReadMap,
+    seals: Seals,
+    fd: OwnedFd,
+}
+
+impl RegionView {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Always `false`: verified regions are never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The region's seals, as verified.
+    pub fn seals(&self) -> Seals {
+        self.seals
+    }
+
+    /// Whether the region is write-sealed, so its contents can never change.
+    pub fn is_immutable(&self) -> bool {
+        self.seals.contains(Seals::WRITE)
+    }
+
+    /// The region's bytes.
+    ///
+    /// # Errors
+    /// [`Error::NotImmutable`] if the region is not write-sealed.
+    #[allow(unsafe_code)] // the one place a verified immutable mapping becomes a slice
+    pub fn as_bytes(&self) -> Result<&[u8]> {
+        if !self.is_immutable() {
+            return Err(Error::NotImmutable { seals: self.seals });
+        }
+        // SAFETY: the region is sealed F_SEAL_WRITE (checked above; seals can never be
+        // removed), so no process can write it while the slice lives.
+        Ok(unsafe { self.map.as_slice() })
+    }
+
+    /// The region as `&[T]`.
+    ///
+    /// # Errors
+    /// [`Error::NotImmutable`] if the region is not write-sealed; [`Error::Cast`] if its
+    /// length is not a multiple of `size_of::<T>()`.
+    pub fn as_slice_of<T: bytemuck::Pod>(&self) -> Result<&[T]> {
+        bytemuck::try_cast_slice(self.as_bytes()?).map_err(Error::Cast)
+    }
+
+    /// The region's bytes, whether or not it is immutable.
+    ///
+    /// # Safety
+    /// For a region that is not write-sealed, the caller must know that its producer does
+    /// not write the region while the returned slice lives (a trusted producer with a
+    /// protocol that says so). Concurrent writes would be a data race: undefined behaviour,
+    /// not merely stale data.
+    #[allow(unsafe_code)]
+    pub unsafe fn as_bytes_unchecked(&self) -> &[u8] {
+        // SAFETY: forwarded to the caller, see above.
+        unsafe { self.map.as_slice() }
+    }
+
+    /// Copies `buf.len()` bytes starting at `offset` into `buf`, each byte read exactly once.
+    /// Safe for every region, including ones the producer is writing right now (you may then
+    /// see a mix of old and new bytes: validate what you read).
+    ///
+    /// # Errors
+    /// [`Error::OutOfBounds`] if the range does not fit the region.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        if self.map.copy_out(offset, buf) {
+            Ok(())
+        } else {
+            Err(Error::OutOfBounds {
+                offset: offset as u64,
+                len: buf.len() as u64,
+                region_len: self.len() as u64,
+            })
+        }
+    }
+
+    /// Reads one `T` at byte `offset` by copy (any alignment).
+    ///
+    /// # Errors
+    /// [`Error::OutOfBounds`] if `offset + size_of::<T>()` exceeds the region.
+    pub fn read_value<T: bytemuck::Pod>(&self, offset: usize) -> Result<T> {
+        let mut v = T::zeroed();
+        self.read_at(offset, bytemuck::bytes_of_mut(&mut v))?;
+        Ok(v)
+    }
+
+    /// Copies the whole region into a new `Vec`.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.len()];
+        self.map.copy_out(0, &mut v);
+        v
+    }
+
+    /// Gives up the mapping and returns the descriptor.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+impl AsFd for RegionView {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// What this kernel supports, probed once at first use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// `memfd_create(MFD_NOEXEC_SEAL)` works (Linux 6.3+). Without it, regions are created
+    /// sealable and `fchmod`ed to 0600 instead.
+    pub noexec_seal: bool,
+    /// `mmap(PROT_READ, MAP_SHARED)` of a write-sealed memfd works (Linux 6.7+ and fixed
+    /// stable kernels). Without it, immutable regions are mapped `MAP_PRIVATE` read-only,
+    /// which shows the same (unchangeable) bytes.
+    pub shared_map_of_write_sealed: bool,
+}
+
+/// The kernel capabilities sealpipe probed and the fallbacks it chose.
+pub fn capabilities() -> Capabilities {
+    static CAPS: OnceLock<Capabilities> = OnceLock::new();
+    *CAPS.get_or_init(|| Capabilities {
+        noexec_seal: crate::region::capabilities_noexec_seal(),
+        shared_map_of_write_sealed: probe_shared_map_of_write_sealed(),
+    })
+}
+
+fn probe_shared_map_of_write_sealed() -> bool {
+    let Ok(region) = crate::Region::new(4096).and_then(crate::Region::seal) else {
+        return false;
+    };
+    ReadMap::shared(region.as_fd(), 4096, false).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Region;
+
+    fn sealed(len: usize) -> crate::SealedRegion {
+        let mut r = Region::new(len).unwrap();
+        r.write_at(0, b"sealed!").unwrap();
+        r.seal().unwrap()
+    }
+
+    #[test]
+    fn private_fallback_shows_the_same_bytes() {
+        let s = sealed(4096);
+        let m = ReadMap::private(s.as_fd(), 4096).unwrap();
+        let mut buf = [0u8; 7];
+        assert!(m.copy_out(0, &mut buf));
+        assert_eq!(&buf, b"sealed!");
+        assert!(!m.copy_out(4090, &mut buf));
+    }
+
+    #[test]
+    fn this_kernel_maps_write_sealed_memfds_shared() {
+        // kernel-facts: 6.18 allows it; the fallback is covered above.
+        assert!(capabilities().shared_map_of_write_sealed);
+    }
+
+    #[test]
+    fn read_api_enforces_immutability_and_bounds() {
+        let v = verify(sealed(4096).into_fd(), 4096, &Policy::immutable(), 0).unwrap();
+        assert_eq!(&v.as_bytes().unwrap()[..7], b"sealed!");
+        assert_eq!(v.as_slice_of::<u64>().unwrap().len(), 512);
+        assert!(matches!(v.as_slice_of::<[u8; 3]>(), Err(Error::Cast(_))));
+        assert!(matches!(v.read_value::<u64>(4090), Err(Error::OutOfBounds { .. })));
+        assert_eq!(v.read_value::<[u8; 2]>(1).unwrap(), *b"ea");
+
+        let mut shared = Region::new(4096).unwrap().share_read_only().unwrap();
+        let fd = shared.region().try_clone().unwrap().into_fd();
+        assert!(matches!(
+            verify(fd, 4096, &Policy::immutable(), 3),
+            Err(Error::MissingSeals { index: 3, missing, .. }) if missing == Seals::WRITE
+        ));
+        let fd = shared.region().try_clone().unwrap().into_fd();
+        let v = verify(fd, 4096, &Policy::read_only_view(), 0).unwrap();
+        assert!(matches!(v.as_bytes(), Err(Error::NotImmutable { .. })));
+        shared.as_mut_slice()[10] = 99;
+        assert_eq!(v.read_value::<u8>(10).unwrap(), 99, "producer writes are visible");
+    }
+}
