@@ -1,1 +1,2 @@
+//! Placeholder, replaced by the handoff benchmark.
 fn main() {}

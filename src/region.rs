@@ -25,11 +25,12 @@ use crate::sys;
 /// error here rather than a `SIGBUS` in a consumer later.
 ///
 /// ```
-/// # fn main() -> sealpipe::Result<()> {
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::io::Write;
 /// let mut region = sealpipe::Region::new(4096)?;
-/// region.write_all(b"header")?;            // pwrite at the cursor
-/// region.as_mut_slice()?[100] = 7;          // or in place
+/// region.write_all(b"header")?;            // io::Write: pwrite at a cursor
+/// region.write_at(1000, b"more")?;          // pwrite at an offset
+/// region.as_mut_slice()?[100] = 7;          // or in place, through a mapping
 /// let sealed = region.seal()?;              // WRITE|SHRINK|GROW|SEAL
 /// assert!(sealed.seals().contains(sealpipe::Seals::IMMUTABLE));
 /// # Ok(()) }
