@@ -121,7 +121,9 @@ pub enum Error {
     /// The message's control data was truncated (`MSG_CTRUNC`): the peer sent more
     /// descriptors than this receiver accepts, or this process's descriptor table is full.
     /// The descriptors that did arrive (`received`) were closed.
-    #[error("peer sent more descriptors than could be received ({received} arrived and were closed)")]
+    #[error(
+        "peer sent more descriptors than could be received ({received} arrived and were closed)"
+    )]
     ControlTruncated {
         /// Descriptors that were installed before truncation (now closed).
         received: usize,

@@ -64,7 +64,8 @@ impl Region {
         // Refuse what the machine can never hold: fallocate on a memfd is not bounded by any
         // filesystem size, and would otherwise eat all memory before failing.
         let total = rustix::system::sysinfo();
-        let limit = (total.totalram as u128 + total.totalswap as u128) * u128::from(total.mem_unit.max(1));
+        let limit =
+            (total.totalram as u128 + total.totalswap as u128) * u128::from(total.mem_unit.max(1));
         if len as u128 > limit {
             return Err(Error::OutOfMemory {
                 len: len as u64,
@@ -73,9 +74,11 @@ impl Region {
         }
         let fd = create_memfd(noexec_seal)?;
         fs::ftruncate(&fd, len as u64).map_err(|e| Error::io("ftruncate", e))?;
-        fs::fallocate(&fd, FallocateFlags::empty(), 0, len as u64).map_err(|e| Error::OutOfMemory {
-            len: len as u64,
-            source: e.into(),
+        fs::fallocate(&fd, FallocateFlags::empty(), 0, len as u64).map_err(|e| {
+            Error::OutOfMemory {
+                len: len as u64,
+                source: e.into(),
+            }
         })?;
         Ok(Region {
             fd,
@@ -343,7 +346,11 @@ mod tests {
             let mut r = Region::create(8192, noexec).unwrap();
             r.write_at(0, b"abc").unwrap();
             let st = fs::fstat(&r.fd).unwrap();
-            assert_eq!(st.st_mode & 0o111, 0, "exec bits must be off (noexec={noexec})");
+            assert_eq!(
+                st.st_mode & 0o111,
+                0,
+                "exec bits must be off (noexec={noexec})"
+            );
             assert_eq!(st.st_size, 8192);
             assert_eq!(r.as_mut_slice().unwrap()[..3], *b"abc");
             let s = r.seal().unwrap();
@@ -359,11 +366,20 @@ mod tests {
     #[test]
     fn writes_are_bounds_checked() {
         let mut r = Region::new(10).unwrap();
-        assert!(matches!(r.write_at(8, b"abc"), Err(Error::OutOfBounds { .. })));
-        assert!(matches!(r.write_at(usize::MAX, b"a"), Err(Error::OutOfBounds { .. })));
+        assert!(matches!(
+            r.write_at(8, b"abc"),
+            Err(Error::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            r.write_at(usize::MAX, b"a"),
+            Err(Error::OutOfBounds { .. })
+        ));
         assert!(matches!(Region::new(0), Err(Error::OutOfBounds { .. })));
         r.seek(SeekFrom::Start(8)).unwrap();
-        assert!(r.write_all(b"abc").is_err(), "writing past the end must fail");
+        assert!(
+            r.write_all(b"abc").is_err(),
+            "writing past the end must fail"
+        );
         assert!(r.seek(SeekFrom::End(1)).is_err());
     }
 
@@ -371,7 +387,10 @@ mod tests {
     fn huge_region_fails_at_creation_not_later() {
         // More than the machine's RAM and swap: refused before anything is allocated.
         let err = Region::new(1 << 50).unwrap_err();
-        assert!(matches!(err, Error::OutOfMemory { len, .. } if len == 1 << 50), "{err:?}");
+        assert!(
+            matches!(err, Error::OutOfMemory { len, .. } if len == 1 << 50),
+            "{err:?}"
+        );
     }
 
     #[test]

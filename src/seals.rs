@@ -221,7 +221,9 @@ impl Policy {
     /// Seals `have` lacks for this policy; empty if `have` satisfies it.
     pub const fn missing_seals(&self, have: Seals) -> Seals {
         let mut missing = self.required_seals().difference(have);
-        if self.accept_future_write && !have.intersects(Seals(Seals::WRITE.0 | Seals::FUTURE_WRITE.0)) {
+        if self.accept_future_write
+            && !have.intersects(Seals(Seals::WRITE.0 | Seals::FUTURE_WRITE.0))
+        {
             missing = missing.union(Seals(Seals::WRITE.0 | Seals::FUTURE_WRITE.0));
         }
         missing
@@ -250,18 +252,28 @@ mod tests {
     fn policies_check_supersets() {
         let imm = Policy::immutable();
         assert!(imm.missing_seals(Seals::IMMUTABLE).is_empty());
-        assert!(imm.missing_seals(Seals::IMMUTABLE | Seals::EXEC | Seals::from_bits(0x400)).is_empty());
+        assert!(imm
+            .missing_seals(Seals::IMMUTABLE | Seals::EXEC | Seals::from_bits(0x400))
+            .is_empty());
         assert_eq!(imm.missing_seals(Seals::PRODUCER_WRITABLE), Seals::WRITE);
         let view = Policy::read_only_view();
         assert!(view.missing_seals(Seals::PRODUCER_WRITABLE).is_empty());
         assert!(view.missing_seals(Seals::IMMUTABLE).is_empty());
-        assert_eq!(view.missing_seals(Seals::SHRINK | Seals::GROW), Seals::WRITE | Seals::FUTURE_WRITE);
-        assert_eq!(view.missing_seals(Seals::WRITE), Seals::SHRINK | Seals::GROW);
+        assert_eq!(
+            view.missing_seals(Seals::SHRINK | Seals::GROW),
+            Seals::WRITE | Seals::FUTURE_WRITE
+        );
+        assert_eq!(
+            view.missing_seals(Seals::WRITE),
+            Seals::SHRINK | Seals::GROW
+        );
     }
 
     #[test]
     fn limits_are_clamped_to_protocol() {
-        let p = Policy::immutable().max_regions(1000).max_payload(usize::MAX);
+        let p = Policy::immutable()
+            .max_regions(1000)
+            .max_payload(usize::MAX);
         assert_eq!(p.regions_limit(), crate::wire::MAX_REGIONS);
         assert_eq!(p.payload_limit(), crate::wire::MAX_PAYLOAD);
     }

@@ -44,8 +44,12 @@ impl ReadMap {
         // underneath the mapping. Callers only use this for files sealed F_SEAL_WRITE and
         // F_SEAL_SHRINK whose size was checked to be `len`: nobody can change or truncate
         // them.
-        unsafe { MmapOptions::new().len(len).map_copy_read_only(fd.as_fd().as_raw_fd()) }
-            .map(ReadMap::Private)
+        unsafe {
+            MmapOptions::new()
+                .len(len)
+                .map_copy_read_only(fd.as_fd().as_raw_fd())
+        }
+        .map(ReadMap::Private)
     }
 
     pub(crate) fn ptr(&self) -> *const u8 {

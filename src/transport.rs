@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{
-    recvmsg, sendmsg, sockopt, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
-    RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags,
-    SocketType,
+    recvmsg, sendmsg, socketpair, sockopt, AddressFamily, RecvAncillaryBuffer,
+    RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags, SocketFlags, SocketType,
 };
 
 use crate::error::{Error, Result};
@@ -79,7 +79,9 @@ enum Wait {
 
 impl Wait {
     fn timeout(d: Duration) -> Wait {
-        Instant::now().checked_add(d).map_or(Wait::Forever, Wait::Until)
+        Instant::now()
+            .checked_add(d)
+            .map_or(Wait::Forever, Wait::Until)
     }
 }
 
@@ -132,7 +134,12 @@ impl Channel {
     ///
     /// # Errors
     /// As [`send`](Channel::send), plus [`Error::Timeout`].
-    pub fn send_timeout(&self, payload: &[u8], regions: &[&SealedRegion], timeout: Duration) -> Result<()> {
+    pub fn send_timeout(
+        &self,
+        payload: &[u8],
+        regions: &[&SealedRegion],
+        timeout: Duration,
+    ) -> Result<()> {
         self.send_with(payload, regions, Wait::timeout(timeout))
     }
 
@@ -176,7 +183,11 @@ impl Channel {
 
     fn send_with(&self, payload: &[u8], regions: &[&SealedRegion], wait: Wait) -> Result<()> {
         let mut header = [0u8; wire::HEADER_LEN + wire::REGION_DESC_LEN * wire::MAX_REGIONS];
-        let n = wire::encode(&mut header, regions.iter().map(|r| r.len() as u64), payload.len())?;
+        let n = wire::encode(
+            &mut header,
+            regions.iter().map(|r| r.len() as u64),
+            payload.len(),
+        )?;
         let fds: Vec<BorrowedFd<'_>> = regions.iter().map(|r| r.as_fd()).collect();
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
         let iov = [IoSlice::new(&header[..n]), IoSlice::new(payload)];
@@ -185,7 +196,12 @@ impl Channel {
             if !fds.is_empty() {
                 control.push(SendAncillaryMessage::ScmRights(&fds));
             }
-            match sendmsg(&self.sock, &iov, &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            match sendmsg(
+                &self.sock,
+                &iov,
+                &mut control,
+                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+            ) {
                 Ok(_) => return Ok(()),
                 Err(Errno::INTR) => {}
                 Err(Errno::AGAIN) => self.wait(PollFlags::OUT, wait)?,
@@ -195,7 +211,8 @@ impl Channel {
     }
 
     fn recv_with(&self, policy: &Policy, wait: Wait) -> Result<Message> {
-        let (payload, fds, lens) = RECV_BUF.with(|buf| self.recv_raw(&mut buf.borrow_mut(), policy, wait))?;
+        let (payload, fds, lens) =
+            RECV_BUF.with(|buf| self.recv_raw(&mut buf.borrow_mut(), policy, wait))?;
         // Verify in order; on the first failure the remaining descriptors are dropped
         // (closed) with the iterator, and the views mapped so far are unmapped.
         let regions = fds
@@ -209,7 +226,12 @@ impl Channel {
 
     /// Receives one datagram and checks its framing; returns payload, descriptors and
     /// declared lengths.
-    fn recv_raw(&self, buf: &mut [u8], policy: &Policy, wait: Wait) -> Result<(Vec<u8>, Vec<OwnedFd>, Vec<u64>)> {
+    fn recv_raw(
+        &self,
+        buf: &mut [u8],
+        policy: &Policy,
+        wait: Wait,
+    ) -> Result<(Vec<u8>, Vec<OwnedFd>, Vec<u64>)> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
         let space_len = rustix::cmsg_space!(ScmRights(policy.regions_limit()));
         let mut fds = Vec::new();
@@ -236,7 +258,9 @@ impl Channel {
             }
         };
         if res.flags.contains(ReturnFlags::CTRUNC) {
-            return Err(Error::ControlTruncated { received: fds.len() });
+            return Err(Error::ControlTruncated {
+                received: fds.len(),
+            });
         }
         if res.flags.contains(ReturnFlags::TRUNC) || res.bytes > wire::MAX_MESSAGE_LEN {
             return Err(Error::MessageTruncated {
@@ -279,7 +303,9 @@ impl Channel {
                 max: policy.payload_limit() as u64,
             });
         }
-        let lens = (0..header.region_count).map(|i| wire::region_len(msg, i)).collect();
+        let lens = (0..header.region_count)
+            .map(|i| wire::region_len(msg, i))
+            .collect();
         Ok((msg[wire::payload_range(&header)].to_vec(), fds, lens))
     }
 
@@ -313,9 +339,14 @@ impl Channel {
     /// Whether the peer has shut down its end (distinguishes EOF from an empty datagram).
     fn hung_up(&self) -> bool {
         let mut fds = [PollFd::new(&self.sock, PollFlags::RDHUP)];
-        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
-            && fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP)
+            && fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP)
     }
 }
 

@@ -30,12 +30,18 @@ const POPULATE_THRESHOLD: usize = 1 << 20;
 pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy, index: usize) -> Result<RegionView> {
     let seals = check(fd.as_fd(), declared_len, policy, index)?;
     let len = declared_len as usize; // fits: it equals st_size of a file we can map
-    let map = map_read_only(fd.as_fd(), len, seals).map_err(|source| Error::Map { index, source })?;
+    let map =
+        map_read_only(fd.as_fd(), len, seals).map_err(|source| Error::Map { index, source })?;
     Ok(RegionView { map, seals, fd })
 }
 
 /// Every check of [`verify`], without mapping. Returns the region's seals.
-pub(crate) fn check(fd: BorrowedFd<'_>, declared_len: u64, policy: &Policy, index: usize) -> Result<Seals> {
+pub(crate) fn check(
+    fd: BorrowedFd<'_>,
+    declared_len: u64,
+    policy: &Policy,
+    index: usize,
+) -> Result<Seals> {
     let flags = fs::fcntl_getfl(fd).map_err(|e| Error::io("fcntl(F_GETFL)", e))?;
     if flags.contains(OFlags::PATH) {
         return Err(Error::NotMemfd {
@@ -293,7 +299,10 @@ mod tests {
         assert_eq!(&v.as_bytes().unwrap()[..7], b"sealed!");
         assert_eq!(v.as_slice_of::<u64>().unwrap().len(), 512);
         assert!(matches!(v.as_slice_of::<[u8; 3]>(), Err(Error::Cast(_))));
-        assert!(matches!(v.read_value::<u64>(4090), Err(Error::OutOfBounds { .. })));
+        assert!(matches!(
+            v.read_value::<u64>(4090),
+            Err(Error::OutOfBounds { .. })
+        ));
         assert_eq!(v.read_value::<[u8; 2]>(1).unwrap(), *b"ea");
 
         let mut shared = Region::new(4096).unwrap().share_read_only().unwrap();
@@ -306,6 +315,10 @@ mod tests {
         let v = verify(fd, 4096, &Policy::read_only_view(), 0).unwrap();
         assert!(matches!(v.as_bytes(), Err(Error::NotImmutable { .. })));
         shared.as_mut_slice()[10] = 99;
-        assert_eq!(v.read_value::<u8>(10).unwrap(), 99, "producer writes are visible");
+        assert_eq!(
+            v.read_value::<u8>(10).unwrap(),
+            99,
+            "producer writes are visible"
+        );
     }
 }

@@ -192,7 +192,10 @@ mod tests {
         m[4] = 2;
         assert!(matches!(
             decode(&m),
-            Err(Error::UnsupportedVersion { got: 2, supported: 1 })
+            Err(Error::UnsupportedVersion {
+                got: 2,
+                supported: 1
+            })
         ));
         let mut m = good.clone();
         m[6] = 9;
@@ -216,11 +219,17 @@ mod tests {
         let mut buf = vec![0u8; MAX_MESSAGE_LEN];
         assert!(matches!(
             encode(&mut buf, std::iter::repeat(1).take(254), 0),
-            Err(Error::LimitExceeded { what: "regions", .. })
+            Err(Error::LimitExceeded {
+                what: "regions",
+                ..
+            })
         ));
         assert!(matches!(
             encode(&mut buf, std::iter::empty(), MAX_PAYLOAD + 1),
-            Err(Error::LimitExceeded { what: "payload", .. })
+            Err(Error::LimitExceeded {
+                what: "payload",
+                ..
+            })
         ));
     }
 }

@@ -1,0 +1,142 @@
+//! Shared harness for tests that use real processes.
+//!
+//! A test plays both parts: it calls [`peer_main`] first (which, in a spawned peer, runs the
+//! peer's part and exits), then spawns peers with [`spawn_peer`], which re-executes this
+//! test binary running only that one test, in a named role, with a [`Channel`] inherited on
+//! a descriptor (through `sealpipe::spawn`).
+//!
+//! ```ignore
+//! #[test]
+//! fn fan_out() {
+//!     common::peer_main(|role, ch| match role {
+//!         "reader" => { /* ... */ 0 }
+//!         _ => 99,
+//!     });
+//!     let _serial = common::serial();
+//!     let peer = common::spawn_peer("fan_out", "reader");
+//!     // ... talk over peer.channel ...
+//!     assert_eq!(peer.wait(), 0);
+//! }
+//! ```
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sealpipe::Channel;
+
+/// Environment variable carrying the role of a spawned peer.
+pub const ROLE_ENV: &str = "SEALPIPE_TEST_ROLE";
+
+/// A spawned peer process and the parent's end of its channel.
+pub struct Peer {
+    /// The child process.
+    pub child: Child,
+    /// The parent's end of the channel; the child has the other end.
+    pub channel: Channel,
+}
+
+impl Peer {
+    /// Closes the parent's end of the channel (so a peer reading until EOF finishes), waits
+    /// for the peer (at most 60 s, then kills it) and returns its exit code; a peer killed by
+    /// a signal gives `128 + signal`.
+    pub fn wait(self) -> i32 {
+        let Peer { mut child, channel } = self;
+        drop(channel);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                use std::os::unix::process::ExitStatusExt;
+                return status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("peer did not exit within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Kills the peer with SIGKILL and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The peer's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// If this process is a peer spawned by [`spawn_peer`], runs `part(role, channel)` and exits
+/// with the code it returns. Otherwise returns at once.
+pub fn peer_main(part: impl FnOnce(&str, Channel) -> i32) {
+    if let Ok(role) = std::env::var(ROLE_ENV) {
+        let channel = sealpipe::spawn::worker_channel().expect("peer: no inherited channel");
+        let code = part(&role, channel);
+        std::process::exit(code);
+    }
+}
+
+/// Spawns this test binary as a peer that runs only `test`, in `role`.
+pub fn spawn_peer(test: &str, role: &str) -> Peer {
+    spawn_peer_with(test, role, |_| {})
+}
+
+/// [`spawn_peer`], letting the caller adjust the command (environment, uid, ...) first.
+pub fn spawn_peer_with(test: &str, role: &str, adjust: impl FnOnce(&mut Command)) -> Peer {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env(ROLE_ENV, role)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    adjust(&mut cmd);
+    let (child, channel) = sealpipe::spawn::spawn(&mut cmd).expect("spawn peer");
+    Peer { child, channel }
+}
+
+/// Number of descriptors open in this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
+/// Number of mappings in this process (`/proc/self/maps` lines).
+pub fn map_count() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("/proc/self/maps")
+        .lines()
+        .count()
+}
+
+/// Serialises the tests of one test binary, so that descriptor and mapping counts are not
+/// disturbed by tests running on other threads. Take it first thing in every test of a
+/// binary that counts descriptors.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Asserts that running `f` leaves this process's descriptor count where it was.
+pub fn assert_no_fd_leak<R>(what: &str, f: impl FnOnce() -> R) -> R {
+    let before = fd_count();
+    let r = f();
+    let after = fd_count();
+    assert_eq!(
+        before, after,
+        "{what}: descriptor count {before} -> {after}"
+    );
+    r
+}
+
+/// Whether this process runs as root (some kernel limits do not apply to root).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
