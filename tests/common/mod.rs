@@ -18,7 +18,7 @@
 //!     assert_eq!(peer.wait(), 0);
 //! }
 //! ```
-#![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different part of the harness
 
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
