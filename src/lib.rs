@@ -35,6 +35,7 @@
 //! | transport | [`Channel`], [`wire`] | messages of descriptors + a header over `SOCK_SEQPACKET` |
 //! | verification | [`verify()`], [`RegionView`], [`Policy`] | check seals and sizes, then map read-only |
 //! | channels | [`spawn`] | hand a channel to a child process on an inherited descriptor |
+//! | ring | [`ring`] | a single-producer single-consumer ring in two sealed memfds |
 //!
 //! # Two kinds of sealed region, and how you may read them
 //!
@@ -73,6 +74,7 @@ compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM
 
 mod error;
 mod region;
+pub mod ring;
 mod seals;
 pub mod spawn;
 mod sys;

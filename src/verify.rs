@@ -225,6 +225,12 @@ impl RegionView {
         v
     }
 
+    /// Start of the read-only mapping (for the ring, which reads it only by atomic loads
+    /// and volatile copies).
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.map.ptr()
+    }
+
     /// Gives up the mapping and returns the descriptor.
     pub fn into_fd(self) -> OwnedFd {
         self.fd
