@@ -227,6 +227,7 @@ impl RegionView {
 
     /// Start of the read-only mapping (for the ring, which reads it only by atomic loads
     /// and volatile copies).
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn as_ptr(&self) -> *const u8 {
         self.map.ptr()
     }

@@ -779,7 +779,12 @@ fn consumer_validates_the_ring_header() {
         let r = PodConsumer::<u64>::connect(b, &opts);
         assert!(matches!(r, Err(Error::RingMismatch { .. })), "{r:?}");
     });
-    assert_eq!(common::fd_count(), fds, "descriptors leaked: {:?}", fd_list());
+    assert_eq!(
+        common::fd_count(),
+        fds,
+        "descriptors leaked: {:?}",
+        fd_list()
+    );
     assert_eq!(memfd_maps(), maps, "mappings leaked");
 }
 

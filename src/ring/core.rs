@@ -16,7 +16,7 @@
 //!   cross the end is preceded by a pad header that skips to position 0.
 #![allow(unsafe_code)]
 
-use super::sync::{AtomicU32, AtomicU64, Ordering};
+use super::sync::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// The smallest capacity accepted, in units.
 pub(crate) const MIN_CAPACITY: u32 = 16;
@@ -149,7 +149,7 @@ pub(crate) fn parse(cap: u32, read: u32, avail: u32, header: u64) -> Result<Pars
                 return Err(Corrupt("record length over the ring's limit"));
             }
             // Cannot overflow: len <= cap / 2 - 8 <= 2^30.
-            let span = (len + 7) / 8 * 8 + RECORD_HEADER;
+            let span = len.div_ceil(8) * 8 + RECORD_HEADER;
             if span > avail {
                 return Err(Corrupt("record longer than the published data"));
             }
@@ -179,23 +179,25 @@ pub(crate) fn pad_header() -> u64 {
 /// Publishes `new` as this side's index. Returns whether the peer may be parked waiting for
 /// it, so that the caller must wake it.
 ///
-/// With `peer_parks`, store and load are `SeqCst`: they pair with the `SeqCst` store and
-/// load in [`prepare_park`], so that either the parking peer sees `new`, or we see its wait
-/// word (Dekker). The wait word names the index value the peer saw; a wake is needed only if
-/// that differs from `new` (otherwise the peer's record is stale and it already knows).
+/// With `peer_parks`, a `SeqCst` fence separates the store from the load of the peer's wait
+/// word; it pairs with the fence in [`prepare_park`] (Dekker): either the parking peer sees
+/// `new`, or we see its wait word. (Fences rather than `SeqCst` accesses, because those are
+/// what loom models exactly.) The wait word names the index value the peer saw; a wake is
+/// needed only if that differs from `new` (otherwise the record is stale: the peer already
+/// saw `new`).
 pub(crate) fn publish(
     own_index: &AtomicU32,
     new: u32,
     peer_wait: &AtomicU64,
     peer_parks: bool,
 ) -> bool {
+    // Pairs with the Acquire load of the peer's engine (`refresh_*`) and `wait_change`.
+    own_index.store(new, Ordering::Release);
     if !peer_parks {
-        // Pairs with the Acquire load of the peer's engine (`refresh_*`).
-        own_index.store(new, Ordering::Release);
         return false;
     }
-    own_index.store(new, Ordering::SeqCst);
-    let wait = peer_wait.load(Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    let wait = peer_wait.load(Ordering::Relaxed);
     wait & WAITING != 0 && wait as u32 != new
 }
 
@@ -203,8 +205,10 @@ pub(crate) fn publish(
 /// re-checks it. Returns `true` if it may sleep (the index still equals `seen`); on `false`
 /// the announcement has been withdrawn.
 pub(crate) fn prepare_park(own_wait: &AtomicU64, peer_index: &AtomicU32, seen: u32) -> bool {
-    own_wait.store(WAITING | u64::from(seen), Ordering::SeqCst);
-    if peer_index.load(Ordering::SeqCst) == seen {
+    own_wait.store(WAITING | u64::from(seen), Ordering::Relaxed);
+    // Pairs with the fence in `publish`.
+    fence(Ordering::SeqCst);
+    if peer_index.load(Ordering::Acquire) == seen {
         return true;
     }
     own_wait.store(0, Ordering::Relaxed);
@@ -899,7 +903,6 @@ mod tests {
         }
         assert_eq!(next_in, next_out);
         assert!(next_in > 200);
-        drop((p, c));
     }
 
     #[test]
@@ -909,15 +912,13 @@ mod tests {
         assert!(send(&mut p, b"hello"));
         mem.p_index.store(1000, Ordering::Relaxed);
         assert!(c.next().is_err(), "index past capacity");
-        drop((p, c));
 
         for forged in [record_header(100), 5 << 32, pad_header()] {
             let mut mem = Mem::new(128);
             mem.p_index.store(16, Ordering::Relaxed);
             mem.data[0] = forged.to_le();
-            let (p, mut c) = mem.engines();
+            let (_p, mut c) = mem.engines();
             assert!(c.next().is_err(), "header {forged:#x}");
-            drop((p, c));
         }
     }
 

@@ -86,6 +86,7 @@
 //! buffer grows only when a record is longer than any before it).
 #![allow(unsafe_code)]
 
+#[cfg_attr(loom, allow(dead_code))]
 mod core;
 mod sync;
 #[cfg(not(loom))]
@@ -95,7 +96,25 @@ mod wait;
 #[doc(hidden)]
 pub mod loom_api {
     //! The protocol functions, exposed for `tests/loom_ring.rs` only.
-    pub use super::core::{end_park, prepare_park, publish, WAITING};
+    use super::sync::{AtomicU32, AtomicU64};
+
+    /// See `core::publish`.
+    pub fn publish(
+        own_index: &AtomicU32,
+        new: u32,
+        peer_wait: &AtomicU64,
+        peer_parks: bool,
+    ) -> bool {
+        super::core::publish(own_index, new, peer_wait, peer_parks)
+    }
+    /// See `core::prepare_park`.
+    pub fn prepare_park(own_wait: &AtomicU64, peer_index: &AtomicU32, seen: u32) -> bool {
+        super::core::prepare_park(own_wait, peer_index, seen)
+    }
+    /// See `core::end_park`.
+    pub fn end_park(own_wait: &AtomicU64) {
+        super::core::end_park(own_wait)
+    }
 }
 
 #[cfg(not(loom))]
