@@ -947,13 +947,23 @@ mod api {
         }
 
         #[inline]
-        fn push_one(&mut self, item: T, wait: Patience) -> Result<()> {
-            if self.link.failed.is_none() && self.engine.push_cached(item) {
-                let wake = self.engine.publish();
-                self.link.wake_if(wake, self.engine.words.own_index());
-                return Ok(());
+        fn push_one(&mut self, item: T, mut wait: Patience) -> Result<()> {
+            self.link.check_failed()?;
+            loop {
+                if self.engine.push_cached(item) {
+                    let wake = self.engine.publish();
+                    self.link.wake_if(wake, self.engine.words.own_index());
+                    return Ok(());
+                }
+                match self.engine.free(1) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(blocked)) => {
+                        let deadline = wait.deadline()?;
+                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                    }
+                    Err(c) => return Err(self.link.corrupt(c)),
+                }
             }
-            self.push_slice(std::slice::from_ref(&item), wait).map(drop)
         }
 
         /// Pushes as many of `items` as fit now, with one publication; returns how many.
@@ -1041,12 +1051,7 @@ mod api {
         /// # Errors
         /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerCorrupt`].
         pub fn try_pop(&mut self) -> Result<T> {
-            if let Some(item) = self.pop_cached() {
-                return Ok(item);
-            }
-            let mut item = T::zeroed();
-            self.pop_slice(std::slice::from_mut(&mut item), Patience::Never)?;
-            Ok(item)
+            self.pop_one(Patience::Never)
         }
 
         /// Takes the next item, waiting up to `timeout`.
@@ -1055,12 +1060,7 @@ mod api {
         /// [`Error::Timeout`], [`Error::PeerClosed`] (once the producer is gone and the ring
         /// is empty), [`Error::PeerCorrupt`].
         pub fn pop_timeout(&mut self, timeout: Duration) -> Result<T> {
-            if let Some(item) = self.pop_cached() {
-                return Ok(item);
-            }
-            let mut item = T::zeroed();
-            self.pop_slice(std::slice::from_mut(&mut item), Patience::For(timeout))?;
-            Ok(item)
+            self.pop_one(Patience::For(timeout))
         }
 
         /// Fills the start of `out` with as many items as are published; returns how many.
@@ -1072,16 +1072,26 @@ mod api {
         }
 
         #[inline]
-        fn pop_cached(&mut self) -> Option<T> {
-            if self.link.failed.is_some() {
-                return None;
+        fn pop_one(&mut self, mut wait: Patience) -> Result<T> {
+            self.link.check_failed()?;
+            loop {
+                if let Some(item) = self.engine.pop_cached() {
+                    self.unpublished += 1;
+                    if self.unpublished >= self.cap / 4 {
+                        self.publish();
+                    }
+                    return Ok(item);
+                }
+                match self.engine.available() {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(blocked)) => {
+                        self.publish();
+                        let deadline = wait.deadline()?;
+                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                    }
+                    Err(c) => return Err(self.link.corrupt(c)),
+                }
             }
-            let item = self.engine.pop_cached()?;
-            self.unpublished += 1;
-            if self.unpublished >= self.cap / 4 {
-                self.publish();
-            }
-            Some(item)
         }
 
         fn pop_slice(&mut self, out: &mut [T], mut wait: Patience) -> Result<usize> {
