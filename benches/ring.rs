@@ -14,7 +14,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
@@ -198,26 +198,6 @@ fn child_main(role: &str) {
         _ => panic!("unknown role {role}"),
     }
     std::process::exit(0);
-}
-
-/// Rates seen by criterion's measurement calls, per scenario: (iterations, time).
-static SEEN: Mutex<Option<HashMap<String, (u64, Duration)>>> = Mutex::new(None);
-
-fn record(name: &str, iters: u64, d: Duration) {
-    let mut seen = SEEN.lock().unwrap();
-    let e = seen
-        .get_or_insert_with(HashMap::new)
-        .entry(name.to_string())
-        .or_default();
-    e.0 += iters;
-    e.1 += d;
-}
-
-fn per_second(name: &str) -> f64 {
-    let seen = SEEN.lock().unwrap();
-    seen.as_ref()
-        .and_then(|m| m.get(name))
-        .map_or(f64::NAN, |&(n, d)| n as f64 / d.as_secs_f64())
 }
 
 // ------------------------------------------------------------------ sealpipe scenarios
@@ -509,14 +489,7 @@ fn bench(
 ) {
     let mut g = c.benchmark_group(group);
     g.throughput(throughput);
-    let key = format!("{group}/{name}");
-    g.bench_function(BenchmarkId::from_parameter(name), |b| {
-        b.iter_custom(|iters| {
-            let d = f(iters);
-            record(&key, iters, d);
-            d
-        })
-    });
+    g.bench_function(BenchmarkId::from_parameter(name), |b| b.iter_custom(&mut f));
     g.finish();
 }
 
@@ -690,31 +663,124 @@ fn park_mode_wakes(msgs: u64) -> (u64, u64, f64) {
     )
 }
 
+/// Medians over rounds; in each round every scenario runs one short batch right after its
+/// reference, so load from other processes on this shared machine hits both alike.
+#[derive(Default)]
+struct Rounds(HashMap<&'static str, Vec<f64>>);
+
+impl Rounds {
+    fn add(&mut self, name: &'static str, v: f64) {
+        self.0.entry(name).or_default().push(v);
+    }
+    fn median(&self, name: &str) -> f64 {
+        let mut v = self.0.get(name).cloned().unwrap_or_default();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    }
+    /// Median over rounds of `a / b` taken within each round.
+    fn ratio(&self, a: &str, b: &str) -> f64 {
+        let (x, y) = (self.0.get(a), self.0.get(b));
+        let mut v: Vec<f64> = match (x, y) {
+            (Some(x), Some(y)) => x.iter().zip(y).map(|(p, q)| p / q).collect(),
+            _ => return f64::NAN,
+        };
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    }
+}
+
+fn interleaved(rounds: usize) -> Rounds {
+    let mut r = Rounds::default();
+    let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+    let mut memcpy = Memcpy::new();
+    for _ in 0..rounds {
+        {
+            let mut s = BytesSession::new("spin", 1 << 16);
+            r.add(
+                "bytes64",
+                rate(1_000_000, s.one_per_call(1_000_000, 64)) / 1e6,
+            );
+            r.add("rtrb64", rate(1_000_000, rtrb_run::<64>(1_000_000)) / 1e6);
+            r.add(
+                "bytes8",
+                rate(1_000_000, s.one_per_call(1_000_000, 8)) / 1e6,
+            );
+            r.add(
+                "batched64",
+                rate(1_000_000, s.batched(1_000_000, 64, 32)) / 1e6,
+            );
+            r.add(
+                "bytes64b",
+                rate(1_000_000, s.one_per_call(1_000_000, 64)) / 1e6,
+            );
+        }
+        {
+            let mut s = PodSession::new(1);
+            r.add("pod", rate(4_000_000, s.run(4_000_000, 1)) / 1e6);
+            r.add("rtrb8", rate(4_000_000, rtrb_run::<8>(4_000_000)) / 1e6);
+        }
+        {
+            let mut s = PodSession::new(32);
+            r.add("podb", rate(16_000_000, s.run(16_000_000, 32)) / 1e6);
+            let mut s = PodSession::new(1);
+            r.add("podb1", rate(4_000_000, s.run(4_000_000, 1)) / 1e6);
+        }
+        {
+            let mut s = BytesSession::new("spin", 8 << 20);
+            r.add(
+                "bulk64k",
+                rate(4000, s.bulk(4000, 64 << 10)) * 65536.0 / 1e9,
+            );
+            r.add(
+                "memcpy64k",
+                rate(4000, memcpy.run(4000, 64 << 10)) * 65536.0 / 1e9,
+            );
+            r.add("bulk1m", rate(300, s.bulk(300, 1 << 20)) * 1048576.0 / 1e9);
+            r.add(
+                "memcpy1m",
+                rate(300, memcpy.run(300, 1 << 20)) * 1048576.0 / 1e9,
+            );
+        }
+        {
+            let mut p = PingPong::new("spin");
+            r.add("rtt_spin", p.run(50_000).as_secs_f64() * 1e6 / 50_000.0);
+            r.add(
+                "rtt_line",
+                cacheline_pingpong(100_000).as_secs_f64() * 1e6 / 100_000.0,
+            );
+        }
+        {
+            let mut p = PingPong::new("park");
+            r.add("idle_park", idle_round_trip(|| p.run(1), 400));
+            let mut s = SockPingPong::new();
+            r.add("idle_sock", idle_round_trip(|| s.run(1), 400));
+        }
+    }
+    r
+}
+
 fn table() {
-    let m = |n: &str| per_second(n) / 1e6;
-    let g = |n: &str| per_second(n) * 1.0; // bytes/s counted per iteration below
-    let rtt = |n: &str| 1e6 / per_second(n);
-    let b64 = m("one_per_call/sealpipe_bytes_64B");
-    let r64 = m("one_per_call/rtrb_64B");
-    let pod = m("one_per_call/sealpipe_pod_u64");
-    let r8 = m("one_per_call/rtrb_8B");
-    let b8 = m("one_per_call/sealpipe_bytes_8B");
-    let bb = m("batched_32/sealpipe_bytes_64B");
-    let pb = m("batched_32/sealpipe_pod_u64");
-    let k64 = g("bulk/sealpipe_64KiB") * 65536.0 / 1e9;
-    let c64 = g("bulk/memcpy_cold_64KiB") * 65536.0 / 1e9;
-    let m1 = g("bulk/sealpipe_1MiB") * 1048576.0 / 1e9;
-    let c1 = g("bulk/memcpy_cold_1MiB") * 1048576.0 / 1e9;
-    let spin = rtt("round_trip/sealpipe_spin_64B");
-    let line = rtt("round_trip/cache_line");
-    let park = {
-        let mut p = PingPong::new("park");
-        idle_round_trip(|| p.run(1), 3000)
-    };
-    let sock = {
-        let mut s = SockPingPong::new();
-        idle_round_trip(|| s.run(1), 3000)
-    };
+    let rounds = 7;
+    let r = interleaved(rounds);
+    let md = |n: &str| r.median(n);
+    let (b64, r64, pod, r8, b8) = (
+        md("bytes64"),
+        md("rtrb64"),
+        md("pod"),
+        md("rtrb8"),
+        md("bytes8"),
+    );
+    let (bb, pb, b64b, pb1) = (md("batched64"), md("podb"), md("bytes64b"), md("podb1"));
+    let (k64, c64, m1, c1) = (md("bulk64k"), md("memcpy64k"), md("bulk1m"), md("memcpy1m"));
+    let (spin, line, park, sock) = (
+        md("rtt_spin"),
+        md("rtt_line"),
+        md("idle_park"),
+        md("idle_sock"),
+    );
     let n = 1_000_000;
     let (pw, cw, rate) = park_mode_wakes(n);
     let per10k = (pw + cw) as f64 * 10_000.0 / n as f64;
@@ -754,63 +820,63 @@ fn table() {
         "64 B records, one per call",
         format!("{b64:.1} M/s"),
         format!("rtrb 64 B: {r64:.1} M/s"),
-        b64 / r64,
+        r.ratio("bytes64", "rtrb64"),
         "≥ 1.5×",
     );
     row(
         "u64 Pod path, one per call",
         format!("{pod:.1} M/s"),
         format!("rtrb u64: {r8:.1} M/s"),
-        pod / r8,
+        r.ratio("pod", "rtrb8"),
         "≥ 1.0×",
     );
     row(
         "8 B records, one per call",
         format!("{b8:.1} M/s"),
         format!("rtrb u64: {r8:.1} M/s"),
-        b8 / r8,
+        r.ratio("bytes8", "rtrb8"),
         "report",
     );
     row(
         "64 B records, batched 32",
         format!("{bb:.1} M/s"),
-        format!("one per call: {b64:.1} M/s"),
-        bb / b64,
+        format!("one per call: {b64b:.1} M/s"),
+        r.ratio("batched64", "bytes64b"),
         "≥ 2×",
     );
     row(
         "u64 Pod, batched 32",
         format!("{pb:.1} M/s"),
-        format!("one per call: {pod:.1} M/s"),
-        pb / pod,
+        format!("one per call: {pb1:.1} M/s"),
+        r.ratio("podb", "podb1"),
         "≥ 2×",
     );
     row(
         "64 KiB in place + copy out",
         format!("{k64:.1} GB/s"),
         format!("cold memcpy: {c64:.1} GB/s"),
-        k64 / c64,
+        r.ratio("bulk64k", "memcpy64k"),
         "≥ 1.5×",
     );
     row(
         "1 MiB in place + copy out",
         format!("{m1:.1} GB/s"),
         format!("cold memcpy: {c1:.1} GB/s"),
-        m1 / c1,
+        r.ratio("bulk1m", "memcpy1m"),
         "≥ 1.5×",
     );
     row(
         "64 B round trip, spin",
         format!("{spin:.2} µs"),
         format!("cache line: {line:.2} µs"),
-        spin / line,
+        r.ratio("rtt_spin", "rtt_line"),
         "≤ 1.75×",
     );
     row(
         "64 B idle round trip (median), park",
         format!("{park:.1} µs"),
         format!("SEQPACKET idle: {sock:.1} µs"),
-        park / sock,
+        r.ratio("idle_park", "idle_sock"),
         "≤ 1.0×",
     );
     row(
@@ -832,7 +898,7 @@ fn table() {
         })
         .unwrap_or_default();
     let head = format!(
-        "machine: {cpu}, {} CPUs, kernel {}\n\n| scenario | sealpipe ring | reference (same run) | ratio | target |\n|---|---|---|---|---|\n",
+        "machine: {cpu}, {} CPUs, kernel {}; medians of {rounds} interleaved rounds (ratio: median of per-round ratios)\n\n| scenario | sealpipe ring | reference (same run) | ratio | target |\n|---|---|---|---|---|\n",
         cpus(),
         rustix::system::uname().release().to_string_lossy()
     );

@@ -43,7 +43,10 @@
 //! lazily (every quarter of the ring, and whenever it finds the ring empty).
 //!
 //! Waiting follows [`SpinPolicy`]: spin, then park with a non-private `FUTEX_WAIT` on the
-//! peer's index word. A side records in its wait word that it is parked *and the index
+//! peer's index word, through this side's *read-only* mapping of the peer's memfd (a futex
+//! wait only reads the word, and the futex key of a shared mapping is the page, not the
+//! address; the peer wakes it with `FUTEX_WAKE` through its own writable mapping — verified
+//! on Linux 6.18 by the park/wake tests in `tests/ring.rs`). A side records in its wait word that it is parked *and the index
 //! value it saw*; the peer issues a `FUTEX_WAKE` only when that word says someone waits on a
 //! value other than the one just published, so a busy stream makes no system calls. Every
 //! wait has a deadline and checks every 20 ms whether the peer's end of the channel is still
@@ -60,7 +63,11 @@
 //!   [`Error::PeerClosed`] within about 20 ms of the peer's channel end closing;
 //! - set its wait word so that every publication makes a `FUTEX_WAKE` system call (slowing
 //!   the other side down), or never ask to be woken (its own waits then end by time slice);
-//! - send records whose *contents* are wrong: validate what you read.
+//! - send records whose *contents* are wrong: validate what you read;
+//! - make a consumer allocate a receive buffer as long as the longest record the ring
+//!   allows (half its capacity): bound it with [`RingOptions::max_data_len`];
+//! - hand its end of the setup channel to another process that stays alive: liveness means
+//!   "the peer's end of the channel is still open", not "the peer process exists".
 //!
 //! What it **cannot** do:
 //!
@@ -812,6 +819,8 @@ mod api {
 
         /// Copies the next record into `out` (replacing its contents), if one is published.
         /// `out` keeps its allocation, so a reused buffer makes receiving allocation-free.
+        /// Makes no system call, so it does not notice a producer that went away: the
+        /// waiting calls do.
         ///
         /// # Errors
         /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerCorrupt`] if the
