@@ -34,7 +34,7 @@
 //! | regions | [`Region`], [`SealedRegion`], [`SharedRegion`] | create, fill and seal memfds |
 //! | transport | [`Channel`], [`wire`] | messages of descriptors + a header over `SOCK_SEQPACKET` |
 //! | verification | [`verify()`], [`RegionView`], [`Policy`] | check seals and sizes, then map read-only |
-//! | channels | [`spawn`] | hand a channel to a child process on an inherited descriptor |
+//! | channels | [`spawn`], [`Listener`], [`handshake`] | authenticated connections: spawned workers, named endpoints |
 //!
 //! # Two kinds of sealed region, and how you may read them
 //!
@@ -72,6 +72,8 @@
 compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM_RIGHTS");
 
 mod error;
+pub mod handshake;
+mod listener;
 mod region;
 mod seals;
 pub mod spawn;
@@ -81,6 +83,8 @@ mod verify;
 pub mod wire;
 
 pub use error::{Error, Result};
+pub use handshake::{HandshakeConfig, PeerCredentials, PeerPolicy, RefusalReason, Secret};
+pub use listener::{default_path, Listener};
 pub use region::{Region, SealedRegion, SharedRegion};
 pub use seals::{Policy, Seals};
 pub use transport::{Channel, Message};
