@@ -602,6 +602,19 @@ fn unexpected(sock: &OwnedFd, msg: &HandshakeMessage, what: &'static str) -> Err
     }
 }
 
+/// A send failed because the peer closed: if it left a `REJECT` behind, that says why.
+fn refusal_behind(sock: &OwnedFd, e: Error) -> Error {
+    if let Error::Handshake {
+        failure: HandshakeFailure::PeerClosed,
+    } = e
+    {
+        if let Ok(Some((HandshakeMessage::Reject { reason }, _))) = recv_message(sock) {
+            return fail(HandshakeFailure::Refused(RefusalReason::from_code(reason)));
+        }
+    }
+    e
+}
+
 /// Runs the connecting side of the handshake to completion (blocking until `deadline`).
 /// The caller has already checked the peer's identity. With `send_credentials`, `HELLO`
 /// carries `SCM_CREDENTIALS` (spawned workers).
@@ -620,7 +633,8 @@ pub(crate) fn run_client(
             nonce: nonce_c,
         },
         send_credentials,
-    )?;
+    )
+    .map_err(|e| refusal_behind(sock, e))?;
     let (msg, _) = recv_blocking(sock, deadline)?;
     let HandshakeMessage::Challenge {
         features: theirs,
@@ -647,7 +661,8 @@ pub(crate) fn run_client(
             proof: make_proof(secret, CLIENT_LABEL, &t),
         },
         false,
-    )?;
+    )
+    .map_err(|e| refusal_behind(sock, e))?;
     match recv_blocking(sock, deadline)? {
         (HandshakeMessage::Accept, _) => Ok(()),
         (msg, _) => Err(unexpected(sock, &msg, "expected ACCEPT")),

@@ -1,31 +1,4 @@
 //! Named endpoints: a [`Listener`] bound to a filesystem path, and [`Channel::connect`].
-//!
-//! # Model
-//!
-//! A listener is a small event loop of its own: an epoll instance holding the listening
-//! socket, an inotify watch on the socket's directory, and every connection that is still
-//! in its handshake. Each call to [`Listener::accept`] waits on that epoll, accepts whatever
-//! connections are queued (checking each peer's `SO_PEERCRED` against the policy at once),
-//! advances every handshake that has a message by one non-blocking step, and returns the
-//! first connection whose handshake completes. Every handshake has its own deadline
-//! ([`HandshakeConfig::timeout`]), so a client that connects and then says nothing
-//! (slowloris) costs one slot until its deadline, never anyone else's time. At most
-//! [`Listener::MAX_PENDING`] handshakes run at once; beyond that, new connections wait in
-//! the kernel's backlog.
-//!
-//! Errors from `accept` that concern one connection ([`Error::Handshake`]) leave the
-//! listener serving; call `accept` again. The listener's descriptor ([`AsFd`]) is the epoll
-//! instance: it is readable whenever `accept` has work, so it fits the caller's own event
-//! loop (call [`Listener::try_accept`] when it is readable, and at
-//! [`Listener::next_deadline`] at the latest).
-//!
-//! # Paths
-//!
-//! [`Listener::bind`] refuses a path that holds a symbolic link, something other than a
-//! socket, or a socket of another user; removes a stale socket of ours (nobody listening);
-//! and refuses one where a listener is live. The socket is created with mode 0600 and
-//! removed again on drop (if it is still ours). [`default_path`] puts endpoints in a
-//! per-user directory (mode 0700, owner checked, opened without following symbolic links).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -132,11 +105,38 @@ struct Pending {
 }
 
 /// A named endpoint that many clients connect to, each connection becoming a [`Channel`]
-/// of its own once its handshake succeeds. See the [module docs](self) for the model.
+/// of its own once its handshake succeeds.
+///
+/// # Model
+///
+/// A listener is a small event loop of its own: an epoll instance holding the listening
+/// socket, an inotify watch on the socket's directory, and every connection that is still
+/// in its handshake. Each call to [`Listener::accept`] waits on that epoll, accepts whatever
+/// connections are queued (checking each peer's `SO_PEERCRED` against the policy at once),
+/// advances every handshake that has a message by one non-blocking step, and returns the
+/// first connection whose handshake completes. Every handshake has its own deadline
+/// ([`HandshakeConfig::timeout`]), so a client that connects and then says nothing
+/// (slowloris) costs one slot until its deadline, never anyone else's time. At most
+/// [`Listener::MAX_PENDING`] handshakes run at once; beyond that, new connections wait in
+/// the kernel's backlog.
+///
+/// Errors from `accept` that concern one connection ([`Error::Handshake`]) leave the
+/// listener serving; call `accept` again. The listener's descriptor ([`AsFd`]) is the epoll
+/// instance: it is readable whenever `accept` has work, so it fits the caller's own event
+/// loop (call [`Listener::try_accept`] when it is readable, and at
+/// [`Listener::next_deadline`] at the latest).
+///
+/// # Paths
+///
+/// [`Listener::bind`] refuses a path that holds a symbolic link, something other than a
+/// socket, or a socket of another user; removes a stale socket of ours (nobody listening);
+/// and refuses one where a listener is live. The socket is created with mode 0600 and
+/// removed again on drop (if it is still ours). [`default_path`] puts endpoints in a
+/// per-user directory (mode 0700, owner checked, opened without following symbolic links).
 ///
 /// ```no_run
 /// # fn main() -> sealpipe::Result<()> {
-/// use sealpipe::{default_path, Channel, HandshakeConfig, Listener, Policy};
+/// use sealpipe::{default_path, Channel, HandshakeConfig, Listener};
 /// let mut listener = Listener::bind_default("frames", HandshakeConfig::new())?;
 /// // another process:
 /// let client = Channel::connect(default_path("frames")?, &HandshakeConfig::new())?;
@@ -172,7 +172,7 @@ impl Listener {
     /// Most handshakes in progress at once.
     pub const MAX_PENDING: usize = 128;
 
-    /// Binds a listener at `path` (see the [module docs](self) for the checks made).
+    /// Binds a listener at `path` (see [Paths](Listener#paths) for the checks made).
     ///
     /// # Errors
     /// [`Error::UnsafePath`] (symlink, not a socket, another user's socket, path too long);
