@@ -80,6 +80,10 @@ mod transport;
 mod verify;
 pub mod wire;
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use error::{Error, Result};
 pub use region::{Region, SealedRegion, SharedRegion};
 pub use seals::{Policy, Seals};
