@@ -72,6 +72,10 @@
 compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM_RIGHTS");
 
 mod error;
+#[cfg(fuzzing)]
+pub mod fuzz;
+#[cfg(all(test, not(fuzzing)))]
+mod fuzz;
 mod region;
 mod seals;
 pub mod spawn;
