@@ -17,7 +17,7 @@ fn full_fd_table(ch: Channel) -> i32 {
     let original = getrlimit(Resource::Nofile);
     // The lowest free descriptor number: with the limit there, no new descriptor fits.
     let lowest_free = rustix::io::fcntl_dupfd_cloexec(&ch, 0).expect("dup");
-    let mut limited = original.clone();
+    let mut limited = original;
     limited.current = Some(rustix::fd::AsRawFd::as_raw_fd(&lowest_free) as u64);
     drop(lowest_free);
     setrlimit(Resource::Nofile, limited).expect("setrlimit");
