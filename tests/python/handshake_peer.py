@@ -154,8 +154,12 @@ def frame(kind, body=b"", region_lens=()):
     return head + b"".join(struct.pack("<Q", n) for n in region_lens) + body
 
 
-def send_hs(sock, kind, body=b""):
-    sock.sendmsg([frame(kind, body)])
+def send_hs(sock, kind, body=b"", credentials=False):
+    anc = []
+    if credentials:  # the kernel checks these: they must be our own pid, uid and gid
+        anc = [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
+                struct.pack("3i", os.getpid(), os.geteuid(), os.getegid()))]
+    sock.sendmsg([frame(kind, body)], anc)
 
 
 def recv_hs(sock):
@@ -202,10 +206,13 @@ def features(key):
     return FEATURE_SECRET if key is not None else 0
 
 
-def client_handshake(sock, key):
-    check_peer(sock)
+def client_handshake(sock, key, worker=False):
+    """The connecting side. A spawned worker (`worker=True`) trusts the descriptor it
+    inherited, so it skips the identity check, and sends its credentials with HELLO."""
+    if not worker:
+        check_peer(sock)
     hello = struct.pack("<I", features(key)) + os.urandom(32)
-    send_hs(sock, HELLO, hello)
+    send_hs(sock, HELLO, hello, credentials=worker)
     kind, body = recv_hs(sock)
     if kind != CHALLENGE:
         reject(sock, PROTOCOL, "expected CHALLENGE")
@@ -219,6 +226,11 @@ def client_handshake(sock, key):
     kind, _ = recv_hs(sock)
     if kind != ACCEPT:
         reject(sock, PROTOCOL, "expected ACCEPT")
+
+
+def worker_handshake(sock):
+    """The handshake of a worker started by `sealpipe::spawn::spawn` (no secret)."""
+    client_handshake(sock, None, worker=True)
 
 
 def server_handshake(sock, key):
