@@ -284,6 +284,21 @@ impl RefusalReason {
     }
 }
 
+impl fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefusalReason::PeerNotAllowed => f.write_str("its policy does not admit this side"),
+            RefusalReason::Incompatible => f.write_str("incompatible protocol version"),
+            RefusalReason::SecretPresence => {
+                f.write_str("one side has a shared secret and the other has none")
+            }
+            RefusalReason::BadProof => f.write_str("wrong proof of the shared secret"),
+            RefusalReason::Protocol => f.write_str("protocol violation"),
+            RefusalReason::Other(c) => write!(f, "reason code {c}"),
+        }
+    }
+}
+
 /// Why a handshake failed (carried by [`Error::Handshake`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -353,7 +368,7 @@ impl fmt::Display for HandshakeFailure {
                 wire::VERSION
             ),
             HandshakeFailure::Protocol(what) => write!(f, "protocol violation: {what}"),
-            HandshakeFailure::Refused(r) => write!(f, "the peer refused the connection ({r:?})"),
+            HandshakeFailure::Refused(r) => write!(f, "the peer refused the connection: {r}"),
             HandshakeFailure::TimedOut => f.write_str("it did not complete in time"),
             HandshakeFailure::PeerClosed => f.write_str("the peer closed the connection"),
         }
@@ -532,17 +547,21 @@ fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred
     };
     if !fds.is_empty() || res.flags.contains(ReturnFlags::CTRUNC) {
         drop(fds);
-        return Err(fail(HandshakeFailure::Protocol(
-            "descriptors sent during the handshake",
-        )));
+        return Err(refuse(
+            sock,
+            RefusalReason::Protocol,
+            HandshakeFailure::Protocol("descriptors sent during the handshake"),
+        ));
     }
     if res.bytes == 0 {
         return Err(fail(HandshakeFailure::PeerClosed));
     }
     if res.flags.contains(ReturnFlags::TRUNC) || res.bytes > wire::MAX_HANDSHAKE_LEN {
-        return Err(fail(HandshakeFailure::Protocol(
-            "oversized handshake message",
-        )));
+        return Err(refuse(
+            sock,
+            RefusalReason::Protocol,
+            HandshakeFailure::Protocol("oversized handshake message"),
+        ));
     }
     match wire::decode_handshake(&buf[..res.bytes]) {
         Ok(m) => Ok(Some((m, creds))),

@@ -1032,3 +1032,102 @@ fn spawned_child_inherits_exactly_one_descriptor() {
     }
     assert_eq!(common::fd_count(), before);
 }
+
+#[test]
+fn hostile_handshake_messages_are_refused_with_a_reason() {
+    common::peer_main(|_, ctl| {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage};
+        let path = path_env();
+        let regions: Vec<_> = (0..3)
+            .map(|_| Region::new(4096).unwrap().seal().unwrap())
+            .collect();
+        let hello_secret = encode(&HandshakeMessage::Hello {
+            features: sealpipe::handshake::FEATURE_SECRET,
+            nonce: [2; 32],
+        });
+        let mut v2 = hello();
+        v2[4] = 2;
+        let regions_msg = {
+            let mut m = vec![0u8; 16];
+            m[..4].copy_from_slice(b"SPIP");
+            m[4] = 1;
+            m[6] = 1;
+            m
+        };
+        let mut codes = Vec::new();
+        for case in 0..8 {
+            let s = raw_connect(&path);
+            match case {
+                0 => {
+                    // HELLO carrying descriptors.
+                    let fds: Vec<_> = regions.iter().map(|r| r.as_fd()).collect();
+                    let mut space = [std::mem::MaybeUninit::uninit(); 64];
+                    let mut control = SendAncillaryBuffer::new(&mut space);
+                    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+                    let h = hello();
+                    sendmsg(
+                        &s,
+                        &[std::io::IoSlice::new(&h)],
+                        &mut control,
+                        SendFlags::NOSIGNAL,
+                    )
+                    .unwrap();
+                }
+                1 => raw_send(&s, &regions_msg),
+                2 => raw_send(&s, &v2),
+                3 => raw_send(&s, b"GET / HTTP/1.1\r\n\r\n"),
+                4 => raw_send(&s, &[0u8; 1000]),
+                5 => raw_send(&s, &hello_secret),
+                6 | 7 => {
+                    raw_send(&s, &hello());
+                    assert_eq!(raw_recv(&s).unwrap()[6], wire::KIND_CHALLENGE as u8);
+                    if case == 6 {
+                        raw_send(&s, &encode(&HandshakeMessage::Proof { proof: [1; 32] }));
+                    } else {
+                        raw_send(&s, &hello());
+                    }
+                }
+                _ => unreachable!(),
+            }
+            match wire::decode_handshake(&raw_recv(&s).unwrap()) {
+                Ok(HandshakeMessage::Reject { reason }) => codes.push(reason),
+                other => panic!("case {case}: {other:?}"),
+            }
+            assert!(raw_recv(&s).is_none(), "case {case}: listener must close");
+        }
+        report(&ctl, &format!("{codes:?}"));
+        wait_for_parent(&ctl);
+        0
+    });
+    let _serial = common::serial();
+    let dir = TempDir::new("hostile");
+    let path = dir.join("ep");
+    let before = common::fd_count();
+    {
+        let mut l = Listener::bind(&path, HandshakeConfig::new()).unwrap();
+        let peer = spawn_at(
+            "hostile_handshake_messages_are_refused_with_a_reason",
+            "hostile",
+            &path,
+        );
+        let mut failures = Vec::new();
+        for _ in 0..8 {
+            let e = l.accept_timeout(T).unwrap_err();
+            failures.push(failure(&e).cloned().unwrap_or_else(|| panic!("{e:?}")));
+        }
+        assert_eq!(read_report(&peer.channel), "[5, 5, 2, 5, 5, 3, 5, 5]");
+        assert!(matches!(failures[0], HandshakeFailure::Protocol(_)));
+        assert_eq!(failures[2], HandshakeFailure::Incompatible { version: 2 });
+        assert_eq!(
+            failures[5],
+            HandshakeFailure::SecretPresence { ours: false }
+        );
+        assert_eq!(
+            failures[6],
+            HandshakeFailure::Protocol("proof without a shared secret")
+        );
+        assert_eq!(peer.wait(), 0);
+    }
+    // The three descriptors that came with the first HELLO were closed.
+    assert_eq!(common::fd_count(), before);
+}
