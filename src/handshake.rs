@@ -20,7 +20,8 @@
 //! byte layouts.
 //!
 //! Identity: on a named socket, `SO_PEERCRED` (the peer process as of `connect`/`listen`,
-//! recorded by the kernel). On a spawned worker's socketpair `SO_PEERCRED` names the
+//! recorded by the kernel; `SO_PEERPIDFD` has no rustix wrapper, and the pid is only
+//! reported, never relied on later). On a spawned worker's socketpair `SO_PEERCRED` names the
 //! *creator* of the pair (the parent itself), so there the child sends its credentials with
 //! its `HELLO` as `SCM_CREDENTIALS`, which the kernel checks (a process cannot claim
 //! another's pid without `CAP_SYS_ADMIN`), and the parent requires the pid it spawned.

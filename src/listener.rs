@@ -11,7 +11,6 @@ use rustix::net::{
     accept_with, bind, connect, listen, socket_with, sockopt, AddressFamily, SocketAddrUnix,
     SocketFlags, SocketType,
 };
-use rustix::process::{pidfd_open, Pid, PidfdFlags};
 
 use crate::error::{Error, Result};
 use crate::handshake::{
@@ -99,7 +98,6 @@ fn runtime_dir() -> Result<PathBuf> {
 struct Pending {
     sock: OwnedFd,
     peer: PeerCredentials,
-    pidfd: Option<OwnedFd>,
     deadline: Instant,
     handshake: ServerHandshake,
 }
@@ -119,6 +117,13 @@ struct Pending {
 /// (slowloris) costs one slot until its deadline, never anyone else's time. At most
 /// [`Listener::MAX_PENDING`] handshakes run at once; beyond that, new connections wait in
 /// the kernel's backlog.
+///
+/// A named connection's channel detects a dead peer by socket EOF (`recv`) and `EPIPE`
+/// (`send`). It does not watch a pidfd: `SO_PEERCRED` names the process that called
+/// `connect` or `listen`, which need not be the one holding the socket now (a server that
+/// listens and then daemonizes, a client that connects and then forks), so its exit would
+/// end waits on a live connection. [`Channel::peer_credentials`] gives the pid for callers
+/// who know their peer's process structure.
 ///
 /// Errors from `accept` that concern one connection ([`Error::Handshake`]) leave the
 /// listener serving; call `accept` again. The listener's descriptor ([`AsFd`]) is the epoll
@@ -363,7 +368,7 @@ impl Listener {
                     Ok(false) => Ok(None),
                     Ok(true) => {
                         let p = self.remove_pending(i);
-                        Ok(Some(Channel::new(p.sock, Some(p.peer), p.pidfd)))
+                        Ok(Some(Channel::new(p.sock, Some(p.peer), None)))
                     }
                     Err(e) => {
                         self.remove_pending(i);
@@ -388,7 +393,6 @@ impl Listener {
             };
             let peer = PeerCredentials::from_ucred(cred);
             check_identity(&sock, &self.config.policy, peer)?;
-            let pidfd = open_pidfd(peer.pid);
             epoll::add(
                 &self.epoll,
                 &sock,
@@ -399,7 +403,6 @@ impl Listener {
             self.pending.push(Pending {
                 sock,
                 peer,
-                pidfd,
                 deadline: Instant::now() + self.config.timeout,
                 handshake: ServerHandshake::new(self.config.secret.clone(), None),
             });
@@ -468,11 +471,6 @@ impl Drop for Listener {
 fn is_ours(path: &Path, id: (u64, u64)) -> bool {
     matches!(fs::lstat(path), Ok(st) if (st.st_dev, st.st_ino) == id
         && FileType::from_raw_mode(st.st_mode) == FileType::Socket)
-}
-
-fn open_pidfd(pid: u32) -> Option<OwnedFd> {
-    let pid = Pid::from_raw(i32::try_from(pid).ok()?)?;
-    pidfd_open(pid, PidfdFlags::empty()).ok()
 }
 
 fn unix_addr(path: &Path) -> Result<SocketAddrUnix> {
@@ -631,8 +629,7 @@ impl Channel {
             sockopt::socket_peercred(&sock).map_err(|e| Error::io("getsockopt(SO_PEERCRED)", e))?,
         );
         check_identity(&sock, &config.policy, peer)?;
-        let pidfd = open_pidfd(peer.pid);
         handshake::run_client(&sock, config.secret.as_ref(), false, deadline)?;
-        Ok(Channel::new(sock, Some(peer), pidfd))
+        Ok(Channel::new(sock, Some(peer), None))
     }
 }

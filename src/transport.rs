@@ -148,9 +148,10 @@ impl Channel {
         self.peer
     }
 
-    /// The peer process's pidfd, where known (readable once the peer has exited). Blocking
-    /// calls watch it too, so they return [`Error::PeerClosed`] when the peer exits even if
-    /// another process still holds its end of the socket.
+    /// The peer process's pidfd (readable once the peer has exited): set on both ends of a
+    /// channel made by [`crate::spawn::spawn`] (the child's, and in the child the parent's),
+    /// `None` otherwise. Blocking calls watch it too, so they return [`Error::PeerClosed`]
+    /// when the peer exits even if another process still holds its end of the socket.
     pub fn peer_pidfd(&self) -> Option<BorrowedFd<'_>> {
         self.peer_pidfd.as_ref().map(|fd| fd.as_fd())
     }
