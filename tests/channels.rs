@@ -1131,3 +1131,60 @@ fn hostile_handshake_messages_are_refused_with_a_reason() {
     // The three descriptors that came with the first HELLO were closed.
     assert_eq!(common::fd_count(), before);
 }
+
+#[test]
+fn spawn_refuses_a_handshake_from_another_process_than_the_child() {
+    if std::env::var_os("SEALPIPE_TEST_DELEGATE").is_some() {
+        // The child hands its inherited descriptor (fd 3, still inheritable) to a process of
+        // its own, which then makes the handshake in the child's place.
+        let exe = std::env::current_exe().unwrap();
+        let status = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env_remove("SEALPIPE_TEST_DELEGATE")
+            .env(common::ROLE_ENV, "grandchild")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    if std::env::var_os(common::ROLE_ENV).is_some() {
+        // The grandchild: its handshake must be refused.
+        match sealpipe::spawn::worker_channel() {
+            Err(e)
+                if failure(&e)
+                    == Some(&HandshakeFailure::Refused(RefusalReason::PeerNotAllowed)) =>
+            {
+                std::process::exit(0)
+            }
+            other => {
+                eprintln!("grandchild: {other:?}");
+                std::process::exit(1)
+            }
+        }
+    }
+    let _serial = common::serial();
+    let before = common::fd_count();
+    {
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args([
+            "spawn_refuses_a_handshake_from_another_process_than_the_child",
+            "--exact",
+        ])
+        .env("SEALPIPE_TEST_DELEGATE", "1")
+        .stdout(std::process::Stdio::null());
+        match sealpipe::spawn::spawn(&mut cmd) {
+            Err(Error::Handshake {
+                failure: HandshakeFailure::NotTheSpawnedChild { expected, got },
+            }) => {
+                assert_ne!(got, Some(expected));
+                assert!(
+                    got.is_some(),
+                    "the grandchild's credentials came with HELLO"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(common::fd_count(), before);
+}
