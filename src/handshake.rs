@@ -694,7 +694,8 @@ pub(crate) fn run_client(
 #[derive(Debug)]
 pub(crate) struct ServerHandshake {
     secret: Option<Secret>,
-    /// For a spawned worker: the pid whose `SCM_CREDENTIALS` must come with `HELLO`.
+    /// For a spawned worker: the pid whose `SCM_CREDENTIALS` must come with `HELLO` (the
+    /// caller set `SO_PASSCRED`, which is cleared once `HELLO` is in).
     expect_pid: Option<u32>,
     state: ServerState,
     /// The credentials that came with `HELLO` (`SCM_CREDENTIALS`), if any.
@@ -759,6 +760,10 @@ impl ServerHandshake {
     ) -> Result<ServerState> {
         self.hello_credentials = creds.map(PeerCredentials::from_ucred);
         if let Some(expected) = self.expect_pid {
+            // Credentials were needed for HELLO only. Stop receiving them now, before the
+            // child can send anything after ACCEPT: the transport accepts only SCM_RIGHTS.
+            rustix::net::sockopt::set_socket_passcred(sock, false)
+                .map_err(|e| Error::io("setsockopt(SO_PASSCRED)", e))?;
             let got = self.hello_credentials.map(|c| c.pid);
             if got != Some(expected) {
                 return Err(refuse(

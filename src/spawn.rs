@@ -106,11 +106,8 @@ fn authenticate_child(
         .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
     let mut server = ServerHandshake::new(None, Some(pid));
     let deadline = Instant::now() + handshake::DEFAULT_TIMEOUT;
+    // This also clears SO_PASSCRED once HELLO is in, before ACCEPT is sent.
     server.run(parent, deadline)?;
-    // From here on, messages must not carry credentials (the transport accepts only
-    // SCM_RIGHTS); credentials of a message are delivered only while this is set.
-    sockopt::set_socket_passcred(parent, false)
-        .map_err(|e| Error::io("setsockopt(SO_PASSCRED)", e))?;
     let creds = server.hello_credentials().ok_or(Error::Handshake {
         failure: handshake::HandshakeFailure::NotTheSpawnedChild {
             expected: pid,
