@@ -232,6 +232,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    // ----- guard (GuardedMap) -----
+    /// Another process truncated the file behind a [`crate::GuardedMap`] while it was being
+    /// read: the read touched a page past the file's new end (`SIGBUS`, caught). `buf`
+    /// holds unspecified bytes; the mapping stays usable for ranges still inside the file.
+    #[error("file was truncated while reading {len} bytes at offset {offset} (fault at offset {fault_offset})")]
+    Truncated {
+        /// Start of the read.
+        offset: u64,
+        /// Length of the read.
+        len: u64,
+        /// Offset within the mapping of the first page that was gone.
+        fault_offset: u64,
+    },
 }
 
 impl Error {
@@ -251,6 +264,7 @@ impl Error {
                 | Error::EmptyRegion { .. }
                 | Error::RegionTooLarge { .. }
                 | Error::SizeMismatch { .. }
+                | Error::Truncated { .. }
         )
     }
 

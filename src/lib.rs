@@ -72,6 +72,8 @@
 compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM_RIGHTS");
 
 mod error;
+mod guard;
+pub mod positional;
 mod region;
 mod seals;
 pub mod spawn;
@@ -81,6 +83,8 @@ mod verify;
 pub mod wire;
 
 pub use error::{Error, Result};
+pub use guard::GuardedMap;
+pub use positional::PositionalFile;
 pub use region::{Region, SealedRegion, SharedRegion};
 pub use seals::{Policy, Seals};
 pub use transport::{Channel, Message};
