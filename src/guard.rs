@@ -16,6 +16,7 @@
 use std::cell::Cell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 
 use hw_exception::{ExceptionInfo, SigbusCode, Signal, Signo};
@@ -46,9 +47,11 @@ thread_local! {
 ///   `GuardedMap` read is copying *on the faulting thread at that moment*; every other
 ///   `SIGBUS` is passed to the previously installed disposition, so a real crash elsewhere
 ///   still crashes. See the [caveats](#caveats).
-/// - After a truncation the mapping stays valid: ranges still inside the file read
-///   normally, and if the file grows back, reads succeed again (and show what the file
-///   holds now, often zeros).
+/// - A truncation is final for a `GuardedMap`: once a read has hit it, every later read
+///   returns [`Error::Truncated`] at once, without touching the mapping, even if the file
+///   grows back (its old contents are gone anyway). A hostile peer that truncates and
+///   regrows in a loop thus costs you one caught fault per map, not one per read. If you
+///   expect the file to come back, map it again: `GuardedMap::new(map.into_fd())`.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -66,8 +69,11 @@ thread_local! {
 ///
 /// rustix::fs::ftruncate(&peer, 100)?; // the peer shrinks the file under us
 /// let err = map.read_at(4096, &mut buf).unwrap_err();
-/// assert!(matches!(err, Error::Truncated { offset: 4096, .. }));
-/// map.read_at(0, &mut buf)?; // the first page is still there
+/// assert!(matches!(err, Error::Truncated { offset: 4096, fault_offset: 4096, .. }));
+/// assert!(map.read_at(0, &mut buf).is_err()); // the map stays truncated
+/// let map = GuardedMap::new(map.into_fd())?;  // map what is there now
+/// assert_eq!(map.len(), 100);
+/// map.read_at(0, &mut buf)?;
 /// # Ok(()) }
 /// ```
 ///
@@ -81,8 +87,8 @@ thread_local! {
 ///   access elsewhere still crashes, as the tests check.
 /// - Each caught fault leaks that handler's small hook list (one `Vec` of one pointer
 ///   per registered hook, 16 bytes with only ours) because the `longjmp` skips its
-///   destructor. Bounded by the number of truncations the peer causes *and* you read
-///   into.
+///   destructor. Since a truncated map stays truncated, that is at most one fault per map
+///   (per thread reading it at that moment).
 /// - The hook is chained through the process-wide `sigaction` for `SIGBUS`. Code that
 ///   later installs its own `SIGBUS` handler without chaining replaces it: a truncation
 ///   then kills the process again, as it would without a `GuardedMap` (it fails closed:
@@ -91,7 +97,11 @@ thread_local! {
 pub struct GuardedMap {
     map: MmapRaw,
     fd: OwnedFd,
+    /// Offset of the first fault a read hit, or [`NOT_TRUNCATED`].
+    truncated_at: AtomicU64,
 }
+
+const NOT_TRUNCATED: u64 = u64::MAX;
 
 impl GuardedMap {
     /// Maps the file behind `fd` read-only and shared, at its current size (`fstat`).
@@ -122,7 +132,11 @@ impl GuardedMap {
             .len(len)
             .map_raw_read_only(fd.as_raw_fd())
             .map_err(|source| Error::Map { index: 0, source })?;
-        Ok(GuardedMap { map, fd })
+        Ok(GuardedMap {
+            map,
+            fd,
+            truncated_at: AtomicU64::new(NOT_TRUNCATED),
+        })
     }
 
     /// Length of the mapping in bytes (the file's size when it was mapped).
@@ -140,7 +154,8 @@ impl GuardedMap {
     /// # Errors
     /// [`Error::OutOfBounds`] if the range does not fit the mapping;
     /// [`Error::Truncated`] if the file no longer covers the range (another process
-    /// truncated it): `buf` then holds unspecified bytes.
+    /// truncated it), or if an earlier read of this map hit a truncation: `buf` then holds
+    /// unspecified bytes.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         let len = buf.len();
         match offset.checked_add(len) {
@@ -152,6 +167,14 @@ impl GuardedMap {
                     region_len: self.len() as u64,
                 })
             }
+        }
+        let first_fault = self.truncated_at.load(Ordering::Relaxed);
+        if first_fault != NOT_TRUNCATED {
+            return Err(Error::Truncated {
+                offset: offset as u64,
+                len: len as u64,
+                fault_offset: first_fault,
+            });
         }
         if len == 0 {
             return Ok(());
@@ -182,10 +205,18 @@ impl GuardedMap {
             Ok(()) => Ok(()),
             Err(exception) => {
                 let fault = exception.info().addr() as usize;
+                let fault_offset = fault.saturating_sub(base) as u64;
+                // Keep the first fault if another thread recorded one meanwhile.
+                let _ = self.truncated_at.compare_exchange(
+                    NOT_TRUNCATED,
+                    fault_offset,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
                 Err(Error::Truncated {
                     offset: offset as u64,
                     len: len as u64,
-                    fault_offset: fault.saturating_sub(base) as u64,
+                    fault_offset,
                 })
             }
         }
@@ -277,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn truncation_becomes_an_error_and_regrowth_reads_again() {
+    fn truncation_becomes_a_final_error_and_a_new_map_reads_again() {
         let (fd, other) = file(4 * 4096);
         rustix::io::pwrite(&other, &[7u8; 4 * 4096], 0).unwrap();
         let map = GuardedMap::new(fd).unwrap();
@@ -295,10 +326,19 @@ mod tests {
             }
             other => panic!("expected Truncated, got {other:?}"),
         }
-        // Still inside the file (the partial last page reads as zeros past the end).
-        map.read_at(0, &mut buf[..4096 + 10]).unwrap();
+        // Final: even a range still inside the file, even after the file grows back.
         ftruncate(&other, 4 * 4096).unwrap();
-        assert_eq!(map.read_value::<u8>(4 * 4096 - 1).unwrap(), 0);
+        assert!(matches!(
+            map.read_value::<u8>(0),
+            Err(Error::Truncated { offset: 0, len: 1, fault_offset }) if fault_offset == 2 * 4096
+        ));
+        let map = GuardedMap::new(map.into_fd()).unwrap();
+        assert_eq!(map.read_value::<[u8; 2]>(0).unwrap(), [7, 7]);
+        assert_eq!(
+            map.read_value::<u8>(4 * 4096 - 1).unwrap(),
+            0,
+            "regrown: zeros"
+        );
     }
 
     #[test]
@@ -322,21 +362,21 @@ mod tests {
     }
 
     #[test]
-    fn reads_from_many_threads_each_catch_their_own_fault() {
+    fn concurrent_faults_on_many_threads_are_each_caught() {
         let (fd, other) = file(8 * 4096);
-        let map = GuardedMap::new(fd).unwrap();
+        let maps: Vec<GuardedMap> = (0..4)
+            .map(|_| GuardedMap::new(rustix::io::fcntl_dupfd_cloexec(&fd, 0).unwrap()).unwrap())
+            .collect();
         ftruncate(&other, 4096).unwrap();
         std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..100 {
-                        let mut b = [0u8; 8];
-                        assert!(matches!(
-                            map.read_at(5 * 4096, &mut b),
-                            Err(Error::Truncated { .. })
-                        ));
-                        map.read_at(0, &mut b).unwrap();
-                    }
+            for (i, map) in maps.iter().enumerate() {
+                s.spawn(move || {
+                    let mut b = [0u8; 8];
+                    let at = (i + 2) * 4096 + 8;
+                    assert!(matches!(
+                        map.read_at(at, &mut b),
+                        Err(Error::Truncated { fault_offset, .. }) if fault_offset == at as u64
+                    ));
                 });
             }
         });
