@@ -232,6 +232,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
     // ----- guard (GuardedMap) -----
     /// Another process truncated the file behind a [`crate::GuardedMap`] while it was being
     /// read: the read touched a page past the file's new end (`SIGBUS`, caught). `buf`
