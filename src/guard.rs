@@ -89,6 +89,14 @@ thread_local! {
 ///   per registered hook, 16 bytes with only ours) because the `longjmp` skips its
 ///   destructor. Since a truncated map stays truncated, that is at most one fault per map
 ///   (per thread reading it at that moment).
+/// - Its `throw`, given the handler's own fault description, looks up the faulting
+///   function through the unwinder, which overflowed the small alternate signal stack in
+///   our tests (a crash instead of an error). sealpipe's hook avoids that path (it throws
+///   a copy of the fault description without the machine context), so what runs in the
+///   handler is small; it still runs on the alternate signal stack std gives each thread.
+/// - If the disposition before the hook was `SIG_IGN` for `SIGBUS`, a fault that is not
+///   ours is re-executed forever (hw-exception returns from the handler) instead of
+///   killing the process.
 /// - The hook is chained through the process-wide `sigaction` for `SIGBUS`. Code that
 ///   later installs its own `SIGBUS` handler without chaining replaces it: a truncation
 ///   then kills the process again, as it would without a `GuardedMap` (it fails closed:
@@ -281,12 +289,14 @@ fn on_sigbus(info: ExceptionInfo<'_>) -> bool {
     let context = std::ptr::addr_of!(ZERO_CONTEXT)
         .cast_mut()
         .cast::<std::ffi::c_void>();
-    // SAFETY: `siginfo` points to the kernel's siginfo for this signal, valid for the whole
-    // handler, and is only read. `context` points to ZERO_CONTEXT, larger than any
-    // `ucontext_t` and suitably aligned, which hw-exception only reads (its stack and
-    // instruction pointer slots, both 0) and otherwise stores as an opaque pointer; it is
-    // never written through, so the `cast_mut` is sound. Both outlive the ExceptionInfo,
-    // which `throw` consumes right here.
+    // SAFETY: `ExceptionInfo::new` needs a valid siginfo and a valid `ucontext_t` (or null)
+    // for as long as the value lives. `siginfo` is the kernel's siginfo for this signal,
+    // valid for the whole handler, and is only read. `context` points to ZERO_CONTEXT: it is
+    // larger than `ucontext_t` on every target hw-exception supports and 16-byte aligned,
+    // and all-zero bytes are a valid value of that plain C struct. hw-exception only reads
+    // it (its stack and instruction pointer slots: 0) or keeps it as an opaque pointer; it
+    // is never written through, so the `cast_mut` is sound. Both outlive the value, which
+    // `throw` consumes right here.
     let exception = unsafe { ExceptionInfo::new(info.signo_raw(), siginfo, context) };
     hw_exception::throw(exception)
 }

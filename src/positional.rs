@@ -32,8 +32,10 @@
 //! Opening a file `O_RDONLY`, or receiving a descriptor that was, is **not** a protection
 //! for shared memory: any process holding a descriptor to a memfd can open
 //! `/proc/self/fd/N` with `O_RDWR` and get a new, *writable* descriptor to the same file
-//! (it works for memfds, whose mode is 0777 or 0666; only an `fchmod` to 0400 by the creator
-//! stops it). A read-only descriptor tells you what *you* can do, never what the peer can.
+//! (it works on memfds, created 0777, 0666 with `MFD_NOEXEC_SEAL`, or 0600 by this crate's
+//! fallback, whenever the peer runs as the same user; only file permissions that deny the
+//! peer's user write access stop it, and not for a privileged peer). A read-only descriptor
+//! tells you what *you* can do, never what the peer can.
 //!
 //! Seals are different: they belong to the file itself (the inode), so they bind every
 //! descriptor, every mapping and every process, including one that reopens the file
