@@ -203,8 +203,10 @@ impl GuardedMap {
         // volatile_copy: the closure captures only a raw pointer and a *borrowed* `&mut
         // [u8]`, and volatile_copy keeps only integer locals. No value with a destructor,
         // no allocation, lock, descriptor or guard lives between the setjmp in `catch` and
-        // the faulting load, so no destructor is skipped (`catch` does not unwind). ACTIVE
-        // is restored below on both paths.
+        // the faulting load, so no destructor is skipped (`catch` does not unwind). The
+        // frames hw-exception itself puts in between (its C callback and `catch_unwind`)
+        // own nothing by then either; its signal-handler frames are the one exception, see
+        // the type's Caveats. ACTIVE is restored below on both paths.
         let outcome = hw_exception::catch(AssertUnwindSafe(|| unsafe {
             crate::sys::volatile_copy(src, buf)
         }));
