@@ -72,6 +72,10 @@
 compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM_RIGHTS");
 
 mod error;
+#[cfg(fuzzing)]
+pub mod fuzz;
+#[cfg(all(test, not(fuzzing)))]
+mod fuzz;
 mod guard;
 pub mod positional;
 mod region;
@@ -81,6 +85,10 @@ mod sys;
 mod transport;
 mod verify;
 pub mod wire;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use error::{Error, Result};
 pub use guard::GuardedMap;

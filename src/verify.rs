@@ -17,10 +17,11 @@ const POPULATE_THRESHOLD: usize = 1 << 20;
 /// Verifies `fd` against `policy` and the length its sender declared, then maps it
 /// read-only.
 ///
-/// The checks, in order, all before any `mmap`: the descriptor is not `O_PATH`; it is a
-/// sealable shared-memory file (`F_GET_SEALS` works); its seals are a superset of what the
-/// policy requires; `declared_len` is non-zero and within the policy's limit; `fstat`
-/// reports exactly `declared_len` bytes. On any failure `fd` is closed.
+/// The checks, in order, all before any `mmap`: the descriptor is neither `O_PATH` nor
+/// write-only; it is a sealable shared-memory file (`F_GET_SEALS` works); its seals are a
+/// superset of what the policy requires; `declared_len` is non-zero and within the
+/// policy's limit; `fstat` reports exactly `declared_len` bytes. On any failure `fd` is
+/// closed.
 ///
 /// `index` is only used to label errors (the region's position within its message).
 ///
@@ -47,6 +48,12 @@ pub(crate) fn check(
         return Err(Error::NotMemfd {
             index,
             reason: "O_PATH descriptor (no access to contents)",
+        });
+    }
+    if flags & OFlags::ACCMODE == OFlags::WRONLY {
+        return Err(Error::NotMemfd {
+            index,
+            reason: "write-only descriptor (cannot be mapped for reading)",
         });
     }
     let seals = match fs::fcntl_get_seals(fd) {
@@ -291,6 +298,23 @@ mod tests {
     fn this_kernel_maps_write_sealed_memfds_shared() {
         // kernel-facts: 6.18 allows it; the fallback is covered above.
         assert!(capabilities().shared_map_of_write_sealed);
+    }
+
+    #[test]
+    fn write_only_descriptor_is_rejected_as_a_peer_fault() {
+        // A hostile peer can reopen a sealed memfd write-only through /proc and send that:
+        // seals and size check out, but it can never be mapped for reading.
+        let s = sealed(4096);
+        let path = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&s.as_fd())
+        );
+        let fd = fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, fs::Mode::empty()).unwrap();
+        let err = verify(fd, 4096, &Policy::immutable(), 2).unwrap_err();
+        assert!(
+            matches!(err, Error::NotMemfd { index: 2, .. }) && err.is_peer_fault(),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -41,9 +41,16 @@ impl Peer {
     /// Closes the parent's end of the channel (so a peer reading until EOF finishes), waits
     /// for the peer (at most 60 s, then kills it) and returns its exit code; a peer killed by
     /// a signal gives `128 + signal`.
-    pub fn wait(self) -> i32 {
-        let Peer { mut child, channel } = self;
-        drop(channel);
+    pub fn wait(mut self) -> i32 {
+        let (_, channel) = sealpipe::Channel::pair().expect("pair");
+        drop(std::mem::replace(&mut self.channel, channel));
+        self.exit_code()
+    }
+
+    /// Waits for the peer to exit (at most 60 s, then kills it) without closing the channel,
+    /// and returns its exit code; a peer killed by a signal gives `128 + signal`.
+    pub fn exit_code(&mut self) -> i32 {
+        let child = &mut self.child;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
