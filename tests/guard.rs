@@ -58,13 +58,6 @@ fn required_faults() -> usize {
         .unwrap_or(2000)
 }
 
-fn spin(d: Duration) {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        std::hint::spin_loop();
-    }
-}
-
 fn no_core_dumps() {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let current = getrlimit(Resource::Core);
@@ -91,9 +84,9 @@ fn truncator(ch: sealpipe::Channel) -> i32 {
             }
         }
         rustix::fs::ftruncate(&fd, 0).unwrap();
-        spin(Duration::from_micros(100));
+        std::thread::sleep(Duration::from_micros(100));
         rustix::fs::ftruncate(&fd, LEN).unwrap();
-        spin(Duration::from_micros(100));
+        std::thread::sleep(Duration::from_micros(100));
     }
 }
 
