@@ -249,8 +249,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the error was caused by what the peer sent (as opposed to local conditions
-    /// or the peer going away). Descriptors of the offending message were closed.
+    /// Whether the error was caused by what the peer sent or did (as opposed to local
+    /// conditions or the peer going away). For a rejected message, every descriptor it
+    /// carried was closed.
     pub fn is_peer_fault(&self) -> bool {
         matches!(
             self,

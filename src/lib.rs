@@ -35,6 +35,11 @@
 //! | transport | [`Channel`], [`wire`] | messages of descriptors + a header over `SOCK_SEQPACKET` |
 //! | verification | [`verify()`], [`RegionView`], [`Policy`] | check seals and sizes, then map read-only |
 //! | channels | [`spawn`] | hand a channel to a child process on an inherited descriptor |
+//! | I/O safety | [`PositionalFile`], [`GuardedMap`] | descriptors shared with other processes; mapping files that are not shrink-sealed |
+//!
+//! See [Sharing descriptors safely](positional#sharing-descriptors-safely) for what sharing a
+//! descriptor shares, why sealpipe trusts seals and not descriptor modes, and which tool to
+//! use when.
 //!
 //! # Two kinds of sealed region, and how you may read them
 //!
