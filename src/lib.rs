@@ -35,6 +35,7 @@
 //! | transport | [`Channel`], [`wire`] | messages of descriptors + a header over `SOCK_SEQPACKET` |
 //! | verification | [`verify()`], [`RegionView`], [`Policy`] | check seals and sizes, then map read-only |
 //! | channels | [`spawn`] | hand a channel to a child process on an inherited descriptor |
+//! | async | `asyncio` (feature `tokio`) | the same channels, awaited on a tokio runtime |
 //! | I/O safety | [`PositionalFile`], [`GuardedMap`] | descriptors shared with other processes; mapping files that are not shrink-sealed |
 //!
 //! See [Sharing descriptors safely](positional#sharing-descriptors-safely) for what sharing a
@@ -76,6 +77,8 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM_RIGHTS");
 
+#[cfg(feature = "tokio")]
+pub mod asyncio;
 mod error;
 #[cfg(fuzzing)]
 pub mod fuzz;
