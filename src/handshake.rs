@@ -523,6 +523,7 @@ fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4), ScmCredentials(1))];
     let mut creds = None;
     let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut reset = false;
     let res = loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let res = recvmsg(
@@ -542,6 +543,8 @@ fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred
             Ok(r) => break r,
             Err(Errno::INTR) => {}
             Err(Errno::AGAIN) => return Ok(None),
+            // Reported once, before any queued message (a REJECT, say): read on.
+            Err(Errno::CONNRESET) if !reset => reset = true,
             Err(Errno::CONNRESET) => return Err(fail(HandshakeFailure::PeerClosed)),
             Err(e) => return Err(Error::io("recvmsg", e)),
         }

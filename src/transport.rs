@@ -273,6 +273,7 @@ impl Channel {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
         let space_len = rustix::cmsg_space!(ScmRights(policy.regions_limit()));
         let mut fds = Vec::new();
+        let mut reset = false;
         let res = loop {
             let mut control = RecvAncillaryBuffer::new(&mut space[..space_len]);
             let res = recvmsg(
@@ -291,6 +292,10 @@ impl Channel {
                 Ok(r) => break r,
                 Err(Errno::INTR) => {}
                 Err(Errno::AGAIN) => self.wait(PollFlags::IN, wait)?,
+                // A peer that exits with our messages unread in its queue resets the
+                // connection. The kernel reports that once, before the queue: read on, so
+                // that every message the peer sent before it went is still delivered.
+                Err(Errno::CONNRESET) if !reset => reset = true,
                 Err(Errno::CONNRESET) => return Err(Error::PeerClosed),
                 Err(e) => return Err(Error::io("recvmsg", e)),
             }
@@ -423,6 +428,12 @@ impl Channel {
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
+    }
+}
+
+impl std::os::fd::AsRawFd for Channel {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.as_raw_fd()
     }
 }
 

@@ -967,12 +967,15 @@ fn open_fds() -> Vec<i32> {
 }
 
 /// Whether `fd` has close-on-exec (`flags:` in fdinfo is octal; O_CLOEXEC is 0o2000000).
+/// A descriptor closed meanwhile counts as close-on-exec (it cannot be inherited).
 fn is_cloexec(fd: i32) -> bool {
-    let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+    let Ok(info) = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
+        return true;
+    };
     info.lines()
         .find_map(|l| l.strip_prefix("flags:"))
         .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        .is_some_and(|f| f & 0o2000000 != 0)
+        .map_or(true, |f| f & 0o2000000 != 0)
 }
 
 #[test]
@@ -997,6 +1000,15 @@ fn spawned_child_inherits_exactly_one_descriptor() {
     let dir = TempDir::new("inherit");
     let before = common::fd_count();
     {
+        // Measured before the spawns start. Whatever started this test may have leaked
+        // descriptors without close-on-exec to us; those reach the child too, and are not
+        // sealpipe's.
+        let mut expected = vec![0, 1, 2, 3];
+        expected.extend(
+            open_fds()
+                .into_iter()
+                .filter(|&fd| fd > 3 && !is_cloexec(fd)),
+        );
         // Plenty of sealpipe descriptors open in the parent, and spawns racing on 4 threads.
         let _listener = Listener::bind(dir.join("ep"), HandshakeConfig::new()).unwrap();
         let _region = Region::new(4096).unwrap().seal().unwrap();
@@ -1015,14 +1027,6 @@ fn spawned_child_inherits_exactly_one_descriptor() {
                 })
             })
             .collect();
-        // Whatever started this test may have leaked descriptors without close-on-exec to
-        // us; those reach the child too, and are not sealpipe's.
-        let mut expected = vec![0, 1, 2, 3];
-        expected.extend(
-            open_fds()
-                .into_iter()
-                .filter(|&fd| fd > 3 && !is_cloexec(fd)),
-        );
         for t in threads {
             let (r, pidfd) = t.join().unwrap();
             // stdin, stdout, stderr, and the channel on fd 3, made close-on-exec once claimed.
@@ -1185,6 +1189,43 @@ fn spawn_refuses_a_handshake_from_another_process_than_the_child() {
             }
             other => panic!("{other:?}"),
         }
+    }
+    assert_eq!(common::fd_count(), before);
+}
+
+#[test]
+fn messages_sent_before_exit_survive_a_reset() {
+    common::peer_main(|_, ch| {
+        // Send ten messages, read none of the parent's, exit once it says "go".
+        for i in 0..10u8 {
+            ch.send_timeout(&[i], &[], T).unwrap();
+        }
+        while !std::path::Path::new(&path_env()).exists() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        0
+    });
+    let _serial = common::serial();
+    let dir = TempDir::new("reset");
+    let go = dir.join("go");
+    let before = common::fd_count();
+    {
+        let peer = spawn_at("messages_sent_before_exit_survive_a_reset", "sender", &go);
+        // Leave unread data in the peer's queue: its exit then resets the connection
+        // (ECONNRESET), which must not hide the messages it sent first.
+        peer.channel.send_timeout(b"never read", &[], T).unwrap();
+        fs::write(&go, b"").unwrap();
+        let mut child = peer.child;
+        assert!(child.wait().unwrap().success());
+        let mut got = Vec::new();
+        loop {
+            match peer.channel.recv_timeout(&Policy::immutable(), T) {
+                Ok(m) => got.push(m.payload()[0]),
+                Err(Error::PeerClosed) => break,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!(got, (0..10).collect::<Vec<u8>>());
     }
     assert_eq!(common::fd_count(), before);
 }
