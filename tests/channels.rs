@@ -1229,3 +1229,41 @@ fn messages_sent_before_exit_survive_a_reset() {
     }
     assert_eq!(common::fd_count(), before);
 }
+
+#[test]
+fn listener_fits_a_callers_event_loop() {
+    common::peer_main(|_, _| {
+        let ch = Channel::connect(path_env(), &HandshakeConfig::new()).unwrap();
+        ch.send_timeout(b"polled", &[], T).unwrap();
+        0
+    });
+    let _serial = common::serial();
+    let dir = TempDir::new("eventloop");
+    let path = dir.join("ep");
+    let before = common::fd_count();
+    {
+        let mut l = Listener::bind(&path, HandshakeConfig::new()).unwrap();
+        assert!(matches!(l.try_accept(), Err(Error::WouldBlock)));
+        assert!(
+            !readable(&l, Duration::ZERO),
+            "idle listener is not readable"
+        );
+        let peer = spawn_at("listener_fits_a_callers_event_loop", "client", &path);
+        // The caller's loop: poll the listener's descriptor, then do the ready work.
+        let ch = loop {
+            assert!(readable(&l, T), "listener never became readable");
+            match l.try_accept() {
+                Ok(ch) => break ch,
+                Err(Error::WouldBlock) => {} // a handshake step was done; wait for more
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        assert_eq!(
+            ch.recv_timeout(&Policy::immutable(), T).unwrap().payload(),
+            b"polled"
+        );
+        assert!(l.next_deadline().is_none());
+        assert_eq!(peer.wait(), 0);
+    }
+    assert_eq!(common::fd_count(), before);
+}
