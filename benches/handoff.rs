@@ -1,2 +1,472 @@
-//! Placeholder, replaced by the handoff benchmark.
-fn main() {}
+//! Handoff benchmark: one buffer handed from this process to another process, which reads
+//! every byte, compared side by side with copying the same bytes through a unix
+//! `SOCK_STREAM` socket.
+//!
+//! Cases, per size (4 KiB, 64 KiB, 1 MiB, 64 MiB):
+//! - `sealpipe-immutable`: the producer creates a [`Region`], fills it from a prepared
+//!   buffer, seals it immutable, sends it; the consumer receives, verifies, maps, sums
+//!   every `u64` word through `as_slice_of::<u64>()` and acknowledges with the sum.
+//! - `sealpipe-read-only`: the same with [`Region::share_read_only`] (`FUTURE_WRITE`); the
+//!   consumer must treat the bytes as changing, so it reads them by copy
+//!   ([`sealpipe::RegionView::read_at`], 64 KiB at a time into a reused buffer) and sums
+//!   the copy.
+//! - `unix-stream`: the producer writes the bytes into a connected unix stream socket; the
+//!   consumer reads them (64 KiB at a time into a reused buffer), sums them and answers
+//!   with the sum.
+//!
+//! And fan-out: one 64 MiB immutable region to 4 consumer processes, against writing the
+//! 64 MiB into 4 stream sockets. Every iteration checks the consumers' sums.
+//!
+//! Consumers are real processes: this binary spawned again in a worker role
+//! ([`WORKER_ENV`]). For the one-consumer cases the producer is pinned to CPU 0 and the
+//! consumer to CPU 1 (if the machine has two CPUs and allows it); fan-out runs unpinned.
+//!
+//! At the end the bench prints (and writes to `target/handoff-ratios.md`) a table of the
+//! median throughputs and of the sealpipe / socket ratios, computed from the same samples
+//! criterion measured in this run.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Child, Command};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use sealpipe::{Channel, Policy, Region};
+
+/// Set (to the socket path) in a worker process.
+const WORKER_ENV: &str = "SEALPIPE_BENCH_WORKER";
+/// Set to the CPU a worker pins itself to, if any.
+const CPU_ENV: &str = "SEALPIPE_BENCH_CPU";
+/// Bytes a consumer copies per `read_at` / `read` call.
+const CHUNK: usize = 64 << 10;
+/// Timeout of every blocking call: a bug fails the bench instead of hanging it.
+const T: Duration = Duration::from_secs(60);
+
+const SIZES: [(usize, &str); 4] = [
+    (4 << 10, "4KiB"),
+    (64 << 10, "64KiB"),
+    (1 << 20, "1MiB"),
+    (64 << 20, "64MiB"),
+];
+const FANOUT: usize = 4;
+const FANOUT_LEN: usize = 64 << 20;
+
+/// What a worker does next, sent as the payload of a sealpipe message.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Op {
+    Immutable = 1,
+    ReadOnly = 2,
+    Stream = 3,
+}
+
+fn main() {
+    if let Ok(path) = std::env::var(WORKER_ENV) {
+        worker(&path);
+        return;
+    }
+    let mut criterion = Criterion::default().configure_from_args();
+    let bench = Bench::new();
+    bench.single(&mut criterion);
+    bench.fanout(&mut criterion);
+    criterion.final_summary();
+    drop(bench);
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs every case once without
+    // it, and one iteration says nothing about throughput.
+    if std::env::args().any(|a| a == "--bench") {
+        report();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Consumer side
+
+fn worker(path: &str) {
+    if let Some(cpu) = std::env::var(CPU_ENV).ok().and_then(|c| c.parse().ok()) {
+        pin(Some(cpu));
+    }
+    let ch = sealpipe::spawn::worker_channel().expect("worker channel");
+    let mut stream = UnixStream::connect(path).expect("connect to the bench socket");
+    stream.set_read_timeout(Some(T)).unwrap();
+    let immutable = Policy::immutable();
+    let read_only = Policy::read_only_view();
+    let mut buf = vec![0u64; CHUNK / 8];
+    loop {
+        // A command: op, length, number of rounds.
+        let cmd = match ch.recv_timeout(&immutable, T) {
+            Ok(msg) => msg,
+            Err(sealpipe::Error::PeerClosed) => return,
+            Err(e) => panic!("worker: {e}"),
+        };
+        let p = cmd.payload();
+        let op = p[0];
+        let len = u64::from_le_bytes(p[1..9].try_into().unwrap()) as usize;
+        let rounds = u64::from_le_bytes(p[9..17].try_into().unwrap());
+        for _ in 0..rounds {
+            if op == Op::Stream as u8 {
+                let mut sum = 0u64;
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(CHUNK);
+                    let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..n];
+                    stream.read_exact(bytes).expect("stream read");
+                    sum = sum.wrapping_add(sum_words(&buf[..n / 8]));
+                    left -= n;
+                }
+                stream.write_all(&sum.to_le_bytes()).expect("stream ack");
+            } else if op == Op::Immutable as u8 {
+                let msg = ch.recv_timeout(&immutable, T).expect("receive region");
+                let view = &msg.regions()[0];
+                let sum = sum_words(view.as_slice_of::<u64>().expect("immutable view"));
+                ch.send_timeout(&sum.to_le_bytes(), &[], T).expect("ack");
+            } else {
+                let msg = ch.recv_timeout(&read_only, T).expect("receive region");
+                let view = &msg.regions()[0];
+                let mut sum = 0u64;
+                let mut off = 0;
+                while off < view.len() {
+                    let n = (view.len() - off).min(CHUNK);
+                    let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..n];
+                    view.read_at(off, bytes).expect("read_at");
+                    sum = sum.wrapping_add(sum_words(&buf[..n / 8]));
+                    off += n;
+                }
+                ch.send_timeout(&sum.to_le_bytes(), &[], T).expect("ack");
+            }
+        }
+    }
+}
+
+fn sum_words(words: &[u64]) -> u64 {
+    words.iter().fold(0u64, |a, &w| a.wrapping_add(w))
+}
+
+// ---------------------------------------------------------------------------------------
+// Producer side
+
+struct Worker {
+    child: Child,
+    ch: Channel,
+    stream: UnixStream,
+}
+
+impl Worker {
+    fn command(&self, op: Op, len: usize, rounds: u64) {
+        let mut p = [0u8; 17];
+        p[0] = op as u8;
+        p[1..9].copy_from_slice(&(len as u64).to_le_bytes());
+        p[9..17].copy_from_slice(&rounds.to_le_bytes());
+        self.ch.send_timeout(&p, &[], T).expect("command");
+    }
+
+    fn region_ack(&self) -> u64 {
+        let msg = self.ch.recv_timeout(&Policy::immutable(), T).expect("ack");
+        u64::from_le_bytes(msg.payload().try_into().expect("8-byte ack"))
+    }
+
+    fn stream_ack(&mut self) -> u64 {
+        let mut ack = [0u8; 8];
+        self.stream.read_exact(&mut ack).expect("stream ack");
+        u64::from_le_bytes(ack)
+    }
+}
+
+struct Bench {
+    listener: UnixListener,
+    path: std::path::PathBuf,
+    /// Fills every region and every socket write; its `u64` words sum to `sums[size]`.
+    payload: Vec<u8>,
+    pinned: bool,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let path = std::env::temp_dir().join(format!("sealpipe-bench-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind bench socket");
+        let len = SIZES[SIZES.len() - 1].0.max(FANOUT_LEN);
+        let payload: Vec<u8> = (0..len)
+            .map(|i| (i.wrapping_mul(31) ^ (i >> 12)) as u8)
+            .collect();
+        let pinned = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+        Bench {
+            listener,
+            path,
+            payload,
+            pinned,
+        }
+    }
+
+    fn spawn_worker(&self, cpu: Option<usize>) -> Worker {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut cmd = Command::new(exe);
+        cmd.env(WORKER_ENV, &self.path);
+        if let Some(cpu) = cpu {
+            cmd.env(CPU_ENV, cpu.to_string());
+        }
+        let (child, ch) = sealpipe::spawn::spawn(&mut cmd).expect("spawn worker");
+        let (stream, _) = self.listener.accept().expect("accept worker");
+        stream.set_read_timeout(Some(T)).unwrap();
+        Worker { child, ch, stream }
+    }
+
+    fn expected(&self, len: usize) -> u64 {
+        sum_words(bytemuck::cast_slice(&self.payload[..len]))
+    }
+
+    fn single(&self, c: &mut Criterion) {
+        let pinned = self.pinned && pin(Some(0));
+        let mut w = self.spawn_worker(pinned.then_some(1));
+        println!(
+            "handoff: producer and consumer {}",
+            if pinned {
+                "pinned to CPUs 0 and 1"
+            } else {
+                "not pinned"
+            }
+        );
+        for &(len, name) in &SIZES {
+            let data = &self.payload[..len];
+            let expected = self.expected(len);
+            // Correctness first, outside the timing.
+            for op in [Op::Immutable, Op::ReadOnly, Op::Stream] {
+                assert_eq!(round(&mut w, op, data, 1), expected, "{op:?} at {name}");
+            }
+            let mut g = c.benchmark_group(format!("handoff/{name}"));
+            g.throughput(Throughput::Bytes(len as u64));
+            if len >= 64 << 20 {
+                g.sampling_mode(SamplingMode::Flat)
+                    .sample_size(15)
+                    .warm_up_time(Duration::from_secs(1))
+                    .measurement_time(Duration::from_secs(5));
+            } else {
+                g.sample_size(40)
+                    .warm_up_time(Duration::from_millis(500))
+                    .measurement_time(Duration::from_secs(2));
+            }
+            for (op, case) in [
+                (Op::Immutable, "sealpipe-immutable"),
+                (Op::ReadOnly, "sealpipe-read-only"),
+                (Op::Stream, "unix-stream"),
+            ] {
+                let id = format!("handoff/{name}/{case}");
+                g.bench_function(BenchmarkId::from_parameter(case), |b| {
+                    b.iter_custom(|iters| {
+                        let start = Instant::now();
+                        let sum = round(&mut w, op, data, iters);
+                        let t = start.elapsed();
+                        assert_eq!(sum, expected.wrapping_mul(iters), "{id}");
+                        record(&id, len as u64, iters, t);
+                        t
+                    })
+                });
+            }
+            g.finish();
+        }
+        drop(w.ch);
+        let _ = w.child.wait();
+        pin(None);
+    }
+
+    fn fanout(&self, c: &mut Criterion) {
+        let mut ws: Vec<Worker> = (0..FANOUT).map(|_| self.spawn_worker(None)).collect();
+        let data = &self.payload[..FANOUT_LEN];
+        let expected = self.expected(FANOUT_LEN);
+        assert_eq!(fanout_round(&mut ws, Op::Immutable, data, 1), expected);
+        assert_eq!(fanout_round(&mut ws, Op::Stream, data, 1), expected);
+        let mut g = c.benchmark_group("fanout-4x64MiB");
+        g.throughput(Throughput::Bytes((FANOUT * FANOUT_LEN) as u64))
+            .sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(6));
+        for (op, case) in [
+            (Op::Immutable, "sealpipe-immutable"),
+            (Op::Stream, "unix-stream"),
+        ] {
+            let id = format!("fanout-4x64MiB/{case}");
+            g.bench_function(BenchmarkId::from_parameter(case), |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    let sum = fanout_round(&mut ws, op, data, iters);
+                    let t = start.elapsed();
+                    assert_eq!(sum, expected.wrapping_mul(iters), "{id}");
+                    record(&id, (FANOUT * FANOUT_LEN) as u64, iters, t);
+                    t
+                })
+            });
+        }
+        g.finish();
+        for w in ws {
+            drop(w.ch);
+            let mut child = w.child;
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `iters` handoffs of `data` to one worker; returns the sum of the worker's sums.
+fn round(w: &mut Worker, op: Op, data: &[u8], iters: u64) -> u64 {
+    w.command(op, data.len(), iters);
+    let mut total = 0u64;
+    for _ in 0..iters {
+        let sum = match op {
+            Op::Immutable => {
+                let region = fill(data).seal().expect("seal");
+                w.ch.send_timeout(&[], &[&region], T).expect("send");
+                w.region_ack()
+            }
+            Op::ReadOnly => {
+                let shared = fill(data).share_read_only().expect("share_read_only");
+                w.ch.send_timeout(&[], &[shared.region()], T).expect("send");
+                w.region_ack()
+            }
+            Op::Stream => {
+                w.stream.write_all(data).expect("stream write");
+                w.stream_ack()
+            }
+        };
+        total = total.wrapping_add(sum);
+    }
+    total
+}
+
+/// `iters` fan-outs of `data` to every worker; returns the sum of every worker's sums
+/// divided among workers (each worker must report the same sum).
+fn fanout_round(ws: &mut [Worker], op: Op, data: &[u8], iters: u64) -> u64 {
+    for w in ws.iter() {
+        w.command(op, data.len(), iters);
+    }
+    let mut total = 0u64;
+    for _ in 0..iters {
+        let mut sums = Vec::with_capacity(ws.len());
+        match op {
+            Op::Immutable => {
+                let region = fill(data).seal().expect("seal");
+                for w in ws.iter() {
+                    w.ch.send_timeout(&[], &[&region], T).expect("send");
+                }
+                sums.extend(ws.iter().map(Worker::region_ack));
+            }
+            Op::Stream => {
+                for w in ws.iter_mut() {
+                    w.stream.write_all(data).expect("stream write");
+                }
+                sums.extend(ws.iter_mut().map(Worker::stream_ack));
+            }
+            Op::ReadOnly => unreachable!("fan-out is measured for immutable regions"),
+        }
+        assert!(sums.windows(2).all(|s| s[0] == s[1]), "fan-out sums differ");
+        total = total.wrapping_add(sums[0]);
+    }
+    total
+}
+
+fn fill(data: &[u8]) -> Region {
+    let mut region = Region::new(data.len()).expect("Region::new");
+    region.write_at(0, data).expect("write_at");
+    region
+}
+
+/// Pins this process to `cpu`, or unpins it (`None`: every CPU). Returns whether it worked.
+fn pin(cpu: Option<usize>) -> bool {
+    let mut set = rustix::thread::CpuSet::new();
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match cpu {
+        Some(cpu) => set.set(cpu),
+        None => (0..n).for_each(|c| set.set(c)),
+    }
+    rustix::thread::sched_setaffinity(None, &set).is_ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// Ratio report
+
+/// Per benchmark id: bytes per iteration and every timed batch (iterations, time).
+type Samples = BTreeMap<String, (u64, Vec<(u64, Duration)>)>;
+static SAMPLES: Mutex<Samples> = Mutex::new(BTreeMap::new());
+
+fn record(id: &str, bytes: u64, iters: u64, t: Duration) {
+    let mut s = SAMPLES.lock().unwrap();
+    let e = s.entry(id.to_owned()).or_insert((bytes, Vec::new()));
+    e.1.push((iters, t));
+}
+
+/// Median throughput in GB/s over the measurement batches of `id`. Criterion runs the
+/// warm-up first and then exactly `sample_size` batches, so the last ones are the
+/// measurement; `sample_size` is read back from how the group was configured.
+fn median_gbps(samples: &Samples, id: &str, sample_size: usize) -> Option<f64> {
+    let (bytes, batches) = samples.get(id)?;
+    let measured = &batches[batches.len().saturating_sub(sample_size)..];
+    let mut rates: Vec<f64> = measured
+        .iter()
+        .map(|(iters, t)| (*bytes as f64 * *iters as f64) / t.as_secs_f64() / 1e9)
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates.get(rates.len() / 2).copied()
+}
+
+fn report() {
+    let samples = SAMPLES.lock().unwrap();
+    let mut out = String::new();
+    out.push_str("\n| size | sealpipe-immutable GB/s | sealpipe-read-only GB/s | unix-stream GB/s | immutable / stream | read-only / stream |\n");
+    out.push_str("|---|---|---|---|---|---|\n");
+    for &(len, name) in &SIZES {
+        let n = if len >= 64 << 20 { 15 } else { 40 };
+        let get = |case: &str| median_gbps(&samples, &format!("handoff/{name}/{case}"), n);
+        let (imm, ro, st) = (
+            get("sealpipe-immutable"),
+            get("sealpipe-read-only"),
+            get("unix-stream"),
+        );
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} |\n",
+            fmt(imm),
+            fmt(ro),
+            fmt(st),
+            ratio(imm, st),
+            ratio(ro, st)
+        ));
+    }
+    let imm = median_gbps(&samples, "fanout-4x64MiB/sealpipe-immutable", 10);
+    let st = median_gbps(&samples, "fanout-4x64MiB/unix-stream", 10);
+    out.push_str("\n| fan-out 64 MiB to 4 processes | sealpipe-immutable GB/s | unix-stream GB/s | immutable / stream |\n");
+    out.push_str("|---|---|---|---|\n");
+    out.push_str(&format!(
+        "| 4 × 64 MiB delivered | {} | {} | {} |\n",
+        fmt(imm),
+        fmt(st),
+        ratio(imm, st)
+    ));
+    out.push_str("\n(GB/s = 10^9 bytes delivered per second, median of the measured samples)\n");
+    println!("{out}");
+    if let Some(dir) = target_dir() {
+        let _ = std::fs::write(dir.join("handoff-ratios.md"), &out);
+        println!("written to {}", dir.join("handoff-ratios.md").display());
+    }
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}"))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// `target/` of this build: the bench binary lives in `target/<profile>/deps/`.
+fn target_dir() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.parent()?.to_path_buf())
+}
