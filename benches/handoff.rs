@@ -21,15 +21,15 @@
 //! ([`WORKER_ENV`]). For the one-consumer cases the producer is pinned to CPU 0 and the
 //! consumer to CPU 1 (if the machine has two CPUs and allows it); fan-out runs unpinned.
 //!
-//! At the end the bench prints (and writes to `target/handoff-ratios.md`) a table of the
-//! median throughputs and of the sealpipe / socket ratios, computed from the same samples
-//! criterion measured in this run.
+//! After criterion, an interleaved pass (every round hands the same bytes over once per
+//! case, one case after the other, so load on a shared machine hits every case alike)
+//! prints the median throughputs and the sealpipe / socket ratios, and writes them to
+//! `target/handoff-ratios.md`. Run only that pass with a filter that matches no criterion
+//! case: `cargo bench --bench handoff -- ratios-only`.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
@@ -72,11 +72,10 @@ fn main() {
     bench.single(&mut criterion);
     bench.fanout(&mut criterion);
     criterion.final_summary();
-    drop(bench);
     // `cargo bench` passes `--bench`; `cargo test --benches` runs every case once without
-    // it, and one iteration says nothing about throughput.
+    // it, and then there is nothing to compare.
     if std::env::args().any(|a| a == "--bench") {
-        report();
+        bench.ratios();
     }
 }
 
@@ -258,7 +257,6 @@ impl Bench {
                         let sum = round(&mut w, op, data, iters);
                         let t = start.elapsed();
                         assert_eq!(sum, expected.wrapping_mul(iters), "{id}");
-                        record(&id, len as u64, iters, t);
                         t
                     })
                 });
@@ -293,7 +291,6 @@ impl Bench {
                     let sum = fanout_round(&mut ws, op, data, iters);
                     let t = start.elapsed();
                     assert_eq!(sum, expected.wrapping_mul(iters), "{id}");
-                    record(&id, (FANOUT * FANOUT_LEN) as u64, iters, t);
                     t
                 })
             });
@@ -322,11 +319,13 @@ fn round(w: &mut Worker, op: Op, data: &[u8], iters: u64) -> u64 {
             Op::Immutable => {
                 let region = fill(data).seal().expect("seal");
                 w.ch.send_timeout(&[], &[&region], T).expect("send");
+                drop(region); // sent and forgotten: the consumer holds the last reference
                 w.region_ack()
             }
             Op::ReadOnly => {
                 let shared = fill(data).share_read_only().expect("share_read_only");
                 w.ch.send_timeout(&[], &[shared.region()], T).expect("send");
+                drop(shared);
                 w.region_ack()
             }
             Op::Stream => {
@@ -354,6 +353,7 @@ fn fanout_round(ws: &mut [Worker], op: Op, data: &[u8], iters: u64) -> u64 {
                 for w in ws.iter() {
                     w.ch.send_timeout(&[], &[&region], T).expect("send");
                 }
+                drop(region);
                 sums.extend(ws.iter().map(Worker::region_ack));
             }
             Op::Stream => {
@@ -390,79 +390,92 @@ fn pin(cpu: Option<usize>) -> bool {
 // ---------------------------------------------------------------------------------------
 // Ratio report
 
-/// Per benchmark id: bytes per iteration and every timed batch (iterations, time).
-type Samples = BTreeMap<String, (u64, Vec<(u64, Duration)>)>;
-static SAMPLES: Mutex<Samples> = Mutex::new(BTreeMap::new());
+/// Handoffs per case and size in the interleaved pass.
+const ROUNDS: [usize; 4] = [400, 300, 200, 12];
+const FANOUT_ROUNDS: usize = 8;
 
-fn record(id: &str, bytes: u64, iters: u64, t: Duration) {
-    let mut s = SAMPLES.lock().unwrap();
-    let e = s.entry(id.to_owned()).or_insert((bytes, Vec::new()));
-    e.1.push((iters, t));
-}
-
-/// Median throughput in GB/s over the measurement batches of `id`. Criterion runs the
-/// warm-up first and then exactly `sample_size` batches, so the last ones are the
-/// measurement; `sample_size` is read back from how the group was configured.
-fn median_gbps(samples: &Samples, id: &str, sample_size: usize) -> Option<f64> {
-    let (bytes, batches) = samples.get(id)?;
-    let measured = &batches[batches.len().saturating_sub(sample_size)..];
-    let mut rates: Vec<f64> = measured
-        .iter()
-        .map(|(iters, t)| (*bytes as f64 * *iters as f64) / t.as_secs_f64() / 1e9)
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    rates.get(rates.len() / 2).copied()
-}
-
-fn report() {
-    let samples = SAMPLES.lock().unwrap();
-    let mut out = String::new();
-    out.push_str("\n| size | sealpipe-immutable GB/s | sealpipe-read-only GB/s | unix-stream GB/s | immutable / stream | read-only / stream |\n");
-    out.push_str("|---|---|---|---|---|---|\n");
-    for &(len, name) in &SIZES {
-        let n = if len >= 64 << 20 { 15 } else { 40 };
-        let get = |case: &str| median_gbps(&samples, &format!("handoff/{name}/{case}"), n);
-        let (imm, ro, st) = (
-            get("sealpipe-immutable"),
-            get("sealpipe-read-only"),
-            get("unix-stream"),
+impl Bench {
+    /// Side-by-side pass for the ratio table: every round hands the same bytes over once
+    /// per case, one case after the other, so load that comes and goes on a shared machine
+    /// hits every case alike. Prints medians (GB/s) and ratios, and writes them to
+    /// `target/handoff-ratios.md`.
+    fn ratios(&self) {
+        let pinned = self.pinned && pin(Some(0));
+        let mut w = self.spawn_worker(pinned.then_some(1));
+        let mut out = String::from(
+            "\n| size | sealpipe-immutable GB/s | sealpipe-read-only GB/s | unix-stream GB/s | immutable / stream | read-only / stream |\n|---|---|---|---|---|---|\n",
         );
+        for (&(len, name), &rounds) in SIZES.iter().zip(&ROUNDS) {
+            let data = &self.payload[..len];
+            let expected = self.expected(len);
+            let ops = [Op::Immutable, Op::ReadOnly, Op::Stream];
+            let mut times = [vec![], vec![], vec![]];
+            for r in 0..rounds {
+                for k in 0..ops.len() {
+                    let k = (k + r) % ops.len(); // rotate who goes first
+                    let start = Instant::now();
+                    assert_eq!(round(&mut w, ops[k], data, 1), expected);
+                    times[k].push(start.elapsed());
+                }
+            }
+            let [imm, ro, st] = times.map(|t| gbps(len, t));
+            out.push_str(&format!(
+                "| {name} | {imm:.2} | {ro:.2} | {st:.2} | {:.2}× | {:.2}× |\n",
+                imm / st,
+                ro / st
+            ));
+        }
+        drop(w.ch);
+        let _ = w.child.wait();
+        pin(None);
+
+        let mut ws: Vec<Worker> = (0..FANOUT).map(|_| self.spawn_worker(None)).collect();
+        let data = &self.payload[..FANOUT_LEN];
+        let expected = self.expected(FANOUT_LEN);
+        let mut times = [vec![], vec![]];
+        for r in 0..FANOUT_ROUNDS {
+            for k in 0..2 {
+                let k = (k + r) % 2;
+                let op = [Op::Immutable, Op::Stream][k];
+                let start = Instant::now();
+                assert_eq!(fanout_round(&mut ws, op, data, 1), expected);
+                times[k].push(start.elapsed());
+            }
+        }
+        for w in ws {
+            drop(w.ch);
+            let mut child = w.child;
+            let _ = child.wait();
+        }
+        let [imm, st] = times.map(|t| gbps(FANOUT * FANOUT_LEN, t));
         out.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} |\n",
-            fmt(imm),
-            fmt(ro),
-            fmt(st),
-            ratio(imm, st),
-            ratio(ro, st)
+            "\n| fan-out, 64 MiB to 4 processes | sealpipe-immutable GB/s | unix-stream GB/s | immutable / stream |\n|---|---|---|---|\n| 4 × 64 MiB delivered | {imm:.2} | {st:.2} | {:.2}× |\n",
+            imm / st
         ));
-    }
-    let imm = median_gbps(&samples, "fanout-4x64MiB/sealpipe-immutable", 10);
-    let st = median_gbps(&samples, "fanout-4x64MiB/unix-stream", 10);
-    out.push_str("\n| fan-out 64 MiB to 4 processes | sealpipe-immutable GB/s | unix-stream GB/s | immutable / stream |\n");
-    out.push_str("|---|---|---|---|\n");
-    out.push_str(&format!(
-        "| 4 × 64 MiB delivered | {} | {} | {} |\n",
-        fmt(imm),
-        fmt(st),
-        ratio(imm, st)
-    ));
-    out.push_str("\n(GB/s = 10^9 bytes delivered per second, median of the measured samples)\n");
-    println!("{out}");
-    if let Some(dir) = target_dir() {
-        let _ = std::fs::write(dir.join("handoff-ratios.md"), &out);
-        println!("written to {}", dir.join("handoff-ratios.md").display());
+        out.push_str(&format!(
+            "\nGB/s = 10^9 bytes delivered per second, median handoff of an interleaved pass \
+             ({} rounds per size, {FANOUT_ROUNDS} for fan-out); {}.\n",
+            ROUNDS.map(|r| r.to_string()).join("/"),
+            if pinned {
+                "producer on CPU 0, consumer on CPU 1"
+            } else {
+                "not pinned"
+            }
+        ));
+        println!("{out}");
+        if let Some(dir) = target_dir() {
+            let path = dir.join("handoff-ratios.md");
+            if std::fs::write(&path, &out).is_ok() {
+                println!("written to {}", path.display());
+            }
+        }
     }
 }
 
-fn fmt(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.2}"))
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
-        _ => "-".into(),
-    }
+/// Throughput of the median handoff, in GB/s.
+fn gbps(bytes: usize, mut times: Vec<Duration>) -> f64 {
+    times.sort();
+    bytes as f64 / times[times.len() / 2].as_secs_f64() / 1e9
 }
 
 /// `target/` of this build: the bench binary lives in `target/<profile>/deps/`.
