@@ -138,9 +138,16 @@ fn worker(path: &str) {
             }
         }
         if op == Op::Sync as u8 {
-            ch.send_timeout(&0u64.to_le_bytes(), &[], T).expect("sync");
+            let cpu = cpu_time().as_nanos() as u64;
+            ch.send_timeout(&cpu.to_le_bytes(), &[], T).expect("sync");
         }
     }
+}
+
+/// CPU time used by this process so far (all threads, user and system).
+fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 fn sum_words(words: &[u64]) -> u64 {
@@ -170,10 +177,11 @@ impl Worker {
         u64::from_le_bytes(msg.payload().try_into().expect("8-byte ack"))
     }
 
-    /// Waits until the worker has finished (and cleaned up after) every handoff so far.
-    fn sync(&self) {
+    /// Waits until the worker has finished (and cleaned up after) every handoff so far;
+    /// returns the CPU time the worker process has used.
+    fn sync(&self) -> Duration {
         self.command(Op::Sync, 0, 0);
-        self.region_ack();
+        Duration::from_nanos(self.region_ack())
     }
 
     fn stream_ack(&mut self) -> u64 {
@@ -416,6 +424,9 @@ impl Bench {
     fn ratios(&self) {
         let pinned = self.pinned && pin(Some(0));
         let mut w = self.spawn_worker(pinned.then_some(1));
+        let mut cpu_table = String::from(
+            "\n| CPU µs per handoff (producer + consumer) | sealpipe-immutable | sealpipe-read-only | unix-stream |\n|---|---|---|---|\n",
+        );
         let mut out = String::from(
             "\n| size | sealpipe-immutable GB/s | sealpipe-read-only GB/s | unix-stream GB/s | immutable / stream | read-only / stream |\n|---|---|---|---|---|---|\n",
         );
@@ -424,13 +435,18 @@ impl Bench {
             let expected = self.expected(len);
             let ops = [Op::Immutable, Op::ReadOnly, Op::Stream];
             let mut times = [vec![], vec![], vec![]];
+            let mut cpus = [vec![], vec![], vec![]];
+            let mut worker_cpu = w.sync();
             for r in 0..rounds {
                 for k in 0..ops.len() {
                     let k = (k + r) % ops.len(); // rotate who goes first
-                    let start = Instant::now();
+                    let (start, own_cpu) = (Instant::now(), cpu_time());
                     let sum = round(&mut w, ops[k], data, batch);
-                    w.sync();
+                    let now_worker_cpu = w.sync();
                     times[k].push(start.elapsed() / batch as u32);
+                    let cpu = cpu_time() - own_cpu + (now_worker_cpu - worker_cpu);
+                    cpus[k].push(cpu / batch as u32);
+                    worker_cpu = now_worker_cpu;
                     assert_eq!(sum, expected.wrapping_mul(batch));
                 }
             }
@@ -440,6 +456,8 @@ impl Bench {
                 imm / st,
                 ro / st
             ));
+            let [imm, ro, st] = cpus.map(median_us);
+            cpu_table.push_str(&format!("| {name} | {imm:.0} | {ro:.0} | {st:.0} |\n"));
         }
         drop(w.ch);
         let _ = w.child.wait();
@@ -449,15 +467,21 @@ impl Bench {
         let data = &self.payload[..FANOUT_LEN];
         let expected = self.expected(FANOUT_LEN);
         let mut times = [vec![], vec![]];
+        let mut cpus = [vec![], vec![]];
         let (rounds, batch) = FANOUT_ROUNDS;
+        let workers_cpu = |ws: &[Worker]| ws.iter().map(Worker::sync).sum::<Duration>();
+        let mut worker_cpu = workers_cpu(&ws);
         for r in 0..rounds {
             for k in 0..2 {
                 let k = (k + r) % 2;
                 let op = [Op::Immutable, Op::Stream][k];
-                let start = Instant::now();
+                let (start, own_cpu) = (Instant::now(), cpu_time());
                 let sum = fanout_round(&mut ws, op, data, batch);
-                ws.iter().for_each(Worker::sync);
+                let now_worker_cpu = workers_cpu(&ws);
                 times[k].push(start.elapsed() / batch as u32);
+                let cpu = cpu_time() - own_cpu + (now_worker_cpu - worker_cpu);
+                cpus[k].push(cpu / batch as u32);
+                worker_cpu = now_worker_cpu;
                 assert_eq!(sum, expected.wrapping_mul(batch));
             }
         }
@@ -467,6 +491,10 @@ impl Bench {
             let _ = child.wait();
         }
         let [imm, st] = times.map(|t| gbps(FANOUT * FANOUT_LEN, t));
+        let [imm_cpu, st_cpu] = cpus.map(median_us);
+        cpu_table.push_str(&format!(
+            "| fan-out 4 × 64MiB (5 processes) | {imm_cpu:.0} | - | {st_cpu:.0} |\n"
+        ));
         out.push_str(&format!(
             "\n| fan-out, 64 MiB to 4 processes | sealpipe-immutable GB/s | unix-stream GB/s | immutable / stream |\n|---|---|---|---|\n| 4 × 64 MiB delivered | {imm:.2} | {st:.2} | {:.2}× |\n",
             imm / st
@@ -483,6 +511,11 @@ impl Bench {
                 "not pinned"
             }
         ));
+        out.push_str(&cpu_table);
+        out.push_str(
+            "\nCPU µs: process CPU time (user + system) of the producer and its consumers per \
+             handoff, median batch: what each way costs the machine, whatever else runs on it.\n",
+        );
         println!("{out}");
         if let Some(dir) = target_dir() {
             let path = dir.join("handoff-ratios.md");
@@ -491,6 +524,12 @@ impl Bench {
             }
         }
     }
+}
+
+/// The median, in µs.
+fn median_us(mut times: Vec<Duration>) -> f64 {
+    times.sort();
+    times[times.len() / 2].as_secs_f64() * 1e6
 }
 
 /// Throughput of the median handoff, in GB/s.
