@@ -21,11 +21,13 @@
 //! ([`WORKER_ENV`]). For the one-consumer cases the producer is pinned to CPU 0 and the
 //! consumer to CPU 1 (if the machine has two CPUs and allows it); fan-out runs unpinned.
 //!
-//! After criterion, an interleaved pass (every round hands the same bytes over once per
+//! After criterion, an interleaved pass (every round runs a short batch of handoffs per
 //! case, one case after the other, so load on a shared machine hits every case alike)
-//! prints the median throughputs and the sealpipe / socket ratios, and writes them to
-//! `target/handoff-ratios.md`. Run only that pass with a filter that matches no criterion
-//! case: `cargo bench --bench handoff -- ratios-only`.
+//! prints the median throughputs, the sealpipe / socket ratios and the CPU time per
+//! handoff (producer + consumers, which load does not skew the way it skews wall time),
+//! and writes them to `target/handoff-ratios.md`. Run only that pass with a filter that
+//! matches no criterion case: `cargo bench --bench handoff -- ratios-only`.
+//! `cargo test --benches` runs every case once and skips that pass.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -91,6 +93,7 @@ fn worker(path: &str) {
     let ch = sealpipe::spawn::worker_channel().expect("worker channel");
     let mut stream = UnixStream::connect(path).expect("connect to the bench socket");
     stream.set_read_timeout(Some(T)).unwrap();
+    stream.set_write_timeout(Some(T)).unwrap();
     let immutable = Policy::immutable();
     let read_only = Policy::read_only_view();
     let mut buf = vec![0u64; CHUNK / 8];
@@ -194,7 +197,7 @@ impl Worker {
 struct Bench {
     listener: UnixListener,
     path: std::path::PathBuf,
-    /// Fills every region and every socket write; its `u64` words sum to `sums[size]`.
+    /// Fills every region and every socket write (a prefix of it, per size).
     payload: Vec<u8>,
     pinned: bool,
 }
@@ -227,11 +230,16 @@ impl Bench {
         let (child, ch) = sealpipe::spawn::spawn(&mut cmd).expect("spawn worker");
         let (stream, _) = self.listener.accept().expect("accept worker");
         stream.set_read_timeout(Some(T)).unwrap();
+        stream.set_write_timeout(Some(T)).unwrap();
         Worker { child, ch, stream }
     }
 
+    /// What a consumer's sum of the first `len` payload bytes must be.
     fn expected(&self, len: usize) -> u64 {
-        sum_words(bytemuck::cast_slice(&self.payload[..len]))
+        self.payload[..len]
+            .chunks_exact(8)
+            .map(|w| u64::from_ne_bytes(w.try_into().unwrap()))
+            .fold(0u64, u64::wrapping_add)
     }
 
     fn single(&self, c: &mut Criterion) {
