@@ -286,6 +286,22 @@ mod tests {
     }
 
     #[test]
+    fn consumer_mappings_are_advised_sequential() {
+        // MADV_SEQUENTIAL (VmFlags "sr", VM_SEQ_READ) is what keeps munmap from marking every page
+        // accessed; see BENCHMARKS.md.
+        let v = verify(sealed(1 << 20).into_fd(), 1 << 20, &Policy::immutable(), 0).unwrap();
+        let start = format!("{:x}-", v.as_bytes().unwrap().as_ptr() as usize);
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let flags = smaps
+            .split_inclusive('\n')
+            .skip_while(|l| !l.starts_with(&start))
+            .find(|l| l.starts_with("VmFlags:"))
+            .expect("the mapping is in smaps");
+        assert!(flags.split_whitespace().any(|f| f == "sr"), "{flags}");
+        assert!(!flags.split_whitespace().any(|f| f == "wr"), "{flags}");
+    }
+
+    #[test]
     fn this_kernel_maps_write_sealed_memfds_shared() {
         // kernel-facts: 6.18 allows it; the fallback is covered above.
         assert!(capabilities().shared_map_of_write_sealed);
