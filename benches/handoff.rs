@@ -88,7 +88,7 @@ fn main() {
 
 fn worker(path: &str) {
     if let Some(cpu) = std::env::var(CPU_ENV).ok().and_then(|c| c.parse().ok()) {
-        pin(Some(cpu));
+        pin(cpu);
     }
     let ch = sealpipe::spawn::worker_channel().expect("worker channel");
     let mut stream = UnixStream::connect(path).expect("connect to the bench socket");
@@ -200,6 +200,9 @@ struct Bench {
     /// Fills every region and every socket write (a prefix of it, per size).
     payload: Vec<u8>,
     pinned: bool,
+    /// The CPUs this process may run on at start, restored after the pinned cases (and
+    /// inherited by the fan-out workers).
+    affinity: Option<rustix::thread::CpuSet>,
 }
 
 impl Bench {
@@ -217,6 +220,14 @@ impl Bench {
             path,
             payload,
             pinned,
+            affinity: rustix::thread::sched_getaffinity(None).ok(),
+        }
+    }
+
+    /// Undoes [`pin`]: back to the CPUs this process started with.
+    fn unpin(&self) {
+        if let Some(set) = &self.affinity {
+            let _ = rustix::thread::sched_setaffinity(None, set);
         }
     }
 
@@ -243,7 +254,7 @@ impl Bench {
     }
 
     fn single(&self, c: &mut Criterion) {
-        let pinned = self.pinned && pin(Some(0));
+        let pinned = self.pinned && pin(0);
         let mut w = self.spawn_worker(pinned.then_some(1));
         println!(
             "handoff: producer and consumer {}",
@@ -292,7 +303,7 @@ impl Bench {
         }
         drop(w.ch);
         let _ = w.child.wait();
-        pin(None);
+        self.unpin();
     }
 
     fn fanout(&self, c: &mut Criterion) {
@@ -404,14 +415,10 @@ fn fill(data: &[u8]) -> Region {
     region
 }
 
-/// Pins this process to `cpu`, or unpins it (`None`: every CPU). Returns whether it worked.
-fn pin(cpu: Option<usize>) -> bool {
+/// Pins this process to `cpu`. Returns whether it worked.
+fn pin(cpu: usize) -> bool {
     let mut set = rustix::thread::CpuSet::new();
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    match cpu {
-        Some(cpu) => set.set(cpu),
-        None => (0..n).for_each(|c| set.set(c)),
-    }
+    set.set(cpu);
     rustix::thread::sched_setaffinity(None, &set).is_ok()
 }
 
@@ -430,7 +437,8 @@ impl Bench {
     /// next. Prints medians (GB/s) and ratios, and writes them to
     /// `target/handoff-ratios.md`.
     fn ratios(&self) {
-        let pinned = self.pinned && pin(Some(0));
+        let load_before = read_trimmed("/proc/loadavg");
+        let pinned = self.pinned && pin(0);
         let mut w = self.spawn_worker(pinned.then_some(1));
         let mut cpu_table = String::from(
             "\n| CPU µs per handoff (producer + consumer) | sealpipe-immutable | sealpipe-read-only | unix-stream |\n|---|---|---|---|\n",
@@ -469,7 +477,7 @@ impl Bench {
         }
         drop(w.ch);
         let _ = w.child.wait();
-        pin(None);
+        self.unpin();
 
         let mut ws: Vec<Worker> = (0..FANOUT).map(|_| self.spawn_worker(None)).collect();
         let data = &self.payload[..FANOUT_LEN];
@@ -524,6 +532,7 @@ impl Bench {
             "\nCPU µs: process CPU time (user + system) of the producer and its consumers per \
              handoff, median batch: what each way costs the machine, whatever else runs on it.\n",
         );
+        out.push_str(&machine(&load_before));
         println!("{out}");
         if let Some(dir) = target_dir() {
             let path = dir.join("handoff-ratios.md");
@@ -532,6 +541,29 @@ impl Bench {
             }
         }
     }
+}
+
+/// The machine in a few lines: CPUs, model, kernel, huge page settings, load.
+fn machine(load_before: &str) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map_or("?", |m| m.trim_start_matches([' ', '\t', ':']));
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let uname = rustix::system::uname();
+    format!(
+        "\nmachine: {cpus} CPUs, {model}, kernel {}; shmem THP: {}; hugetlb pages: {}\n\
+         load average before: {load_before}; after: {}\n",
+        uname.release().to_string_lossy(),
+        read_trimmed("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
+        read_trimmed("/proc/sys/vm/nr_hugepages"),
+        read_trimmed("/proc/loadavg"),
+    )
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).map_or_else(|_| "?".into(), |s| s.trim().to_owned())
 }
 
 /// The median, in µs.
