@@ -34,8 +34,8 @@ impl ReadMap {
             .map_raw_read_only(fd.as_fd().as_raw_fd())?;
         // A hint only, so its failure is ignored. MADV_SEQUENTIAL makes the kernel skip
         // marking every page accessed (an LRU move per page) when the mapping is torn down:
-        // measured, it cuts munmap of a read 1 MiB mapping from ~90 to ~45 µs and of 64 MiB
-        // from ~9 to ~3 ms (BENCHMARKS.md). Faults keep their 64 KiB fault-around.
+        // measured, it cuts munmap of a read 1 MiB mapping from ~95 to ~40 µs and of 64 MiB
+        // from ~8 to ~3.5 ms (BENCHMARKS.md). Faults keep their 64 KiB fault-around.
         let _ = map.advise(Advice::Sequential);
         Ok(ReadMap::Shared(map))
     }
