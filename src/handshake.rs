@@ -584,7 +584,7 @@ fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred
 }
 
 /// Waits until `sock` is readable (or hung up), at most until `deadline`.
-fn wait_readable(sock: &OwnedFd, deadline: Instant) -> Result<()> {
+pub(crate) fn wait_readable(sock: &OwnedFd, deadline: Instant) -> Result<()> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -656,18 +656,29 @@ pub(crate) struct ClientHandshake {
 
 #[derive(Debug)]
 enum ClientState {
-    AwaitChallenge { features: u32, nonce: [u8; NONCE_LEN] },
+    AwaitChallenge {
+        features: u32,
+        nonce: [u8; NONCE_LEN],
+    },
     AwaitAccept,
     Done,
 }
 
 impl ClientHandshake {
     /// Sends `HELLO`. With `send_credentials`, it carries `SCM_CREDENTIALS`.
-    pub(crate) fn start(sock: &OwnedFd, secret: Option<Secret>, send_credentials: bool) -> Result<Self> {
+    pub(crate) fn start(
+        sock: &OwnedFd,
+        secret: Option<Secret>,
+        send_credentials: bool,
+    ) -> Result<Self> {
         let features = features(secret.as_ref());
         let nonce = random_nonce()?;
-        send_message(sock, &HandshakeMessage::Hello { features, nonce }, send_credentials)
-            .map_err(|e| refusal_behind(sock, e))?;
+        send_message(
+            sock,
+            &HandshakeMessage::Hello { features, nonce },
+            send_credentials,
+        )
+        .map_err(|e| refusal_behind(sock, e))?;
         Ok(ClientHandshake {
             secret,
             state: ClientState::AwaitChallenge { features, nonce },
@@ -684,7 +695,10 @@ impl ClientHandshake {
             let state = std::mem::replace(&mut self.state, ClientState::Done);
             self.state = match (state, msg) {
                 (
-                    ClientState::AwaitChallenge { features: ours, nonce: nonce_c },
+                    ClientState::AwaitChallenge {
+                        features: ours,
+                        nonce: nonce_c,
+                    },
                     HandshakeMessage::Challenge {
                         features: theirs,
                         nonce: nonce_s,
