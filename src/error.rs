@@ -2,6 +2,7 @@
 
 use std::io;
 
+use crate::handshake::HandshakeFailure;
 use crate::seals::Seals;
 
 /// Result type of every fallible sealpipe operation.
@@ -233,6 +234,62 @@ pub enum Error {
         source: io::Error,
     },
 
+    // ----- channels (handshake, listener, spawn) -----
+    /// The handshake failed and the connection was closed; `failure` says why. From a
+    /// [`crate::Listener`]'s `accept` this concerns one connection only: the listener goes
+    /// on serving.
+    #[error("handshake failed: {failure}")]
+    Handshake {
+        /// Why the handshake failed.
+        failure: HandshakeFailure,
+    },
+
+    /// A shared secret must have at least `min` bytes (use 32 random bytes).
+    #[error("shared secret is shorter than {min} bytes")]
+    SecretTooShort {
+        /// The minimum length.
+        min: usize,
+    },
+
+    /// A listener refuses to use `path` (or its directory): it is a symbolic link, not a
+    /// socket, belongs to another user, or is accessible to other users.
+    #[error("refusing to use {}: {reason}", path.display())]
+    UnsafePath {
+        /// The path.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A live listener already serves `path`.
+    #[error("a listener is already serving {}", path.display())]
+    AddressInUse {
+        /// The path.
+        path: std::path::PathBuf,
+    },
+
+    /// The listener's socket at `path` was deleted or replaced; nobody new can connect
+    /// until [`crate::Listener::rebind`].
+    #[error("the listening socket at {} was deleted or replaced", path.display())]
+    PathLost {
+        /// The path.
+        path: std::path::PathBuf,
+    },
+
+    // ----- guard (GuardedMap) -----
+    /// Another process truncated the file behind a [`crate::GuardedMap`] while it was being
+    /// read: the read touched a page past the file's new end (`SIGBUS`, caught). `buf`
+    /// holds unspecified bytes; the mapping stays usable for ranges still inside the file.
+    #[error("file was truncated while reading {len} bytes at offset {offset} (fault at offset {fault_offset})")]
+    Truncated {
+        /// Start of the read.
+        offset: u64,
+        /// Length of the read.
+        len: u64,
+        /// Offset within the mapping of the first page that was gone.
+        fault_offset: u64,
+    },
+
     // ----- ring (`crate::ring`) -----
     /// The ring's peer wrote an impossible value into its shared memory (an index beyond
     /// the capacity or moving backwards, a record length over the limit or beyond the
@@ -270,8 +327,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the error was caused by what the peer sent (as opposed to local conditions
-    /// or the peer going away). Descriptors of the offending message were closed.
+    /// Whether the error was caused by what the peer sent or did (as opposed to local
+    /// conditions or the peer going away). For a rejected message, every descriptor it
+    /// carried was closed.
     pub fn is_peer_fault(&self) -> bool {
         matches!(
             self,
@@ -286,6 +344,8 @@ impl Error {
                 | Error::EmptyRegion { .. }
                 | Error::RegionTooLarge { .. }
                 | Error::SizeMismatch { .. }
+                | Error::Handshake { .. }
+                | Error::Truncated { .. }
                 | Error::PeerCorrupt { .. }
                 | Error::RingMismatch { .. }
         )

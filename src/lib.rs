@@ -34,8 +34,14 @@
 //! | regions | [`Region`], [`SealedRegion`], [`SharedRegion`] | create, fill and seal memfds |
 //! | transport | [`Channel`], [`wire`] | messages of descriptors + a header over `SOCK_SEQPACKET` |
 //! | verification | [`verify()`], [`RegionView`], [`Policy`] | check seals and sizes, then map read-only |
-//! | channels | [`spawn`] | hand a channel to a child process on an inherited descriptor |
+//! | channels | [`spawn`], [`Listener`], [`handshake`] | authenticated connections: spawned workers, named endpoints |
 //! | ring | [`ring`] | a single-producer single-consumer ring in two sealed memfds |
+//! | async | `asyncio` (feature `tokio`) | the same channels, awaited on a tokio runtime |
+//! | I/O safety | [`PositionalFile`], [`GuardedMap`] | descriptors shared with other processes; mapping files that are not shrink-sealed |
+//!
+//! See [Sharing descriptors safely](positional#sharing-descriptors-safely) for what sharing a
+//! descriptor shares, why sealpipe trusts seals and not descriptor modes, and which tool to
+//! use when.
 //!
 //! # Two kinds of sealed region, and how you may read them
 //!
@@ -72,7 +78,17 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM_RIGHTS");
 
+#[cfg(feature = "tokio")]
+pub mod asyncio;
 mod error;
+#[cfg(fuzzing)]
+pub mod fuzz;
+#[cfg(all(test, not(fuzzing)))]
+mod fuzz;
+mod guard;
+pub mod handshake;
+mod listener;
+pub mod positional;
 mod region;
 pub mod ring;
 mod seals;
@@ -82,7 +98,15 @@ mod transport;
 mod verify;
 pub mod wire;
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use error::{Error, Result};
+pub use guard::GuardedMap;
+pub use handshake::{HandshakeConfig, PeerCredentials, PeerPolicy, RefusalReason, Secret};
+pub use listener::{default_path, Listener};
+pub use positional::PositionalFile;
 pub use region::{Region, SealedRegion, SharedRegion};
 pub use seals::{Policy, Seals};
 pub use transport::{Channel, Message};

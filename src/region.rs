@@ -148,14 +148,16 @@ impl Region {
     ///
     /// # Errors
     /// [`Error::Io`] if mapping or sealing fails.
-    pub fn share_read_only(mut self) -> Result<SharedRegion> {
-        self.as_mut_slice()?;
-        let map = self.map.take();
+    pub fn share_read_only(self) -> Result<SharedRegion> {
+        let map = match self.map {
+            Some(map) => map,
+            None => sys::map_writable(&self.fd, self.len).map_err(|e| Error::Io {
+                op: "mmap",
+                source: e,
+            })?,
+        };
         let region = SealedRegion::seal(self.fd, self.len, Seals::PRODUCER_WRITABLE)?;
-        match map {
-            Some(map) => Ok(SharedRegion { map, region }),
-            None => Err(Error::io("mmap", Errno::NOMEM)),
-        }
+        Ok(SharedRegion { map, region })
     }
 }
 

@@ -10,17 +10,14 @@ use crate::error::{Error, Result};
 use crate::seals::{Policy, Seals};
 use crate::sys::ReadMap;
 
-/// Regions at least this large are mapped with `MAP_POPULATE`: one page-table fill instead
-/// of a fault per 64 KiB when the consumer reads the whole region.
-const POPULATE_THRESHOLD: usize = 1 << 20;
-
 /// Verifies `fd` against `policy` and the length its sender declared, then maps it
 /// read-only.
 ///
-/// The checks, in order, all before any `mmap`: the descriptor is not `O_PATH`; it is a
-/// sealable shared-memory file (`F_GET_SEALS` works); its seals are a superset of what the
-/// policy requires; `declared_len` is non-zero and within the policy's limit; `fstat`
-/// reports exactly `declared_len` bytes. On any failure `fd` is closed.
+/// The checks, in order, all before any `mmap`: the descriptor is neither `O_PATH` nor
+/// write-only; it is a sealable shared-memory file (`F_GET_SEALS` works); its seals are a
+/// superset of what the policy requires; `declared_len` is non-zero and within the
+/// policy's limit; `fstat` reports exactly `declared_len` bytes. On any failure `fd` is
+/// closed.
 ///
 /// `index` is only used to label errors (the region's position within its message).
 ///
@@ -47,6 +44,12 @@ pub(crate) fn check(
         return Err(Error::NotMemfd {
             index,
             reason: "O_PATH descriptor (no access to contents)",
+        });
+    }
+    if flags & OFlags::ACCMODE == OFlags::WRONLY {
+        return Err(Error::NotMemfd {
+            index,
+            reason: "write-only descriptor (cannot be mapped for reading)",
         });
     }
     let seals = match fs::fcntl_get_seals(fd) {
@@ -112,11 +115,13 @@ fn file_kind(fd: BorrowedFd<'_>) -> &'static str {
 }
 
 fn map_read_only(fd: BorrowedFd<'_>, len: usize, seals: Seals) -> std::io::Result<ReadMap> {
-    let populate = len >= POPULATE_THRESHOLD;
+    // No MAP_POPULATE: it fills the page table one 4 KiB page at a time (get_user_pages),
+    // measured slower than the 64 KiB fault-around of plain faults at 1 MiB and 64 MiB, and
+    // it costs the whole region even when the consumer reads a part of it.
     if seals.contains(Seals::WRITE) && !capabilities().shared_map_of_write_sealed {
         return ReadMap::private(fd, len);
     }
-    ReadMap::shared(fd, len, populate)
+    ReadMap::shared(fd, len)
 }
 
 /// A verified region, mapped read-only.
@@ -270,7 +275,7 @@ fn probe_shared_map_of_write_sealed() -> bool {
     let Ok(region) = crate::Region::new(4096).and_then(crate::Region::seal) else {
         return false;
     };
-    ReadMap::shared(region.as_fd(), 4096, false).is_ok()
+    ReadMap::shared(region.as_fd(), 4096).is_ok()
 }
 
 #[cfg(test)]
@@ -295,9 +300,42 @@ mod tests {
     }
 
     #[test]
+    fn consumer_mappings_are_advised_sequential() {
+        // MADV_SEQUENTIAL (VmFlags "sr", VM_SEQ_READ) is what keeps munmap from marking every page
+        // accessed; see BENCHMARKS.md.
+        let v = verify(sealed(1 << 20).into_fd(), 1 << 20, &Policy::immutable(), 0).unwrap();
+        let start = format!("{:x}-", v.as_bytes().unwrap().as_ptr() as usize);
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let flags = smaps
+            .split_inclusive('\n')
+            .skip_while(|l| !l.starts_with(&start))
+            .find(|l| l.starts_with("VmFlags:"))
+            .expect("the mapping is in smaps");
+        assert!(flags.split_whitespace().any(|f| f == "sr"), "{flags}");
+        assert!(!flags.split_whitespace().any(|f| f == "wr"), "{flags}");
+    }
+
+    #[test]
     fn this_kernel_maps_write_sealed_memfds_shared() {
         // kernel-facts: 6.18 allows it; the fallback is covered above.
         assert!(capabilities().shared_map_of_write_sealed);
+    }
+
+    #[test]
+    fn write_only_descriptor_is_rejected_as_a_peer_fault() {
+        // A hostile peer can reopen a sealed memfd write-only through /proc and send that:
+        // seals and size check out, but it can never be mapped for reading.
+        let s = sealed(4096);
+        let path = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&s.as_fd())
+        );
+        let fd = fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, fs::Mode::empty()).unwrap();
+        let err = verify(fd, 4096, &Policy::immutable(), 2).unwrap_err();
+        assert!(
+            matches!(err, Error::NotMemfd { index: 2, .. }) && err.is_peer_fault(),
+            "{err:?}"
+        );
     }
 
     #[test]

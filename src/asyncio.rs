@@ -1,0 +1,249 @@
+//! tokio integration (feature `tokio`): await messages without a helper thread and without
+//! polling.
+//!
+//! [`AsyncChannel`] registers the channel's socket with the runtime's reactor
+//! (`tokio::io::unix::AsyncFd`) and drives the very same non-blocking send and receive code
+//! as the blocking API ([`Channel::try_send`], [`Channel::try_recv`]): one implementation of
+//! the protocol and its checks, woken by the kernel's readiness events.
+//!
+//! Timeouts: wrap any call in `tokio::time::timeout`; every call is cancel safe (see each
+//! method's `# Cancel safety`).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> sealpipe::Result<()> {
+//! use sealpipe::{asyncio::AsyncChannel, Channel, Policy, Region};
+//! let (a, b) = Channel::pair()?;
+//! let (a, b) = (AsyncChannel::new(a)?, AsyncChannel::new(b)?);
+//! let region = Region::new(4096)?.seal()?;
+//! a.send(b"hi", &[&region]).await?;
+//! let msg = b.recv(&Policy::immutable()).await?;
+//! assert_eq!(msg.payload(), b"hi");
+//! # Ok(()) }
+//! ```
+#![allow(unsafe_code)] // one call: registering the channel's descriptor with the reactor
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::error::{Error, Result};
+use crate::handshake::{HandshakeConfig, HandshakeFailure};
+use crate::listener::{Connecting, Listener};
+use crate::region::SealedRegion;
+use crate::seals::Policy;
+use crate::transport::{Channel, Message};
+
+/// A [`Channel`] driven by a tokio runtime.
+#[derive(Debug)]
+pub struct AsyncChannel {
+    fd: AsyncFd<Channel>,
+}
+
+impl AsyncChannel {
+    /// Registers `channel` with the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if called outside a runtime with I/O enabled, or registration fails.
+    pub fn new(channel: Channel) -> Result<AsyncChannel> {
+        Ok(AsyncChannel {
+            fd: register(channel)?,
+        })
+    }
+
+    /// Connects to a [`Listener`] at `path` and runs the handshake, awaiting each step
+    /// (see [`Channel::connect`]). The whole call honours the config's timeout.
+    ///
+    /// # Errors
+    /// As [`Channel::connect`].
+    ///
+    /// # Cancel safety
+    /// A dropped future abandons the connection attempt: the socket is closed and the
+    /// listener sees a failed handshake. Nothing else is lost.
+    pub async fn connect(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<AsyncChannel> {
+        let deadline = Instant::now() + config.timeout;
+        let connecting = Connecting::new(path.as_ref())?;
+        while !connecting.try_connect()? {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            // The listener's backlog is full: unix sockets give no readiness for that.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (sock, peer, mut client) = connecting.start_handshake(config)?;
+        let fd = register(sock)?;
+        loop {
+            let ready = tokio::time::timeout_at(deadline.into(), fd.readable())
+                .await
+                .map_err(|_elapsed| Error::Handshake {
+                    failure: HandshakeFailure::TimedOut,
+                })?;
+            let mut ready = ready.map_err(reactor_error)?;
+            let step = ready.try_io(|s| match client.step(s.get_ref()) {
+                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                Ok(true) => Ok(Ok(())),
+                Err(e) => Ok(Err(e)),
+            });
+            match step {
+                Ok(result) => {
+                    result.map_err(reactor_error)??;
+                    break;
+                }
+                Err(_would_block) => continue,
+            }
+        }
+        AsyncChannel::new(Channel::new(fd.into_inner(), Some(peer), None))
+    }
+
+    /// The blocking channel underneath (for example to [`Channel::try_send`] from
+    /// synchronous code).
+    pub fn get_ref(&self) -> &Channel {
+        self.fd.get_ref()
+    }
+
+    /// Deregisters from the runtime and returns the channel.
+    pub fn into_inner(self) -> Channel {
+        self.fd.into_inner()
+    }
+
+    /// Sends one message, waiting for room in the socket. See [`Channel::send`].
+    ///
+    /// # Errors
+    /// As [`Channel::send`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe. A message is handed to the kernel whole, by one non-blocking `sendmsg`
+    /// inside a single poll: if the future is dropped, the message was either sent entirely
+    /// or not at all. The regions stay yours either way.
+    pub async fn send(&self, payload: &[u8], regions: &[&SealedRegion]) -> Result<()> {
+        loop {
+            let mut ready = self.fd.writable().await.map_err(reactor_error)?;
+            match ready.try_io(|ch| would_block(ch.get_ref().try_send(payload, regions))) {
+                Ok(result) => return result.map_err(reactor_error)?,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Receives one message and verifies its regions. See [`Channel::recv`].
+    ///
+    /// # Errors
+    /// As [`Channel::recv`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe. A message is taken from the socket, verified and returned within a
+    /// single poll; if the future is dropped while waiting, no message has been taken and
+    /// no descriptor received, so the next `recv` gets it.
+    pub async fn recv(&self, policy: &Policy) -> Result<Message> {
+        loop {
+            let mut ready = self.fd.readable().await.map_err(reactor_error)?;
+            match ready.try_io(|ch| would_block(ch.get_ref().try_recv(policy))) {
+                Ok(result) => return result.map_err(reactor_error)?,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// A [`Listener`] driven by a tokio runtime: handshakes of many clients progress
+/// concurrently in the listener's own non-blocking state machine, woken by the kernel.
+#[derive(Debug)]
+pub struct AsyncListener {
+    fd: AsyncFd<Listener>,
+}
+
+impl AsyncListener {
+    /// Registers `listener` with the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if called outside a runtime with I/O enabled, or registration fails.
+    pub fn new(listener: Listener) -> Result<AsyncListener> {
+        Ok(AsyncListener {
+            fd: register(listener)?,
+        })
+    }
+
+    /// The listener underneath (e.g. for [`Listener::rebind`]).
+    pub fn get_mut(&mut self) -> &mut Listener {
+        self.fd.get_mut()
+    }
+
+    /// Awaits the next connection whose handshake succeeds. See [`Listener::accept`].
+    ///
+    /// # Errors
+    /// As [`Listener::accept`]: a failed handshake is reported (the listener goes on).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: handshakes in progress live in the listener, not in the future, so a
+    /// dropped `accept` loses no connection; the next call picks up where it left off.
+    pub async fn accept(&mut self) -> Result<AsyncChannel> {
+        loop {
+            // Wake for readiness, or when the earliest handshake in progress times out.
+            let deadline = self.fd.get_ref().next_deadline();
+            let ready = match deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), self.fd.readable_mut())
+                    .await
+                    .ok(),
+                None => Some(self.fd.readable_mut().await),
+            };
+            match ready {
+                Some(ready) => {
+                    let mut ready = ready.map_err(reactor_error)?;
+                    match ready.try_io(|l| would_block(l.get_mut().try_accept())) {
+                        Ok(result) => return AsyncChannel::new(result.map_err(reactor_error)??),
+                        Err(_would_block) => continue,
+                    }
+                }
+                None => match self.fd.get_mut().try_accept() {
+                    Err(Error::WouldBlock) => continue,
+                    result => return AsyncChannel::new(result?),
+                },
+            }
+        }
+    }
+}
+
+/// Registers `inner` with the current runtime's reactor, without panicking outside one.
+fn register<T: AsRawFd + OwnsItsFd>(inner: T) -> Result<AsyncFd<T>> {
+    // tokio panics without a runtime; a library must not, so check first.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::Io {
+            op: "register with the tokio reactor",
+            source: io::Error::other("not called from within a tokio runtime"),
+        });
+    }
+    // SAFETY: `T: OwnsItsFd` owns the descriptor `as_raw_fd` returns and gives it up only
+    // by value (into_inner/Drop), so it stays open, refers to the same file and is what
+    // `as_raw_fd` returns for as long as the `AsyncFd` owns `inner`.
+    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE | Interest::WRITABLE) }
+        .map_err(|e| Error::Io {
+            op: "register with the tokio reactor",
+            source: e.into_parts().1,
+        })
+}
+
+/// Types whose `as_raw_fd` is a descriptor they own for their whole life.
+trait OwnsItsFd {}
+impl OwnsItsFd for Channel {}
+impl OwnsItsFd for Listener {}
+impl OwnsItsFd for OwnedFd {}
+
+/// Turns sealpipe's `WouldBlock` into the `io::ErrorKind::WouldBlock` that makes tokio clear
+/// the readiness flag; every other outcome is passed through.
+fn would_block<T>(r: Result<T>) -> io::Result<Result<T>> {
+    match r {
+        Err(Error::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+        other => Ok(other),
+    }
+}
+
+fn reactor_error(source: io::Error) -> Error {
+    Error::Io {
+        op: "wait for readiness",
+        source,
+    }
+}
