@@ -1015,6 +1015,23 @@ mod tests {
             }
         }
         assert!(expect > 50);
+        // The single-item paths, which use only the cached peer index.
+        while c.available().unwrap().is_ok() {
+            let mut rest = [0u64; 1];
+            c.read(&mut rest);
+        }
+        c.publish();
+        p.free(16).unwrap().unwrap();
+        for i in 0..16 {
+            assert!(p.push_cached(1000 + i));
+        }
+        assert!(!p.push_cached(0), "ring full");
+        p.publish();
+        assert_eq!(c.pop_cached(), None, "not refreshed yet");
+        c.available().unwrap().unwrap();
+        for i in 0..16 {
+            assert_eq!(c.pop_cached(), Some(1000 + i));
+        }
         ci.store(99, Ordering::Relaxed);
         assert!(p.free(16).is_err(), "read index past write");
     }
