@@ -85,7 +85,7 @@ fn parent(secs: u64) -> Result<bool, Box<dyn std::error::Error>> {
         let mut shared = Region::new(1 << 16)?.share_read_only()?;
         for i in 0..REGIONS {
             let data: Vec<u8> = (0..(4096 * (1 + i % 16)))
-                .map(|j| (j as u64 ^ i ^ epoch) as u8)
+                .map(|j| (j ^ i ^ epoch) as u8)
                 .collect();
             let mut r = Region::new(data.len())?;
             r.write_at(0, &data)?;
