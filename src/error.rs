@@ -232,11 +232,26 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    // ----- guard (GuardedMap) -----
+    /// Another process truncated the file behind a [`crate::GuardedMap`] while it was being
+    /// read: the read touched a page past the file's new end (`SIGBUS`, caught). `buf`
+    /// holds unspecified bytes; the mapping stays usable for ranges still inside the file.
+    #[error("file was truncated while reading {len} bytes at offset {offset} (fault at offset {fault_offset})")]
+    Truncated {
+        /// Start of the read.
+        offset: u64,
+        /// Length of the read.
+        len: u64,
+        /// Offset within the mapping of the first page that was gone.
+        fault_offset: u64,
+    },
 }
 
 impl Error {
-    /// Whether the error was caused by what the peer sent (as opposed to local conditions
-    /// or the peer going away). Descriptors of the offending message were closed.
+    /// Whether the error was caused by what the peer sent or did (as opposed to local
+    /// conditions or the peer going away). For a rejected message, every descriptor it
+    /// carried was closed.
     pub fn is_peer_fault(&self) -> bool {
         matches!(
             self,
@@ -251,6 +266,7 @@ impl Error {
                 | Error::EmptyRegion { .. }
                 | Error::RegionTooLarge { .. }
                 | Error::SizeMismatch { .. }
+                | Error::Truncated { .. }
         )
     }
 

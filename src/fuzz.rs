@@ -4,6 +4,7 @@
 //! Each entry point takes arbitrary bytes and must never panic, hang, leak a descriptor or
 //! read out of bounds; where a simple model of the correct answer exists, it asserts that
 //! the implementation agrees with it (an assertion failure is a finding).
+#![cfg_attr(not(fuzzing), allow(unreachable_pub))] // public only to the fuzz crate
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -21,7 +22,9 @@ pub fn wire_decode(data: &[u8]) {
     assert!(h.payload_len <= wire::MAX_PAYLOAD);
     let range = wire::payload_range(&h);
     assert_eq!(range.end, data.len());
-    let lens: Vec<u64> = (0..h.region_count).map(|i| wire::region_len(data, i)).collect();
+    let lens: Vec<u64> = (0..h.region_count)
+        .map(|i| wire::region_len(data, i))
+        .collect();
     let mut buf = vec![0u8; wire::HEADER_LEN + wire::REGION_DESC_LEN * lens.len()];
     let n = wire::encode(&mut buf, lens.iter().copied(), h.payload_len).expect("re-encode");
     assert_eq!(&buf[..n], &data[..range.start]);
@@ -55,23 +58,41 @@ pub fn seal_policy(data: &[u8]) {
     }
     .max_region_len(limit);
 
-    let Some(fd) = make_fd(kind, seals_to_add, real) else { return };
-    let actual_seals = fs::fcntl_get_seals(&fd).ok().map(|s| Seals::from_bits(s.bits()));
+    let Some(fd) = make_fd(kind, seals_to_add, real) else {
+        return;
+    };
+    let actual_seals = fs::fcntl_get_seals(&fd)
+        .ok()
+        .map(|s| Seals::from_bits(s.bits()));
     let result = crate::verify::check(fd.as_fd(), declared, &policy, 0);
 
     // The specification, in the order PROTOCOL.md lists the checks.
     match (kind, actual_seals) {
-        (2..=4, _) | (_, None) => assert!(matches!(result, Err(Error::NotMemfd { .. })), "{result:?}"),
+        (2..=4, _) | (_, None) => {
+            assert!(matches!(result, Err(Error::NotMemfd { .. })), "{result:?}")
+        }
         (_, Some(have)) => {
             let missing = policy.missing_seals(have);
             if !missing.is_empty() {
-                assert!(matches!(result, Err(Error::MissingSeals { missing: m, .. }) if m == missing), "{result:?}");
+                assert!(
+                    matches!(result, Err(Error::MissingSeals { missing: m, .. }) if m == missing),
+                    "{result:?}"
+                );
             } else if declared == 0 {
-                assert!(matches!(result, Err(Error::EmptyRegion { .. })), "{result:?}");
+                assert!(
+                    matches!(result, Err(Error::EmptyRegion { .. })),
+                    "{result:?}"
+                );
             } else if declared > limit || declared > isize::MAX as u64 {
-                assert!(matches!(result, Err(Error::RegionTooLarge { .. })), "{result:?}");
+                assert!(
+                    matches!(result, Err(Error::RegionTooLarge { .. })),
+                    "{result:?}"
+                );
             } else if declared != real {
-                assert!(matches!(result, Err(Error::SizeMismatch { .. })), "{result:?}");
+                assert!(
+                    matches!(result, Err(Error::SizeMismatch { .. })),
+                    "{result:?}"
+                );
             } else {
                 assert!(matches!(result, Ok(s) if s == have), "{result:?}");
             }
@@ -90,14 +111,20 @@ fn make_fd(kind: u8, seals: u32, len: u64) -> Option<OwnedFd> {
         Some(fd)
     };
     match kind {
-        0 => memfd(MemfdFlags::ALLOW_SEALING | MemfdFlags::NOEXEC_SEAL).or_else(|| memfd(MemfdFlags::ALLOW_SEALING)),
+        0 => memfd(MemfdFlags::ALLOW_SEALING | MemfdFlags::NOEXEC_SEAL)
+            .or_else(|| memfd(MemfdFlags::ALLOW_SEALING)),
         1 => memfd(MemfdFlags::empty()),
         2 => rustix::pipe::pipe().ok().map(|(r, _w)| r),
         3 => rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).ok(),
         4 => {
             let m = memfd(MemfdFlags::ALLOW_SEALING)?;
             let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&m));
-            fs::open(path.as_str(), OFlags::PATH | OFlags::CLOEXEC, fs::Mode::empty()).ok()
+            fs::open(
+                path.as_str(),
+                OFlags::PATH | OFlags::CLOEXEC,
+                fs::Mode::empty(),
+            )
+            .ok()
         }
         _ => memfd(MemfdFlags::ALLOW_SEALING),
     }
@@ -111,7 +138,9 @@ mod replay {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
         let mut n = 0;
         for dir in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else { continue };
+            let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+                continue;
+            };
             for e in entries {
                 let path = e.unwrap().path();
                 entry(&std::fs::read(&path).unwrap());

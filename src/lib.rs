@@ -35,6 +35,12 @@
 //! | transport | [`Channel`], [`wire`] | messages of descriptors + a header over `SOCK_SEQPACKET` |
 //! | verification | [`verify()`], [`RegionView`], [`Policy`] | check seals and sizes, then map read-only |
 //! | channels | [`spawn`] | hand a channel to a child process on an inherited descriptor |
+//! | async | `asyncio` (feature `tokio`) | the same channels, awaited on a tokio runtime |
+//! | I/O safety | [`PositionalFile`], [`GuardedMap`] | descriptors shared with other processes; mapping files that are not shrink-sealed |
+//!
+//! See [Sharing descriptors safely](positional#sharing-descriptors-safely) for what sharing a
+//! descriptor shares, why sealpipe trusts seals and not descriptor modes, and which tool to
+//! use when.
 //!
 //! # Two kinds of sealed region, and how you may read them
 //!
@@ -71,11 +77,15 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM_RIGHTS");
 
+#[cfg(feature = "tokio")]
+pub mod asyncio;
 mod error;
 #[cfg(fuzzing)]
 pub mod fuzz;
 #[cfg(all(test, not(fuzzing)))]
 mod fuzz;
+mod guard;
+pub mod positional;
 mod region;
 mod seals;
 pub mod spawn;
@@ -89,6 +99,8 @@ pub mod wire;
 struct ReadmeDoctests;
 
 pub use error::{Error, Result};
+pub use guard::GuardedMap;
+pub use positional::PositionalFile;
 pub use region::{Region, SealedRegion, SharedRegion};
 pub use seals::{Policy, Seals};
 pub use transport::{Channel, Message};

@@ -356,6 +356,12 @@ impl AsFd for Channel {
     }
 }
 
+impl std::os::fd::AsRawFd for Channel {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
 thread_local! {
     /// Receive buffer, one per thread: one byte longer than the longest valid message so
     /// that an over-long one is detected. Reused to keep `recv` from zeroing 70 KiB per call.

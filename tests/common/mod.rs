@@ -147,3 +147,40 @@ pub fn assert_no_fd_leak<R>(what: &str, f: impl FnOnce() -> R) -> R {
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+/// Environment variable naming the descriptor [`spawn_peer_sharing`] hands to a peer.
+pub const SHARED_FD_ENV: &str = "SEALPIPE_TEST_SHARED_FD";
+
+/// [`spawn_peer`], and the peer also inherits a duplicate of `fd`: a descriptor for the
+/// **same open file description** (offset, status flags), as `fork` or `SCM_RIGHTS` would
+/// give it. The peer takes it with [`shared_fd`].
+///
+/// The duplicate is inheritable only while this call spawns the peer; hold [`serial`] so
+/// that no other test of the binary spawns a process meanwhile.
+pub fn spawn_peer_sharing(test: &str, role: &str, fd: std::os::fd::BorrowedFd<'_>) -> Peer {
+    use std::os::fd::AsRawFd;
+    let dup = rustix::io::fcntl_dupfd_cloexec(fd, 10).expect("dup");
+    rustix::io::fcntl_setfd(&dup, rustix::io::FdFlags::empty()).expect("clear FD_CLOEXEC");
+    let number = dup.as_raw_fd().to_string();
+    let peer = spawn_peer_with(test, role, |cmd| {
+        cmd.env(SHARED_FD_ENV, number);
+    });
+    drop(dup);
+    peer
+}
+
+/// In a peer started by [`spawn_peer_sharing`], takes the shared descriptor (once).
+#[allow(unsafe_code)]
+pub fn shared_fd() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let fd: i32 = std::env::var(SHARED_FD_ENV)
+        .expect("peer: no shared descriptor")
+        .parse()
+        .expect("peer: bad descriptor number");
+    std::env::remove_var(SHARED_FD_ENV); // a second call fails instead of double-owning
+                                         // SAFETY: the parent made `fd` inheritable just for this process and named it in the
+                                         // variable, which is removed above, so exactly one owner is ever created for it.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).expect("set FD_CLOEXEC");
+    owned
+}
