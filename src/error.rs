@@ -246,6 +246,41 @@ pub enum Error {
         /// Offset within the mapping of the first page that was gone.
         fault_offset: u64,
     },
+
+    // ----- ring (`crate::ring`) -----
+    /// The ring's peer wrote an impossible value into its shared memory (an index beyond
+    /// the capacity or moving backwards, a record length over the limit or beyond the
+    /// published data, an unknown record kind). The ring is unusable from now on: every
+    /// later call returns this error again.
+    #[error("ring peer wrote an impossible value: {what}")]
+    PeerCorrupt {
+        /// Which value, for humans.
+        what: &'static str,
+    },
+
+    /// The peer's ring does not match this side's (magic, version, kind, item size or
+    /// layout), or the setup messages were not what the ring protocol sends.
+    #[error("peer's ring does not match: {what}")]
+    RingMismatch {
+        /// What differs, for humans.
+        what: &'static str,
+    },
+
+    /// A record is longer than the ring carries (half its capacity, less an 8-byte header).
+    #[error("record of {len} bytes exceeds the ring's limit of {max}")]
+    RecordTooLarge {
+        /// Length of the record.
+        len: usize,
+        /// The ring's limit.
+        max: usize,
+    },
+
+    /// A ring capacity must be a power of two from 16 to 2^31 units.
+    #[error("invalid ring capacity {capacity}: must be a power of two from 16 to 2^31")]
+    InvalidCapacity {
+        /// The capacity asked for.
+        capacity: u64,
+    },
 }
 
 impl Error {
@@ -267,6 +302,8 @@ impl Error {
                 | Error::RegionTooLarge { .. }
                 | Error::SizeMismatch { .. }
                 | Error::Truncated { .. }
+                | Error::PeerCorrupt { .. }
+                | Error::RingMismatch { .. }
         )
     }
 

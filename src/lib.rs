@@ -41,6 +41,7 @@
 //! See [Sharing descriptors safely](positional#sharing-descriptors-safely) for what sharing a
 //! descriptor shares, why sealpipe trusts seals and not descriptor modes, and which tool to
 //! use when.
+//! | ring | [`ring`] | a single-producer single-consumer ring in two sealed memfds |
 //!
 //! # Two kinds of sealed region, and how you may read them
 //!
@@ -87,6 +88,7 @@ mod fuzz;
 mod guard;
 pub mod positional;
 mod region;
+pub mod ring;
 mod seals;
 pub mod spawn;
 mod sys;

@@ -232,6 +232,13 @@ impl RegionView {
         v
     }
 
+    /// Start of the read-only mapping (for the ring, which reads it only by atomic loads
+    /// and volatile copies).
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.map.ptr()
+    }
+
     /// Gives up the mapping and returns the descriptor.
     pub fn into_fd(self) -> OwnedFd {
         self.fd

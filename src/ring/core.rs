@@ -1,0 +1,994 @@
+//! The ring's pure logic: index arithmetic, validation of the peer's indices, record
+//! framing, and the publish/park protocol.
+//!
+//! Nothing here makes a system call or knows about memfds: the engines run over a raw
+//! pointer and a length (a mapping in production, a `Vec` under Miri) and over control
+//! words given as pointers to atomics. That is what lets the unit tests below run under
+//! Miri, and the protocol functions under loom (`tests/loom_ring.rs`).
+//!
+//! Invariants (all indices are `u32` counters that wrap; positions are `index & (cap - 1)`):
+//! - `cap` is a power of two in `MIN_CAPACITY ..= MAX_CAPACITY` units (bytes for the byte
+//!   ring, slots for the typed ring), so `write - read` (wrapping) in `0 ..= cap` tells full
+//!   from empty without ambiguity;
+//! - each side stores only its own index; the other side's index is loaded once into a
+//!   local (`cached_*`), validated (`check_write`/`check_read`) and only then used;
+//! - in the byte ring every record starts 8-aligned and is contiguous: a record that would
+//!   cross the end is preceded by a pad header that skips to position 0.
+#![allow(unsafe_code)]
+
+use super::sync::{fence, AtomicU32, AtomicU64, Ordering};
+
+/// The smallest capacity accepted, in units.
+pub(crate) const MIN_CAPACITY: u32 = 16;
+/// The largest capacity accepted, in units: indices are `u32` and must tell full from empty.
+pub(crate) const MAX_CAPACITY: u32 = 1 << 31;
+
+/// Bytes of the header in front of each byte-ring record.
+pub(crate) const RECORD_HEADER: u32 = 8;
+/// Header kind of a record.
+const KIND_RECORD: u32 = 0;
+/// Header kind of padding that skips to the start of the ring.
+const KIND_PAD: u32 = 1;
+
+/// Bit of a wait word saying "this side is parked (or about to park)"; the low 32 bits hold
+/// the peer index value it saw and waits to change.
+pub(crate) const WAITING: u64 = 1 << 32;
+
+/// A value read from the peer's memory was impossible. The string says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Corrupt(pub(crate) &'static str);
+
+/// Whether `cap` units is a valid capacity.
+pub(crate) fn valid_capacity(cap: u64) -> bool {
+    cap.is_power_of_two() && (u64::from(MIN_CAPACITY)..=u64::from(MAX_CAPACITY)).contains(&cap)
+}
+
+/// Validates the producer's write index `new_write` as seen by a consumer at `read` that
+/// last saw `old_write`: it may not move backwards, nor past `read + cap`.
+pub(crate) fn check_write(
+    cap: u32,
+    read: u32,
+    old_write: u32,
+    new_write: u32,
+) -> Result<(), Corrupt> {
+    let old_used = old_write.wrapping_sub(read);
+    let new_used = new_write.wrapping_sub(read);
+    if new_used > cap {
+        return Err(Corrupt(
+            "write index more than the capacity ahead of the read index",
+        ));
+    }
+    if new_used < old_used {
+        return Err(Corrupt("write index moved backwards"));
+    }
+    Ok(())
+}
+
+/// Validates the consumer's read index `new_read` as seen by a producer at `write` that last
+/// saw `old_read`: it may not move backwards, nor past `write`.
+pub(crate) fn check_read(write: u32, old_read: u32, new_read: u32) -> Result<(), Corrupt> {
+    let advanced = new_read.wrapping_sub(old_read);
+    let outstanding = write.wrapping_sub(old_read);
+    if advanced > outstanding {
+        return Err(Corrupt(
+            "read index moved backwards or past the write index",
+        ));
+    }
+    Ok(())
+}
+
+/// Units a byte-ring record of `len` payload bytes occupies (header + payload, 8-aligned).
+/// `None` if it cannot fit any ring.
+pub(crate) fn record_span(len: usize) -> Option<u32> {
+    let padded = len.checked_add(7)? & !7;
+    u32::try_from(padded.checked_add(RECORD_HEADER as usize)?).ok()
+}
+
+/// The longest payload a byte ring of `cap` bytes accepts: a record may take at most half
+/// the ring, which guarantees that it always fits once the ring is empty, wherever the
+/// write position is (either before the middle, or after it with padding to the end).
+pub(crate) fn max_record_len(cap: u32) -> usize {
+    (cap / 2 - RECORD_HEADER) as usize
+}
+
+/// Where a record goes: `pad` bytes of padding at the write position (0 or up to the end of
+/// the ring), then the record's header at `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub(crate) pad: u32,
+    pub(crate) offset: u32,
+    pub(crate) span: u32,
+}
+
+/// Places a record of `span` units at `write` with `free` units free, or `None` if it does
+/// not fit now.
+pub(crate) fn place(cap: u32, write: u32, free: u32, span: u32) -> Option<Placement> {
+    let pos = write & (cap - 1);
+    let to_end = cap - pos;
+    if span <= to_end {
+        (span <= free).then_some(Placement {
+            pad: 0,
+            offset: pos,
+            span,
+        })
+    } else {
+        (to_end.checked_add(span)? <= free).then_some(Placement {
+            pad: to_end,
+            offset: 0,
+            span,
+        })
+    }
+}
+
+/// A record header, parsed and validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parsed {
+    /// Skip this many bytes (to the end of the ring).
+    Pad(u32),
+    /// A record: payload at `offset + RECORD_HEADER`, `len` bytes, `span` units in all.
+    Record { offset: u32, len: u32, span: u32 },
+}
+
+/// Parses the header word `header` found at `read`, with `avail` units published after it.
+pub(crate) fn parse(cap: u32, read: u32, avail: u32, header: u64) -> Result<Parsed, Corrupt> {
+    let pos = read & (cap - 1);
+    let len = header as u32;
+    match (header >> 32) as u32 {
+        KIND_PAD => {
+            let skip = cap - pos;
+            if skip > avail {
+                return Err(Corrupt("padding beyond the published data"));
+            }
+            if pos == 0 {
+                return Err(Corrupt("padding at the start of the ring"));
+            }
+            Ok(Parsed::Pad(skip))
+        }
+        KIND_RECORD => {
+            if len as usize > max_record_len(cap) {
+                return Err(Corrupt("record length over the ring's limit"));
+            }
+            // Cannot overflow: len <= cap / 2 - 8 <= 2^30.
+            let span = len.div_ceil(8) * 8 + RECORD_HEADER;
+            if span > avail {
+                return Err(Corrupt("record longer than the published data"));
+            }
+            if span > cap - pos {
+                return Err(Corrupt("record crosses the end of the ring"));
+            }
+            Ok(Parsed::Record {
+                offset: pos,
+                len,
+                span,
+            })
+        }
+        _ => Err(Corrupt("unknown record kind")),
+    }
+}
+
+/// The header word of a record of `len` bytes.
+pub(crate) fn record_header(len: u32) -> u64 {
+    u64::from(KIND_RECORD) << 32 | u64::from(len)
+}
+
+/// The header word of padding.
+pub(crate) fn pad_header() -> u64 {
+    u64::from(KIND_PAD) << 32
+}
+
+/// Publishes `new` as this side's index. Returns whether the peer may be parked waiting for
+/// it, so that the caller must wake it.
+///
+/// With `peer_parks`, a `SeqCst` fence separates the store from the load of the peer's wait
+/// word; it pairs with the fence in [`prepare_park`] (Dekker): either the parking peer sees
+/// `new`, or we see its wait word. (Fences rather than `SeqCst` accesses, because those are
+/// what loom models exactly.) The wait word names the index value the peer saw; a wake is
+/// needed only if that differs from `new` (otherwise the record is stale: the peer already
+/// saw `new`).
+pub(crate) fn publish(
+    own_index: &AtomicU32,
+    new: u32,
+    peer_wait: &AtomicU64,
+    peer_parks: bool,
+) -> bool {
+    // Pairs with the Acquire load of the peer's engine (`refresh_*`) and `wait_change`.
+    own_index.store(new, Ordering::Release);
+    if !peer_parks {
+        return false;
+    }
+    fence(Ordering::SeqCst);
+    let wait = peer_wait.load(Ordering::Relaxed);
+    wait & WAITING != 0 && wait as u32 != new
+}
+
+/// Announces that this side will park until the peer's index differs from `seen`, then
+/// re-checks it. Returns `true` if it may sleep (the index still equals `seen`); on `false`
+/// the announcement has been withdrawn.
+pub(crate) fn prepare_park(own_wait: &AtomicU64, peer_index: &AtomicU32, seen: u32) -> bool {
+    own_wait.store(WAITING | u64::from(seen), Ordering::Relaxed);
+    // Pairs with the fence in `publish`.
+    fence(Ordering::SeqCst);
+    if peer_index.load(Ordering::Acquire) == seen {
+        return true;
+    }
+    own_wait.store(0, Ordering::Relaxed);
+    false
+}
+
+/// Withdraws the announcement of [`prepare_park`] after waking.
+pub(crate) fn end_park(own_wait: &AtomicU64) {
+    own_wait.store(0, Ordering::Relaxed);
+}
+
+#[cfg(not(loom))]
+pub(crate) use engines::*;
+
+#[cfg(not(loom))]
+mod engines {
+    use std::marker::PhantomData;
+    use std::ptr::NonNull;
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    use super::*;
+
+    /// The four control words of a ring, seen from one side.
+    ///
+    /// Invariant: every pointer is valid and aligned for the whole life of the value (the
+    /// owner keeps the mappings or boxes alive); `own_*` point to memory only this side
+    /// writes, `peer_*` to memory only the peer writes (we only load it).
+    #[derive(Debug)]
+    pub(crate) struct Words {
+        own_index: NonNull<AtomicU32>,
+        own_wait: NonNull<AtomicU64>,
+        peer_index: NonNull<AtomicU32>,
+        peer_wait: NonNull<AtomicU64>,
+    }
+
+    impl Words {
+        /// # Safety
+        /// The four pointers must be non-null, aligned, and valid for atomic access (loads
+        /// only for `peer_*`, which may be read-only memory) for the life of the value.
+        pub(crate) unsafe fn new(
+            own_index: *const AtomicU32,
+            own_wait: *const AtomicU64,
+            peer_index: *const AtomicU32,
+            peer_wait: *const AtomicU64,
+        ) -> Option<Words> {
+            Some(Words {
+                own_index: NonNull::new(own_index.cast_mut())?,
+                own_wait: NonNull::new(own_wait.cast_mut())?,
+                peer_index: NonNull::new(peer_index.cast_mut())?,
+                peer_wait: NonNull::new(peer_wait.cast_mut())?,
+            })
+        }
+
+        pub(crate) fn own_index(&self) -> &AtomicU32 {
+            // SAFETY: valid for the life of self (type invariant).
+            unsafe { self.own_index.as_ref() }
+        }
+        pub(crate) fn own_wait(&self) -> &AtomicU64 {
+            // SAFETY: valid for the life of self (type invariant).
+            unsafe { self.own_wait.as_ref() }
+        }
+        pub(crate) fn peer_index(&self) -> &AtomicU32 {
+            // SAFETY: valid for the life of self (type invariant); only loaded.
+            unsafe { self.peer_index.as_ref() }
+        }
+        pub(crate) fn peer_wait(&self) -> &AtomicU64 {
+            // SAFETY: valid for the life of self (type invariant); only loaded.
+            unsafe { self.peer_wait.as_ref() }
+        }
+    }
+
+    /// What a side must wait for when it cannot proceed: the peer's index to move from
+    /// `seen`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct Blocked {
+        pub(crate) seen: u32,
+    }
+
+    /// Producer state of a byte ring.
+    ///
+    /// Invariants: `data` is valid for reads and writes of `cap` bytes, 8-aligned, and no
+    /// other process writes it; `read <= published <= write <= read + cap` (wrapping), all
+    /// multiples of 8.
+    #[derive(Debug)]
+    pub(crate) struct ByteProducer {
+        data: NonNull<u8>,
+        cap: u32,
+        /// Position after the last committed record (published or not).
+        write: u32,
+        /// Index last stored to the shared write index.
+        published: u32,
+        /// The consumer's read index as last loaded and validated.
+        cached_read: u32,
+        pub(crate) words: Words,
+        pub(crate) peer_parks: bool,
+    }
+
+    // SAFETY: the engine owns its side of the ring; the pointers are valid for its life
+    // wherever it moves (the owner moves the mappings with it).
+    unsafe impl Send for ByteProducer {}
+
+    impl ByteProducer {
+        /// # Safety
+        /// `data` must be 8-aligned and valid for reads and writes of `cap` bytes that no
+        /// one else writes, for the life of the value; `cap` must be a valid capacity.
+        pub(crate) unsafe fn new(
+            data: NonNull<u8>,
+            cap: u32,
+            words: Words,
+            peer_parks: bool,
+        ) -> Self {
+            debug_assert!(valid_capacity(u64::from(cap)) && data.as_ptr() as usize % 8 == 0);
+            ByteProducer {
+                data,
+                cap,
+                write: 0,
+                published: 0,
+                cached_read: 0,
+                words,
+                peer_parks,
+            }
+        }
+
+        pub(crate) fn capacity(&self) -> u32 {
+            self.cap
+        }
+
+        /// Loads, validates and caches the consumer's read index.
+        fn refresh_read(&mut self) -> Result<u32, Corrupt> {
+            // Pairs with the Release/SeqCst store in the consumer's `publish`.
+            let r = self.words.peer_index().load(Ordering::Acquire);
+            check_read(self.published, self.cached_read, r)?;
+            if r % 8 != 0 {
+                return Err(Corrupt("read index not 8-aligned"));
+            }
+            self.cached_read = r;
+            Ok(r)
+        }
+
+        /// Finds room for `len` bytes. `Ok(Err(blocked))` if the ring is too full now.
+        /// `len` must be at most `max_record_len(cap)`.
+        pub(crate) fn reserve(
+            &mut self,
+            len: usize,
+        ) -> Result<Result<Placement, Blocked>, Corrupt> {
+            debug_assert!(len <= max_record_len(self.cap));
+            let span = record_span(len).unwrap_or(u32::MAX);
+            let free = self.cap - self.write.wrapping_sub(self.cached_read);
+            if let Some(p) = place(self.cap, self.write, free, span) {
+                return Ok(Ok(p));
+            }
+            let r = self.refresh_read()?;
+            let free = self.cap - self.write.wrapping_sub(r);
+            Ok(place(self.cap, self.write, free, span).ok_or(Blocked { seen: r }))
+        }
+
+        /// Pointer to the payload of a reserved record.
+        pub(crate) fn payload_ptr(&self, p: Placement) -> *mut u8 {
+            // SAFETY: offset + 8 + len <= cap (place() guarantees offset + span <= cap).
+            unsafe { self.data.as_ptr().add((p.offset + RECORD_HEADER) as usize) }
+        }
+
+        /// Writes the headers of a reserved record of `len` bytes and advances the local
+        /// write position; the record becomes visible at the next [`publish`](Self::publish).
+        pub(crate) fn commit(&mut self, p: Placement, len: usize) {
+            if p.pad != 0 {
+                let at = self.write & (self.cap - 1);
+                // SAFETY: `at` is 8-aligned and at + 8 <= cap (pad >= 8 bytes reach the end).
+                unsafe {
+                    self.data
+                        .as_ptr()
+                        .add(at as usize)
+                        .cast::<u64>()
+                        .write(pad_header().to_le())
+                };
+            }
+            // SAFETY: p.offset is 8-aligned and p.offset + span <= cap.
+            unsafe {
+                self.data
+                    .as_ptr()
+                    .add(p.offset as usize)
+                    .cast::<u64>()
+                    .write(record_header(len as u32).to_le())
+            };
+            self.write = self.write.wrapping_add(p.pad + p.span);
+        }
+
+        /// Publishes every committed record. Returns whether the consumer must be woken.
+        pub(crate) fn publish(&mut self) -> bool {
+            if self.write == self.published {
+                return false;
+            }
+            self.published = self.write;
+            publish(
+                self.words.own_index(),
+                self.write,
+                self.words.peer_wait(),
+                self.peer_parks,
+            )
+        }
+    }
+
+    /// Consumer state of a byte ring.
+    ///
+    /// Invariants: `data` is valid for reads of `cap` bytes for the life of the value (the
+    /// producer may write any of it at any time: it is only read by volatile copies);
+    /// `read <= cached_write <= read + cap` (wrapping).
+    #[derive(Debug)]
+    pub(crate) struct ByteConsumer {
+        data: NonNull<u8>,
+        cap: u32,
+        read: u32,
+        published: u32,
+        cached_write: u32,
+        pub(crate) words: Words,
+        pub(crate) peer_parks: bool,
+    }
+
+    // SAFETY: see ByteProducer.
+    unsafe impl Send for ByteConsumer {}
+
+    /// A validated record in the ring: payload at `offset`, `len` bytes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct Record {
+        pub(crate) offset: u32,
+        pub(crate) len: u32,
+        span: u32,
+    }
+
+    impl ByteConsumer {
+        /// # Safety
+        /// `data` must be 8-aligned and valid for reads of `cap` bytes for the life of the
+        /// value; `cap` must be a valid capacity.
+        pub(crate) unsafe fn new(
+            data: NonNull<u8>,
+            cap: u32,
+            words: Words,
+            peer_parks: bool,
+        ) -> Self {
+            debug_assert!(valid_capacity(u64::from(cap)) && data.as_ptr() as usize % 8 == 0);
+            ByteConsumer {
+                data,
+                cap,
+                read: 0,
+                published: 0,
+                cached_write: 0,
+                words,
+                peer_parks,
+            }
+        }
+
+        fn refresh_write(&mut self) -> Result<u32, Corrupt> {
+            // Pairs with the Release/SeqCst store in the producer's `publish`.
+            let w = self.words.peer_index().load(Ordering::Acquire);
+            check_write(self.cap, self.read, self.cached_write, w)?;
+            if w % 8 != 0 {
+                return Err(Corrupt("write index not 8-aligned"));
+            }
+            self.cached_write = w;
+            Ok(w)
+        }
+
+        /// The next record, validated; `Ok(Err(blocked))` if none is published.
+        pub(crate) fn next(&mut self) -> Result<Result<Record, Blocked>, Corrupt> {
+            loop {
+                let mut avail = self.cached_write.wrapping_sub(self.read);
+                if avail == 0 {
+                    let w = self.refresh_write()?;
+                    avail = w.wrapping_sub(self.read);
+                    if avail == 0 {
+                        return Ok(Err(Blocked { seen: w }));
+                    }
+                }
+                let pos = self.read & (self.cap - 1);
+                let mut word = [0u8; 8];
+                // SAFETY: pos is 8-aligned and avail >= 8 (multiples of 8), so pos + 8 <= cap.
+                unsafe {
+                    crate::sys::volatile_copy(self.data.as_ptr().add(pos as usize), &mut word)
+                };
+                match parse(self.cap, self.read, avail, u64::from_le_bytes(word))? {
+                    Parsed::Pad(skip) => self.read = self.read.wrapping_add(skip),
+                    Parsed::Record { offset, len, span } => {
+                        return Ok(Ok(Record {
+                            offset: offset + RECORD_HEADER,
+                            len,
+                            span,
+                        }))
+                    }
+                }
+            }
+        }
+
+        /// Copies the payload of `rec` (from [`next`](Self::next)) into `dst`
+        /// (`dst.len() == rec.len`).
+        pub(crate) fn copy_out(&self, rec: Record, dst: &mut [u8]) {
+            debug_assert_eq!(dst.len(), rec.len as usize);
+            let len = dst.len().min(rec.len as usize);
+            // SAFETY: parse() checked offset - 8 + span <= cap, and len <= span - 8.
+            unsafe {
+                crate::sys::volatile_copy(
+                    self.data.as_ptr().add(rec.offset as usize),
+                    &mut dst[..len],
+                )
+            };
+        }
+
+        /// Pointer to the payload of `rec`.
+        pub(crate) fn payload_ptr(&self, rec: Record) -> *const u8 {
+            // SAFETY: in bounds, see copy_out.
+            unsafe { self.data.as_ptr().add(rec.offset as usize) }
+        }
+
+        /// Marks `rec` consumed (visible to the producer at the next publish).
+        pub(crate) fn consume(&mut self, rec: Record) {
+            self.read = self.read.wrapping_add(rec.span);
+        }
+
+        /// Publishes the read index. Returns whether the producer must be woken.
+        pub(crate) fn publish(&mut self) -> bool {
+            if self.read == self.published {
+                return false;
+            }
+            self.published = self.read;
+            publish(
+                self.words.own_index(),
+                self.read,
+                self.words.peer_wait(),
+                self.peer_parks,
+            )
+        }
+    }
+
+    /// Producer state of a typed ring of `T` slots.
+    ///
+    /// Invariants: `data` is valid for reads and writes of `cap` `T`s, aligned for `T`, and
+    /// no other process writes it; `cached_read <= published <= write <= cached_read + cap`.
+    #[derive(Debug)]
+    pub(crate) struct PodProducer<T> {
+        data: NonNull<T>,
+        cap: u32,
+        write: u32,
+        published: u32,
+        cached_read: u32,
+        pub(crate) words: Words,
+        pub(crate) peer_parks: bool,
+        _t: PhantomData<T>,
+    }
+
+    // SAFETY: see ByteProducer; T: Pod is Send.
+    unsafe impl<T: bytemuck::Pod> Send for PodProducer<T> {}
+
+    impl<T: bytemuck::Pod> PodProducer<T> {
+        /// # Safety
+        /// As [`ByteProducer::new`], for `cap` elements of `T`, aligned for `T`.
+        pub(crate) unsafe fn new(
+            data: NonNull<T>,
+            cap: u32,
+            words: Words,
+            peer_parks: bool,
+        ) -> Self {
+            debug_assert!(valid_capacity(u64::from(cap)) && data.as_ptr().is_aligned());
+            PodProducer {
+                data,
+                cap,
+                write: 0,
+                published: 0,
+                cached_read: 0,
+                words,
+                peer_parks,
+                _t: PhantomData,
+            }
+        }
+
+        /// Free slots; refreshes the cached read index only if fewer than `want` are free.
+        pub(crate) fn free(&mut self, want: u32) -> Result<Result<u32, Blocked>, Corrupt> {
+            let free = self.cap - self.write.wrapping_sub(self.cached_read);
+            if free >= want {
+                return Ok(Ok(free));
+            }
+            // Pairs with the Release/SeqCst store in the consumer's `publish`.
+            let r = self.words.peer_index().load(Ordering::Acquire);
+            check_read(self.published, self.cached_read, r)?;
+            self.cached_read = r;
+            let free = self.cap - self.write.wrapping_sub(r);
+            Ok(if free == 0 {
+                Err(Blocked { seen: r })
+            } else {
+                Ok(free)
+            })
+        }
+
+        /// Writes `items` (at most the free slots) and advances the local write index.
+        pub(crate) fn write(&mut self, items: &[T]) {
+            for item in items {
+                let pos = self.write & (self.cap - 1);
+                // SAFETY: pos < cap; the slot is free (caller checked `free`), so the
+                // consumer does not read it.
+                unsafe { self.data.as_ptr().add(pos as usize).write(*item) };
+                self.write = self.write.wrapping_add(1);
+            }
+        }
+
+        /// Publishes written items. Returns whether the consumer must be woken.
+        pub(crate) fn publish(&mut self) -> bool {
+            if self.write == self.published {
+                return false;
+            }
+            self.published = self.write;
+            publish(
+                self.words.own_index(),
+                self.write,
+                self.words.peer_wait(),
+                self.peer_parks,
+            )
+        }
+    }
+
+    /// Consumer state of a typed ring of `T` slots.
+    ///
+    /// Invariants: `data` is valid for reads of `cap` `T`s, aligned for `T` (read only by
+    /// volatile copies); `read <= cached_write <= read + cap`.
+    #[derive(Debug)]
+    pub(crate) struct PodConsumer<T> {
+        data: NonNull<T>,
+        cap: u32,
+        read: u32,
+        published: u32,
+        cached_write: u32,
+        pub(crate) words: Words,
+        pub(crate) peer_parks: bool,
+        _t: PhantomData<T>,
+    }
+
+    // SAFETY: see ByteProducer.
+    unsafe impl<T: bytemuck::Pod> Send for PodConsumer<T> {}
+
+    impl<T: bytemuck::Pod> PodConsumer<T> {
+        /// # Safety
+        /// As [`ByteConsumer::new`], for `cap` elements of `T`, aligned for `T`.
+        pub(crate) unsafe fn new(
+            data: NonNull<T>,
+            cap: u32,
+            words: Words,
+            peer_parks: bool,
+        ) -> Self {
+            debug_assert!(valid_capacity(u64::from(cap)) && data.as_ptr().is_aligned());
+            PodConsumer {
+                data,
+                cap,
+                read: 0,
+                published: 0,
+                cached_write: 0,
+                words,
+                peer_parks,
+                _t: PhantomData,
+            }
+        }
+
+        /// Items available; refreshes the cached write index only if none are.
+        pub(crate) fn available(&mut self) -> Result<Result<u32, Blocked>, Corrupt> {
+            let avail = self.cached_write.wrapping_sub(self.read);
+            if avail != 0 {
+                return Ok(Ok(avail));
+            }
+            // Pairs with the Release/SeqCst store in the producer's `publish`.
+            let w = self.words.peer_index().load(Ordering::Acquire);
+            check_write(self.cap, self.read, self.cached_write, w)?;
+            self.cached_write = w;
+            let avail = w.wrapping_sub(self.read);
+            Ok(if avail == 0 {
+                Err(Blocked { seen: w })
+            } else {
+                Ok(avail)
+            })
+        }
+
+        /// Copies `out.len()` items (at most the available ones) out and consumes them.
+        pub(crate) fn read(&mut self, out: &mut [T]) {
+            let mut done = 0;
+            while done < out.len() {
+                let pos = self.read & (self.cap - 1);
+                let run = (out.len() - done).min((self.cap - pos) as usize);
+                let dst = bytemuck::cast_slice_mut(&mut out[done..done + run]);
+                // SAFETY: pos + run <= cap, inside the mapping.
+                unsafe {
+                    crate::sys::volatile_copy(self.data.as_ptr().add(pos as usize).cast(), dst)
+                };
+                done += run;
+                self.read = self.read.wrapping_add(run as u32);
+            }
+        }
+
+        /// Publishes the read index. Returns whether the producer must be woken.
+        pub(crate) fn publish(&mut self) -> bool {
+            if self.read == self.published {
+                return false;
+            }
+            self.published = self.read;
+            publish(
+                self.words.own_index(),
+                self.read,
+                self.words.peer_wait(),
+                self.peer_parks,
+            )
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::ptr::NonNull;
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn index_validation_rejects_impossible_values() {
+        let cap = 64;
+        assert!(check_write(cap, 0, 0, 64).is_ok());
+        assert!(check_write(cap, 0, 0, 72).is_err(), "more than cap ahead");
+        assert!(check_write(cap, 0, 16, 8).is_err(), "backwards");
+        assert!(
+            check_write(cap, u32::MAX - 7, u32::MAX - 7, 24).is_ok(),
+            "wraps"
+        );
+        assert!(check_write(cap, 10, 10, 9).is_err(), "behind the reader");
+        assert!(check_read(64, 0, 64).is_ok());
+        assert!(check_read(64, 0, 72).is_err(), "past write");
+        assert!(check_read(64, 16, 8).is_err(), "backwards");
+        assert!(check_read(8, u32::MAX - 7, 8).is_ok(), "wraps");
+        assert!(!valid_capacity(0) && !valid_capacity(48) && !valid_capacity(1 << 32));
+        assert!(valid_capacity(16) && valid_capacity(1 << 31));
+    }
+
+    #[test]
+    fn headers_are_validated_against_capacity_and_published_data() {
+        let cap = 128;
+        assert_eq!(
+            parse(cap, 0, 16, record_header(5)),
+            Ok(Parsed::Record {
+                offset: 0,
+                len: 5,
+                span: 16
+            })
+        );
+        assert!(
+            parse(cap, 0, 8, record_header(5)).is_err(),
+            "longer than published"
+        );
+        assert!(
+            parse(cap, 0, 128, record_header(57)).is_err(),
+            "over half the ring"
+        );
+        assert!(
+            parse(cap, 120, 64, record_header(8)).is_err(),
+            "crosses the end"
+        );
+        assert_eq!(parse(cap, 120, 64, pad_header()), Ok(Parsed::Pad(8)));
+        assert!(
+            parse(cap, 120, 0, pad_header()).is_err(),
+            "pad beyond published"
+        );
+        assert!(parse(cap, 0, 128, pad_header()).is_err(), "pad at start");
+        assert!(parse(cap, 0, 128, 7 << 32).is_err(), "unknown kind");
+        assert!(parse(cap, 0, 128, u64::MAX).is_err());
+        assert_eq!(max_record_len(128), 56);
+        assert_eq!(record_span(usize::MAX), None);
+    }
+
+    #[test]
+    fn placement_pads_to_the_end_when_a_record_does_not_fit() {
+        assert_eq!(
+            place(128, 96, 128, 48),
+            Some(Placement {
+                pad: 32,
+                offset: 0,
+                span: 48
+            })
+        );
+        assert_eq!(place(128, 96, 64, 48), None);
+        assert_eq!(
+            place(128, 0, 128, 64),
+            Some(Placement {
+                pad: 0,
+                offset: 0,
+                span: 64
+            })
+        );
+        // Any record of at most half the ring fits an empty ring at any position.
+        for pos in (0..128).step_by(8) {
+            assert!(place(128, pos, 128, 64).is_some(), "pos {pos}");
+        }
+    }
+
+    #[test]
+    fn a_waiter_is_woken_only_if_it_waits_on_another_value() {
+        let index = AtomicU32::new(5);
+        let wait = AtomicU64::new(0);
+        assert!(!publish(&index, 6, &wait, true), "nobody waits");
+        wait.store(WAITING | 6, Ordering::Relaxed);
+        assert!(!publish(&index, 6, &wait, true), "waiter already saw 6");
+        assert!(publish(&index, 7, &wait, true));
+        assert!(!publish(&index, 8, &wait, false), "peer never parks");
+        let own = AtomicU64::new(0);
+        assert!(!prepare_park(&own, &index, 7), "index moved: do not sleep");
+        assert_eq!(own.load(Ordering::Relaxed), 0);
+        assert!(prepare_park(&own, &index, 8));
+        assert_eq!(own.load(Ordering::Relaxed), WAITING | 8);
+    }
+
+    /// A byte ring over ordinary memory: both engines in one test, with the control words in
+    /// boxes and the data in a Vec (this is what Miri runs).
+    struct Mem {
+        data: Vec<u64>,
+        p_index: Box<AtomicU32>,
+        p_wait: Box<AtomicU64>,
+        c_index: Box<AtomicU32>,
+        c_wait: Box<AtomicU64>,
+    }
+
+    impl Mem {
+        fn new(cap: usize) -> Mem {
+            Mem {
+                data: vec![0; cap / 8],
+                p_index: Box::default(),
+                p_wait: Box::default(),
+                c_index: Box::default(),
+                c_wait: Box::default(),
+            }
+        }
+        fn engines(&mut self) -> (ByteProducer, ByteConsumer) {
+            let cap = (self.data.len() * 8) as u32;
+            let data = NonNull::new(self.data.as_mut_ptr().cast::<u8>()).unwrap();
+            // SAFETY: the boxes and the Vec outlive the engines (the tests drop the engines
+            // first); only the producer writes `data`, the consumer reads by volatile copy.
+            unsafe {
+                let pw = Words::new(&*self.p_index, &*self.p_wait, &*self.c_index, &*self.c_wait)
+                    .unwrap();
+                let cw = Words::new(&*self.c_index, &*self.c_wait, &*self.p_index, &*self.p_wait)
+                    .unwrap();
+                (
+                    ByteProducer::new(data, cap, pw, true),
+                    ByteConsumer::new(data, cap, cw, true),
+                )
+            }
+        }
+    }
+
+    fn send(p: &mut ByteProducer, msg: &[u8]) -> bool {
+        match p.reserve(msg.len()).unwrap() {
+            Ok(place) => {
+                // SAFETY: the reservation holds msg.len() bytes.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(msg.as_ptr(), p.payload_ptr(place), msg.len())
+                };
+                p.commit(place, msg.len());
+                p.publish();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn recv(c: &mut ByteConsumer) -> Option<Vec<u8>> {
+        let rec = c.next().unwrap().ok()?;
+        let mut v = vec![0; rec.len as usize];
+        c.copy_out(rec, &mut v);
+        c.consume(rec);
+        c.publish();
+        Some(v)
+    }
+
+    #[test]
+    fn byte_ring_wraps_and_keeps_order() {
+        let mut mem = Mem::new(256);
+        let (mut p, mut c) = mem.engines();
+        let mut next_in = 0u32;
+        let mut next_out = 0u32;
+        for round in 0..200usize {
+            // Lengths from 0 to 120 (the limit for 256 bytes) force padding at every offset.
+            let len = (round * 37) % 121;
+            while send(&mut p, &vec![next_in as u8; len]) {
+                next_in += 1;
+                if next_in % 3 == 0 {
+                    break;
+                }
+            }
+            while let Some(v) = recv(&mut c) {
+                assert!(v.iter().all(|&b| b == next_out as u8), "record {next_out}");
+                next_out += 1;
+            }
+        }
+        assert_eq!(next_in, next_out);
+        assert!(next_in > 200);
+    }
+
+    #[test]
+    fn consumer_rejects_a_forged_write_index_and_header() {
+        let mut mem = Mem::new(128);
+        let (mut p, mut c) = mem.engines();
+        assert!(send(&mut p, b"hello"));
+        mem.p_index.store(1000, Ordering::Relaxed);
+        assert!(c.next().is_err(), "index past capacity");
+
+        for forged in [record_header(100), 5 << 32, pad_header()] {
+            let mut mem = Mem::new(128);
+            mem.p_index.store(16, Ordering::Relaxed);
+            mem.data[0] = forged.to_le();
+            let (_p, mut c) = mem.engines();
+            assert!(c.next().is_err(), "header {forged:#x}");
+        }
+    }
+
+    #[test]
+    fn two_threads_stream_through_the_byte_ring() {
+        let mut mem = Mem::new(512);
+        let (mut p, mut c) = mem.engines();
+        let n: u32 = if cfg!(miri) { 300 } else { 20_000 };
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for i in 0..n {
+                    let len = (i % 50) as usize;
+                    let mut msg = vec![i as u8; len + 4];
+                    msg[..4].copy_from_slice(&i.to_le_bytes());
+                    while !send(&mut p, &msg) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+            for i in 0..n {
+                let v = loop {
+                    if let Some(v) = recv(&mut c) {
+                        break v;
+                    }
+                    std::hint::spin_loop();
+                };
+                assert_eq!(v.len(), (i % 50) as usize + 4);
+                assert_eq!(u32::from_le_bytes(v[..4].try_into().unwrap()), i);
+                assert!(v[4..].iter().all(|&b| b == i as u8));
+            }
+        });
+    }
+
+    #[test]
+    fn pod_ring_moves_items_in_order_across_the_wrap() {
+        let mut data = vec![0u64; 16];
+        let (pi, pw, ci, cw) = (
+            AtomicU32::new(0),
+            AtomicU64::new(0),
+            AtomicU32::new(0),
+            AtomicU64::new(0),
+        );
+        let ptr = NonNull::new(data.as_mut_ptr()).unwrap();
+        // SAFETY: locals outlive the engines; only the producer writes `data`.
+        let (mut p, mut c) = unsafe {
+            (
+                PodProducer::<u64>::new(ptr, 16, Words::new(&pi, &pw, &ci, &cw).unwrap(), false),
+                PodConsumer::<u64>::new(ptr, 16, Words::new(&ci, &cw, &pi, &pw).unwrap(), false),
+            )
+        };
+        let mut next = 0u64;
+        let mut expect = 0u64;
+        for _ in 0..50 {
+            let free = p.free(5).unwrap().map_or(0, |f| f.min(5));
+            let items: Vec<u64> = (next..next + u64::from(free)).collect();
+            p.write(&items);
+            p.publish();
+            next += u64::from(free);
+            if let Ok(avail) = c.available().unwrap() {
+                let mut out = vec![0u64; avail.min(3) as usize];
+                c.read(&mut out);
+                c.publish();
+                for v in out {
+                    assert_eq!(v, expect);
+                    expect += 1;
+                }
+            }
+        }
+        assert!(expect > 50);
+        ci.store(99, Ordering::Relaxed);
+        assert!(p.free(16).is_err(), "read index past write");
+    }
+}

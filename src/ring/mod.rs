@@ -1,0 +1,1151 @@
+//! A single-producer single-consumer ring in sealed shared memory: millions of small
+//! records, or bulk data at memory speed, with no system call per record.
+//!
+//! ```no_run
+//! # fn main() -> sealpipe::Result<()> {
+//! use std::time::Duration;
+//! use sealpipe::ring::{Consumer, Producer, RingOptions};
+//!
+//! let (a, b) = sealpipe::Channel::pair()?; // or sealpipe::spawn for another process
+//! let consumer = std::thread::spawn(move || -> sealpipe::Result<Vec<u8>> {
+//!     let mut rx = Consumer::connect(b, &RingOptions::default())?;
+//!     let mut record = Vec::new();
+//!     rx.recv_timeout(&mut record, Duration::from_secs(5))?;
+//!     Ok(record)
+//! });
+//! let mut tx = Producer::connect(a, &RingOptions::new(1 << 20))?;
+//! tx.send_timeout(b"hello", Duration::from_secs(5))?;
+//! assert_eq!(consumer.join().unwrap()?, b"hello");
+//! # Ok(()) }
+//! ```
+//!
+//! # Design
+//!
+//! Two memfds, each written by one side only:
+//!
+//! - the **producer's** memfd holds a header page (ring header, the write index and the
+//!   producer's wait word, each on its own cache line) followed by the data area. It is
+//!   sealed `FUTURE_WRITE | SHRINK | GROW | SEAL`: the producer keeps the writable mapping it
+//!   made before sealing; the consumer can only map it read-only;
+//! - the **consumer's** memfd is one page: its header, the read index and its wait word,
+//!   sealed the same way, mapped read-only by the producer.
+//!
+//! [`Producer::connect`] and [`Consumer::connect`] exchange the two memfds over a
+//! [`Channel`]; each side verifies the other's memfd like any region (seals, size) and
+//! validates its header (magic, version, kind, element size, capacity, layout offsets). The
+//! channel then stays open: its end-of-file is how a waiting side learns that the peer died.
+//!
+//! Records: [`Producer`]/[`Consumer`] carry variable-length byte records (an 8-byte header,
+//! payload padded to 8 bytes, never split across the end of the ring, so they can be written
+//! in place); [`PodProducer`]/[`PodConsumer`] carry `T: bytemuck::Pod` items in fixed slots
+//! with no per-item header. Each side caches the peer's index and reloads it only when the
+//! ring looks full (producer) or empty (consumer); the consumer publishes its read index
+//! lazily (every quarter of the ring, and whenever it finds the ring empty).
+//!
+//! Waiting follows [`SpinPolicy`]: spin, then park with a non-private `FUTEX_WAIT` on the
+//! peer's index word. A side records in its wait word that it is parked *and the index
+//! value it saw*; the peer issues a `FUTEX_WAKE` only when that word says someone waits on a
+//! value other than the one just published, so a busy stream makes no system calls. Every
+//! wait has a deadline and checks every 20 ms whether the peer's end of the channel is still
+//! open.
+//!
+//! # Threat model
+//!
+//! The peer is hostile. What it **can** do:
+//!
+//! - write any value into its own memory at any time: its index, its wait word, and (a
+//!   producer) any byte of the data area, including records already published and the very
+//!   bytes being copied out;
+//! - stop moving, or die: the other side then waits until its deadline, or sees
+//!   [`Error::PeerClosed`] within about 20 ms of the peer's channel end closing;
+//! - set its wait word so that every publication makes a `FUTEX_WAKE` system call (slowing
+//!   the other side down), or never ask to be woken (its own waits then end by time slice);
+//! - send records whose *contents* are wrong: validate what you read.
+//!
+//! What it **cannot** do:
+//!
+//! - write the other side's memory: each memfd is sealed against new writers before it is
+//!   sent, and the seals are verified on receipt;
+//! - make the other side read or write out of bounds, panic, or loop forever: every value
+//!   read from peer memory is loaded once into a local and validated (index within the
+//!   capacity of the other index and never moving backwards, record length within the
+//!   ring's limit and within what was published, record kind known) before it is used; a
+//!   violation is [`Error::PeerCorrupt`] and the ring stays failed (every later call returns
+//!   the same error);
+//! - truncate the memory under the other side (`SIGBUS`): the size seals are verified;
+//! - make the producer overwrite unread data: a consumer that stops reading only makes the
+//!   producer wait (or see [`Error::WouldBlock`]);
+//! - hand out a reference to memory it can change: the safe read API copies each record
+//!   out (each byte read once, by volatile loads) and only then gives it to you. Reading in
+//!   place is [`Consumer::try_recv_in_place`], which is `unsafe` for that reason.
+//!
+//! # Memory and allocation
+//!
+//! Ring memory is the capacity plus one page for each side's control block. After
+//! [`connect`](Producer::connect), sending and receiving allocate nothing (a receive
+//! buffer grows only when a record is longer than any before it).
+#![allow(unsafe_code)]
+
+#[cfg_attr(loom, allow(dead_code))]
+mod core;
+mod sync;
+#[cfg(not(loom))]
+mod wait;
+
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_api {
+    //! The protocol functions, exposed for `tests/loom_ring.rs` only.
+    use super::sync::{AtomicU32, AtomicU64};
+
+    /// See `core::publish`.
+    pub fn publish(
+        own_index: &AtomicU32,
+        new: u32,
+        peer_wait: &AtomicU64,
+        peer_parks: bool,
+    ) -> bool {
+        super::core::publish(own_index, new, peer_wait, peer_parks)
+    }
+    /// See `core::prepare_park`.
+    pub fn prepare_park(own_wait: &AtomicU64, peer_index: &AtomicU32, seen: u32) -> bool {
+        super::core::prepare_park(own_wait, peer_index, seen)
+    }
+    /// See `core::end_park`.
+    pub fn end_park(own_wait: &AtomicU64) {
+        super::core::end_park(own_wait)
+    }
+}
+
+#[cfg(not(loom))]
+pub use api::*;
+
+#[cfg(not(loom))]
+mod api {
+    use std::marker::PhantomData;
+    use std::ptr::NonNull;
+    use std::sync::atomic::{AtomicU32, AtomicU64};
+    use std::time::{Duration, Instant};
+
+    use super::core::{self, Corrupt, Placement, Words};
+    use super::layout::*;
+    use super::wait::{self, futex_wake};
+    pub use super::wait::{SpinPolicy, WaitStats};
+    use crate::error::{Error, Result};
+    use crate::{Channel, Policy, Region, RegionView, SharedRegion};
+
+    /// How to build one side of a ring.
+    ///
+    /// ```
+    /// use sealpipe::ring::{RingOptions, SpinPolicy};
+    /// let options = RingOptions::new(1 << 20).spin(SpinPolicy::Spin).timeout(std::time::Duration::from_secs(1));
+    /// assert_eq!(options.capacity(), 1 << 20);
+    /// ```
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct RingOptions {
+        capacity: usize,
+        spin: SpinPolicy,
+        timeout: Duration,
+        max_data_len: usize,
+    }
+
+    impl Default for RingOptions {
+        fn default() -> Self {
+            RingOptions::new(1 << 16)
+        }
+    }
+
+    impl RingOptions {
+        /// Options for a ring of `capacity` units: bytes for [`Producer`], items for
+        /// [`PodProducer`]. It must be a power of two from 16 to 2^31 (checked at
+        /// `connect`). Consumers ignore it: the producer decides.
+        pub const fn new(capacity: usize) -> RingOptions {
+            RingOptions {
+                capacity,
+                spin: SpinPolicy::SpinThenPark(10),
+                timeout: Duration::from_secs(10),
+                max_data_len: 1 << 30,
+            }
+        }
+
+        /// How this side waits (default [`SpinPolicy::SpinThenPark`]`(10)`).
+        pub const fn spin(mut self, spin: SpinPolicy) -> RingOptions {
+            self.spin = spin;
+            self
+        }
+
+        /// How long `connect` waits for the peer (default 10 s).
+        pub const fn timeout(mut self, timeout: Duration) -> RingOptions {
+            self.timeout = timeout;
+            self
+        }
+
+        /// Consumer side: the largest data area (in bytes) accepted from a producer
+        /// (default 1 GiB).
+        pub const fn max_data_len(mut self, len: usize) -> RingOptions {
+            self.max_data_len = len;
+            self
+        }
+
+        /// The capacity asked for.
+        pub const fn capacity(&self) -> usize {
+            self.capacity
+        }
+    }
+
+    /// This side's memory, the peer's memory, the channel, and how this side waits.
+    #[derive(Debug)]
+    struct Link {
+        own: SharedRegion,
+        peer: RegionView,
+        channel: Channel,
+        spin: SpinPolicy,
+        stats: WaitStats,
+        failed: Option<&'static str>,
+    }
+
+    impl Link {
+        fn corrupt(&mut self, c: Corrupt) -> Error {
+            self.failed = Some(c.0);
+            Error::PeerCorrupt { what: c.0 }
+        }
+
+        fn check_failed(&self) -> Result<()> {
+            match self.failed {
+                Some(what) => Err(Error::PeerCorrupt { what }),
+                None => Ok(()),
+            }
+        }
+
+        fn wake_if(&mut self, needed: bool, own_index: &AtomicU32) {
+            if needed {
+                self.stats.wakes += 1;
+                futex_wake(own_index);
+            }
+        }
+
+        fn wait(&mut self, words: &Words, seen: u32, deadline: Option<Instant>) -> Result<()> {
+            wait::wait_change(
+                self.spin,
+                &mut self.stats,
+                words.peer_index(),
+                words.own_wait(),
+                seen,
+                deadline,
+                &self.channel,
+            )
+        }
+    }
+
+    /// The control words of a side, as pointers into the two mappings.
+    fn words(own: &mut SharedRegion, peer: &RegionView) -> Words {
+        let own_ptr = own.as_mut_slice().as_mut_ptr();
+        let peer_ptr = peer.as_ptr();
+        // SAFETY: both mappings are at least CONTROL_LEN bytes (checked at setup) and
+        // page-aligned, so the words at INDEX_AT/WAIT_AT are in bounds and aligned; the
+        // mappings live in the same Link as the engine that holds these pointers and are
+        // never unmapped before it. Peer words are only loaded (atomic loads of <= 8 bytes
+        // are allowed on read-only memory).
+        let words = unsafe {
+            Words::new(
+                own_ptr.add(INDEX_AT).cast::<AtomicU32>(),
+                own_ptr.add(WAIT_AT).cast::<AtomicU64>(),
+                peer_ptr.add(INDEX_AT).cast::<AtomicU32>(),
+                peer_ptr.add(WAIT_AT).cast::<AtomicU64>(),
+            )
+        };
+        words.unwrap_or_else(|| unreachable!("mappings are never null"))
+    }
+
+    fn deadline(timeout: Duration) -> Option<Instant> {
+        Instant::now().checked_add(timeout)
+    }
+
+    // ------------------------------------------------------------------ setup
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Kind {
+        kind: u32,
+        unit: u32,
+        align: u32,
+    }
+
+    const BYTES: Kind = Kind {
+        kind: KIND_BYTES,
+        unit: 1,
+        align: 8,
+    };
+
+    fn pod_kind<T: bytemuck::Pod>() -> Result<Kind> {
+        let unit = std::mem::size_of::<T>();
+        let align = std::mem::align_of::<T>();
+        if unit == 0 || align > CONTROL_LEN {
+            return Err(Error::RingMismatch {
+                what: "item type has size 0 or alignment over 4096",
+            });
+        }
+        let unit = u32::try_from(unit).map_err(|_| Error::RingMismatch {
+            what: "item type over 4 GiB",
+        })?;
+        Ok(Kind {
+            kind: KIND_POD,
+            unit,
+            align: align as u32,
+        })
+    }
+
+    /// Producer half of the handshake: create and send the data memfd, receive and check
+    /// the consumer's control memfd.
+    fn producer_setup(channel: Channel, options: &RingOptions, kind: Kind) -> Result<(Link, u32)> {
+        let cap = options.capacity;
+        let data_len = (cap as u64).checked_mul(u64::from(kind.unit));
+        let (cap, data_len) = match data_len {
+            Some(len)
+                if core::valid_capacity(cap as u64)
+                    && len <= isize::MAX as u64 - CONTROL_LEN as u64 =>
+            {
+                (cap as u32, len as usize)
+            }
+            _ => {
+                return Err(Error::InvalidCapacity {
+                    capacity: cap as u64,
+                })
+            }
+        };
+        let mut region = Region::new(CONTROL_LEN + data_len)?;
+        let mut header = [0u8; HEADER_LEN];
+        put(&mut header, MAGIC_AT, &PRODUCER_MAGIC);
+        put(&mut header, VERSION_AT, &VERSION.to_le_bytes());
+        put(&mut header, KIND_AT, &kind.kind.to_le_bytes());
+        put(&mut header, CAPACITY_AT, &cap.to_le_bytes());
+        put(&mut header, UNIT_AT, &kind.unit.to_le_bytes());
+        put(&mut header, DATA_AT_AT, &(CONTROL_LEN as u32).to_le_bytes());
+        put(&mut header, FLAGS_AT, &flags(options.spin).to_le_bytes());
+        put(&mut header, INDEX_AT_AT, &(INDEX_AT as u32).to_le_bytes());
+        put(&mut header, WAIT_AT_AT, &(WAIT_AT as u32).to_le_bytes());
+        region.write_at(0, &header)?;
+        let own = region.share_read_only()?;
+        let end = deadline(options.timeout);
+        channel.send_timeout(SETUP_PAYLOAD, &[own.region()], options.timeout)?;
+        let left = end.map_or(options.timeout, |e| {
+            e.saturating_duration_since(Instant::now())
+        });
+        let policy = Policy::read_only_view()
+            .max_regions(1)
+            .max_payload(SETUP_PAYLOAD.len())
+            .max_region_len(CONTROL_LEN as u64);
+        let msg = channel.recv_timeout(&policy, left)?;
+        let (_, mut regions) = msg.into_parts();
+        let peer = match (regions.pop(), regions.is_empty()) {
+            (Some(peer), true) if peer.len() == CONTROL_LEN => peer,
+            _ => {
+                return Err(Error::RingMismatch {
+                    what: "consumer did not send one control memfd of 4096 bytes",
+                })
+            }
+        };
+        let mut header = [0u8; HEADER_LEN];
+        peer.read_at(0, &mut header)?;
+        check_common(&header, &CONSUMER_MAGIC)?;
+        let peer_flags = get(&header, FLAGS_AT);
+        let link = Link {
+            own,
+            peer,
+            channel,
+            spin: options.spin,
+            stats: WaitStats::default(),
+            failed: None,
+        };
+        Ok((link, peer_flags))
+    }
+
+    /// Consumer half of the handshake: receive and check the data memfd, create and send
+    /// the control memfd. Returns the link, the capacity and the producer's flags.
+    fn consumer_setup(
+        channel: Channel,
+        options: &RingOptions,
+        kind: Kind,
+    ) -> Result<(Link, u32, u32)> {
+        let end = deadline(options.timeout);
+        let policy = Policy::read_only_view()
+            .max_regions(1)
+            .max_payload(SETUP_PAYLOAD.len())
+            .max_region_len((CONTROL_LEN as u64).saturating_add(options.max_data_len as u64));
+        let msg = channel.recv_timeout(&policy, options.timeout)?;
+        let (_, mut regions) = msg.into_parts();
+        let peer = match (regions.pop(), regions.is_empty()) {
+            (Some(peer), true) if peer.len() > CONTROL_LEN => peer,
+            _ => {
+                return Err(Error::RingMismatch {
+                    what: "producer did not send one data memfd",
+                })
+            }
+        };
+        let mut header = [0u8; HEADER_LEN];
+        peer.read_at(0, &mut header)?;
+        check_common(&header, &PRODUCER_MAGIC)?;
+        if get(&header, KIND_AT) != kind.kind {
+            return Err(Error::RingMismatch {
+                what: "ring kind (bytes or typed) differs",
+            });
+        }
+        if get(&header, UNIT_AT) != kind.unit {
+            return Err(Error::RingMismatch {
+                what: "item size differs",
+            });
+        }
+        if get(&header, DATA_AT_AT) != CONTROL_LEN as u32 {
+            return Err(Error::RingMismatch {
+                what: "data offset differs",
+            });
+        }
+        let cap = get(&header, CAPACITY_AT);
+        if !core::valid_capacity(u64::from(cap)) {
+            return Err(Error::PeerCorrupt {
+                what: "capacity is not a power of two in 16..=2^31",
+            });
+        }
+        let expected = u64::from(cap) * u64::from(kind.unit) + CONTROL_LEN as u64;
+        if peer.len() as u64 != expected {
+            return Err(Error::PeerCorrupt {
+                what: "data memfd size does not match capacity",
+            });
+        }
+        let peer_flags = get(&header, FLAGS_AT);
+
+        let mut region = Region::new(CONTROL_LEN)?;
+        let mut header = [0u8; HEADER_LEN];
+        put(&mut header, MAGIC_AT, &CONSUMER_MAGIC);
+        put(&mut header, VERSION_AT, &VERSION.to_le_bytes());
+        put(&mut header, FLAGS_AT, &flags(options.spin).to_le_bytes());
+        put(&mut header, INDEX_AT_AT, &(INDEX_AT as u32).to_le_bytes());
+        put(&mut header, WAIT_AT_AT, &(WAIT_AT as u32).to_le_bytes());
+        region.write_at(0, &header)?;
+        let own = region.share_read_only()?;
+        let left = end.map_or(options.timeout, |e| {
+            e.saturating_duration_since(Instant::now())
+        });
+        channel.send_timeout(SETUP_PAYLOAD, &[own.region()], left)?;
+        let link = Link {
+            own,
+            peer,
+            channel,
+            spin: options.spin,
+            stats: WaitStats::default(),
+            failed: None,
+        };
+        Ok((link, cap, peer_flags))
+    }
+
+    const SETUP_PAYLOAD: &[u8] = b"sealpipe ring v1";
+
+    fn flags(spin: SpinPolicy) -> u32 {
+        if spin.parks() {
+            FLAG_PARKS
+        } else {
+            0
+        }
+    }
+
+    fn check_common(header: &[u8; HEADER_LEN], magic: &[u8; 8]) -> Result<()> {
+        if header[MAGIC_AT..MAGIC_AT + 8] != magic[..] {
+            return Err(Error::RingMismatch {
+                what: "bad magic (not a sealpipe ring memfd)",
+            });
+        }
+        if get(header, VERSION_AT) != VERSION {
+            return Err(Error::RingMismatch {
+                what: "unsupported ring version",
+            });
+        }
+        if get(header, INDEX_AT_AT) != INDEX_AT as u32 || get(header, WAIT_AT_AT) != WAIT_AT as u32
+        {
+            return Err(Error::RingMismatch {
+                what: "control word layout differs",
+            });
+        }
+        Ok(())
+    }
+
+    fn put(header: &mut [u8; HEADER_LEN], at: usize, bytes: &[u8]) {
+        header[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn get(header: &[u8; HEADER_LEN], at: usize) -> u32 {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&header[at..at + 4]);
+        u32::from_le_bytes(b)
+    }
+
+    fn data_ptr<T>(link: &mut Link) -> NonNull<T> {
+        let p = link.own.as_mut_slice().as_mut_ptr();
+        // SAFETY: the memfd is CONTROL_LEN + capacity bytes (we created it).
+        NonNull::new(unsafe { p.add(CONTROL_LEN) }.cast()).unwrap_or_else(|| unreachable!())
+    }
+
+    fn peer_data_ptr<T>(link: &Link) -> NonNull<T> {
+        // SAFETY: the mapping is CONTROL_LEN + capacity bytes (checked in consumer_setup).
+        let p = unsafe { link.peer.as_ptr().add(CONTROL_LEN) };
+        NonNull::new(p.cast_mut().cast()).unwrap_or_else(|| unreachable!())
+    }
+
+    // ------------------------------------------------------------------ byte ring
+
+    /// The producer of a ring of variable-length byte records.
+    ///
+    /// Each record costs its length rounded up to 8, plus 8 bytes of header; a record may
+    /// take at most half the ring ([`max_record_len`](Producer::max_record_len)).
+    #[derive(Debug)]
+    pub struct Producer {
+        engine: core::ByteProducer,
+        link: Link,
+    }
+
+    impl Producer {
+        /// Creates a ring of `options.capacity()` bytes and hands it to the consumer at the
+        /// other end of `channel` (which must call [`Consumer::connect`]).
+        ///
+        /// # Errors
+        /// [`Error::InvalidCapacity`]; [`Error::Timeout`] if the consumer does not answer
+        /// within `options`' timeout; [`Error::RingMismatch`] or any verification error if
+        /// its control memfd is not what the protocol requires; errors creating the memfd.
+        pub fn connect(channel: Channel, options: &RingOptions) -> Result<Producer> {
+            let (mut link, peer_flags) = producer_setup(channel, options, BYTES)?;
+            let cap = options.capacity as u32;
+            let words = words(&mut link.own, &link.peer);
+            // SAFETY: the data area follows the control page in our own mapping: `cap`
+            // bytes, page-aligned, written only by us; it lives as long as `link`, which is
+            // stored next to the engine.
+            let engine = unsafe {
+                core::ByteProducer::new(
+                    data_ptr(&mut link),
+                    cap,
+                    words,
+                    peer_flags & FLAG_PARKS != 0,
+                )
+            };
+            Ok(Producer { engine, link })
+        }
+
+        /// Capacity in bytes.
+        pub fn capacity(&self) -> usize {
+            self.engine.capacity() as usize
+        }
+
+        /// The longest record this ring carries: `capacity / 2 - 8`.
+        pub fn max_record_len(&self) -> usize {
+            core::max_record_len(self.engine.capacity())
+        }
+
+        /// This side's wait counters.
+        pub fn stats(&self) -> WaitStats {
+            self.link.stats
+        }
+
+        /// Copies `record` into the ring and publishes it, if there is room now.
+        ///
+        /// # Errors
+        /// [`Error::WouldBlock`] if the ring is full; [`Error::RecordTooLarge`];
+        /// [`Error::PeerCorrupt`] if the consumer's read index is impossible.
+        pub fn try_send(&mut self, record: &[u8]) -> Result<()> {
+            self.try_reserve(record.len())?.write(record).commit();
+            Ok(())
+        }
+
+        /// Copies `record` into the ring and publishes it, waiting up to `timeout` for room.
+        ///
+        /// # Errors
+        /// As [`try_send`](Producer::try_send), with [`Error::Timeout`] instead of
+        /// [`Error::WouldBlock`], and [`Error::PeerClosed`] if the consumer is gone.
+        pub fn send_timeout(&mut self, record: &[u8], timeout: Duration) -> Result<()> {
+            self.reserve_timeout(record.len(), timeout)?
+                .write(record)
+                .commit();
+            Ok(())
+        }
+
+        /// Reserves room for a record of `len` bytes, to be written in place and then
+        /// [committed](Reservation::commit), if there is room now.
+        ///
+        /// # Errors
+        /// As [`try_send`](Producer::try_send).
+        pub fn try_reserve(&mut self, len: usize) -> Result<Reservation<'_>> {
+            let place = self.reserve(len, None)?;
+            Ok(Reservation {
+                producer: self,
+                place,
+                len,
+                publish: true,
+            })
+        }
+
+        /// [`try_reserve`](Producer::try_reserve), waiting up to `timeout` for room.
+        ///
+        /// # Errors
+        /// As [`send_timeout`](Producer::send_timeout).
+        pub fn reserve_timeout(
+            &mut self,
+            len: usize,
+            timeout: Duration,
+        ) -> Result<Reservation<'_>> {
+            let place = self.reserve(len, Some(deadline(timeout)))?;
+            Ok(Reservation {
+                producer: self,
+                place,
+                len,
+                publish: true,
+            })
+        }
+
+        /// Starts a batch: records committed through it become visible together, with one
+        /// index publication, when the batch is [published](Batch::publish) or dropped.
+        pub fn batch(&mut self) -> Batch<'_> {
+            Batch { producer: self }
+        }
+
+        /// `wait`: `None` = don't wait, `Some(deadline)`.
+        fn reserve(&mut self, len: usize, wait: Option<Option<Instant>>) -> Result<Placement> {
+            self.link.check_failed()?;
+            let max = self.max_record_len();
+            if len > max {
+                return Err(Error::RecordTooLarge { len, max });
+            }
+            loop {
+                match self.engine.reserve(len) {
+                    Ok(Ok(place)) => return Ok(place),
+                    Ok(Err(blocked)) => {
+                        // Never wait on a consumer that cannot see what we committed.
+                        self.publish();
+                        match wait {
+                            None => return Err(Error::WouldBlock),
+                            Some(deadline) => {
+                                self.link.wait(&self.engine.words, blocked.seen, deadline)?
+                            }
+                        }
+                    }
+                    Err(c) => return Err(self.link.corrupt(c)),
+                }
+            }
+        }
+
+        fn publish(&mut self) {
+            let wake = self.engine.publish();
+            self.link.wake_if(wake, self.engine.words.own_index());
+        }
+    }
+
+    /// Room for one record in the ring, written in place.
+    ///
+    /// Dropping it without [`commit`](Reservation::commit) abandons the record.
+    #[derive(Debug)]
+    pub struct Reservation<'a> {
+        producer: &'a mut Producer,
+        place: Placement,
+        len: usize,
+        publish: bool,
+    }
+
+    impl Reservation<'_> {
+        /// The record's bytes, in the ring (initially whatever the ring held there).
+        pub fn as_mut_slice(&mut self) -> &mut [u8] {
+            let ptr = self.producer.engine.payload_ptr(self.place);
+            // SAFETY: the reservation covers `len` bytes at `ptr` in the producer's own
+            // mapping; no other process can write it (FUTURE_WRITE seal), the consumer does
+            // not read it before it is published, and the `&mut self` borrow keeps the
+            // producer from reserving it again while the slice lives.
+            unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }
+        }
+
+        /// Copies `data` (of exactly the reserved length) into the record.
+        fn write(mut self, data: &[u8]) -> Self {
+            self.as_mut_slice().copy_from_slice(data);
+            self
+        }
+
+        /// Finishes the record: visible to the consumer at once, or (in a [`Batch`]) when
+        /// the batch is published.
+        pub fn commit(self) {
+            let p = self.producer;
+            p.engine.commit(self.place, self.len);
+            if self.publish {
+                p.publish();
+            }
+        }
+    }
+
+    /// Records committed together and published with one index store; see
+    /// [`Producer::batch`]. Publishes on drop.
+    #[derive(Debug)]
+    pub struct Batch<'a> {
+        producer: &'a mut Producer,
+    }
+
+    impl Batch<'_> {
+        /// As [`Producer::try_send`], without publishing.
+        ///
+        /// # Errors
+        /// As [`Producer::try_send`]. Before reporting a full ring, the records committed so
+        /// far are published (the consumer could not free room otherwise).
+        pub fn try_send(&mut self, record: &[u8]) -> Result<()> {
+            self.try_reserve(record.len())?.write(record).commit();
+            Ok(())
+        }
+
+        /// As [`Producer::send_timeout`], without publishing (unless it has to wait).
+        ///
+        /// # Errors
+        /// As [`Producer::send_timeout`].
+        pub fn send_timeout(&mut self, record: &[u8], timeout: Duration) -> Result<()> {
+            self.reserve_timeout(record.len(), timeout)?
+                .write(record)
+                .commit();
+            Ok(())
+        }
+
+        /// As [`Producer::try_reserve`]; the committed record is published with the batch.
+        ///
+        /// # Errors
+        /// As [`Producer::try_reserve`].
+        pub fn try_reserve(&mut self, len: usize) -> Result<Reservation<'_>> {
+            let place = self.producer.reserve(len, None)?;
+            Ok(Reservation {
+                producer: self.producer,
+                place,
+                len,
+                publish: false,
+            })
+        }
+
+        /// As [`Producer::reserve_timeout`]; the committed record is published with the
+        /// batch.
+        ///
+        /// # Errors
+        /// As [`Producer::reserve_timeout`].
+        pub fn reserve_timeout(
+            &mut self,
+            len: usize,
+            timeout: Duration,
+        ) -> Result<Reservation<'_>> {
+            let place = self.producer.reserve(len, Some(deadline(timeout)))?;
+            Ok(Reservation {
+                producer: self.producer,
+                place,
+                len,
+                publish: false,
+            })
+        }
+
+        /// Publishes every record committed in the batch (also done on drop).
+        pub fn publish(self) {}
+    }
+
+    impl Drop for Batch<'_> {
+        fn drop(&mut self) {
+            self.producer.publish();
+        }
+    }
+
+    /// The consumer of a ring of variable-length byte records.
+    #[derive(Debug)]
+    pub struct Consumer {
+        engine: core::ByteConsumer,
+        link: Link,
+        cap: u32,
+        unpublished: u32,
+    }
+
+    impl Consumer {
+        /// Receives a ring from the producer at the other end of `channel` (which calls
+        /// [`Producer::connect`]), checks it, and answers with this side's control memfd.
+        ///
+        /// # Errors
+        /// [`Error::Timeout`]; any verification error for the producer's memfd;
+        /// [`Error::RingMismatch`] / [`Error::PeerCorrupt`] for a header this side cannot
+        /// use (bad magic, version, kind, capacity, size or layout).
+        pub fn connect(channel: Channel, options: &RingOptions) -> Result<Consumer> {
+            let (link, cap, peer_flags) = consumer_setup(channel, options, BYTES)?;
+            let mut link = link;
+            let words = words(&mut link.own, &link.peer);
+            // SAFETY: the data area follows the control page of the producer's mapping:
+            // `cap` bytes (size checked in setup), page-aligned, read only by volatile copies;
+            // it lives as long as `link`.
+            let engine = unsafe {
+                core::ByteConsumer::new(
+                    peer_data_ptr(&link),
+                    cap,
+                    words,
+                    peer_flags & FLAG_PARKS != 0,
+                )
+            };
+            Ok(Consumer {
+                engine,
+                link,
+                cap,
+                unpublished: 0,
+            })
+        }
+
+        /// Capacity in bytes.
+        pub fn capacity(&self) -> usize {
+            self.cap as usize
+        }
+
+        /// This side's wait counters.
+        pub fn stats(&self) -> WaitStats {
+            self.link.stats
+        }
+
+        /// Copies the next record into `out` (replacing its contents), if one is published.
+        /// `out` keeps its allocation, so a reused buffer makes receiving allocation-free.
+        ///
+        /// # Errors
+        /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerCorrupt`] if the
+        /// producer wrote an impossible index or record header.
+        pub fn try_recv(&mut self, out: &mut Vec<u8>) -> Result<()> {
+            self.recv(out, None)
+        }
+
+        /// [`try_recv`](Consumer::try_recv), waiting up to `timeout` for a record.
+        ///
+        /// # Errors
+        /// As [`try_recv`](Consumer::try_recv), with [`Error::Timeout`] instead of
+        /// [`Error::WouldBlock`], and [`Error::PeerClosed`] once the producer is gone and
+        /// every record it published has been received.
+        pub fn recv_timeout(&mut self, out: &mut Vec<u8>, timeout: Duration) -> Result<()> {
+            self.recv(out, Some(deadline(timeout)))
+        }
+
+        fn recv(&mut self, out: &mut Vec<u8>, wait: Option<Option<Instant>>) -> Result<()> {
+            let rec = self.next(wait)?;
+            out.resize(rec.len as usize, 0);
+            self.engine.copy_out(rec, out);
+            self.consume(rec);
+            Ok(())
+        }
+
+        /// Hands the next record to `f` in place, without copying, if one is published.
+        ///
+        /// # Errors
+        /// As [`try_recv`](Consumer::try_recv).
+        ///
+        /// # Safety
+        /// The producer must not write the record while `f` runs: only a trusted producer
+        /// following this protocol guarantees that. (The record's position and length are
+        /// validated as always, so a hostile producer cannot make this read out of bounds;
+        /// but it can change the bytes under the slice, which is a data race: undefined
+        /// behaviour.)
+        pub unsafe fn try_recv_in_place<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+            let rec = self.next(None)?;
+            // SAFETY: `next` validated that the record lies inside the mapping; the caller
+            // guarantees that nobody writes it while the slice lives.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(self.engine.payload_ptr(rec), rec.len as usize)
+            };
+            let r = f(bytes);
+            self.consume(rec);
+            Ok(r)
+        }
+
+        fn next(&mut self, wait: Option<Option<Instant>>) -> Result<core::Record> {
+            self.link.check_failed()?;
+            loop {
+                match self.engine.next() {
+                    Ok(Ok(rec)) => return Ok(rec),
+                    Ok(Err(blocked)) => {
+                        self.publish();
+                        match wait {
+                            None => return Err(Error::WouldBlock),
+                            Some(deadline) => {
+                                self.link.wait(&self.engine.words, blocked.seen, deadline)?
+                            }
+                        }
+                    }
+                    Err(c) => return Err(self.link.corrupt(c)),
+                }
+            }
+        }
+
+        fn consume(&mut self, rec: core::Record) {
+            self.engine.consume(rec);
+            self.unpublished = self
+                .unpublished
+                .saturating_add(rec.len + core::RECORD_HEADER);
+            if self.unpublished >= self.cap / 4 {
+                self.publish();
+            }
+        }
+
+        fn publish(&mut self) {
+            self.unpublished = 0;
+            let wake = self.engine.publish();
+            self.link.wake_if(wake, self.engine.words.own_index());
+        }
+    }
+
+    // ------------------------------------------------------------------ typed ring
+
+    /// The producer of a ring of `T` items in fixed slots (no per-item header).
+    #[derive(Debug)]
+    pub struct PodProducer<T: bytemuck::Pod> {
+        engine: core::PodProducer<T>,
+        link: Link,
+    }
+
+    impl<T: bytemuck::Pod> PodProducer<T> {
+        /// Creates a ring of `options.capacity()` items of `T` and hands it to the consumer
+        /// at the other end of `channel` (which calls [`PodConsumer::connect`] with the same
+        /// `T`).
+        ///
+        /// # Errors
+        /// As [`Producer::connect`].
+        pub fn connect(channel: Channel, options: &RingOptions) -> Result<PodProducer<T>> {
+            let (mut link, peer_flags) = producer_setup(channel, options, pod_kind::<T>()?)?;
+            let words = words(&mut link.own, &link.peer);
+            // SAFETY: `cap` slots of T follow the page-aligned control page of our own
+            // mapping (align_of::<T>() <= 4096 checked in pod_kind); written only by us.
+            let engine = unsafe {
+                core::PodProducer::new(
+                    data_ptr(&mut link),
+                    options.capacity as u32,
+                    words,
+                    peer_flags & FLAG_PARKS != 0,
+                )
+            };
+            Ok(PodProducer { engine, link })
+        }
+
+        /// This side's wait counters.
+        pub fn stats(&self) -> WaitStats {
+            self.link.stats
+        }
+
+        /// Pushes `item` and publishes it, if there is room now.
+        ///
+        /// # Errors
+        /// [`Error::WouldBlock`] if the ring is full; [`Error::PeerCorrupt`].
+        pub fn try_push(&mut self, item: T) -> Result<()> {
+            self.push_slice(std::slice::from_ref(&item), None).map(drop)
+        }
+
+        /// Pushes `item` and publishes it, waiting up to `timeout` for room.
+        ///
+        /// # Errors
+        /// [`Error::Timeout`], [`Error::PeerClosed`], [`Error::PeerCorrupt`].
+        pub fn push_timeout(&mut self, item: T, timeout: Duration) -> Result<()> {
+            self.push_slice(std::slice::from_ref(&item), Some(deadline(timeout)))
+                .map(drop)
+        }
+
+        /// Pushes as many of `items` as fit now, with one publication; returns how many.
+        ///
+        /// # Errors
+        /// [`Error::WouldBlock`] if none fit (and `items` is not empty); [`Error::PeerCorrupt`].
+        pub fn try_push_slice(&mut self, items: &[T]) -> Result<usize> {
+            self.push_slice(items, None)
+        }
+
+        fn push_slice(&mut self, items: &[T], wait: Option<Option<Instant>>) -> Result<usize> {
+            self.link.check_failed()?;
+            if items.is_empty() {
+                return Ok(0);
+            }
+            loop {
+                match self.engine.free(items.len().min(u32::MAX as usize) as u32) {
+                    Ok(Ok(free)) => {
+                        let n = items.len().min(free as usize);
+                        self.engine.write(&items[..n]);
+                        let wake = self.engine.publish();
+                        self.link.wake_if(wake, self.engine.words.own_index());
+                        return Ok(n);
+                    }
+                    Ok(Err(blocked)) => match wait {
+                        None => return Err(Error::WouldBlock),
+                        Some(deadline) => {
+                            self.link.wait(&self.engine.words, blocked.seen, deadline)?
+                        }
+                    },
+                    Err(c) => return Err(self.link.corrupt(c)),
+                }
+            }
+        }
+    }
+
+    /// The consumer of a ring of `T` items.
+    #[derive(Debug)]
+    pub struct PodConsumer<T: bytemuck::Pod> {
+        engine: core::PodConsumer<T>,
+        link: Link,
+        cap: u32,
+        unpublished: u32,
+        _t: PhantomData<T>,
+    }
+
+    impl<T: bytemuck::Pod> PodConsumer<T> {
+        /// Receives a typed ring of `T` from the producer at the other end of `channel`.
+        ///
+        /// # Errors
+        /// As [`Consumer::connect`]; [`Error::RingMismatch`] if the producer's item size
+        /// differs from `size_of::<T>()`.
+        pub fn connect(channel: Channel, options: &RingOptions) -> Result<PodConsumer<T>> {
+            let (mut link, cap, peer_flags) = consumer_setup(channel, options, pod_kind::<T>()?)?;
+            let words = words(&mut link.own, &link.peer);
+            // SAFETY: `cap` slots of T (size checked in setup) follow the page-aligned
+            // control page of the producer's mapping; read only by volatile copies.
+            let engine = unsafe {
+                core::PodConsumer::new(
+                    peer_data_ptr(&link),
+                    cap,
+                    words,
+                    peer_flags & FLAG_PARKS != 0,
+                )
+            };
+            Ok(PodConsumer {
+                engine,
+                link,
+                cap,
+                unpublished: 0,
+                _t: PhantomData,
+            })
+        }
+
+        /// This side's wait counters.
+        pub fn stats(&self) -> WaitStats {
+            self.link.stats
+        }
+
+        /// Capacity in items.
+        pub fn capacity(&self) -> usize {
+            self.cap as usize
+        }
+
+        /// Takes the next item, if one is published.
+        ///
+        /// # Errors
+        /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerCorrupt`].
+        pub fn try_pop(&mut self) -> Result<T> {
+            let mut item = T::zeroed();
+            self.pop_slice(std::slice::from_mut(&mut item), None)?;
+            Ok(item)
+        }
+
+        /// Takes the next item, waiting up to `timeout`.
+        ///
+        /// # Errors
+        /// [`Error::Timeout`], [`Error::PeerClosed`] (once the producer is gone and the ring
+        /// is empty), [`Error::PeerCorrupt`].
+        pub fn pop_timeout(&mut self, timeout: Duration) -> Result<T> {
+            let mut item = T::zeroed();
+            self.pop_slice(std::slice::from_mut(&mut item), Some(deadline(timeout)))?;
+            Ok(item)
+        }
+
+        /// Fills the start of `out` with as many items as are published; returns how many.
+        ///
+        /// # Errors
+        /// [`Error::WouldBlock`] if the ring is empty (and `out` is not); [`Error::PeerCorrupt`].
+        pub fn try_pop_slice(&mut self, out: &mut [T]) -> Result<usize> {
+            self.pop_slice(out, None)
+        }
+
+        fn pop_slice(&mut self, out: &mut [T], wait: Option<Option<Instant>>) -> Result<usize> {
+            self.link.check_failed()?;
+            if out.is_empty() {
+                return Ok(0);
+            }
+            loop {
+                match self.engine.available() {
+                    Ok(Ok(avail)) => {
+                        let n = out.len().min(avail as usize);
+                        self.engine.read(&mut out[..n]);
+                        self.unpublished += n as u32;
+                        if self.unpublished >= self.cap / 4 {
+                            self.publish();
+                        }
+                        return Ok(n);
+                    }
+                    Ok(Err(blocked)) => {
+                        self.publish();
+                        match wait {
+                            None => return Err(Error::WouldBlock),
+                            Some(deadline) => {
+                                self.link.wait(&self.engine.words, blocked.seen, deadline)?
+                            }
+                        }
+                    }
+                    Err(c) => return Err(self.link.corrupt(c)),
+                }
+            }
+        }
+
+        fn publish(&mut self) {
+            self.unpublished = 0;
+            let wake = self.engine.publish();
+            self.link.wake_if(wake, self.engine.words.own_index());
+        }
+    }
+}
+
+/// The ring's shared-memory layout: byte offsets in each side's control page.
+///
+/// Both memfds start with a header of little-endian fields; the producer's data area
+/// follows its control page. Offsets of the index and wait words come from `repr(C)`
+/// structs of [`crossbeam_utils::CachePadded`] fields, so each word has a cache line (pair)
+/// of its own; the header records them and the peer checks they match its own.
+pub mod layout {
+    use crossbeam_utils::CachePadded;
+
+    use std::sync::atomic::{AtomicU32, AtomicU64};
+
+    #[repr(C)]
+    struct ControlPage {
+        header: CachePadded<[u8; HEADER_LEN]>,
+        index: CachePadded<AtomicU32>,
+        wait: CachePadded<AtomicU64>,
+    }
+
+    /// Length of a control page: the consumer's memfd, and the producer's header before its
+    /// data area.
+    pub const CONTROL_LEN: usize = 4096;
+    /// Length of the header fields at the start of a control page.
+    pub const HEADER_LEN: usize = 64;
+    /// Offset of the side's index word (`u32`, the write index for the producer, the read
+    /// index for the consumer).
+    pub const INDEX_AT: usize = std::mem::offset_of!(ControlPage, index);
+    /// Offset of the side's wait word (`u64`: bit 32 set while parked, low 32 bits the peer
+    /// index value it waits to change).
+    pub const WAIT_AT: usize = std::mem::offset_of!(ControlPage, wait);
+    const _: () = assert!(std::mem::size_of::<ControlPage>() <= CONTROL_LEN);
+    const _: () = assert!(INDEX_AT % 64 == 0 && WAIT_AT % 64 == 0 && WAIT_AT - INDEX_AT >= 64);
+
+    /// Magic at the start of the producer's memfd.
+    pub const PRODUCER_MAGIC: [u8; 8] = *b"SPRINGP\x01";
+    /// Magic at the start of the consumer's memfd.
+    pub const CONSUMER_MAGIC: [u8; 8] = *b"SPRINGC\x01";
+    /// Ring protocol version.
+    pub const VERSION: u32 = 1;
+    /// `KIND_AT` value of a byte-record ring.
+    pub const KIND_BYTES: u32 = 1;
+    /// `KIND_AT` value of a typed (`Pod`) ring.
+    pub const KIND_POD: u32 = 2;
+    /// `FLAGS_AT` bit: this side may park, so the peer must check its wait word.
+    pub const FLAG_PARKS: u32 = 1;
+
+    /// Offset of the 8-byte magic.
+    pub const MAGIC_AT: usize = 0;
+    /// Offset of the `u32` version.
+    pub const VERSION_AT: usize = 8;
+    /// Offset of the `u32` ring kind (producer only).
+    pub const KIND_AT: usize = 12;
+    /// Offset of the `u32` capacity in units (producer only).
+    pub const CAPACITY_AT: usize = 16;
+    /// Offset of the `u32` unit size: 1 for bytes, `size_of::<T>()` (producer only).
+    pub const UNIT_AT: usize = 20;
+    /// Offset of the `u32` offset of the data area (producer only; = `CONTROL_LEN`).
+    pub const DATA_AT_AT: usize = 24;
+    /// Offset of the `u32` flags.
+    pub const FLAGS_AT: usize = 28;
+    /// Offset of the `u32` copy of `INDEX_AT`.
+    pub const INDEX_AT_AT: usize = 32;
+    /// Offset of the `u32` copy of `WAIT_AT`.
+    pub const WAIT_AT_AT: usize = 36;
+}

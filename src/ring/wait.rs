@@ -1,0 +1,185 @@
+//! Waiting for the peer: spin, then park on a futex in shared memory, with a deadline and
+//! dead-peer detection.
+//!
+//! A side waits for the *peer's* index word to change from the value it saw. It parks with a
+//! non-private `FUTEX_WAIT` on that word through its read-only mapping of the peer's memfd
+//! (a wait only reads the word; the futex key is the shared page, so it matches the peer's
+//! mapping at any address), and the peer wakes it with `FUTEX_WAKE` on the same word through
+//! its own writable mapping. The kernel compares the word with the value seen under its
+//! hash-bucket lock, so a publication that lands between our check and our sleep makes the
+//! wait return at once. Whether a wake is needed is decided by the protocol in
+//! [`super::core::publish`] / [`super::core::prepare_park`].
+
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::Backoff;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::thread::futex;
+
+use super::core;
+use crate::error::{Error, Result};
+use crate::Channel;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// How a side waits when the ring is full (producer) or empty (consumer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpinPolicy {
+    /// Never sleep: spin until the peer moves (lowest latency, burns a core while waiting).
+    /// The deadline and the peer's liveness are still checked every few microseconds.
+    Spin,
+    /// Spin and yield for up to this many backoff steps (`crossbeam_utils::Backoff`: steps
+    /// 0–6 spin 2^step times, later steps yield), then park on a futex.
+    SpinThenPark(u32),
+    /// Park at once (idle-friendly; every wait is a system call).
+    Park,
+}
+
+impl Default for SpinPolicy {
+    /// `SpinThenPark(10)`: about 10 µs of spinning and yielding, then park.
+    fn default() -> Self {
+        SpinPolicy::SpinThenPark(10)
+    }
+}
+
+impl SpinPolicy {
+    /// Whether this side ever parks (the peer must then check its wait word when publishing).
+    pub(crate) fn parks(self) -> bool {
+        self != SpinPolicy::Spin
+    }
+}
+
+/// Counters of one side's waiting, for tests and benchmarks. Updated with plain increments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WaitStats {
+    /// `FUTEX_WAIT` calls made by this side.
+    pub parks: u64,
+    /// `FUTEX_WAKE` calls made by this side (each publication that found the peer parked).
+    pub wakes: u64,
+    /// Parks that ended by their time slice running out although the peer had already moved
+    /// its index: a wakeup that was due but did not come. Stays 0 unless the protocol is
+    /// broken (or the peer is hostile, or was descheduled between publishing and waking).
+    pub missed_wakes: u64,
+}
+
+/// Longest single park: how often a parked side looks at its deadline and at whether the
+/// peer is still alive (its end of the setup channel still open).
+pub(crate) const PEER_CHECK: Duration = Duration::from_millis(20);
+
+/// Spins between liveness checks in [`SpinPolicy::Spin`].
+const SPINS_PER_CHECK: u32 = 256;
+
+/// Waits until `peer_index` differs from `seen`, or fails.
+///
+/// # Errors
+/// [`Error::Timeout`] once `deadline` passes (`None`: never); [`Error::PeerClosed`] if the
+/// peer's end of `channel` is closed (it exited or dropped its side).
+pub(crate) fn wait_change(
+    policy: SpinPolicy,
+    stats: &mut WaitStats,
+    peer_index: &AtomicU32,
+    own_wait: &AtomicU64,
+    seen: u32,
+    deadline: Option<Instant>,
+    channel: &Channel,
+) -> Result<()> {
+    let moved = || peer_index.load(Ordering::Acquire) != seen;
+    let backoff = Backoff::new();
+    match policy {
+        SpinPolicy::Spin => loop {
+            for _ in 0..SPINS_PER_CHECK {
+                if moved() {
+                    return Ok(());
+                }
+                backoff.spin();
+            }
+            check(deadline, channel)?;
+            if moved() {
+                return Ok(());
+            }
+        },
+        SpinPolicy::SpinThenPark(steps) => {
+            for i in 0..steps {
+                if moved() {
+                    return Ok(());
+                }
+                backoff.snooze();
+                if i % 16 == 15 {
+                    check(deadline, channel)?;
+                }
+            }
+        }
+        SpinPolicy::Park => {}
+    }
+    loop {
+        if moved() {
+            return Ok(());
+        }
+        let slice = check(deadline, channel)?;
+        if !core::prepare_park(own_wait, peer_index, seen) {
+            return Ok(());
+        }
+        stats.parks += 1;
+        let timed_out = futex_wait(peer_index, seen, slice);
+        core::end_park(own_wait);
+        if moved() {
+            if timed_out {
+                stats.missed_wakes += 1;
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// Checks deadline and peer; returns the time to the next check.
+fn check(deadline: Option<Instant>, channel: &Channel) -> Result<Duration> {
+    let mut slice = PEER_CHECK;
+    if let Some(deadline) = deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout);
+        }
+        slice = slice.min(left);
+    }
+    if peer_gone(channel) {
+        return Err(Error::PeerClosed);
+    }
+    Ok(slice)
+}
+
+/// Whether the peer's end of the channel is closed (`POLLHUP`/`POLLRDHUP`); a pending
+/// message (`POLLIN` alone) does not count.
+pub(crate) fn peer_gone(channel: &Channel) -> bool {
+    let mut fds = [PollFd::new(channel, PollFlags::RDHUP)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
+}
+
+/// `FUTEX_WAIT` (shared, not private) on `word` while it holds `expected`, for at most
+/// `timeout`. Returns whether the wait ended by its timeout. Spurious returns are fine:
+/// callers re-check.
+///
+/// # References
+///  - [`futex(2)`](https://man7.org/linux/man-pages/man2/futex.2.html)
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> bool {
+    let ts = Timespec {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    matches!(
+        futex::wait(word, futex::Flags::empty(), expected, Some(&ts)),
+        Err(Errno::TIMEDOUT)
+    )
+}
+
+/// `FUTEX_WAKE` (shared) of every waiter on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    // Errors are impossible for a valid mapped word; a lost wake is bounded by PEER_CHECK.
+    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+}

@@ -1,0 +1,134 @@
+//! Loom model of the ring's publish/park protocol: every interleaving (and every weak-memory
+//! outcome loom models) of a side publishing its index while the other side parks on it.
+//!
+//! Run with `RUSTFLAGS="--cfg loom" cargo test --test loom_ring --release`.
+//!
+//! The futex is modelled as the kernel implements it: `FUTEX_WAIT` takes the hash-bucket
+//! lock, compares the word with the expected value and sleeps (releasing the lock) only if
+//! they are equal; `FUTEX_WAKE` takes the same lock and wakes every sleeper. A lost wakeup
+//! shows up as a loom deadlock (the waiter sleeps forever after the publisher finished).
+#![cfg(loom)]
+
+use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use loom::sync::{Arc, Condvar, Mutex};
+use sealpipe::ring::loom_api::{end_park, prepare_park, publish};
+
+#[derive(Default)]
+struct Futex {
+    bucket: Mutex<()>,
+    sleepers: Condvar,
+}
+
+impl Futex {
+    fn wait(&self, word: &AtomicU32, expected: u32) {
+        let guard = self.bucket.lock().unwrap();
+        if word.load(Ordering::SeqCst) == expected {
+            drop(self.sleepers.wait(guard).unwrap());
+        }
+    }
+    fn wake(&self) {
+        let _guard = self.bucket.lock().unwrap();
+        self.sleepers.notify_all();
+    }
+}
+
+#[derive(Default)]
+struct Ring {
+    /// The publisher's index (its memory).
+    index: AtomicU32,
+    /// The waiter's wait word (its memory).
+    wait: AtomicU64,
+    futex: Futex,
+}
+
+/// The waiter's side of `wait::wait_change` in park mode (no spinning, no time slices).
+fn wait_until(ring: &Ring, target: u32) {
+    loop {
+        let seen = ring.index.load(Ordering::Acquire);
+        if seen >= target {
+            return;
+        }
+        if prepare_park(&ring.wait, &ring.index, seen) {
+            ring.futex.wait(&ring.index, seen);
+            end_park(&ring.wait);
+        }
+    }
+}
+
+fn publisher(ring: &Ring, values: &[u32]) {
+    for &v in values {
+        if publish(&ring.index, v, &ring.wait, true) {
+            ring.futex.wake();
+        }
+    }
+}
+
+#[test]
+fn one_publication_always_wakes_a_parked_waiter() {
+    loom::model(|| {
+        let ring = Arc::new(Ring::default());
+        let r = ring.clone();
+        let t = loom::thread::spawn(move || publisher(&r, &[1]));
+        wait_until(&ring, 1);
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn a_waiter_that_parks_again_is_woken_again() {
+    loom::model(|| {
+        let ring = Arc::new(Ring::default());
+        let r = ring.clone();
+        let t = loom::thread::spawn(move || publisher(&r, &[1, 2]));
+        wait_until(&ring, 1);
+        wait_until(&ring, 2);
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn both_sides_park_on_each_other() {
+    // A ping-pong: each side publishes, then parks until the other answers.
+    loom::model(|| {
+        let ping = Arc::new(Ring::default());
+        let pong = Arc::new(Ring::default());
+        let (a, b) = (ping.clone(), pong.clone());
+        let t = loom::thread::spawn(move || {
+            wait_until(&a, 1);
+            publisher(&b, &[1]);
+        });
+        publisher(&ping, &[1]);
+        wait_until(&pong, 1);
+        t.join().unwrap();
+    });
+}
+
+/// Negative control: the same model with the fences taken out (the "one flag" protocol:
+/// store the index, look at the flag) loses a wakeup, and loom finds it.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn without_the_fences_a_wakeup_is_lost() {
+    loom::model(|| {
+        let ring = Arc::new(Ring::default());
+        let r = ring.clone();
+        let t = loom::thread::spawn(move || {
+            r.index.store(1, Ordering::Release);
+            if r.wait.load(Ordering::Relaxed) != 0 {
+                r.futex.wake();
+            }
+        });
+        loop {
+            let seen = ring.index.load(Ordering::Acquire);
+            if seen >= 1 {
+                break;
+            }
+            ring.wait
+                .store(1 << 32 | u64::from(seen), Ordering::Relaxed);
+            if ring.index.load(Ordering::Acquire) == seen {
+                ring.futex.wait(&ring.index, seen);
+            }
+            ring.wait.store(0, Ordering::Relaxed);
+        }
+        t.join().unwrap();
+    });
+}

@@ -1,0 +1,843 @@
+//! The ring across real processes: streams in both wait modes, hostile peers, lost
+//! wakeups, peer death.
+//!
+//! Sizes: the defaults keep this binary at about half a minute in the debug profile.
+//! `SEALPIPE_RING_STRESS=full` runs the counts the ring was specified with (10^8 8-byte
+//! items and 10^7 variable-length records per mode, millions of park/wake cycles): use it
+//! with `--release`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use sealpipe::ring::{
+    layout, Consumer, PodConsumer, PodProducer, Producer, RingOptions, SpinPolicy,
+};
+use sealpipe::{Channel, Error, Policy, Region};
+
+const T: Duration = Duration::from_secs(30);
+
+fn full() -> bool {
+    std::env::var("SEALPIPE_RING_STRESS").is_ok_and(|v| v == "full")
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Length of record `i`: mostly 1..=64 bytes, one in 16 log-uniform up to 64 KiB.
+fn record_len(i: u64) -> usize {
+    let r = splitmix(i);
+    if r % 16 == 0 {
+        let bits = (r >> 8) % 17;
+        ((1u64 << bits) + (r >> 32) % (1u64 << bits)).clamp(1, 65536) as usize
+    } else {
+        1 + (r >> 8) as usize % 64
+    }
+}
+
+/// Fills `buf` with record `i`'s contents: word j is `splitmix(i << 20 ^ j)`.
+fn fill(i: u64, buf: &mut [u8]) {
+    let seed = i << 20;
+    let j = (buf.len() / 8) as u64;
+    let mut chunks = buf.chunks_exact_mut(8);
+    for (j, c) in (&mut chunks).enumerate() {
+        c.copy_from_slice(&splitmix(seed ^ j as u64).to_le_bytes());
+    }
+    let tail = chunks.into_remainder();
+    let n = tail.len();
+    tail.copy_from_slice(&splitmix(seed ^ j).to_le_bytes()[..n]);
+}
+
+/// Whether `buf` is exactly record `i` (length and every byte): no loss, no reordering,
+/// no duplication, no corruption.
+fn is_record(i: u64, buf: &[u8]) -> bool {
+    if buf.len() != record_len(i) {
+        return false;
+    }
+    let seed = i << 20;
+    let mut chunks = buf.chunks_exact(8);
+    for (j, c) in (&mut chunks).enumerate() {
+        if c != splitmix(seed ^ j as u64).to_le_bytes() {
+            return false;
+        }
+    }
+    let j = (buf.len() / 8) as u64;
+    let tail = chunks.remainder();
+    tail == &splitmix(seed ^ j).to_le_bytes()[..tail.len()]
+}
+
+fn spin_policy(name: &str) -> SpinPolicy {
+    match name {
+        "spin" => SpinPolicy::Spin,
+        "park" => SpinPolicy::Park,
+        _ => SpinPolicy::default(),
+    }
+}
+
+/// Peer roles shared by the tests of this binary. A role is `name:arg:arg...`.
+fn peer(role: &str, ch: Channel) -> i32 {
+    let parts: Vec<&str> = role.split(':').collect();
+    let arg = |i: usize| parts.get(i).copied().unwrap_or("");
+    let num = |i: usize| arg(i).parse::<u64>().unwrap_or(0);
+    match parts[0] {
+        // bytes-producer:<spin>:<count>:<capacity>
+        "bytes-producer" => {
+            let opts = RingOptions::new(num(3) as usize).spin(spin_policy(arg(1)));
+            let mut tx = Producer::connect(ch, &opts).expect("connect");
+            let mut scratch = vec![0u8; 65536];
+            for i in 0..num(2) {
+                let len = record_len(i);
+                if i % 2 == 0 {
+                    // In place.
+                    let mut r = tx.reserve_timeout(len, T).expect("reserve");
+                    fill(i, r.as_mut_slice());
+                    r.commit();
+                } else {
+                    fill(i, &mut scratch[..len]);
+                    tx.send_timeout(&scratch[..len], T).expect("send");
+                }
+            }
+            0
+        }
+        // pod-producer:<spin>:<count>:<capacity>:<batch>
+        "pod-producer" => {
+            let opts = RingOptions::new(num(3) as usize).spin(spin_policy(arg(1)));
+            let mut tx = PodProducer::<u64>::connect(ch, &opts).expect("connect");
+            let batch = num(4).max(1);
+            let mut buf = vec![0u64; batch as usize];
+            let mut i = 0;
+            let n = num(2);
+            while i < n {
+                if batch == 1 {
+                    tx.push_timeout(i, T).expect("push");
+                    i += 1;
+                } else {
+                    let k = batch.min(n - i) as usize;
+                    for (j, b) in buf[..k].iter_mut().enumerate() {
+                        *b = i + j as u64;
+                    }
+                    let mut done = 0;
+                    while done < k {
+                        match tx.try_push_slice(&buf[done..k]) {
+                            Ok(m) => done += m,
+                            Err(Error::WouldBlock) => std::hint::spin_loop(),
+                            Err(e) => panic!("push_slice: {e}"),
+                        }
+                    }
+                    i += k as u64;
+                }
+            }
+            0
+        }
+        // irregular-producer:<count>: publishes u64s with random pauses (0-40 µs, busy)
+        "irregular-producer" => {
+            let opts = RingOptions::new(1024).spin(SpinPolicy::Park);
+            let mut tx = PodProducer::<u64>::connect(ch, &opts).expect("connect");
+            for i in 0..num(1) {
+                pause(splitmix(i) % 40);
+                tx.push_timeout(i, T).expect("push");
+            }
+            0
+        }
+        // irregular-consumer:<count>: takes u64s with random pauses, so the producer
+        // keeps finding the ring full
+        "irregular-consumer" => {
+            let opts = RingOptions::default().spin(SpinPolicy::Park);
+            let mut rx = PodConsumer::<u64>::connect(ch, &opts).expect("connect");
+            for i in 0..num(1) {
+                pause(splitmix(i) % 40);
+                assert_eq!(rx.pop_timeout(T).expect("pop"), i);
+            }
+            0
+        }
+        // endless-producer: streams until killed
+        "endless-producer" => {
+            let mut tx = Producer::connect(ch, &RingOptions::new(1 << 16)).expect("connect");
+            let mut i = 0u64;
+            loop {
+                let _ = tx.send_timeout(&i.to_le_bytes(), T);
+                i += 1;
+            }
+        }
+        // sleepy-consumer: connects and never reads
+        "sleepy-consumer" => {
+            let _rx = Consumer::connect(ch, &RingOptions::default()).expect("connect");
+            std::thread::sleep(Duration::from_secs(60));
+            0
+        }
+        "hostile-producer" => hostile_producer(ch, arg(1), num(2)),
+        "hostile-consumer" => hostile_consumer(ch, num(1)),
+        _ => 99,
+    }
+}
+
+/// Busy-waits about `us` microseconds.
+fn pause(us: u64) {
+    let end = Instant::now() + Duration::from_micros(us);
+    while Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
+
+/// Mappings of memfds in this process (other mappings, such as test threads' stacks, come
+/// and go with the test harness).
+fn memfd_maps() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("/proc/self/maps")
+        .lines()
+        .filter(|l| l.contains("/memfd:"))
+        .count()
+}
+
+fn fd_list() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| format!("{:?}", std::fs::read_link(e.path()).ok()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn run_peer() {
+    common::peer_main(peer);
+}
+
+fn stream_bytes(test: &str, spin: &str, count: u64) {
+    run_peer();
+    let _serial = common::serial();
+    let fds = common::fd_count();
+    let maps = memfd_maps();
+    let cap = 1 << 18;
+    let p = common::spawn_peer(test, &format!("bytes-producer:{spin}:{count}:{cap}"));
+    let Peer2 { peer, channel } = split(p);
+    let opts = RingOptions::default().spin(spin_policy(spin));
+    let mut rx = Consumer::connect(channel, &opts).unwrap();
+    assert_eq!(rx.capacity(), cap);
+    let mut buf = Vec::new();
+    for i in 0..count {
+        rx.recv_timeout(&mut buf, T)
+            .unwrap_or_else(|e| panic!("record {i}: {e}"));
+        assert!(
+            is_record(i, &buf),
+            "record {i} (len {}) is wrong",
+            buf.len()
+        );
+    }
+    assert!(matches!(
+        rx.recv_timeout(&mut buf, T),
+        Err(Error::PeerClosed)
+    ));
+    drop(rx);
+    assert_eq!(peer.wait(), 0);
+    assert_eq!(common::fd_count(), fds, "descriptors leaked");
+    assert_eq!(memfd_maps(), maps, "mappings leaked");
+}
+
+fn stream_pod(test: &str, spin: &str, count: u64, batch: u64) {
+    run_peer();
+    let _serial = common::serial();
+    let p = common::spawn_peer(test, &format!("pod-producer:{spin}:{count}:4096:{batch}"));
+    let Peer2 { peer, channel } = split(p);
+    let opts = RingOptions::default().spin(spin_policy(spin));
+    let mut rx = PodConsumer::<u64>::connect(channel, &opts).unwrap();
+    let mut buf = vec![0u64; 256];
+    let mut next = 0u64;
+    let deadline = Instant::now() + T * 4;
+    while next < count {
+        match rx.try_pop_slice(&mut buf) {
+            Ok(n) => {
+                for &v in &buf[..n] {
+                    assert_eq!(v, next, "item out of sequence");
+                    next += 1;
+                }
+            }
+            Err(Error::WouldBlock) => {
+                assert!(Instant::now() < deadline, "stream stalled at {next}");
+                // Blocking mode waits for the next item through the ring's own wait.
+                if spin != "spin" {
+                    let v = rx.pop_timeout(T).unwrap();
+                    assert_eq!(v, next);
+                    next += 1;
+                }
+            }
+            Err(e) => panic!("pop at {next}: {e}"),
+        }
+    }
+    assert!(matches!(rx.pop_timeout(T), Err(Error::PeerClosed)));
+    assert_eq!(peer.wait(), 0);
+}
+
+/// A spawned peer taken apart, so the channel can be handed to a ring.
+struct Peer2 {
+    peer: PeerHandle,
+    channel: Channel,
+}
+
+struct PeerHandle(std::process::Child);
+
+impl PeerHandle {
+    /// Waits (at most 60 s) for the peer and returns its exit code (128 + signal if killed).
+    fn wait(mut self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!("peer did not exit within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// SIGKILLs and reaps the peer.
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn split(p: common::Peer) -> Peer2 {
+    Peer2 {
+        peer: PeerHandle(p.child),
+        channel: p.channel,
+    }
+}
+
+fn count(default: u64, full_count: u64) -> u64 {
+    if full() {
+        full_count
+    } else {
+        default
+    }
+}
+
+#[test]
+fn variable_records_stream_across_processes_spinning() {
+    stream_bytes(
+        "variable_records_stream_across_processes_spinning",
+        "spin",
+        count(20_000, 10_000_000),
+    );
+}
+
+#[test]
+fn variable_records_stream_across_processes_parking() {
+    stream_bytes(
+        "variable_records_stream_across_processes_parking",
+        "park",
+        count(20_000, 10_000_000),
+    );
+}
+
+#[test]
+fn pod_items_stream_across_processes_spinning() {
+    stream_pod(
+        "pod_items_stream_across_processes_spinning",
+        "spin",
+        count(300_000, 100_000_000),
+        1,
+    );
+}
+
+#[test]
+fn pod_items_stream_across_processes_parking_batched() {
+    stream_pod(
+        "pod_items_stream_across_processes_parking_batched",
+        "park",
+        count(300_000, 100_000_000),
+        32,
+    );
+}
+
+// ----------------------------------------------------------------- lost wakeups
+
+fn wake_cycles() -> u64 {
+    std::env::var("SEALPIPE_RING_WAKES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full() { 2_000_000 } else { 20_000 })
+}
+
+#[test]
+fn parked_consumer_never_misses_a_wakeup() {
+    run_peer();
+    let _serial = common::serial();
+    let n = wake_cycles();
+    let p = split(common::spawn_peer(
+        "parked_consumer_never_misses_a_wakeup",
+        &format!("irregular-producer:{n}"),
+    ));
+    let opts = RingOptions::default().spin(SpinPolicy::Park);
+    let mut rx = PodConsumer::<u64>::connect(p.channel, &opts).unwrap();
+    for i in 0..n {
+        assert_eq!(rx.pop_timeout(T).unwrap(), i);
+    }
+    let stats = rx.stats();
+    eprintln!("consumer: {stats:?} over {n} items");
+    assert!(
+        stats.parks > n / 20,
+        "too few parks to test anything: {stats:?}"
+    );
+    assert_eq!(
+        stats.missed_wakes, 0,
+        "waits ended by timeout instead of a wake: {stats:?}"
+    );
+    assert_eq!(p.peer.wait(), 0);
+}
+
+#[test]
+fn parked_producer_never_misses_a_wakeup() {
+    run_peer();
+    let _serial = common::serial();
+    let n = wake_cycles();
+    let p = split(common::spawn_peer(
+        "parked_producer_never_misses_a_wakeup",
+        &format!("irregular-consumer:{n}"),
+    ));
+    let opts = RingOptions::new(16).spin(SpinPolicy::Park);
+    let mut tx = PodProducer::<u64>::connect(p.channel, &opts).unwrap();
+    for i in 0..n {
+        tx.push_timeout(i, T).unwrap();
+    }
+    let stats = tx.stats();
+    eprintln!("producer: {stats:?} over {n} items");
+    assert!(
+        stats.parks > n / 20,
+        "too few parks to test anything: {stats:?}"
+    );
+    assert_eq!(
+        stats.missed_wakes, 0,
+        "waits ended by timeout instead of a wake: {stats:?}"
+    );
+    assert_eq!(p.peer.wait(), 0);
+}
+
+// ----------------------------------------------------------------- peer death
+
+#[test]
+fn consumer_survives_producer_killed_mid_stream() {
+    run_peer();
+    let _serial = common::serial();
+    let fds = common::fd_count();
+    let maps = memfd_maps();
+    let p = split(common::spawn_peer(
+        "consumer_survives_producer_killed_mid_stream",
+        "endless-producer",
+    ));
+    let mut rx =
+        Consumer::connect(p.channel, &RingOptions::default().spin(SpinPolicy::Park)).unwrap();
+    let mut buf = Vec::new();
+    for i in 0..10_000u64 {
+        rx.recv_timeout(&mut buf, T).unwrap();
+        assert_eq!(buf, i.to_le_bytes());
+    }
+    p.peer.kill();
+    let deadline = Duration::from_secs(5);
+    let err = loop {
+        match rx.recv_timeout(&mut buf, deadline) {
+            Ok(()) => continue, // records published before the kill
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::PeerClosed), "{err:?}");
+    drop(rx);
+    assert_eq!(common::fd_count(), fds, "descriptors leaked");
+    assert_eq!(memfd_maps(), maps, "mappings leaked");
+}
+
+#[test]
+fn producer_blocked_on_a_full_ring_survives_consumer_killed() {
+    run_peer();
+    let _serial = common::serial();
+    let fds = common::fd_count();
+    let maps = memfd_maps();
+    let p = split(common::spawn_peer(
+        "producer_blocked_on_a_full_ring_survives_consumer_killed",
+        "sleepy-consumer",
+    ));
+    let mut tx = Producer::connect(p.channel, &RingOptions::new(4096)).unwrap();
+    while tx.try_send(&[7u8; 100]).is_ok() {}
+    assert!(matches!(
+        tx.send_timeout(&[7u8; 100], Duration::from_millis(50)),
+        Err(Error::Timeout)
+    ));
+    p.peer.kill();
+    let started = Instant::now();
+    let err = tx
+        .send_timeout(&[7u8; 100], Duration::from_secs(5))
+        .unwrap_err();
+    assert!(matches!(err, Error::PeerClosed), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(tx);
+    assert_eq!(common::fd_count(), fds, "descriptors leaked");
+    assert_eq!(memfd_maps(), maps, "mappings leaked");
+}
+
+// ----------------------------------------------------------------- hostile peers
+
+/// A producer that sets the ring up by hand, then scribbles over its own memory.
+fn hostile_producer(ch: Channel, mode: &str, seed: u64) -> i32 {
+    let cap = 4096usize;
+    let mut region = Region::new(layout::CONTROL_LEN + cap).unwrap();
+    let mut h = [0u8; 64];
+    h[..8].copy_from_slice(&layout::PRODUCER_MAGIC);
+    for (at, v) in [
+        (layout::VERSION_AT, layout::VERSION),
+        (layout::KIND_AT, layout::KIND_BYTES),
+        (layout::CAPACITY_AT, cap as u32),
+        (layout::UNIT_AT, 1),
+        (layout::DATA_AT_AT, layout::CONTROL_LEN as u32),
+        (layout::FLAGS_AT, layout::FLAG_PARKS),
+        (layout::INDEX_AT_AT, layout::INDEX_AT as u32),
+        (layout::WAIT_AT_AT, layout::WAIT_AT as u32),
+    ] {
+        h[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    region.write_at(0, &h).unwrap();
+    let mut shared = region.share_read_only().unwrap();
+    ch.send(b"sealpipe ring v1", &[shared.region()]).unwrap();
+    let ack = ch.recv_timeout(&Policy::read_only_view(), T).unwrap();
+    let ack = &ack.regions()[0];
+    let mem = shared.as_mut_slice();
+    let put32 =
+        |mem: &mut [u8], at: usize, v: u32| mem[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let put64 =
+        |mem: &mut [u8], at: usize, v: u64| mem[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    let data = layout::CONTROL_LEN;
+    let end = Instant::now() + Duration::from_millis(700);
+    let mut r = seed;
+    let mut next = || {
+        r = splitmix(r);
+        r
+    };
+    while Instant::now() < end {
+        let x = next();
+        match mode {
+            // Garbage everywhere: index, wait word, headers.
+            "random" => {
+                put32(mem, layout::INDEX_AT, x as u32);
+                put64(mem, layout::WAIT_AT, next());
+                let at = data + (next() as usize % (cap / 8)) * 8;
+                put64(mem, at, next());
+            }
+            // Plausible values that change between two reads: a valid record whose length
+            // flips to huge and back, a write index that flips between valid and not.
+            "flip" => {
+                put64(mem, data, 5);
+                put32(mem, layout::INDEX_AT, 16);
+                put64(mem, data, u64::from(u32::MAX));
+                put64(mem, data, 5);
+                put32(mem, layout::INDEX_AT, if x % 2 == 0 { 1 << 30 } else { 16 });
+                put64(mem, data, 0x1_0000_0000 | (x & 0xffff));
+            }
+            // Well-formed records at an honest pace, whose payload keeps changing after
+            // publication (the consumer must keep working and see some mix of bytes).
+            _ => {
+                let w = u32::from_le_bytes(
+                    mem[layout::INDEX_AT..layout::INDEX_AT + 4]
+                        .try_into()
+                        .unwrap(),
+                );
+                let read: u32 = ack.read_value(layout::INDEX_AT).unwrap();
+                let pos = (w as usize) % cap;
+                if w.wrapping_sub(read) as usize + 16 <= cap && pos + 16 <= cap {
+                    put64(mem, data + pos, 8);
+                    put64(mem, data + pos + 8, x);
+                    put32(mem, layout::INDEX_AT, w.wrapping_add(16));
+                }
+                // Rewrite the payload of every record in the ring.
+                for at in (0..cap).step_by(16) {
+                    put64(mem, data + at + 8, x ^ at as u64);
+                }
+            }
+        }
+    }
+    0
+}
+
+fn victim_consumer(test: &str, mode: &str, seed: u64) -> (u64, u64, u64) {
+    let p = split(common::spawn_peer(
+        test,
+        &format!("hostile-producer:{mode}:{seed}"),
+    ));
+    let mut rx = Consumer::connect(p.channel, &RingOptions::default()).unwrap();
+    let (mut ok, mut corrupt, mut timeouts) = (0, 0, 0);
+    let mut buf = Vec::new();
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let wait = Duration::from_millis(30);
+        let started = Instant::now();
+        let r = rx.recv_timeout(&mut buf, wait);
+        assert!(
+            started.elapsed() < wait + Duration::from_secs(2),
+            "call overran its deadline"
+        );
+        match r {
+            Ok(()) => {
+                assert!(buf.len() <= 4096 / 2 - 8);
+                ok += 1;
+            }
+            Err(Error::PeerCorrupt { .. }) => {
+                corrupt += 1;
+                // The ring stays failed.
+                assert!(matches!(
+                    rx.try_recv(&mut buf),
+                    Err(Error::PeerCorrupt { .. })
+                ));
+                break;
+            }
+            Err(Error::Timeout) => timeouts += 1,
+            Err(Error::PeerClosed) => break,
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    drop(rx);
+    p.peer.kill();
+    (ok, corrupt, timeouts)
+}
+
+#[test]
+fn hostile_producer_cannot_crash_or_hang_the_consumer() {
+    run_peer();
+    let _serial = common::serial();
+    let fds = common::fd_count();
+    let maps = memfd_maps();
+    let test = "hostile_producer_cannot_crash_or_hang_the_consumer";
+    let mut corrupt_total = 0;
+    for seed in 0..3 {
+        for mode in ["random", "flip", "rewrite"] {
+            let (ok, corrupt, timeouts) = victim_consumer(test, mode, seed);
+            eprintln!("{mode}/{seed}: {ok} records, {corrupt} corrupt, {timeouts} timeouts");
+            corrupt_total += corrupt;
+            if mode == "rewrite" {
+                assert_eq!(
+                    corrupt, 0,
+                    "well-formed records with changing payloads are fine"
+                );
+                assert!(ok > 100, "the consumer keeps working: {ok} records");
+            }
+        }
+    }
+    assert!(corrupt_total >= 3, "random garbage must be detected");
+    assert_eq!(common::fd_count(), fds, "descriptors leaked");
+    assert_eq!(memfd_maps(), maps, "mappings leaked");
+}
+
+/// A consumer that scribbles over its read index and wait word.
+fn hostile_consumer(ch: Channel, seed: u64) -> i32 {
+    let msg = ch.recv_timeout(&Policy::read_only_view(), T).unwrap();
+    assert_eq!(msg.regions().len(), 1);
+    let mut region = Region::new(layout::CONTROL_LEN).unwrap();
+    let mut h = [0u8; 64];
+    h[..8].copy_from_slice(&layout::CONSUMER_MAGIC);
+    for (at, v) in [
+        (layout::VERSION_AT, layout::VERSION),
+        (layout::FLAGS_AT, layout::FLAG_PARKS),
+        (layout::INDEX_AT_AT, layout::INDEX_AT as u32),
+        (layout::WAIT_AT_AT, layout::WAIT_AT as u32),
+    ] {
+        h[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    region.write_at(0, &h).unwrap();
+    let mut shared = region.share_read_only().unwrap();
+    ch.send(b"sealpipe ring v1", &[shared.region()]).unwrap();
+    let mem = shared.as_mut_slice();
+    let end = Instant::now() + Duration::from_millis(700);
+    let mut r = seed;
+    while Instant::now() < end {
+        r = splitmix(r);
+        // Mostly plausible read indices (small steps, sometimes backwards), sometimes wild;
+        // wait words that claim a parked consumer.
+        let idx = if r % 4 == 0 {
+            r as u32
+        } else {
+            ((r >> 8) % 8192) as u32 & !7
+        };
+        mem[layout::INDEX_AT..layout::INDEX_AT + 4].copy_from_slice(&idx.to_le_bytes());
+        mem[layout::WAIT_AT..layout::WAIT_AT + 8]
+            .copy_from_slice(&(1u64 << 32 | r >> 40).to_le_bytes());
+    }
+    0
+}
+
+#[test]
+fn hostile_consumer_cannot_crash_or_hang_the_producer() {
+    run_peer();
+    let _serial = common::serial();
+    let test = "hostile_consumer_cannot_crash_or_hang_the_producer";
+    let mut corrupt = 0;
+    for seed in 0..3 {
+        let p = split(common::spawn_peer(
+            test,
+            &format!("hostile-consumer:{seed}"),
+        ));
+        let mut tx = Producer::connect(p.channel, &RingOptions::new(4096)).unwrap();
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            let wait = Duration::from_millis(30);
+            let started = Instant::now();
+            let r = tx.send_timeout(&[1u8; 100], wait);
+            assert!(
+                started.elapsed() < wait + Duration::from_secs(2),
+                "call overran its deadline"
+            );
+            match r {
+                Ok(()) | Err(Error::Timeout) => {}
+                Err(Error::PeerCorrupt { .. }) => {
+                    corrupt += 1;
+                    break;
+                }
+                Err(Error::PeerClosed) => break,
+                Err(e) => panic!("unexpected error {e:?}"),
+            }
+        }
+        drop(tx);
+        p.peer.kill();
+    }
+    assert!(corrupt >= 1, "wild read indices must be detected");
+}
+
+// ----------------------------------------------------------------- setup validation
+
+/// Sends a hand-made producer memfd and returns what `Consumer::connect` says about it.
+fn connect_to_forged(cap: u32, len: usize, edit: impl FnOnce(&mut [u8; 64])) -> Error {
+    let (a, b) = Channel::pair().unwrap();
+    let mut region = Region::new(len).unwrap();
+    let mut h = [0u8; 64];
+    h[..8].copy_from_slice(&layout::PRODUCER_MAGIC);
+    for (at, v) in [
+        (layout::VERSION_AT, layout::VERSION),
+        (layout::KIND_AT, layout::KIND_BYTES),
+        (layout::CAPACITY_AT, cap),
+        (layout::UNIT_AT, 1),
+        (layout::DATA_AT_AT, layout::CONTROL_LEN as u32),
+        (layout::INDEX_AT_AT, layout::INDEX_AT as u32),
+        (layout::WAIT_AT_AT, layout::WAIT_AT as u32),
+    ] {
+        h[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    edit(&mut h);
+    region.write_at(0, &h).unwrap();
+    let shared = region.share_read_only().unwrap();
+    a.send(b"sealpipe ring v1", &[shared.region()]).unwrap();
+    let opts = RingOptions::default().timeout(Duration::from_millis(100));
+    Consumer::connect(b, &opts).unwrap_err()
+}
+
+#[test]
+fn consumer_validates_the_ring_header() {
+    let _serial = common::serial();
+    let fds = common::fd_count();
+    let maps = memfd_maps();
+    let c = layout::CONTROL_LEN;
+    let ok = |h: &mut [u8; 64]| {
+        let _ = h;
+    };
+    assert!(matches!(
+        connect_to_forged(4096, c + 4096, |h| h[0] = b'X'),
+        Error::RingMismatch { .. }
+    ));
+    assert!(matches!(
+        connect_to_forged(4096, c + 4096, |h| h[layout::VERSION_AT] = 9),
+        Error::RingMismatch { .. }
+    ));
+    assert!(matches!(
+        connect_to_forged(4096, c + 4096, |h| h[layout::KIND_AT] = 2),
+        Error::RingMismatch { .. }
+    ));
+    assert!(matches!(
+        connect_to_forged(4096, c + 4096, |h| h[layout::INDEX_AT_AT] = 8),
+        Error::RingMismatch { .. }
+    ));
+    assert!(matches!(
+        connect_to_forged(3000, c + 3000, ok),
+        Error::PeerCorrupt { .. }
+    ));
+    assert!(matches!(
+        connect_to_forged(8192, c + 4096, ok),
+        Error::PeerCorrupt { .. }
+    ));
+    assert!(matches!(
+        connect_to_forged(1 << 31, c + 4096, ok),
+        Error::PeerCorrupt { .. }
+    ));
+    // A setup message without a memfd.
+    let (a, b) = Channel::pair().unwrap();
+    a.send(b"x", &[]).unwrap();
+    let opts = RingOptions::default().timeout(Duration::from_millis(100));
+    assert!(matches!(
+        Consumer::connect(b, &opts),
+        Err(Error::RingMismatch { .. })
+    ));
+    drop(a);
+    // A typed consumer refuses a byte ring, and the other way round.
+    let (a, b) = Channel::pair().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let _ = Producer::connect(
+                a,
+                &RingOptions::new(4096).timeout(Duration::from_millis(300)),
+            );
+        });
+        let r = PodConsumer::<u64>::connect(b, &opts);
+        assert!(matches!(r, Err(Error::RingMismatch { .. })), "{r:?}");
+    });
+    assert_eq!(
+        common::fd_count(),
+        fds,
+        "descriptors leaked: {:?}",
+        fd_list()
+    );
+    assert_eq!(memfd_maps(), maps, "mappings leaked");
+}
+
+#[test]
+fn producer_validates_its_options_and_record_sizes() {
+    let _serial = common::serial();
+    let (a, _b) = Channel::pair().unwrap();
+    assert!(matches!(
+        Producer::connect(a, &RingOptions::new(1000)),
+        Err(Error::InvalidCapacity { .. })
+    ));
+    let (a, b) = Channel::pair().unwrap();
+    std::thread::scope(|s| {
+        let h = s.spawn(move || Consumer::connect(b, &RingOptions::default()).unwrap());
+        let mut tx = Producer::connect(a, &RingOptions::new(256)).unwrap();
+        let mut rx = h.join().unwrap();
+        assert_eq!(tx.max_record_len(), 120);
+        assert!(matches!(
+            tx.try_send(&[0; 121]),
+            Err(Error::RecordTooLarge { len: 121, max: 120 })
+        ));
+        tx.try_send(&[5; 120]).unwrap();
+        let mut v = Vec::new();
+        rx.try_recv(&mut v).unwrap();
+        assert_eq!(v, [5; 120]);
+        assert!(matches!(rx.try_recv(&mut v), Err(Error::WouldBlock)));
+        // A batch publishes once, on publish() or drop.
+        let mut batch = tx.batch();
+        batch.try_send(b"a").unwrap();
+        batch.try_send(b"b").unwrap();
+        assert!(
+            matches!(rx.try_recv(&mut v), Err(Error::WouldBlock)),
+            "not yet published"
+        );
+        batch.publish();
+        rx.try_recv(&mut v).unwrap();
+        assert_eq!(v, b"a");
+        #[allow(unsafe_code)]
+        // SAFETY: this producer is honest: it does not touch published records.
+        let in_place = unsafe { rx.try_recv_in_place(|b| b.to_vec()) }.unwrap();
+        assert_eq!(in_place, b"b");
+    });
+}
