@@ -15,6 +15,7 @@ use std::time::Duration;
 /// Contenders in the bulk case, and the sizes each runs at (`None`: every size).
 pub const CONTENDERS: &[(&str, Option<&[usize]>)] = &[
     ("sealpipe", None),
+    ("ring", None),
     ("stream", None),
     ("ipc-bytes", None),
     ("ipc-shmem", None),
@@ -36,6 +37,7 @@ pub fn run(contender: &str, size: usize, count: usize, rounds: usize) -> Duratio
     };
     let mut src = Bulk::new(size);
     match contender {
+        "ring" => crate::ring::bulk_run(&p, &mut src),
         "memcpy" => {
             let mut dst = vec![0u8; size];
             timed_local(rounds, |_| {
@@ -152,6 +154,7 @@ pub fn consume(kind: &str, p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
     let check = BulkCheck::new(p.size);
     let seq = |r: usize, i: usize| (r * p.count + i) as u64;
     match kind {
+        "ring" => crate::ring::bulk_consume(p, ctl, fds),
         "sealpipe" => {
             let rx = sealpipe::Channel::from_fd(fds.remove(0)).expect("channel");
             let policy = sealpipe::Policy::immutable().max_region_len(p.size as u64);

@@ -15,6 +15,7 @@ mod data;
 mod fanout;
 mod pingpong;
 mod proc;
+mod ring;
 mod rounds;
 mod small;
 mod svg;
@@ -28,6 +29,8 @@ use std::time::{Duration, Instant};
 /// (references such as memcpy are not counted as "best alternative").
 pub const COLUMNS: &[(&str, &str, bool)] = &[
     ("sealpipe", "sealpipe", false),
+    ("ring", "sealpipe ring", false),
+    ("ring-park", "sealpipe ring (park)", false),
     ("seqpacket", "unix seqpacket", true),
     ("stream", "unix stream", true),
     ("pipe", "pipe", true),
@@ -104,6 +107,8 @@ pub struct Row {
     pub figs: BTreeMap<&'static str, Fig>,
 }
 
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 struct Settings {
     quick: bool,
     out: PathBuf,
@@ -139,7 +144,8 @@ fn main() {
         proc::cpus()
     );
     proc::pin(0);
-    let start = Instant::now();
+    let start = *START.get_or_init(Instant::now);
+    watchdog(start);
     let mut rows = Vec::new();
     let want = |c: &str| s.only.as_deref().is_none_or(|o| o == c);
     if want("small") {
@@ -163,8 +169,33 @@ fn main() {
     eprintln!("wrote {}/results.md and throughput.svg", s.out.display());
 }
 
+/// Longest a single measurement may take before the run is abandoned (a transport that
+/// lost a message leaves its consumer waiting forever).
+const STUCK: Duration = Duration::from_secs(240);
+
+/// Seconds since start at which the current measurement began.
+static CURRENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn watchdog(start: Instant) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let began = CURRENT.load(std::sync::atomic::Ordering::Relaxed);
+        if start.elapsed().as_secs().saturating_sub(began) > STUCK.as_secs() {
+            eprintln!(
+                "a measurement is stuck for {} s: giving up (consumers die with us)",
+                STUCK.as_secs()
+            );
+            std::process::exit(2);
+        }
+    });
+}
+
 /// Measures one figure, turning a panic (bad data, transport error) into `Fig::Fail`.
 fn measure(label: &str, f: impl FnOnce() -> Fig) -> Fig {
+    CURRENT.store(
+        START.get().map_or(0, |s| s.elapsed().as_secs()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let fig = catch_unwind(AssertUnwindSafe(f)).unwrap_or(Fig::Fail);
     eprintln!("{label:<40} {}", fig.show(label.starts_with("bulk")));
     fig
@@ -217,7 +248,9 @@ fn bulk_rows(s: &Settings, rows: &mut Vec<Row>) {
     let rounds = if s.quick { 3 } else { 6 };
     let bytes_per_round: usize = if s.quick { 128 << 20 } else { 1 << 30 };
     for size in [64usize << 10, 1 << 20, 64 << 20] {
-        let count = (bytes_per_round / size).max(2);
+        // At least 8 per round, so that the warm-up round has touched every page a ring or
+        // pool will reuse.
+        let count = (bytes_per_round / size).max(8);
         let mut figs = BTreeMap::new();
         for &(c, sizes) in bulk::CONTENDERS {
             if sizes.is_some_and(|v| !v.contains(&size)) {
@@ -324,7 +357,10 @@ fn table(rows: &[Row]) -> String {
             .filter(|(_, _, alt)| *alt)
             .filter_map(|(k, t, _)| r.figs.get(k).and_then(Fig::speed).map(|v| (v, *t)))
             .max_by(|a, b| a.0.total_cmp(&b.0));
-        let ours = r.figs.get("sealpipe").and_then(Fig::speed);
+        let ours = ["sealpipe", "ring", "ring-park"]
+            .iter()
+            .filter_map(|k| r.figs.get(k).and_then(Fig::speed))
+            .max_by(f64::total_cmp);
         out += &match (ours, best_alt) {
             (Some(o), Some((a, t))) => format!(" {:.2}× ({t}) |\n", o / a),
             _ => " – |\n".into(),

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 /// Contenders in the ping-pong case.
 pub const CONTENDERS: &[&str] = &[
     "sealpipe",
+    "ring",
+    "ring-park",
     "seqpacket",
     "stream",
     "pipe",
@@ -55,6 +57,7 @@ pub fn run(contender: &str, size: usize, count: usize) -> Rtt {
     let mut reply = vec![0u8; size];
     let cpu = consumer_cpu(0);
     match contender {
+        "ring" | "ring-park" => rtts = crate::ring::pingpong_run(&p),
         "sealpipe" => {
             let (ch, rx) = sealpipe::Channel::pair().expect("channel");
             let mut peer = Peer::spawn(&p, cpu, vec![rx.into_fd()]);
@@ -187,6 +190,7 @@ fn as_atomic(map: &memmap2::MmapMut) -> &AtomicU64 {
 pub fn consume(kind: &str, p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
     let size = p.size;
     match kind {
+        "ring" | "ring-park" => return crate::ring::pingpong_consume(p, ctl, fds),
         "sealpipe" => {
             let ch = sealpipe::Channel::from_fd(fds.remove(0)).expect("channel");
             let policy = sealpipe::Policy::immutable();

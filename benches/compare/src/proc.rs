@@ -184,6 +184,8 @@ pub fn child_args(args: &[String]) -> (Params, usize, Ctl, Vec<OwnedFd>) {
         },
     };
     let cpu = args[1].parse().expect("cpu");
+    // A consumer never outlives the runner (a spinning consumer would spin forever).
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let mut fds: Vec<OwnedFd> = args[6]
         .split(',')
         .filter(|s| !s.is_empty())

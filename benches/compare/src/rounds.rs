@@ -56,7 +56,7 @@ impl Credit {
 
 /// Consumer side: call after consuming message `i` of the round.
 pub fn after_recv(ctl: &mut Ctl, i: usize) {
-    if (i + 1) % ACK_EVERY == 0 {
+    if (i + 1).is_multiple_of(ACK_EVERY) {
         ctl.ack();
     }
 }

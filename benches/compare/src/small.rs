@@ -19,6 +19,7 @@ const RING: usize = 4096;
 /// Contenders in the small-message case and whether each has a batch API.
 pub const CONTENDERS: &[(&str, bool)] = &[
     ("sealpipe", false),
+    ("ring", true),
     ("seqpacket", false),
     ("stream", true),
     ("pipe", true),
@@ -49,6 +50,8 @@ fn params(
 pub fn run(contender: &str, size: usize, batched: bool, count: usize, rounds: usize) -> Duration {
     let p = params(contender, size, batched, count, rounds, String::new());
     match (contender, size) {
+        ("ring", 8) => crate::ring::small_run::<1>(&p, batched),
+        ("ring", _) => crate::ring::small_run::<8>(&p, batched),
         ("rtrb", 8) => rtrb_run::<1>(batched, count, rounds),
         ("rtrb", _) => rtrb_run::<8>(batched, count, rounds),
         ("shmem-ipc", 8) => shmem_run::<1>(&p, batched),
@@ -118,6 +121,8 @@ pub fn byte_pair(kind: &str) -> (OwnedFd, OwnedFd) {
 pub fn consume(kind: &str, batched: bool, p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
     let (size, count) = (p.size, p.count);
     match (kind, size) {
+        ("ring", 8) => return crate::ring::small_consume::<1>(p, batched, ctl, fds),
+        ("ring", _) => return crate::ring::small_consume::<8>(p, batched, ctl, fds),
         ("shmem-ipc", 8) => return shmem_consume::<1>(p, batched, ctl, fds),
         ("shmem-ipc", _) => return shmem_consume::<8>(p, batched, ctl, fds),
         ("iceoryx2", 8) => return iceoryx_consume::<1>(p, ctl),

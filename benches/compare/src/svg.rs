@@ -18,7 +18,9 @@ const COLORS: &[&str] = &[
 
 /// Renders the plot.
 pub fn plot(rows: &[Row]) -> String {
-    let mut lines: Vec<(&str, usize, Vec<(f64, f64)>)> = Vec::new();
+    // (title, column index, points (size, bytes per second))
+    type Line<'a> = (&'a str, usize, Vec<(f64, f64)>);
+    let mut lines: Vec<Line<'_>> = Vec::new();
     for (ci, (k, title, _)) in COLUMNS.iter().enumerate() {
         let pts: Vec<(f64, f64)> = rows
             .iter()
