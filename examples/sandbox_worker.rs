@@ -48,6 +48,20 @@ fn parent() -> Result<bool, Box<dyn std::error::Error>> {
     let exe = std::env::current_exe()?;
     let (mut child, channel) = sealpipe::spawn::spawn(Command::new(exe).arg("--worker"))?;
     println!("parent: spawned worker pid {}", child.id());
+    // spawn() returned only after the handshake: the kernel vouched that the process at the
+    // other end is the child we started, and the channel watches the child's pidfd.
+    if let Some(peer) = channel.peer_credentials() {
+        println!(
+            "parent: handshake ok: peer pid {} uid {}, pidfd {}",
+            peer.pid,
+            peer.uid,
+            if channel.peer_pidfd().is_some() {
+                "held"
+            } else {
+                "unavailable"
+            }
+        );
+    }
 
     // The immutable region: filled with pwrite from a prepared buffer, then sealed.
     let data: Vec<u64> = (0..BIG as u64 / 8)

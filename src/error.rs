@@ -2,6 +2,7 @@
 
 use std::io;
 
+use crate::handshake::HandshakeFailure;
 use crate::seals::Seals;
 
 /// Result type of every fallible sealpipe operation.
@@ -233,6 +234,48 @@ pub enum Error {
         source: io::Error,
     },
 
+    // ----- channels (handshake, listener, spawn) -----
+    /// The handshake failed and the connection was closed; `failure` says why. From a
+    /// [`crate::Listener`]'s `accept` this concerns one connection only: the listener goes
+    /// on serving.
+    #[error("handshake failed: {failure}")]
+    Handshake {
+        /// Why the handshake failed.
+        failure: HandshakeFailure,
+    },
+
+    /// A shared secret must have at least `min` bytes (use 32 random bytes).
+    #[error("shared secret is shorter than {min} bytes")]
+    SecretTooShort {
+        /// The minimum length.
+        min: usize,
+    },
+
+    /// A listener refuses to use `path` (or its directory): it is a symbolic link, not a
+    /// socket, belongs to another user, or is accessible to other users.
+    #[error("refusing to use {}: {reason}", path.display())]
+    UnsafePath {
+        /// The path.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A live listener already serves `path`.
+    #[error("a listener is already serving {}", path.display())]
+    AddressInUse {
+        /// The path.
+        path: std::path::PathBuf,
+    },
+
+    /// The listener's socket at `path` was deleted or replaced; nobody new can connect
+    /// until [`crate::Listener::rebind`].
+    #[error("the listening socket at {} was deleted or replaced", path.display())]
+    PathLost {
+        /// The path.
+        path: std::path::PathBuf,
+    },
+
     // ----- guard (GuardedMap) -----
     /// Another process truncated the file behind a [`crate::GuardedMap`] while it was being
     /// read: the read touched a page past the file's new end (`SIGBUS`, caught). `buf`
@@ -301,6 +344,7 @@ impl Error {
                 | Error::EmptyRegion { .. }
                 | Error::RegionTooLarge { .. }
                 | Error::SizeMismatch { .. }
+                | Error::Handshake { .. }
                 | Error::Truncated { .. }
                 | Error::PeerCorrupt { .. }
                 | Error::RingMismatch { .. }

@@ -30,6 +30,18 @@ pub fn wire_decode(data: &[u8]) {
     assert_eq!(&buf[..n], &data[..range.start]);
 }
 
+/// Decodes `data` as a handshake message. If it is accepted, re-encoding it must reproduce
+/// the input exactly, and the regions decoder must reject the same bytes (a handshake
+/// message is never mistaken for regions, or the other way round).
+pub fn handshake_decode(data: &[u8]) {
+    let Ok(m) = wire::decode_handshake(data) else {
+        return;
+    };
+    let (buf, n) = wire::encode_handshake(&m);
+    assert_eq!(&buf[..n], data);
+    assert!(wire::decode(data).is_err());
+}
+
 /// Builds a real descriptor from the first bytes of `data` (kind of file, seals, real size),
 /// verifies it against a policy and declared length from the rest, and checks the verdict
 /// against the specification table in `PROTOCOL.md`.
@@ -153,6 +165,11 @@ mod replay {
     #[test]
     fn wire_decode_corpus() {
         replay("wire_decode", super::wire_decode);
+    }
+
+    #[test]
+    fn handshake_decode_corpus() {
+        replay("handshake_decode", super::handshake_decode);
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //! | regions | [`Region`], [`SealedRegion`], [`SharedRegion`] | create, fill and seal memfds |
 //! | transport | [`Channel`], [`wire`] | messages of descriptors + a header over `SOCK_SEQPACKET` |
 //! | verification | [`verify()`], [`RegionView`], [`Policy`] | check seals and sizes, then map read-only |
-//! | channels | [`spawn`] | hand a channel to a child process on an inherited descriptor |
+//! | channels | [`spawn`], [`Listener`], [`handshake`] | authenticated connections: spawned workers, named endpoints |
 //! | async | `asyncio` (feature `tokio`) | the same channels, awaited on a tokio runtime |
 //! | I/O safety | [`PositionalFile`], [`GuardedMap`] | descriptors shared with other processes; mapping files that are not shrink-sealed |
 //!
@@ -86,6 +86,8 @@ pub mod fuzz;
 #[cfg(all(test, not(fuzzing)))]
 mod fuzz;
 mod guard;
+pub mod handshake;
+mod listener;
 pub mod positional;
 mod region;
 pub mod ring;
@@ -102,6 +104,8 @@ struct ReadmeDoctests;
 
 pub use error::{Error, Result};
 pub use guard::GuardedMap;
+pub use handshake::{HandshakeConfig, PeerCredentials, PeerPolicy, RefusalReason, Secret};
+pub use listener::{default_path, Listener};
 pub use positional::PositionalFile;
 pub use region::{Region, SealedRegion, SharedRegion};
 pub use seals::{Policy, Seals};

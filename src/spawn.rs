@@ -4,6 +4,14 @@
 //! descriptor sealpipe creates is close-on-exec, and the child's end of the pair is made
 //! inheritable only inside the child, between `fork` and `exec`, so no other thread's
 //! `spawn` can leak it and the child inherits exactly this one descriptor from sealpipe.
+//!
+//! Both calls make the handshake (see [`crate::handshake`]) before they return. On a
+//! socketpair `SO_PEERCRED` names the pair's creator, so the parent instead requires the
+//! child's `HELLO` to carry `SCM_CREDENTIALS` (checked by the kernel) with the pid it
+//! spawned; that pid cannot be reused meanwhile, because the parent has not reaped the
+//! child. The parent's channel watches the child's pidfd; the child's watches the parent's.
+//! The child trusts its inherited descriptor (it comes from its parent) and checks only
+//! the protocol.
 #![allow(unsafe_code)]
 
 use std::mem::ManuallyDrop;
@@ -12,9 +20,14 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::time::Instant;
+
 use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
+use rustix::net::sockopt;
+use rustix::process::{pidfd_open, Pid, PidfdFlags};
 
 use crate::error::{Error, Result};
+use crate::handshake::{self, PeerCredentials, ServerHandshake};
 use crate::transport::Channel;
 
 /// The environment variable that tells the child which descriptor holds its channel.
@@ -24,12 +37,23 @@ pub const ENV_VAR: &str = "SEALPIPE_FD";
 pub const CHILD_FD: RawFd = 3;
 
 /// Spawns `cmd` with one end of a new channel on descriptor [`CHILD_FD`] (named in
-/// [`ENV_VAR`]) and returns the child and the parent's end.
+/// [`ENV_VAR`]), makes the handshake with it (the child must call [`worker_channel`]
+/// within [`handshake::DEFAULT_TIMEOUT`]) and returns the child and the parent's end.
+///
+/// The channel's [`Channel::peer_pidfd`] is the child's pidfd (where the kernel has
+/// `pidfd_open`), and its [`Channel::peer_credentials`] are the child's.
 ///
 /// # Errors
-/// [`Error::Io`] if the pair cannot be created or the process cannot be spawned.
+/// [`Error::Io`] if the pair cannot be created or the process cannot be spawned;
+/// [`Error::Handshake`] if the child does not complete the handshake (it exited, timed
+/// out, or the handshake came from another process). On a handshake failure the child is
+/// killed and reaped.
 pub fn spawn(cmd: &mut Command) -> Result<(Child, Channel)> {
     let (parent, child_end) = Channel::pair()?;
+    let parent = parent.into_fd();
+    // Receive the child's SCM_CREDENTIALS with its HELLO; set before the child can send.
+    sockopt::set_socket_passcred(&parent, true)
+        .map_err(|e| Error::io("setsockopt(SO_PASSCRED)", e))?;
     let child_end: OwnedFd = child_end.into_fd();
     let raw = child_end.as_raw_fd();
     cmd.env(ENV_VAR, CHILD_FD.to_string());
@@ -54,23 +78,58 @@ pub fn spawn(cmd: &mut Command) -> Result<(Child, Channel)> {
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|source| Error::Io {
+    let mut child = cmd.spawn().map_err(|source| Error::Io {
         op: "spawn",
         source,
     })?;
     drop(child_end);
-    Ok((child, parent))
+    match authenticate_child(&parent, &child) {
+        Ok((creds, pidfd)) => Ok((child, Channel::new(parent, Some(creds), pidfd))),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
 }
 
-/// In a child started by [`spawn`], takes ownership of the inherited channel.
+/// The parent's side of a spawned worker's handshake.
+fn authenticate_child(
+    parent: &OwnedFd,
+    child: &Child,
+) -> Result<(PeerCredentials, Option<OwnedFd>)> {
+    let pid = child.id();
+    // The child is not reaped before we return, so this pid names it (no reuse race).
+    let pidfd = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
+    let mut server = ServerHandshake::new(None, Some(pid));
+    let deadline = Instant::now() + handshake::DEFAULT_TIMEOUT;
+    // This also clears SO_PASSCRED once HELLO is in, before ACCEPT is sent.
+    server.run(parent, deadline)?;
+    let creds = server.hello_credentials().ok_or(Error::Handshake {
+        failure: handshake::HandshakeFailure::NotTheSpawnedChild {
+            expected: pid,
+            got: None,
+        },
+    })?;
+    Ok((creds, pidfd))
+}
+
+/// In a child started by [`spawn`], takes ownership of the inherited channel and makes the
+/// handshake with the parent (sending this process's credentials).
 ///
 /// Checks that [`ENV_VAR`] names a descriptor that was inherited (it lacks close-on-exec,
 /// unlike every descriptor Rust opens itself) and is a unix `SOCK_SEQPACKET` socket, then
 /// marks it close-on-exec so it does not leak further. Succeeds at most once per process.
+/// The channel watches the parent's pidfd.
 ///
 /// # Errors
 /// [`Error::NoInheritedChannel`] if the variable is missing or invalid, the descriptor is
-/// not open or not inherited, or the channel was already claimed; [`Error::NotSeqpacket`].
+/// not open or not inherited, or the channel was already claimed; [`Error::NotSeqpacket`];
+/// [`Error::Handshake`] if the parent does not complete the handshake within
+/// [`handshake::DEFAULT_TIMEOUT`].
 pub fn worker_channel() -> Result<Channel> {
     static CLAIMED: AtomicBool = AtomicBool::new(false);
     let value = std::env::var(ENV_VAR).map_err(|_| Error::NoInheritedChannel {
@@ -105,7 +164,21 @@ pub fn worker_channel() -> Result<Channel> {
             // this process creates at most one owner for it.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             fcntl_setfd(&owned, FdFlags::CLOEXEC).map_err(|e| Error::io("fcntl(F_SETFD)", e))?;
-            Channel::from_fd(owned)
+            let sock = Channel::from_fd(owned)?.into_fd();
+            handshake::run_client(
+                &sock,
+                None,
+                true,
+                Instant::now() + handshake::DEFAULT_TIMEOUT,
+            )?;
+            // On a socketpair SO_PEERCRED names its creator: the parent that spawned us.
+            let parent = sockopt::socket_peercred(&sock)
+                .map(PeerCredentials::from_ucred)
+                .ok();
+            let pidfd = parent
+                .and_then(|p| Pid::from_raw(i32::try_from(p.pid).ok()?))
+                .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
+            Ok(Channel::new(sock, parent, pidfd))
         }
     }
 }

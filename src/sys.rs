@@ -13,7 +13,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
-use memmap2::{Mmap, MmapMut, MmapOptions, MmapRaw};
+use memmap2::{Advice, Mmap, MmapMut, MmapOptions, MmapRaw};
 
 /// A read-only mapping of a verified region.
 #[derive(Debug)]
@@ -28,14 +28,16 @@ pub(crate) enum ReadMap {
 
 impl ReadMap {
     /// Maps `len` bytes of `fd` read-only and shared.
-    pub(crate) fn shared(fd: impl AsFd, len: usize, populate: bool) -> io::Result<ReadMap> {
-        let mut opts = MmapOptions::new();
-        opts.len(len);
-        if populate {
-            opts.populate();
-        }
-        opts.map_raw_read_only(fd.as_fd().as_raw_fd())
-            .map(ReadMap::Shared)
+    pub(crate) fn shared(fd: impl AsFd, len: usize) -> io::Result<ReadMap> {
+        let map = MmapOptions::new()
+            .len(len)
+            .map_raw_read_only(fd.as_fd().as_raw_fd())?;
+        // A hint only, so its failure is ignored. MADV_SEQUENTIAL makes the kernel skip
+        // marking every page accessed (an LRU move per page) when the mapping is torn down:
+        // measured, it cuts munmap of a read 1 MiB mapping from ~95 to ~40 µs and of 64 MiB
+        // from ~8 to ~3.5 ms (BENCHMARKS.md). Faults keep their 64 KiB fault-around.
+        let _ = map.advise(Advice::Sequential);
+        Ok(ReadMap::Shared(map))
     }
 
     /// Maps `len` bytes of `fd` read-only and private.
@@ -44,12 +46,13 @@ impl ReadMap {
         // underneath the mapping. Callers only use this for files sealed F_SEAL_WRITE and
         // F_SEAL_SHRINK whose size was checked to be `len`: nobody can change or truncate
         // them.
-        unsafe {
+        let map = unsafe {
             MmapOptions::new()
                 .len(len)
                 .map_copy_read_only(fd.as_fd().as_raw_fd())
-        }
-        .map(ReadMap::Private)
+        }?;
+        let _ = map.advise(Advice::Sequential); // a hint, as above
+        Ok(ReadMap::Private(map))
     }
 
     pub(crate) fn ptr(&self) -> *const u8 {
@@ -91,18 +94,51 @@ impl ReadMap {
     }
 }
 
-/// Copies `dst.len()` bytes from `src` with volatile loads, 8 bytes at a time where aligned.
+/// Copies `dst.len()` bytes from `src` with volatile loads: 64 bytes per step (four 16-byte
+/// SSE2 loads) on x86_64, then 8 bytes, then single bytes, each load aligned.
 ///
 /// Volatile loads are what the unsafe-code guidelines recommend for memory that another
 /// process may write concurrently: the compiler may neither elide, repeat nor tear-assume
 /// them, and every byte is read exactly once, so the caller validates a private snapshot.
+/// (The wide loads matter: out of memory, 8-byte volatile loads copy at ~8 GB/s on the
+/// project's VMs, 16-byte ones at ~20 GB/s, close to `memcpy`.)
 ///
 /// # Safety
 /// `src..src + dst.len()` must be readable (mapped) for the duration of the call.
 pub(crate) unsafe fn volatile_copy(src: *const u8, dst: &mut [u8]) {
     let len = dst.len();
     let mut i = 0;
-    let head = src.align_offset(8).min(len);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_storeu_si128};
+        let head = src.align_offset(16).min(len);
+        while i < head {
+            // SAFETY: i < len, so src + i is inside the readable range (caller's contract).
+            dst[i] = unsafe { src.add(i).read_volatile() };
+            i += 1;
+        }
+        while i + 64 <= len {
+            // SAFETY: src + i is 16-aligned (advanced to the boundary, then by 64s) and
+            // src + i + 64 <= src + len lies in the readable range; `__m128i` has no
+            // invalid bit patterns. SSE2 is part of the x86_64 baseline, so the loads and
+            // the unaligned stores into `dst[i..i + 64]` (in bounds: i + 64 <= len) exist
+            // on every x86_64 CPU.
+            unsafe {
+                let s = src.add(i).cast::<__m128i>();
+                let a = s.read_volatile();
+                let b = s.add(1).read_volatile();
+                let c = s.add(2).read_volatile();
+                let d = s.add(3).read_volatile();
+                let out = dst.as_mut_ptr().add(i).cast::<__m128i>();
+                _mm_storeu_si128(out, a);
+                _mm_storeu_si128(out.add(1), b);
+                _mm_storeu_si128(out.add(2), c);
+                _mm_storeu_si128(out.add(3), d);
+            }
+            i += 64;
+        }
+    }
+    let head = (i + src.wrapping_add(i).align_offset(8)).min(len);
     while i < head {
         // SAFETY: i < len, so src + i is inside the readable range (caller's contract).
         dst[i] = unsafe { src.add(i).read_volatile() };
@@ -139,10 +175,10 @@ mod tests {
     #[test]
     fn volatile_copy_handles_every_alignment_and_length() {
         let src: Vec<u8> = (0..=255u8).collect();
-        for start in 0..9 {
-            for len in 0..40 {
+        for start in 0..17 {
+            for len in 0..200 {
                 let mut dst = vec![0u8; len];
-                // SAFETY: start + len <= 49 < 256, inside `src`.
+                // SAFETY: start + len <= 216 <= 256, inside `src`.
                 unsafe { volatile_copy(src.as_ptr().add(start), &mut dst) };
                 assert_eq!(&dst[..], &src[start..start + len]);
             }

@@ -15,6 +15,7 @@ use rustix::net::{
 };
 
 use crate::error::{Error, Result};
+use crate::handshake::PeerCredentials;
 use crate::region::SealedRegion;
 use crate::seals::Policy;
 use crate::verify::{verify, RegionView};
@@ -44,6 +45,11 @@ use crate::wire;
 #[derive(Debug)]
 pub struct Channel {
     sock: OwnedFd,
+    /// Who the handshake established the peer to be (`None` for [`Channel::pair`] and
+    /// [`Channel::from_fd`]).
+    peer: Option<PeerCredentials>,
+    /// The peer process's pidfd, where known: waits also end when it exits.
+    peer_pidfd: Option<OwnedFd>,
 }
 
 /// A received message: the application payload and the verified, mapped regions.
@@ -86,8 +92,24 @@ impl Wait {
 }
 
 impl Channel {
-    /// A connected pair of channels (close-on-exec), for threads of one process or for
-    /// handing one end to a child process.
+    pub(crate) fn new(
+        sock: OwnedFd,
+        peer: Option<PeerCredentials>,
+        peer_pidfd: Option<OwnedFd>,
+    ) -> Channel {
+        Channel {
+            sock,
+            peer,
+            peer_pidfd,
+        }
+    }
+
+    /// A connected pair of channels (close-on-exec), for threads of one process.
+    ///
+    /// A pair makes no handshake: this process created both ends, so there is no one to
+    /// authenticate. To hand one end to another process use [`crate::spawn::spawn`], which
+    /// authenticates the child; between unrelated processes use [`crate::Listener`] and
+    /// [`Channel::connect`].
     ///
     /// # Errors
     /// [`Error::Io`] if `socketpair` fails.
@@ -99,7 +121,7 @@ impl Channel {
             None,
         )
         .map_err(|e| Error::io("socketpair", e))?;
-        Ok((Channel { sock: a }, Channel { sock: b }))
+        Ok((Channel::new(a, None, None), Channel::new(b, None, None)))
     }
 
     /// Wraps a connected unix `SOCK_SEQPACKET` socket.
@@ -108,14 +130,30 @@ impl Channel {
     /// [`Error::NotSeqpacket`] if `fd` is anything else (the descriptor is closed).
     pub fn from_fd(fd: OwnedFd) -> Result<Channel> {
         match (sockopt::socket_domain(&fd), sockopt::socket_type(&fd)) {
-            (Ok(AddressFamily::UNIX), Ok(SocketType::SEQPACKET)) => Ok(Channel { sock: fd }),
+            (Ok(AddressFamily::UNIX), Ok(SocketType::SEQPACKET)) => {
+                Ok(Channel::new(fd, None, None))
+            }
             _ => Err(Error::NotSeqpacket),
         }
     }
 
-    /// Gives up the socket.
+    /// Gives up the socket (and closes the peer's pidfd, if any).
     pub fn into_fd(self) -> OwnedFd {
         self.sock
+    }
+
+    /// The peer's kernel-verified identity, as established by the handshake; `None` for
+    /// channels made by [`Channel::pair`] or [`Channel::from_fd`].
+    pub fn peer_credentials(&self) -> Option<PeerCredentials> {
+        self.peer
+    }
+
+    /// The peer process's pidfd (readable once the peer has exited): set on both ends of a
+    /// channel made by [`crate::spawn::spawn`] (the child's, and in the child the parent's),
+    /// `None` otherwise. Blocking calls watch it too, so they return [`Error::PeerClosed`]
+    /// when the peer exits even if another process still holds its end of the socket.
+    pub fn peer_pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.peer_pidfd.as_ref().map(|fd| fd.as_fd())
     }
 
     /// Sends `payload` and `regions` as one message, waiting for room if the socket buffer
@@ -235,6 +273,7 @@ impl Channel {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
         let space_len = rustix::cmsg_space!(ScmRights(policy.regions_limit()));
         let mut fds = Vec::new();
+        let mut reset = false;
         let res = loop {
             let mut control = RecvAncillaryBuffer::new(&mut space[..space_len]);
             let res = recvmsg(
@@ -253,6 +292,10 @@ impl Channel {
                 Ok(r) => break r,
                 Err(Errno::INTR) => {}
                 Err(Errno::AGAIN) => self.wait(PollFlags::IN, wait)?,
+                // A peer that exits with our messages unread in its queue resets the
+                // connection. The kernel reports that once, before the queue: read on, so
+                // that every message the peer sent before it went is still delivered.
+                Err(Errno::CONNRESET) if !reset => reset = true,
                 Err(Errno::CONNRESET) => return Err(Error::PeerClosed),
                 Err(e) => return Err(Error::io("recvmsg", e)),
             }
@@ -309,11 +352,18 @@ impl Channel {
         Ok((msg[wire::payload_range(&header)].to_vec(), fds, lens))
     }
 
-    /// Waits until the socket is ready for `events`, honouring `wait`.
+    /// Waits until the socket is ready for `events`, honouring `wait`. Fails with
+    /// [`Error::PeerClosed`] if the peer's pidfd says it exited and the socket is not ready.
     fn wait(&self, events: PollFlags, wait: Wait) -> Result<()> {
         loop {
             let timeout = match wait {
-                Wait::Never => return Err(Error::WouldBlock),
+                Wait::Never => {
+                    return Err(if self.peer_exited() {
+                        Error::PeerClosed
+                    } else {
+                        Error::WouldBlock
+                    })
+                }
                 Wait::Forever => None,
                 Wait::Until(t) => {
                     let left = t.saturating_duration_since(Instant::now());
@@ -326,14 +376,39 @@ impl Channel {
                     }))
                 }
             };
-            let mut fds = [PollFd::new(&self.sock, events)];
-            match poll(&mut fds, timeout.as_ref()) {
+            let mut fds = [
+                PollFd::new(&self.sock, events),
+                PollFd::new(&self.sock, events),
+            ];
+            let n = match &self.peer_pidfd {
+                Some(pidfd) => {
+                    fds[1] = PollFd::new(pidfd, PollFlags::IN);
+                    2
+                }
+                None => 1,
+            };
+            match poll(&mut fds[..n], timeout.as_ref()) {
                 Ok(0) | Err(Errno::INTR) => {}
                 // Readable, writable, hung up or in error: the next syscall says which.
-                Ok(_) => return Ok(()),
+                Ok(_) if !fds[0].revents().is_empty() => return Ok(()),
+                // Only the pidfd: the peer process has exited.
+                Ok(_) => return Err(Error::PeerClosed),
                 Err(e) => return Err(Error::io("poll", e)),
             }
         }
+    }
+
+    /// Whether the peer's pidfd (if known) says the peer has exited.
+    fn peer_exited(&self) -> bool {
+        let Some(pidfd) = &self.peer_pidfd else {
+            return false;
+        };
+        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
     }
 
     /// Whether the peer has shut down its end (distinguishes EOF from an empty datagram).

@@ -58,6 +58,10 @@ fn lister(ch: Channel) -> i32 {
         if target == own_dir {
             continue; // the directory listing itself
         }
+        let own_pidfd = ch.peer_pidfd().map(|fd| fd.as_raw_fd().to_string());
+        if Some(entry.file_name().to_string_lossy().into_owned()) == own_pidfd {
+            continue; // the parent's pidfd, opened (close-on-exec) by worker_channel
+        }
         let _ = writeln!(report, "{} {}", entry.file_name().to_string_lossy(), target);
     }
     ch.send_timeout(report.as_bytes(), &[], T).unwrap();

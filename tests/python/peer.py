@@ -364,6 +364,14 @@ def main():
         print("peer.py: SEALPIPE_FD is not a unix SOCK_SEQPACKET socket", file=sys.stderr)
         return 2
     sock.settimeout(TIMEOUT_S)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import handshake_peer  # the handshake of PROTOCOL.md, which spawn() requires
+
+    try:
+        handshake_peer.worker_handshake(sock)
+    except (handshake_peer.HandshakeFailed, OSError) as e:
+        print("peer.py: handshake failed: %s" % e, file=sys.stderr)
+        return 1
     try:
         MODES[sys.argv[1]](sock)
     except (Fail, OSError) as e:

@@ -1,0 +1,875 @@
+//! The handshake every connection makes before any region is accepted: protocol version and
+//! feature bits, the peer's kernel-verified identity checked against a [`PeerPolicy`], and,
+//! when a [`Secret`] is configured, mutual proof of the secret over fresh nonces.
+//!
+//! ```text
+//! connecting side (client)                 accepting side (server)
+//!   checks the server's SO_PEERCRED          checks the client's SO_PEERCRED
+//!   HELLO     features, nonce_c    ──────▶
+//!                                  ◀──────   CHALLENGE features, nonce_s, proof_s
+//!   checks proof_s
+//!   PROOF     proof_c              ──────▶   checks proof_c
+//!                                  ◀──────   ACCEPT           (or REJECT reason, close)
+//! ```
+//!
+//! With a secret, `K = BLAKE3-derive_key(CONTEXT, secret)`, `T = HELLO body ‖ CHALLENGE body
+//! without the proof` (72 bytes), `proof_s = BLAKE3-keyed(K, "sealpipe server\0" ‖ T)` and
+//! `proof_c = BLAKE3-keyed(K, "sealpipe client\0" ‖ T)`, compared in constant time. Both
+//! nonces are fresh random bytes, so a recorded handshake proves nothing in a new one, and
+//! no clock is involved. Without a secret the proofs are all zero. `PROTOCOL.md` has the
+//! byte layouts.
+//!
+//! Identity: on a named socket, `SO_PEERCRED` (the peer process as of `connect`/`listen`,
+//! recorded by the kernel; `SO_PEERPIDFD` has no rustix wrapper, and the pid is only
+//! reported, never relied on later). On a spawned worker's socketpair `SO_PEERCRED` names the
+//! *creator* of the pair (the parent itself), so there the child sends its credentials with
+//! its `HELLO` as `SCM_CREDENTIALS`, which the kernel checks (a process cannot claim
+//! another's pid without `CAP_SYS_ADMIN`), and the parent requires the pid it spawned.
+
+use std::fmt;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, UCred,
+};
+
+use crate::error::{Error, Result};
+use crate::wire::{self, HandshakeMessage, NONCE_LEN, PROOF_LEN};
+
+/// Feature bit: the sender is configured with a shared secret.
+pub const FEATURE_SECRET: u32 = 1;
+
+/// Key-derivation context for the shared secret (BLAKE3 `derive_key`).
+pub const KEY_CONTEXT: &str = "sealpipe 2026-11 handshake v1 shared secret";
+
+/// Default time a handshake may take, from connect or accept to the last message.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SERVER_LABEL: &[u8; 16] = b"sealpipe server\0";
+const CLIENT_LABEL: &[u8; 16] = b"sealpipe client\0";
+const TRANSCRIPT_LEN: usize = 2 * (4 + NONCE_LEN);
+
+/// The kernel-verified identity of the process at the other end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerCredentials {
+    /// Process id (in this process's pid namespace; 0 if the peer is in none of ours).
+    pub pid: u32,
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id.
+    pub gid: u32,
+}
+
+impl PeerCredentials {
+    pub(crate) fn from_ucred(c: UCred) -> Self {
+        PeerCredentials {
+            pid: u32::try_from(c.pid.as_raw_pid()).unwrap_or(0),
+            uid: c.uid.as_raw(),
+            gid: c.gid.as_raw(),
+        }
+    }
+}
+
+/// Which peers may connect, judged on their kernel-verified [`PeerCredentials`].
+#[derive(Clone)]
+pub struct PeerPolicy(Rule);
+
+#[derive(Clone)]
+enum Rule {
+    SameUser,
+    Allow { uids: Vec<u32>, gids: Vec<u32> },
+    Predicate(Arc<dyn Fn(&PeerCredentials) -> bool + Send + Sync>),
+}
+
+impl PeerPolicy {
+    /// Only processes whose effective uid is this process's effective uid (the default).
+    pub fn same_user() -> Self {
+        PeerPolicy(Rule::SameUser)
+    }
+
+    /// Processes whose uid is in `uids` or whose gid is in `gids`.
+    pub fn allow(uids: &[u32], gids: &[u32]) -> Self {
+        PeerPolicy(Rule::Allow {
+            uids: uids.to_vec(),
+            gids: gids.to_vec(),
+        })
+    }
+
+    /// Processes for which `allow` returns `true`.
+    pub fn predicate(allow: impl Fn(&PeerCredentials) -> bool + Send + Sync + 'static) -> Self {
+        PeerPolicy(Rule::Predicate(Arc::new(allow)))
+    }
+
+    /// Whether the policy admits `peer`.
+    pub fn allows(&self, peer: &PeerCredentials) -> bool {
+        match &self.0 {
+            Rule::SameUser => peer.uid == rustix::process::geteuid().as_raw(),
+            Rule::Allow { uids, gids } => uids.contains(&peer.uid) || gids.contains(&peer.gid),
+            Rule::Predicate(f) => f(peer),
+        }
+    }
+}
+
+impl Default for PeerPolicy {
+    fn default() -> Self {
+        PeerPolicy::same_user()
+    }
+}
+
+impl fmt::Debug for PeerPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Rule::SameUser => f.write_str("PeerPolicy::SameUser"),
+            Rule::Allow { uids, gids } => f
+                .debug_struct("PeerPolicy::Allow")
+                .field("uids", uids)
+                .field("gids", gids)
+                .finish(),
+            Rule::Predicate(_) => f.write_str("PeerPolicy::Predicate(..)"),
+        }
+    }
+}
+
+/// A shared secret both sides must prove they know. Only a key derived from it is kept; it
+/// never appears in `Debug` output or errors, and is zeroed (best effort) when dropped.
+///
+/// The handshake lets anyone the [`PeerPolicy`] admits obtain a proof over nonces of their
+/// choosing, so a guessable secret can be attacked offline: use 32 random bytes.
+#[derive(Clone)]
+pub struct Secret {
+    key: [u8; 32],
+}
+
+impl Secret {
+    /// Shortest secret accepted.
+    pub const MIN_LEN: usize = 16;
+
+    /// Derives the handshake key from `secret`.
+    ///
+    /// # Errors
+    /// [`Error::SecretTooShort`] for fewer than [`Secret::MIN_LEN`] bytes.
+    pub fn new(secret: &[u8]) -> Result<Secret> {
+        if secret.len() < Self::MIN_LEN {
+            return Err(Error::SecretTooShort { min: Self::MIN_LEN });
+        }
+        Ok(Secret {
+            key: blake3::derive_key(KEY_CONTEXT, secret),
+        })
+    }
+
+    fn proof(&self, label: &[u8; 16], transcript: &[u8; TRANSCRIPT_LEN]) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(label);
+        h.update(transcript);
+        h.finalize()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.key = [0; 32];
+        std::hint::black_box(&self.key);
+    }
+}
+
+/// How a connection is authenticated: who may be the peer, an optional shared secret, and
+/// how long the handshake may take.
+///
+/// ```
+/// # fn main() -> sealpipe::Result<()> {
+/// use std::time::Duration;
+/// use sealpipe::{HandshakeConfig, PeerPolicy, Secret};
+/// let config = HandshakeConfig::new()
+///     .policy(PeerPolicy::allow(&[1000], &[]))
+///     .secret(Secret::new(b"32 random bytes from a key file!")?)
+///     .timeout(Duration::from_secs(2));
+/// # let _ = config; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct HandshakeConfig {
+    pub(crate) policy: PeerPolicy,
+    pub(crate) secret: Option<Secret>,
+    pub(crate) timeout: Duration,
+}
+
+impl HandshakeConfig {
+    /// Same user only, no secret, [`DEFAULT_TIMEOUT`].
+    pub fn new() -> Self {
+        HandshakeConfig {
+            policy: PeerPolicy::same_user(),
+            secret: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Which peers are admitted.
+    pub fn policy(mut self, policy: PeerPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Requires the peer to prove knowledge of `secret` (and proves it to the peer).
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// How long the whole handshake (and, for a client, the connect) may take.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl Default for HandshakeConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The reason code a side sends in `REJECT` before it closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefusalReason {
+    /// 1: the receiver's policy does not admit the sender's credentials.
+    PeerNotAllowed,
+    /// 2: incompatible protocol version or features.
+    Incompatible,
+    /// 3: one side has a shared secret and the other has none.
+    SecretPresence,
+    /// 4: the proof of the shared secret is wrong.
+    BadProof,
+    /// 5: an unexpected or malformed handshake message.
+    Protocol,
+    /// Any other code.
+    Other(u16),
+}
+
+impl RefusalReason {
+    /// The code on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            RefusalReason::PeerNotAllowed => 1,
+            RefusalReason::Incompatible => 2,
+            RefusalReason::SecretPresence => 3,
+            RefusalReason::BadProof => 4,
+            RefusalReason::Protocol => 5,
+            RefusalReason::Other(c) => c,
+        }
+    }
+
+    /// The reason for a code on the wire.
+    pub fn from_code(code: u16) -> Self {
+        match code {
+            1 => RefusalReason::PeerNotAllowed,
+            2 => RefusalReason::Incompatible,
+            3 => RefusalReason::SecretPresence,
+            4 => RefusalReason::BadProof,
+            5 => RefusalReason::Protocol,
+            c => RefusalReason::Other(c),
+        }
+    }
+}
+
+impl fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefusalReason::PeerNotAllowed => f.write_str("its policy does not admit this side"),
+            RefusalReason::Incompatible => f.write_str("incompatible protocol version"),
+            RefusalReason::SecretPresence => {
+                f.write_str("one side has a shared secret and the other has none")
+            }
+            RefusalReason::BadProof => f.write_str("wrong proof of the shared secret"),
+            RefusalReason::Protocol => f.write_str("protocol violation"),
+            RefusalReason::Other(c) => write!(f, "reason code {c}"),
+        }
+    }
+}
+
+/// Why a handshake failed (carried by [`Error::Handshake`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeFailure {
+    /// This side's [`PeerPolicy`] does not admit the peer.
+    PeerNotAllowed(PeerCredentials),
+    /// A spawned worker's handshake came from another process than the child spawned
+    /// (`got` is `None` when no credentials came with it).
+    NotTheSpawnedChild {
+        /// The pid that was spawned.
+        expected: u32,
+        /// The pid the kernel vouched for.
+        got: Option<u32>,
+    },
+    /// One side has a shared secret and the other has none.
+    SecretPresence {
+        /// Whether this side has one.
+        ours: bool,
+    },
+    /// The peer's proof of the shared secret is wrong (wrong secret, or replayed bytes).
+    BadProof,
+    /// The peer speaks another protocol version.
+    Incompatible {
+        /// The version it speaks.
+        version: u16,
+    },
+    /// An unexpected or malformed handshake message.
+    Protocol(&'static str),
+    /// The peer refused this side and said why.
+    Refused(RefusalReason),
+    /// The handshake did not complete in time.
+    TimedOut,
+    /// The peer closed the connection (or exited) during the handshake.
+    PeerClosed,
+}
+
+impl fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeFailure::PeerNotAllowed(c) => write!(
+                f,
+                "peer (pid {}, uid {}, gid {}) is not allowed by this side's policy",
+                c.pid, c.uid, c.gid
+            ),
+            HandshakeFailure::NotTheSpawnedChild { expected, got } => match got {
+                Some(p) => write!(
+                    f,
+                    "handshake came from pid {p}, not the spawned child {expected}"
+                ),
+                None => write!(
+                    f,
+                    "handshake from the spawned child {expected} carried no credentials"
+                ),
+            },
+            HandshakeFailure::SecretPresence { ours: true } => {
+                f.write_str("this side requires a shared secret and the peer has none")
+            }
+            HandshakeFailure::SecretPresence { ours: false } => {
+                f.write_str("the peer requires a shared secret and this side has none")
+            }
+            HandshakeFailure::BadProof => {
+                f.write_str("the peer did not prove knowledge of the shared secret")
+            }
+            HandshakeFailure::Incompatible { version } => write!(
+                f,
+                "the peer speaks protocol version {version}, this build speaks {}",
+                wire::VERSION
+            ),
+            HandshakeFailure::Protocol(what) => write!(f, "protocol violation: {what}"),
+            HandshakeFailure::Refused(r) => write!(f, "the peer refused the connection: {r}"),
+            HandshakeFailure::TimedOut => f.write_str("it did not complete in time"),
+            HandshakeFailure::PeerClosed => f.write_str("the peer closed the connection"),
+        }
+    }
+}
+
+fn fail(failure: HandshakeFailure) -> Error {
+    Error::Handshake { failure }
+}
+
+fn random_nonce() -> Result<[u8; NONCE_LEN]> {
+    let mut nonce = [0u8; NONCE_LEN];
+    let mut filled = 0;
+    while filled < NONCE_LEN {
+        match rustix::rand::getrandom(&mut nonce[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(Error::io("getrandom", e)),
+        }
+    }
+    Ok(nonce)
+}
+
+fn features(secret: Option<&Secret>) -> u32 {
+    if secret.is_some() {
+        FEATURE_SECRET
+    } else {
+        0
+    }
+}
+
+fn transcript(
+    client_features: u32,
+    client_nonce: &[u8; NONCE_LEN],
+    server_features: u32,
+    server_nonce: &[u8; NONCE_LEN],
+) -> [u8; TRANSCRIPT_LEN] {
+    let mut t = [0u8; TRANSCRIPT_LEN];
+    t[0..4].copy_from_slice(&client_features.to_le_bytes());
+    t[4..36].copy_from_slice(client_nonce);
+    t[36..40].copy_from_slice(&server_features.to_le_bytes());
+    t[40..72].copy_from_slice(server_nonce);
+    t
+}
+
+/// Checks a received proof: with a secret, against the expected keyed hash (constant time);
+/// without one, it must be all zero.
+fn check_proof(
+    secret: Option<&Secret>,
+    label: &[u8; 16],
+    t: &[u8; TRANSCRIPT_LEN],
+    got: &[u8; PROOF_LEN],
+) -> Result<()> {
+    match secret {
+        // blake3::Hash's equality with a byte array is constant-time.
+        Some(s) if s.proof(label, t) == *got => Ok(()),
+        Some(_) => Err(fail(HandshakeFailure::BadProof)),
+        None if *got == [0; PROOF_LEN] => Ok(()),
+        None => Err(fail(HandshakeFailure::Protocol(
+            "proof without a shared secret",
+        ))),
+    }
+}
+
+fn make_proof(secret: Option<&Secret>, label: &[u8; 16], t: &[u8; TRANSCRIPT_LEN]) -> [u8; 32] {
+    secret.map_or([0; PROOF_LEN], |s| *s.proof(label, t).as_bytes())
+}
+
+/// Sends one handshake message without waiting (a handshake message always fits the
+/// socket buffer of a fresh connection), optionally with our credentials.
+fn send_message(sock: &OwnedFd, msg: &HandshakeMessage, with_credentials: bool) -> Result<()> {
+    let (buf, n) = wire::encode_handshake(msg);
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if with_credentials {
+        control.push(SendAncillaryMessage::ScmCredentials(UCred {
+            pid: rustix::process::getpid(),
+            uid: rustix::process::geteuid(),
+            gid: rustix::process::getegid(),
+        }));
+    }
+    loop {
+        match sendmsg(
+            sock,
+            &[IoSlice::new(&buf[..n])],
+            &mut control,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(Errno::INTR) => {}
+            Err(Errno::PIPE | Errno::CONNRESET | Errno::NOTCONN) => {
+                return Err(fail(HandshakeFailure::PeerClosed))
+            }
+            Err(Errno::AGAIN) => {
+                return Err(fail(HandshakeFailure::Protocol(
+                    "peer does not read its socket",
+                )))
+            }
+            Err(e) => return Err(Error::io("sendmsg", e)),
+        }
+    }
+}
+
+/// Best effort: tells the peer why the handshake fails (it closes next).
+fn tell(sock: &OwnedFd, reason: RefusalReason) {
+    let _ = send_message(
+        sock,
+        &HandshakeMessage::Reject {
+            reason: reason.code(),
+        },
+        false,
+    );
+}
+
+/// Tells the peer why, then fails with `failure`.
+fn refuse(sock: &OwnedFd, reason: RefusalReason, failure: HandshakeFailure) -> Error {
+    tell(sock, reason);
+    fail(failure)
+}
+
+/// Checks a received proof; on failure tells the peer.
+fn verify_proof(
+    sock: &OwnedFd,
+    secret: Option<&Secret>,
+    label: &[u8; 16],
+    t: &[u8; TRANSCRIPT_LEN],
+    got: &[u8; PROOF_LEN],
+) -> Result<()> {
+    check_proof(secret, label, t, got).inspect_err(|e| {
+        let bad_proof = matches!(
+            e,
+            Error::Handshake {
+                failure: HandshakeFailure::BadProof
+            }
+        );
+        tell(
+            sock,
+            if bad_proof {
+                RefusalReason::BadProof
+            } else {
+                RefusalReason::Protocol
+            },
+        );
+    })
+}
+
+/// Receives one handshake message without waiting; `None` if none is queued. Any
+/// descriptor that arrives is closed and fails the handshake.
+fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred>)>> {
+    let mut buf = [0u8; wire::MAX_HANDSHAKE_LEN + 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4), ScmCredentials(1))];
+    let mut creds = None;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut reset = false;
+    let res = loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let res = recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        );
+        for msg in control.drain() {
+            match msg {
+                RecvAncillaryMessage::ScmRights(iter) => fds.extend(iter),
+                RecvAncillaryMessage::ScmCredentials(c) => creds = Some(c),
+                _ => {}
+            }
+        }
+        match res {
+            Ok(r) => break r,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Ok(None),
+            // Reported once, before any queued message (a REJECT, say): read on.
+            Err(Errno::CONNRESET) if !reset => reset = true,
+            Err(Errno::CONNRESET) => return Err(fail(HandshakeFailure::PeerClosed)),
+            Err(e) => return Err(Error::io("recvmsg", e)),
+        }
+    };
+    if !fds.is_empty() || res.flags.contains(ReturnFlags::CTRUNC) {
+        drop(fds);
+        return Err(refuse(
+            sock,
+            RefusalReason::Protocol,
+            HandshakeFailure::Protocol("descriptors sent during the handshake"),
+        ));
+    }
+    if res.bytes == 0 {
+        return Err(fail(HandshakeFailure::PeerClosed));
+    }
+    if res.flags.contains(ReturnFlags::TRUNC) || res.bytes > wire::MAX_HANDSHAKE_LEN {
+        return Err(refuse(
+            sock,
+            RefusalReason::Protocol,
+            HandshakeFailure::Protocol("oversized handshake message"),
+        ));
+    }
+    match wire::decode_handshake(&buf[..res.bytes]) {
+        Ok(m) => Ok(Some((m, creds))),
+        Err(Error::UnsupportedVersion { got, .. }) => Err(refuse(
+            sock,
+            RefusalReason::Incompatible,
+            HandshakeFailure::Incompatible { version: got },
+        )),
+        Err(Error::Malformed { reason }) => Err(refuse(
+            sock,
+            RefusalReason::Protocol,
+            HandshakeFailure::Protocol(reason),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits until `sock` is readable (or hung up), at most until `deadline`.
+fn wait_readable(sock: &OwnedFd, deadline: Instant) -> Result<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(fail(HandshakeFailure::TimedOut));
+        }
+        let timeout = Timespec::try_from(left).unwrap_or(Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        let mut fds = [PollFd::new(sock, PollFlags::IN)];
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(0) | Err(Errno::INTR) => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(Error::io("poll", e)),
+        }
+    }
+}
+
+fn recv_blocking(sock: &OwnedFd, deadline: Instant) -> Result<(HandshakeMessage, Option<UCred>)> {
+    loop {
+        if let Some(m) = recv_message(sock)? {
+            return Ok(m);
+        }
+        wait_readable(sock, deadline)?;
+    }
+}
+
+fn unexpected(sock: &OwnedFd, msg: &HandshakeMessage, what: &'static str) -> Error {
+    match msg {
+        HandshakeMessage::Reject { reason } => {
+            fail(HandshakeFailure::Refused(RefusalReason::from_code(*reason)))
+        }
+        _ => refuse(
+            sock,
+            RefusalReason::Protocol,
+            HandshakeFailure::Protocol(what),
+        ),
+    }
+}
+
+/// A send failed because the peer closed: if it left a `REJECT` behind, that says why.
+fn refusal_behind(sock: &OwnedFd, e: Error) -> Error {
+    if let Error::Handshake {
+        failure: HandshakeFailure::PeerClosed,
+    } = e
+    {
+        if let Ok(Some((HandshakeMessage::Reject { reason }, _))) = recv_message(sock) {
+            return fail(HandshakeFailure::Refused(RefusalReason::from_code(reason)));
+        }
+    }
+    e
+}
+
+/// Runs the connecting side of the handshake to completion (blocking until `deadline`).
+/// The caller has already checked the peer's identity. With `send_credentials`, `HELLO`
+/// carries `SCM_CREDENTIALS` (spawned workers).
+pub(crate) fn run_client(
+    sock: &OwnedFd,
+    secret: Option<&Secret>,
+    send_credentials: bool,
+    deadline: Instant,
+) -> Result<()> {
+    let our_features = features(secret);
+    let nonce_c = random_nonce()?;
+    send_message(
+        sock,
+        &HandshakeMessage::Hello {
+            features: our_features,
+            nonce: nonce_c,
+        },
+        send_credentials,
+    )
+    .map_err(|e| refusal_behind(sock, e))?;
+    let (msg, _) = recv_blocking(sock, deadline)?;
+    let HandshakeMessage::Challenge {
+        features: theirs,
+        nonce: nonce_s,
+        proof,
+    } = msg
+    else {
+        return Err(unexpected(sock, &msg, "expected CHALLENGE"));
+    };
+    if (theirs & FEATURE_SECRET != 0) != secret.is_some() {
+        return Err(refuse(
+            sock,
+            RefusalReason::SecretPresence,
+            HandshakeFailure::SecretPresence {
+                ours: secret.is_some(),
+            },
+        ));
+    }
+    let t = transcript(our_features, &nonce_c, theirs, &nonce_s);
+    verify_proof(sock, secret, SERVER_LABEL, &t, &proof)?;
+    send_message(
+        sock,
+        &HandshakeMessage::Proof {
+            proof: make_proof(secret, CLIENT_LABEL, &t),
+        },
+        false,
+    )
+    .map_err(|e| refusal_behind(sock, e))?;
+    match recv_blocking(sock, deadline)? {
+        (HandshakeMessage::Accept, _) => Ok(()),
+        (msg, _) => Err(unexpected(sock, &msg, "expected ACCEPT")),
+    }
+}
+
+/// The accepting side of the handshake, one non-blocking step at a time (a listener runs
+/// many at once). The caller has already checked the peer's identity.
+#[derive(Debug)]
+pub(crate) struct ServerHandshake {
+    secret: Option<Secret>,
+    /// For a spawned worker: the pid whose `SCM_CREDENTIALS` must come with `HELLO` (the
+    /// caller set `SO_PASSCRED`, which is cleared once `HELLO` is in).
+    expect_pid: Option<u32>,
+    state: ServerState,
+    /// The credentials that came with `HELLO` (`SCM_CREDENTIALS`), if any.
+    hello_credentials: Option<PeerCredentials>,
+}
+
+#[derive(Debug)]
+enum ServerState {
+    AwaitHello,
+    AwaitProof { transcript: [u8; TRANSCRIPT_LEN] },
+    Done,
+}
+
+impl ServerHandshake {
+    pub(crate) fn new(secret: Option<Secret>, expect_pid: Option<u32>) -> Self {
+        ServerHandshake {
+            secret,
+            expect_pid,
+            state: ServerState::AwaitHello,
+            hello_credentials: None,
+        }
+    }
+
+    /// Handles every message queued on `sock`; `Ok(true)` once `ACCEPT` has been sent.
+    pub(crate) fn step(&mut self, sock: &OwnedFd) -> Result<bool> {
+        while !matches!(self.state, ServerState::Done) {
+            let Some((msg, creds)) = recv_message(sock)? else {
+                return Ok(false);
+            };
+            // A failure is final, so the state may stay `Done` on every error path.
+            let state = std::mem::replace(&mut self.state, ServerState::Done);
+            self.state = match (state, msg) {
+                (ServerState::AwaitHello, HandshakeMessage::Hello { features, nonce }) => {
+                    self.on_hello(sock, features, &nonce, creds)?
+                }
+                (ServerState::AwaitProof { transcript }, HandshakeMessage::Proof { proof }) => {
+                    let secret = self.secret.as_ref();
+                    verify_proof(sock, secret, CLIENT_LABEL, &transcript, &proof)?;
+                    send_message(sock, &HandshakeMessage::Accept, false)?;
+                    ServerState::Done
+                }
+                (ServerState::AwaitHello, msg) => {
+                    return Err(unexpected(sock, &msg, "expected HELLO"))
+                }
+                (_, msg) => return Err(unexpected(sock, &msg, "expected PROOF")),
+            };
+        }
+        Ok(true)
+    }
+
+    /// The kernel-checked credentials sent with `HELLO` (spawned workers send them).
+    pub(crate) fn hello_credentials(&self) -> Option<PeerCredentials> {
+        self.hello_credentials
+    }
+
+    fn on_hello(
+        &mut self,
+        sock: &OwnedFd,
+        theirs: u32,
+        nonce_c: &[u8; NONCE_LEN],
+        creds: Option<UCred>,
+    ) -> Result<ServerState> {
+        self.hello_credentials = creds.map(PeerCredentials::from_ucred);
+        if let Some(expected) = self.expect_pid {
+            // Credentials were needed for HELLO only. Stop receiving them now, before the
+            // child can send anything after ACCEPT: the transport accepts only SCM_RIGHTS.
+            rustix::net::sockopt::set_socket_passcred(sock, false)
+                .map_err(|e| Error::io("setsockopt(SO_PASSCRED)", e))?;
+            let got = self.hello_credentials.map(|c| c.pid);
+            if got != Some(expected) {
+                return Err(refuse(
+                    sock,
+                    RefusalReason::PeerNotAllowed,
+                    HandshakeFailure::NotTheSpawnedChild { expected, got },
+                ));
+            }
+        }
+        let secret = self.secret.as_ref();
+        if (theirs & FEATURE_SECRET != 0) != secret.is_some() {
+            return Err(refuse(
+                sock,
+                RefusalReason::SecretPresence,
+                HandshakeFailure::SecretPresence {
+                    ours: secret.is_some(),
+                },
+            ));
+        }
+        let ours = features(secret);
+        let nonce_s = random_nonce()?;
+        let t = transcript(theirs, nonce_c, ours, &nonce_s);
+        send_message(
+            sock,
+            &HandshakeMessage::Challenge {
+                features: ours,
+                nonce: nonce_s,
+                proof: make_proof(secret, SERVER_LABEL, &t),
+            },
+            false,
+        )?;
+        Ok(ServerState::AwaitProof { transcript: t })
+    }
+
+    /// Runs the handshake to completion, blocking until `deadline`.
+    pub(crate) fn run(&mut self, sock: &OwnedFd, deadline: Instant) -> Result<()> {
+        while !self.step(sock)? {
+            wait_readable(sock, deadline)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks `peer` against `policy`; on refusal tells the peer and fails.
+pub(crate) fn check_identity(
+    sock: &OwnedFd,
+    policy: &PeerPolicy,
+    peer: PeerCredentials,
+) -> Result<()> {
+    if policy.allows(&peer) {
+        Ok(())
+    } else {
+        Err(refuse(
+            sock,
+            RefusalReason::PeerNotAllowed,
+            HandshakeFailure::PeerNotAllowed(peer),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_redacted_and_proofs_depend_on_everything() {
+        let s = Secret::new(b"0123456789abcdef").unwrap();
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        assert!(!format!("{:?}", HandshakeConfig::new().secret(s.clone())).contains("0123"));
+        assert!(matches!(
+            Secret::new(b"short"),
+            Err(Error::SecretTooShort { min: 16 })
+        ));
+        let t = transcript(1, &[1; 32], 1, &[2; 32]);
+        let p = s.proof(SERVER_LABEL, &t);
+        assert_ne!(p, s.proof(CLIENT_LABEL, &t));
+        assert_ne!(
+            p,
+            s.proof(SERVER_LABEL, &transcript(1, &[1; 32], 1, &[3; 32]))
+        );
+        let other = Secret::new(b"0123456789abcdeF").unwrap();
+        assert_ne!(p, other.proof(SERVER_LABEL, &t));
+        assert!(check_proof(Some(&s), SERVER_LABEL, &t, p.as_bytes()).is_ok());
+        assert!(check_proof(Some(&other), SERVER_LABEL, &t, p.as_bytes()).is_err());
+        assert!(check_proof(None, SERVER_LABEL, &t, &[0; 32]).is_ok());
+        assert!(check_proof(None, SERVER_LABEL, &t, &[1; 32]).is_err());
+    }
+
+    #[test]
+    fn refusal_codes_round_trip() {
+        for code in 0..8 {
+            assert_eq!(RefusalReason::from_code(code).code(), code);
+        }
+    }
+
+    #[test]
+    fn policies() {
+        let me = rustix::process::geteuid().as_raw();
+        let c = |uid, gid| PeerCredentials { pid: 1, uid, gid };
+        assert!(PeerPolicy::same_user().allows(&c(me, 5)));
+        assert!(!PeerPolicy::same_user().allows(&c(me.wrapping_add(1), 5)));
+        let allow = PeerPolicy::allow(&[7], &[9]);
+        assert!(allow.allows(&c(7, 0)) && allow.allows(&c(1, 9)) && !allow.allows(&c(1, 1)));
+        assert!(PeerPolicy::predicate(|p| p.gid == 3).allows(&c(0, 3)));
+    }
+}
