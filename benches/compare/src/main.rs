@@ -209,31 +209,76 @@ fn rate(count: usize, size: usize, d: Duration) -> Fig {
     }
 }
 
+/// Rounds per run: a warm-up round and one timed round. Runs are repeated in passes.
+const ROUNDS: usize = 2;
+
+/// Passes: every contender of a row runs once per pass, one after another, so load that
+/// comes and goes on a shared machine hits every contender alike; a figure is the median
+/// over the passes.
+fn passes(s: &Settings) -> usize {
+    if s.quick {
+        3
+    } else {
+        5
+    }
+}
+
+type Job = (&'static str, String, Box<dyn FnMut() -> Fig>);
+
+/// Runs `jobs` interleaved for `passes` passes and keeps each one's median run.
+fn interleaved(passes: usize, mut jobs: Vec<Job>) -> BTreeMap<&'static str, Fig> {
+    let mut runs: Vec<Vec<Fig>> = jobs.iter().map(|_| Vec::new()).collect();
+    for pass in 0..passes {
+        for (j, (_, label, f)) in jobs.iter_mut().enumerate() {
+            runs[j].push(measure(&format!("{label} (pass {})", pass + 1), f));
+        }
+    }
+    let mut figs = BTreeMap::new();
+    for ((k, _, _), mut v) in jobs.into_iter().zip(runs) {
+        let fig = if v.iter().any(|f| matches!(f, Fig::Fail)) {
+            Fig::Fail
+        } else {
+            v.sort_by(|a, b| {
+                b.speed()
+                    .unwrap_or(0.0)
+                    .total_cmp(&a.speed().unwrap_or(0.0))
+            });
+            v.swap_remove(v.len() / 2)
+        };
+        figs.insert(k, fig);
+    }
+    figs
+}
+
 fn small_rows(s: &Settings, rows: &mut Vec<Row>) {
-    let rounds = if s.quick { 3 } else { 6 };
     for batched in [false, true] {
         for size in [8usize, 64] {
             let count = match (s.quick, batched) {
                 (true, false) => 100_000,
                 (true, true) => 1_000_000,
-                (false, false) => 1_000_000,
-                (false, true) => 10_000_000,
+                (false, false) => 500_000,
+                (false, true) => 5_000_000,
             };
             let case = if batched {
                 format!("small, batched ×{}", small::BATCH)
             } else {
                 "small, one per call".into()
             };
-            let mut figs = BTreeMap::new();
+            let mut jobs: Vec<Job> = Vec::new();
             for &(c, has_batch) in small::CONTENDERS {
                 if batched && !has_batch {
                     continue;
                 }
-                let fig = measure(&format!("small {c} {size} B batched={batched}"), || {
-                    rate(count, size, small::run(c, size, batched, count, rounds))
-                });
-                figs.insert(key(c), fig);
+                let label = format!("small {c} {size} B batched={batched}");
+                jobs.push((
+                    key(c),
+                    label,
+                    Box::new(move || {
+                        rate(count, size, small::run(c, size, batched, count, ROUNDS))
+                    }),
+                ));
             }
+            let figs = interleaved(passes(s), jobs);
             rows.push(Row {
                 case,
                 size,
@@ -245,22 +290,23 @@ fn small_rows(s: &Settings, rows: &mut Vec<Row>) {
 }
 
 fn bulk_rows(s: &Settings, rows: &mut Vec<Row>) {
-    let rounds = if s.quick { 3 } else { 6 };
-    let bytes_per_round: usize = if s.quick { 128 << 20 } else { 1 << 30 };
+    let bytes_per_round: usize = if s.quick { 128 << 20 } else { 512 << 20 };
     for size in [64usize << 10, 1 << 20, 64 << 20] {
-        // At least 8 per round, so that the warm-up round has touched every page a ring or
-        // pool will reuse.
+        // At least 8 per round, so that the warm-up round has touched every page a ring
+        // will reuse.
         let count = (bytes_per_round / size).max(8);
-        let mut figs = BTreeMap::new();
+        let mut jobs: Vec<Job> = Vec::new();
         for &(c, sizes) in bulk::CONTENDERS {
             if sizes.is_some_and(|v| !v.contains(&size)) {
                 continue;
             }
-            let fig = measure(&format!("bulk {c} {size} B"), || {
-                rate(count, size, bulk::run(c, size, count, rounds))
-            });
-            figs.insert(key(c), fig);
+            jobs.push((
+                key(c),
+                format!("bulk {c} {}", size_name(size)),
+                Box::new(move || rate(count, size, bulk::run(c, size, count, ROUNDS))),
+            ));
         }
+        let figs = interleaved(passes(s), jobs);
         rows.push(Row {
             case: "bulk".into(),
             size,
@@ -271,17 +317,20 @@ fn bulk_rows(s: &Settings, rows: &mut Vec<Row>) {
 }
 
 fn fanout_rows(s: &Settings, rows: &mut Vec<Row>) {
-    let rounds = if s.quick { 3 } else { 6 };
     let size = 64 << 20;
     for n in [1usize, 2, 4, 8] {
-        let mut figs = BTreeMap::new();
+        let mut jobs: Vec<Job> = Vec::new();
         for &c in fanout::CONTENDERS {
-            let fig = measure(&format!("fanout {c} to {n}"), || {
-                let (time, mem) = fanout::run(c, size, n, rounds);
-                Fig::Fan { time, mem, size }
-            });
-            figs.insert(key(c), fig);
+            jobs.push((
+                key(c),
+                format!("fanout {c} to {n}"),
+                Box::new(move || {
+                    let (time, mem) = fanout::run(c, size, n, ROUNDS);
+                    Fig::Fan { time, mem, size }
+                }),
+            ));
         }
+        let figs = interleaved(passes(s), jobs);
         rows.push(Row {
             case: format!("fan-out to {n}"),
             size,
@@ -292,18 +341,32 @@ fn fanout_rows(s: &Settings, rows: &mut Vec<Row>) {
 }
 
 fn pingpong_rows(s: &Settings, rows: &mut Vec<Row>) {
-    let count = if s.quick { 20_000 } else { 100_000 };
-    let mut figs = BTreeMap::new();
-    for &c in pingpong::CONTENDERS {
-        let fig = measure(&format!("pingpong {c}"), || {
-            let r = pingpong::run(c, 64, count);
-            Fig::Rtt {
-                median: r.median,
-                p99: r.p99,
+    let count = if s.quick { 5_000 } else { 20_000 };
+    // Round trips of every pass pooled per contender; median and p99 of the pool.
+    let mut pools: Vec<Option<Vec<Duration>>> = pingpong::CONTENDERS
+        .iter()
+        .map(|_| Some(Vec::new()))
+        .collect();
+    for pass in 0..passes(s) {
+        for (j, &c) in pingpong::CONTENDERS.iter().enumerate() {
+            let mut got = None;
+            let fig = measure(&format!("pingpong {c} (pass {})", pass + 1), || {
+                let v = pingpong::run(c, 64, count);
+                let fig = pingpong::summarize(&v);
+                got = Some(v);
+                fig
+            });
+            match (got, &mut pools[j]) {
+                (Some(v), Some(pool)) if !matches!(fig, Fig::Fail) => pool.extend(v),
+                _ => pools[j] = None,
             }
-        });
-        figs.insert(key(c), fig);
+        }
     }
+    let figs = pingpong::CONTENDERS
+        .iter()
+        .zip(pools)
+        .map(|(&c, pool)| (key(c), pool.map_or(Fig::Fail, |v| pingpong::summarize(&v))))
+        .collect();
     rows.push(Row {
         case: "ping-pong RTT (median / p99)".into(),
         size: 64,

@@ -5,6 +5,7 @@
 use crate::data::{check_small, check_small_bytes, fill_small_bytes, small};
 use crate::proc::{consumer_cpu, Ctl, Params, Peer};
 use crate::small::{byte_pair, iceoryx_name};
+use crate::Fig;
 use iceoryx2::prelude::*;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -25,26 +26,19 @@ pub const CONTENDERS: &[&str] = &[
     "cacheline",
 ];
 
-/// Median and p99 of one round trip.
-pub struct Rtt {
-    /// Median round trip.
-    pub median: Duration,
-    /// 99th percentile round trip.
-    pub p99: Duration,
-}
-
-fn summarize(mut v: Vec<Duration>) -> Rtt {
-    let v = v.split_off(v.len() / 10);
-    let mut v = v;
+/// Median and p99 of round trips.
+pub fn summarize(v: &[Duration]) -> Fig {
+    let mut v = v.to_vec();
     v.sort();
-    Rtt {
+    Fig::Rtt {
         median: v[v.len() / 2],
         p99: v[(v.len() * 99 / 100).min(v.len() - 1)],
     }
 }
 
-/// Runs `count` round trips of `size` bytes with one contender.
-pub fn run(contender: &str, size: usize, count: usize) -> Rtt {
+/// Runs `count` round trips of `size` bytes with one contender; returns every round trip
+/// after the first tenth (the warm-up).
+pub fn run(contender: &str, size: usize, count: usize) -> Vec<Duration> {
     let p = Params {
         role: format!("pingpong/{contender}"),
         size,
@@ -177,7 +171,7 @@ pub fn run(contender: &str, size: usize, count: usize) -> Rtt {
         }
         other => panic!("unknown ping-pong contender {other}"),
     }
-    summarize(rtts)
+    rtts.split_off(count / 10)
 }
 
 fn as_atomic(map: &memmap2::MmapMut) -> &AtomicU64 {
