@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 /// Columns of the table: key, title, and whether it is an alternative a user would pick
 /// (references such as memcpy are not counted as "best alternative").
 pub const COLUMNS: &[(&str, &str, bool)] = &[
-    ("sealpipe", "sealpipe", false),
+    ("sealpipe", "sealpipe Channel", false),
     ("ring", "sealpipe ring", false),
     ("ring-park", "sealpipe ring (park)", false),
     ("seqpacket", "unix seqpacket", true),
@@ -219,7 +219,7 @@ fn passes(s: &Settings) -> usize {
     if s.quick {
         3
     } else {
-        5
+        7
     }
 }
 
@@ -256,8 +256,8 @@ fn small_rows(s: &Settings, rows: &mut Vec<Row>) {
             let count = match (s.quick, batched) {
                 (true, false) => 100_000,
                 (true, true) => 1_000_000,
-                (false, false) => 500_000,
-                (false, true) => 5_000_000,
+                (false, false) => 1_000_000,
+                (false, true) => 10_000_000,
             };
             let case = if batched {
                 format!("small, batched ×{}", small::BATCH)
@@ -290,7 +290,7 @@ fn small_rows(s: &Settings, rows: &mut Vec<Row>) {
 }
 
 fn bulk_rows(s: &Settings, rows: &mut Vec<Row>) {
-    let bytes_per_round: usize = if s.quick { 128 << 20 } else { 512 << 20 };
+    let bytes_per_round: usize = if s.quick { 128 << 20 } else { 1 << 30 };
     for size in [64usize << 10, 1 << 20, 64 << 20] {
         // At least 8 per round, so that the warm-up round has touched every page a ring
         // will reuse.

@@ -12,8 +12,8 @@ const R: f64 = 230.0;
 const T: f64 = 40.0;
 const B: f64 = 60.0;
 const COLORS: &[&str] = &[
-    "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#ff7f0e", "#17becf",
-    "#7f7f7f", "#bcbd22", "#000000",
+    "#d62728", "#ff7f0e", "#ffbb78", "#1f77b4", "#aec7e8", "#2ca02c", "#9467bd", "#8c564b",
+    "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#000000",
 ];
 
 /// Renders the plot.
