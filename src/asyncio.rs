@@ -24,11 +24,16 @@
 #![allow(unsafe_code)] // one call: registering the channel's descriptor with the reactor
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::error::{Error, Result};
+use crate::handshake::{HandshakeConfig, HandshakeFailure};
+use crate::listener::{Connecting, Listener};
 use crate::region::SealedRegion;
 use crate::seals::Policy;
 use crate::transport::{Channel, Message};
@@ -45,24 +50,53 @@ impl AsyncChannel {
     /// # Errors
     /// [`Error::Io`] if called outside a runtime with I/O enabled, or registration fails.
     pub fn new(channel: Channel) -> Result<AsyncChannel> {
-        // tokio panics without a runtime; a library must not, so check first.
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::Io {
-                op: "register with the tokio reactor",
-                source: io::Error::other("not called from within a tokio runtime"),
+        Ok(AsyncChannel {
+            fd: register(channel)?,
+        })
+    }
+
+    /// Connects to a [`Listener`] at `path` and runs the handshake, awaiting each step
+    /// (see [`Channel::connect`]). The whole call honours the config's timeout.
+    ///
+    /// # Errors
+    /// As [`Channel::connect`].
+    ///
+    /// # Cancel safety
+    /// A dropped future abandons the connection attempt: the socket is closed and the
+    /// listener sees a failed handshake. Nothing else is lost.
+    pub async fn connect(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<AsyncChannel> {
+        let deadline = Instant::now() + config.timeout;
+        let connecting = Connecting::new(path.as_ref())?;
+        while !connecting.try_connect()? {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            // The listener's backlog is full: unix sockets give no readiness for that.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (sock, peer, mut client) = connecting.start_handshake(config)?;
+        let fd = register(sock)?;
+        loop {
+            let ready = tokio::time::timeout_at(deadline.into(), fd.readable())
+                .await
+                .map_err(|_elapsed| Error::Handshake {
+                    failure: HandshakeFailure::TimedOut,
+                })?;
+            let mut ready = ready.map_err(reactor_error)?;
+            let step = ready.try_io(|s| match client.step(s.get_ref()) {
+                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                Ok(true) => Ok(Ok(())),
+                Err(e) => Ok(Err(e)),
             });
+            match step {
+                Ok(result) => {
+                    result.map_err(reactor_error)??;
+                    break;
+                }
+                Err(_would_block) => continue,
+            }
         }
-        // SAFETY: `Channel` owns its socket as an `OwnedFd` and gives it up only by value
-        // (`into_fd`, `Drop`), so the descriptor stays open, refers to the same socket and is
-        // what `as_raw_fd` returns for as long as the `AsyncFd` owns the channel.
-        let fd = unsafe {
-            AsyncFd::register_with_interest(channel, Interest::READABLE | Interest::WRITABLE)
-        }
-        .map_err(|e| Error::Io {
-            op: "register with the tokio reactor",
-            source: e.into_parts().1,
-        })?;
-        Ok(AsyncChannel { fd })
+        AsyncChannel::new(Channel::new(fd.into_inner(), Some(peer), None))
     }
 
     /// The blocking channel underneath (for example to [`Channel::try_send`] from
@@ -114,6 +148,89 @@ impl AsyncChannel {
         }
     }
 }
+
+/// A [`Listener`] driven by a tokio runtime: handshakes of many clients progress
+/// concurrently in the listener's own non-blocking state machine, woken by the kernel.
+#[derive(Debug)]
+pub struct AsyncListener {
+    fd: AsyncFd<Listener>,
+}
+
+impl AsyncListener {
+    /// Registers `listener` with the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if called outside a runtime with I/O enabled, or registration fails.
+    pub fn new(listener: Listener) -> Result<AsyncListener> {
+        Ok(AsyncListener {
+            fd: register(listener)?,
+        })
+    }
+
+    /// The listener underneath (e.g. for [`Listener::rebind`]).
+    pub fn get_mut(&mut self) -> &mut Listener {
+        self.fd.get_mut()
+    }
+
+    /// Awaits the next connection whose handshake succeeds. See [`Listener::accept`].
+    ///
+    /// # Errors
+    /// As [`Listener::accept`]: a failed handshake is reported (the listener goes on).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: handshakes in progress live in the listener, not in the future, so a
+    /// dropped `accept` loses no connection; the next call picks up where it left off.
+    pub async fn accept(&mut self) -> Result<AsyncChannel> {
+        loop {
+            // Wake for readiness, or when the earliest handshake in progress times out.
+            let deadline = self.fd.get_ref().next_deadline();
+            let ready = match deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), self.fd.readable_mut())
+                    .await
+                    .ok(),
+                None => Some(self.fd.readable_mut().await),
+            };
+            match ready {
+                Some(ready) => {
+                    let mut ready = ready.map_err(reactor_error)?;
+                    match ready.try_io(|l| would_block(l.get_mut().try_accept())) {
+                        Ok(result) => return AsyncChannel::new(result.map_err(reactor_error)??),
+                        Err(_would_block) => continue,
+                    }
+                }
+                None => match self.fd.get_mut().try_accept() {
+                    Err(Error::WouldBlock) => continue,
+                    result => return AsyncChannel::new(result?),
+                },
+            }
+        }
+    }
+}
+
+/// Registers `inner` with the current runtime's reactor, without panicking outside one.
+fn register<T: AsRawFd + OwnsItsFd>(inner: T) -> Result<AsyncFd<T>> {
+    // tokio panics without a runtime; a library must not, so check first.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::Io {
+            op: "register with the tokio reactor",
+            source: io::Error::other("not called from within a tokio runtime"),
+        });
+    }
+    // SAFETY: `T: OwnsItsFd` owns the descriptor `as_raw_fd` returns and gives it up only
+    // by value (into_inner/Drop), so it stays open, refers to the same file and is what
+    // `as_raw_fd` returns for as long as the `AsyncFd` owns `inner`.
+    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE | Interest::WRITABLE) }
+        .map_err(|e| Error::Io {
+            op: "register with the tokio reactor",
+            source: e.into_parts().1,
+        })
+}
+
+/// Types whose `as_raw_fd` is a descriptor they own for their whole life.
+trait OwnsItsFd {}
+impl OwnsItsFd for Channel {}
+impl OwnsItsFd for Listener {}
+impl OwnsItsFd for OwnedFd {}
 
 /// Turns sealpipe's `WouldBlock` into the `io::ErrorKind::WouldBlock` that makes tokio clear
 /// the readiness flag; every other outcome is passed through.

@@ -49,7 +49,7 @@ pub fn seal_policy(data: &[u8]) {
     let mut b = [0u8; 20];
     let n = data.len().min(b.len());
     b[..n].copy_from_slice(&data[..n]);
-    let kind = b[0] % 6;
+    let kind = b[0] % 7;
     let seals_to_add = u32::from(b[1] & 0x3f);
     let real = u64::from(u16::from_le_bytes([b[2], b[3]])) * 64; // up to 4 MiB
     let declared = match b[4] % 4 {
@@ -80,7 +80,7 @@ pub fn seal_policy(data: &[u8]) {
 
     // The specification, in the order PROTOCOL.md lists the checks.
     match (kind, actual_seals) {
-        (2..=4, _) | (_, None) => {
+        (2..=4 | 6, _) | (_, None) => {
             assert!(matches!(result, Err(Error::NotMemfd { .. })), "{result:?}")
         }
         (_, Some(have)) => {
@@ -113,7 +113,8 @@ pub fn seal_policy(data: &[u8]) {
 }
 
 /// 0: sealable memfd, 1: memfd without sealing, 2: pipe, 3: eventfd, 4: O_PATH memfd,
-/// 5: sealable memfd with exec bits (F_SEAL_EXEC then implies write seals).
+/// 5: sealable memfd with exec bits (F_SEAL_EXEC then implies write seals), 6: a sealable
+/// memfd reopened write-only (cannot be mapped for reading).
 fn make_fd(kind: u8, seals: u32, len: u64) -> Option<OwnedFd> {
     let memfd = |flags: MemfdFlags| -> Option<OwnedFd> {
         let fd = fs::memfd_create("fuzz", MemfdFlags::CLOEXEC | flags).ok()?;
@@ -138,7 +139,12 @@ fn make_fd(kind: u8, seals: u32, len: u64) -> Option<OwnedFd> {
             )
             .ok()
         }
-        _ => memfd(MemfdFlags::ALLOW_SEALING),
+        5 => memfd(MemfdFlags::ALLOW_SEALING),
+        _ => {
+            let m = memfd(MemfdFlags::ALLOW_SEALING)?;
+            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&m));
+            fs::open(path.as_str(), OFlags::WRONLY | OFlags::CLOEXEC, fs::Mode::empty()).ok()
+        }
     }
 }
 

@@ -584,7 +584,7 @@ fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred
 }
 
 /// Waits until `sock` is readable (or hung up), at most until `deadline`.
-fn wait_readable(sock: &OwnedFd, deadline: Instant) -> Result<()> {
+pub(crate) fn wait_readable(sock: &OwnedFd, deadline: Instant) -> Result<()> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -600,15 +600,6 @@ fn wait_readable(sock: &OwnedFd, deadline: Instant) -> Result<()> {
             Ok(_) => return Ok(()),
             Err(e) => return Err(Error::io("poll", e)),
         }
-    }
-}
-
-fn recv_blocking(sock: &OwnedFd, deadline: Instant) -> Result<(HandshakeMessage, Option<UCred>)> {
-    loop {
-        if let Some(m) = recv_message(sock)? {
-            return Ok(m);
-        }
-        wait_readable(sock, deadline)?;
     }
 }
 
@@ -647,48 +638,103 @@ pub(crate) fn run_client(
     send_credentials: bool,
     deadline: Instant,
 ) -> Result<()> {
-    let our_features = features(secret);
-    let nonce_c = random_nonce()?;
-    send_message(
-        sock,
-        &HandshakeMessage::Hello {
-            features: our_features,
-            nonce: nonce_c,
-        },
-        send_credentials,
-    )
-    .map_err(|e| refusal_behind(sock, e))?;
-    let (msg, _) = recv_blocking(sock, deadline)?;
-    let HandshakeMessage::Challenge {
-        features: theirs,
-        nonce: nonce_s,
-        proof,
-    } = msg
-    else {
-        return Err(unexpected(sock, &msg, "expected CHALLENGE"));
-    };
-    if (theirs & FEATURE_SECRET != 0) != secret.is_some() {
-        return Err(refuse(
-            sock,
-            RefusalReason::SecretPresence,
-            HandshakeFailure::SecretPresence {
-                ours: secret.is_some(),
-            },
-        ));
+    let mut client = ClientHandshake::start(sock, secret.cloned(), send_credentials)?;
+    while !client.step(sock)? {
+        wait_readable(sock, deadline)?;
     }
-    let t = transcript(our_features, &nonce_c, theirs, &nonce_s);
-    verify_proof(sock, secret, SERVER_LABEL, &t, &proof)?;
-    send_message(
-        sock,
-        &HandshakeMessage::Proof {
-            proof: make_proof(secret, CLIENT_LABEL, &t),
-        },
-        false,
-    )
-    .map_err(|e| refusal_behind(sock, e))?;
-    match recv_blocking(sock, deadline)? {
-        (HandshakeMessage::Accept, _) => Ok(()),
-        (msg, _) => Err(unexpected(sock, &msg, "expected ACCEPT")),
+    Ok(())
+}
+
+/// The connecting side of the handshake, one non-blocking step at a time (so that an
+/// event loop, e.g. tokio's, can drive it). The caller has already checked the peer's
+/// identity.
+#[derive(Debug)]
+pub(crate) struct ClientHandshake {
+    secret: Option<Secret>,
+    state: ClientState,
+}
+
+#[derive(Debug)]
+enum ClientState {
+    AwaitChallenge {
+        features: u32,
+        nonce: [u8; NONCE_LEN],
+    },
+    AwaitAccept,
+    Done,
+}
+
+impl ClientHandshake {
+    /// Sends `HELLO`. With `send_credentials`, it carries `SCM_CREDENTIALS`.
+    pub(crate) fn start(
+        sock: &OwnedFd,
+        secret: Option<Secret>,
+        send_credentials: bool,
+    ) -> Result<Self> {
+        let features = features(secret.as_ref());
+        let nonce = random_nonce()?;
+        send_message(
+            sock,
+            &HandshakeMessage::Hello { features, nonce },
+            send_credentials,
+        )
+        .map_err(|e| refusal_behind(sock, e))?;
+        Ok(ClientHandshake {
+            secret,
+            state: ClientState::AwaitChallenge { features, nonce },
+        })
+    }
+
+    /// Handles every message queued on `sock`; `Ok(true)` once `ACCEPT` has arrived.
+    pub(crate) fn step(&mut self, sock: &OwnedFd) -> Result<bool> {
+        while !matches!(self.state, ClientState::Done) {
+            let Some((msg, _)) = recv_message(sock)? else {
+                return Ok(false);
+            };
+            // A failure is final, so the state may stay `Done` on every error path.
+            let state = std::mem::replace(&mut self.state, ClientState::Done);
+            self.state = match (state, msg) {
+                (
+                    ClientState::AwaitChallenge {
+                        features: ours,
+                        nonce: nonce_c,
+                    },
+                    HandshakeMessage::Challenge {
+                        features: theirs,
+                        nonce: nonce_s,
+                        proof,
+                    },
+                ) => {
+                    let secret = self.secret.as_ref();
+                    if (theirs & FEATURE_SECRET != 0) != secret.is_some() {
+                        return Err(refuse(
+                            sock,
+                            RefusalReason::SecretPresence,
+                            HandshakeFailure::SecretPresence {
+                                ours: secret.is_some(),
+                            },
+                        ));
+                    }
+                    let t = transcript(ours, &nonce_c, theirs, &nonce_s);
+                    verify_proof(sock, secret, SERVER_LABEL, &t, &proof)?;
+                    send_message(
+                        sock,
+                        &HandshakeMessage::Proof {
+                            proof: make_proof(secret, CLIENT_LABEL, &t),
+                        },
+                        false,
+                    )
+                    .map_err(|e| refusal_behind(sock, e))?;
+                    ClientState::AwaitAccept
+                }
+                (ClientState::AwaitChallenge { .. }, msg) => {
+                    return Err(unexpected(sock, &msg, "expected CHALLENGE"))
+                }
+                (_, HandshakeMessage::Accept) => ClientState::Done,
+                (_, msg) => return Err(unexpected(sock, &msg, "expected ACCEPT")),
+            };
+        }
+        Ok(true)
     }
 }
 

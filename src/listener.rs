@@ -459,6 +459,12 @@ impl AsFd for Listener {
     }
 }
 
+impl std::os::fd::AsRawFd for Listener {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
         // Remove the socket file only if it is still the one we created.
@@ -608,28 +614,63 @@ impl Channel {
     /// [`Error::UnsafePath`] for a path too long for a socket address.
     pub fn connect(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<Channel> {
         let deadline = Instant::now() + config.timeout;
-        let addr = unix_addr(path.as_ref())?;
-        let sock = new_socket()?;
+        let connecting = Connecting::new(path.as_ref())?;
+        while !connecting.try_connect()? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout);
+            }
+            std::thread::sleep(left.min(Duration::from_millis(2)));
+        }
+        let (sock, peer, mut client) = connecting.start_handshake(config)?;
+        while !client.step(&sock)? {
+            handshake::wait_readable(&sock, deadline)?;
+        }
+        Ok(Channel::new(sock, Some(peer), None))
+    }
+}
+
+/// A client connection on its way to a handshaken [`Channel`], in non-blocking steps that
+/// both [`Channel::connect`] and the async `connect` drive.
+#[derive(Debug)]
+pub(crate) struct Connecting {
+    sock: OwnedFd,
+    addr: SocketAddrUnix,
+}
+
+impl Connecting {
+    pub(crate) fn new(path: &Path) -> Result<Connecting> {
+        Ok(Connecting {
+            addr: unix_addr(path)?,
+            sock: new_socket()?,
+        })
+    }
+
+    /// Tries to connect; `Ok(false)` while the listener's backlog is full.
+    pub(crate) fn try_connect(&self) -> Result<bool> {
         loop {
-            match connect(&sock, &addr) {
-                Ok(()) => break,
+            match connect(&self.sock, &self.addr) {
+                Ok(()) => return Ok(true),
                 Err(Errno::INTR) => {}
                 // Non-blocking unix sockets say EAGAIN while the backlog is full.
-                Err(Errno::AGAIN) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(Error::Timeout);
-                    }
-                    std::thread::sleep(left.min(Duration::from_millis(2)));
-                }
+                Err(Errno::AGAIN) => return Ok(false),
                 Err(e) => return Err(Error::io("connect", e)),
             }
         }
+    }
+
+    /// Once connected: checks the listener's kernel-reported identity against the policy
+    /// and sends `HELLO`.
+    pub(crate) fn start_handshake(
+        self,
+        config: &HandshakeConfig,
+    ) -> Result<(OwnedFd, PeerCredentials, handshake::ClientHandshake)> {
+        let sock = self.sock;
         let peer = PeerCredentials::from_ucred(
             sockopt::socket_peercred(&sock).map_err(|e| Error::io("getsockopt(SO_PEERCRED)", e))?,
         );
         check_identity(&sock, &config.policy, peer)?;
-        handshake::run_client(&sock, config.secret.as_ref(), false, deadline)?;
-        Ok(Channel::new(sock, Some(peer), None))
+        let client = handshake::ClientHandshake::start(&sock, config.secret.clone(), false)?;
+        Ok((sock, peer, client))
     }
 }

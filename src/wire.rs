@@ -84,9 +84,8 @@ pub(crate) fn encode(
     Ok(total)
 }
 
-/// Decodes and validates a complete message. Returns the header; region lengths are read
-/// with [`region_len`] and the payload lies at [`payload_range`].
-pub fn decode(msg: &[u8]) -> Result<Header> {
+/// Checks the length, magic and version every message starts with; returns its kind.
+fn decode_prefix(msg: &[u8]) -> Result<u16> {
     if msg.len() < HEADER_LEN {
         return Err(Error::Malformed {
             reason: "message shorter than the 16-byte header",
@@ -104,7 +103,13 @@ pub fn decode(msg: &[u8]) -> Result<Header> {
             supported: VERSION,
         });
     }
-    let kind = u16::from_le_bytes([msg[6], msg[7]]);
+    Ok(u16::from_le_bytes([msg[6], msg[7]]))
+}
+
+/// Decodes and validates a complete message. Returns the header; region lengths are read
+/// with [`region_len`] and the payload lies at [`payload_range`].
+pub fn decode(msg: &[u8]) -> Result<Header> {
+    let kind = decode_prefix(msg)?;
     if kind != KIND_REGIONS {
         return Err(Error::Malformed {
             reason: if HANDSHAKE_KINDS.contains(&kind) {
@@ -258,20 +263,7 @@ pub fn encode_handshake(msg: &HandshakeMessage) -> ([u8; MAX_HANDSHAKE_LEN], usi
 /// anything else that is not exactly one of the handshake messages.
 pub fn decode_handshake(msg: &[u8]) -> Result<HandshakeMessage> {
     let malformed = |reason| Err(Error::Malformed { reason });
-    if msg.len() < HEADER_LEN {
-        return malformed("message shorter than the 16-byte header");
-    }
-    if msg[0..4] != MAGIC {
-        return malformed("bad magic (not a sealpipe message)");
-    }
-    let version = u16::from_le_bytes([msg[4], msg[5]]);
-    if version != VERSION {
-        return Err(Error::UnsupportedVersion {
-            got: version,
-            supported: VERSION,
-        });
-    }
-    let kind = u16::from_le_bytes([msg[6], msg[7]]);
+    let kind = decode_prefix(msg)?;
     if msg[8..12] != [0, 0, 0, 0] {
         return malformed("handshake message with regions or flags");
     }

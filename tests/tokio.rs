@@ -265,3 +265,158 @@ fn p_wait(mut child: std::process::Child) -> i32 {
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
+
+// ----- async listener and connect -----
+
+use sealpipe::asyncio::AsyncListener;
+use sealpipe::{HandshakeConfig, Listener, Secret};
+
+const PATH_ENV: &str = "SEALPIPE_TEST_SOCKET";
+
+fn config(secret: &[u8]) -> HandshakeConfig {
+    HandshakeConfig::new()
+        .secret(Secret::new(secret).unwrap())
+        .timeout(Duration::from_secs(5))
+}
+
+fn socket_path(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("sealpipe-tokio-{tag}-{}.sock", std::process::id()))
+}
+
+/// Blocking peers for the listener tests; the socket path comes in `PATH_ENV`.
+fn net_peer(role: &str, _ch: Channel) -> i32 {
+    let path = std::env::var(PATH_ENV).unwrap();
+    match role {
+        // Connects (blocking), sends one region carrying its pid, expects it echoed back.
+        "client" => {
+            let ch = Channel::connect(&path, &config(b"an async test secret, 32 bytes!!")).unwrap();
+            let id = u64::from(std::process::id());
+            ch.send_timeout(&id.to_le_bytes(), &[&seq_region(id)], T)
+                .unwrap();
+            let echo = ch.recv_timeout(&Policy::immutable(), T).unwrap();
+            i32::from(echo.payload() != id.to_le_bytes())
+        }
+        // Serves one connection (blocking), echoes the region's number, then exits.
+        "listener" => {
+            let mut l = Listener::bind(&path, config(b"an async test secret, 32 bytes!!")).unwrap();
+            _ch.send_timeout(b"bound", &[], T).unwrap();
+            loop {
+                match l.accept_timeout(T) {
+                    Ok(ch) => {
+                        let msg = ch.recv_timeout(&Policy::immutable(), T).unwrap();
+                        let n: u64 = msg.regions()[0].read_value(0).unwrap();
+                        ch.send_timeout(&n.to_le_bytes(), &[], T).unwrap();
+                        return 0;
+                    }
+                    // The wrong-secret client comes first; keep serving.
+                    Err(Error::Handshake { .. }) => continue,
+                    Err(e) => {
+                        eprintln!("listener: {e:?}");
+                        return 1;
+                    }
+                }
+            }
+        }
+        _ => 99,
+    }
+}
+
+#[test]
+fn async_listener_serves_blocking_clients_despite_a_silent_one() {
+    common::peer_main(net_peer);
+    let _serial = common::serial();
+    let path = socket_path("listener");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let served = rt.block_on(async {
+        let listener = Listener::bind(&path, config(b"an async test secret, 32 bytes!!")).unwrap();
+        let mut listener = AsyncListener::new(listener).unwrap();
+        // A client that connects and never speaks (held open throughout) must not hold up
+        // anyone else.
+        let silent = rustix::net::socket(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            None,
+        )
+        .unwrap();
+        rustix::net::connect(&silent, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+        let peers: Vec<_> = (0..6)
+            .map(|_| {
+                common::spawn_peer_with(
+                    "async_listener_serves_blocking_clients_despite_a_silent_one",
+                    "client",
+                    |c| {
+                        c.env(PATH_ENV, &path);
+                    },
+                )
+            })
+            .collect();
+        let mut served = 0;
+        let mut tasks = Vec::new();
+        while served < 6 {
+            match timeout(T, listener.accept()).await.expect("accept hung") {
+                Ok(ch) => {
+                    served += 1;
+                    tasks.push(tokio::spawn(async move {
+                        let msg = ch.recv(&Policy::immutable()).await.unwrap();
+                        let id: u64 = msg.regions()[0].read_value(0).unwrap();
+                        assert_eq!(msg.payload(), id.to_le_bytes());
+                        ch.send(msg.payload(), &[]).await.unwrap();
+                    }));
+                }
+                // The silent client's handshake times out on our side: reported, not fatal.
+                Err(Error::Handshake { .. }) => {}
+                Err(e) => panic!("accept: {e:?}"),
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for p in peers {
+            assert_eq!(p.wait(), 0);
+        }
+        drop(silent);
+        served
+    });
+    assert_eq!(served, 6);
+}
+
+#[test]
+fn async_client_connects_to_a_blocking_listener_in_another_process() {
+    common::peer_main(net_peer);
+    let _serial = common::serial();
+    let path = socket_path("client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let peer = common::spawn_peer_with(
+        "async_client_connects_to_a_blocking_listener_in_another_process",
+        "listener",
+        |c| {
+            c.env(PATH_ENV, &path);
+        },
+    );
+    let bound = peer.channel.recv_timeout(&Policy::immutable(), T).unwrap();
+    assert_eq!(bound.payload(), b"bound");
+    rt.block_on(async {
+        // A wrong secret is refused, with a reason, and does not stop the listener.
+        let err = AsyncChannel::connect(&path, &config(b"not the secret, also 32 bytes!!!"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Handshake { .. }), "{err:?}");
+        let ch = AsyncChannel::connect(&path, &config(b"an async test secret, 32 bytes!!"))
+            .await
+            .unwrap();
+        ch.send(b"", &[&seq_region(77)]).await.unwrap();
+        let reply = timeout(T, ch.recv(&Policy::immutable()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.payload(), 77u64.to_le_bytes());
+    });
+    assert_eq!(peer.wait(), 0);
+}
