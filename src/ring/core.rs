@@ -600,6 +600,19 @@ mod engines {
             })
         }
 
+        /// Writes one item if the cached read index shows a free slot (no shared load).
+        #[inline]
+        pub(crate) fn push_cached(&mut self, item: T) -> bool {
+            if self.write.wrapping_sub(self.cached_read) >= self.cap {
+                return false;
+            }
+            let pos = self.write & (self.cap - 1);
+            // SAFETY: pos < cap; the slot is free, so the consumer does not read it.
+            unsafe { self.data.as_ptr().add(pos as usize).write(item) };
+            self.write = self.write.wrapping_add(1);
+            true
+        }
+
         /// Writes `items` (at most the free slots) and advances the local write index.
         pub(crate) fn write(&mut self, items: &[T]) {
             for item in items {
@@ -683,6 +696,20 @@ mod engines {
             } else {
                 Ok(avail)
             })
+        }
+
+        /// Takes one item if the cached write index shows one (no shared load).
+        #[inline]
+        pub(crate) fn pop_cached(&mut self) -> Option<T> {
+            if self.cached_write == self.read {
+                return None;
+            }
+            let pos = self.read & (self.cap - 1);
+            // SAFETY: pos < cap, inside the mapping, aligned for T; a volatile read copies
+            // the slot once, and any bit pattern is a valid T (Pod).
+            let item = unsafe { self.data.as_ptr().add(pos as usize).read_volatile() };
+            self.read = self.read.wrapping_add(1);
+            Some(item)
         }
 
         /// Copies `out.len()` items (at most the available ones) out and consumes them.

@@ -43,7 +43,10 @@
 //! lazily (every quarter of the ring, and whenever it finds the ring empty).
 //!
 //! Waiting follows [`SpinPolicy`]: spin, then park with a non-private `FUTEX_WAIT` on the
-//! peer's index word. A side records in its wait word that it is parked *and the index
+//! peer's index word, through this side's *read-only* mapping of the peer's memfd (a futex
+//! wait only reads the word, and the futex key of a shared mapping is the page, not the
+//! address; the peer wakes it with `FUTEX_WAKE` through its own writable mapping — verified
+//! on Linux 6.18 by the park/wake tests in `tests/ring.rs`). A side records in its wait word that it is parked *and the index
 //! value it saw*; the peer issues a `FUTEX_WAKE` only when that word says someone waits on a
 //! value other than the one just published, so a busy stream makes no system calls. Every
 //! wait has a deadline and checks every 20 ms whether the peer's end of the channel is still
@@ -60,7 +63,11 @@
 //!   [`Error::PeerClosed`] within about 20 ms of the peer's channel end closing;
 //! - set its wait word so that every publication makes a `FUTEX_WAKE` system call (slowing
 //!   the other side down), or never ask to be woken (its own waits then end by time slice);
-//! - send records whose *contents* are wrong: validate what you read.
+//! - send records whose *contents* are wrong: validate what you read;
+//! - make a consumer allocate a receive buffer as long as the longest record the ring
+//!   allows (half its capacity): bound it with [`RingOptions::max_data_len`];
+//! - hand its end of the setup channel to another process that stays alive: liveness means
+//!   "the peer's end of the channel is still open", not "the peer process exists".
 //!
 //! What it **cannot** do:
 //!
@@ -257,8 +264,28 @@ mod api {
         words.unwrap_or_else(|| unreachable!("mappings are never null"))
     }
 
-    fn deadline(timeout: Duration) -> Option<Instant> {
-        Instant::now().checked_add(timeout)
+    /// How long a call may wait. The deadline is computed only once the call has to wait,
+    /// so the fast path never reads the clock.
+    #[derive(Debug, Clone, Copy)]
+    enum Patience {
+        Never,
+        For(Duration),
+        Until(Option<Instant>),
+    }
+
+    impl Patience {
+        /// The deadline to wait for (`None`: forever), or [`Error::WouldBlock`].
+        fn deadline(&mut self) -> Result<Option<Instant>> {
+            match *self {
+                Patience::Never => Err(Error::WouldBlock),
+                Patience::For(d) => {
+                    let at = Instant::now().checked_add(d);
+                    *self = Patience::Until(at);
+                    Ok(at)
+                }
+                Patience::Until(at) => Ok(at),
+            }
+        }
     }
 
     // ------------------------------------------------------------------ setup
@@ -325,7 +352,7 @@ mod api {
         put(&mut header, WAIT_AT_AT, &(WAIT_AT as u32).to_le_bytes());
         region.write_at(0, &header)?;
         let own = region.share_read_only()?;
-        let end = deadline(options.timeout);
+        let end = Instant::now().checked_add(options.timeout);
         channel.send_timeout(SETUP_PAYLOAD, &[own.region()], options.timeout)?;
         let left = end.map_or(options.timeout, |e| {
             e.saturating_duration_since(Instant::now())
@@ -366,7 +393,7 @@ mod api {
         options: &RingOptions,
         kind: Kind,
     ) -> Result<(Link, u32, u32)> {
-        let end = deadline(options.timeout);
+        let end = Instant::now().checked_add(options.timeout);
         let policy = Policy::read_only_view()
             .max_regions(1)
             .max_payload(SETUP_PAYLOAD.len())
@@ -570,7 +597,7 @@ mod api {
         /// # Errors
         /// As [`try_send`](Producer::try_send).
         pub fn try_reserve(&mut self, len: usize) -> Result<Reservation<'_>> {
-            let place = self.reserve(len, None)?;
+            let place = self.reserve(len, Patience::Never)?;
             Ok(Reservation {
                 producer: self,
                 place,
@@ -588,7 +615,7 @@ mod api {
             len: usize,
             timeout: Duration,
         ) -> Result<Reservation<'_>> {
-            let place = self.reserve(len, Some(deadline(timeout)))?;
+            let place = self.reserve(len, Patience::For(timeout))?;
             Ok(Reservation {
                 producer: self,
                 place,
@@ -603,8 +630,7 @@ mod api {
             Batch { producer: self }
         }
 
-        /// `wait`: `None` = don't wait, `Some(deadline)`.
-        fn reserve(&mut self, len: usize, wait: Option<Option<Instant>>) -> Result<Placement> {
+        fn reserve(&mut self, len: usize, mut wait: Patience) -> Result<Placement> {
             self.link.check_failed()?;
             let max = self.max_record_len();
             if len > max {
@@ -616,12 +642,8 @@ mod api {
                     Ok(Err(blocked)) => {
                         // Never wait on a consumer that cannot see what we committed.
                         self.publish();
-                        match wait {
-                            None => return Err(Error::WouldBlock),
-                            Some(deadline) => {
-                                self.link.wait(&self.engine.words, blocked.seen, deadline)?
-                            }
-                        }
+                        let deadline = wait.deadline()?;
+                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
                     }
                     Err(c) => return Err(self.link.corrupt(c)),
                 }
@@ -707,7 +729,7 @@ mod api {
         /// # Errors
         /// As [`Producer::try_reserve`].
         pub fn try_reserve(&mut self, len: usize) -> Result<Reservation<'_>> {
-            let place = self.producer.reserve(len, None)?;
+            let place = self.producer.reserve(len, Patience::Never)?;
             Ok(Reservation {
                 producer: self.producer,
                 place,
@@ -726,7 +748,7 @@ mod api {
             len: usize,
             timeout: Duration,
         ) -> Result<Reservation<'_>> {
-            let place = self.producer.reserve(len, Some(deadline(timeout)))?;
+            let place = self.producer.reserve(len, Patience::For(timeout))?;
             Ok(Reservation {
                 producer: self.producer,
                 place,
@@ -797,12 +819,14 @@ mod api {
 
         /// Copies the next record into `out` (replacing its contents), if one is published.
         /// `out` keeps its allocation, so a reused buffer makes receiving allocation-free.
+        /// Makes no system call, so it does not notice a producer that went away: the
+        /// waiting calls do.
         ///
         /// # Errors
         /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerCorrupt`] if the
         /// producer wrote an impossible index or record header.
         pub fn try_recv(&mut self, out: &mut Vec<u8>) -> Result<()> {
-            self.recv(out, None)
+            self.recv(out, Patience::Never)
         }
 
         /// [`try_recv`](Consumer::try_recv), waiting up to `timeout` for a record.
@@ -812,10 +836,10 @@ mod api {
         /// [`Error::WouldBlock`], and [`Error::PeerClosed`] once the producer is gone and
         /// every record it published has been received.
         pub fn recv_timeout(&mut self, out: &mut Vec<u8>, timeout: Duration) -> Result<()> {
-            self.recv(out, Some(deadline(timeout)))
+            self.recv(out, Patience::For(timeout))
         }
 
-        fn recv(&mut self, out: &mut Vec<u8>, wait: Option<Option<Instant>>) -> Result<()> {
+        fn recv(&mut self, out: &mut Vec<u8>, wait: Patience) -> Result<()> {
             let rec = self.next(wait)?;
             out.resize(rec.len as usize, 0);
             self.engine.copy_out(rec, out);
@@ -835,7 +859,7 @@ mod api {
         /// but it can change the bytes under the slice, which is a data race: undefined
         /// behaviour.)
         pub unsafe fn try_recv_in_place<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
-            let rec = self.next(None)?;
+            let rec = self.next(Patience::Never)?;
             // SAFETY: `next` validated that the record lies inside the mapping; the caller
             // guarantees that nobody writes it while the slice lives.
             let bytes = unsafe {
@@ -846,19 +870,15 @@ mod api {
             Ok(r)
         }
 
-        fn next(&mut self, wait: Option<Option<Instant>>) -> Result<core::Record> {
+        fn next(&mut self, mut wait: Patience) -> Result<core::Record> {
             self.link.check_failed()?;
             loop {
                 match self.engine.next() {
                     Ok(Ok(rec)) => return Ok(rec),
                     Ok(Err(blocked)) => {
                         self.publish();
-                        match wait {
-                            None => return Err(Error::WouldBlock),
-                            Some(deadline) => {
-                                self.link.wait(&self.engine.words, blocked.seen, deadline)?
-                            }
-                        }
+                        let deadline = wait.deadline()?;
+                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
                     }
                     Err(c) => return Err(self.link.corrupt(c)),
                 }
@@ -924,7 +944,7 @@ mod api {
         /// # Errors
         /// [`Error::WouldBlock`] if the ring is full; [`Error::PeerCorrupt`].
         pub fn try_push(&mut self, item: T) -> Result<()> {
-            self.push_slice(std::slice::from_ref(&item), None).map(drop)
+            self.push_one(item, Patience::Never)
         }
 
         /// Pushes `item` and publishes it, waiting up to `timeout` for room.
@@ -932,8 +952,27 @@ mod api {
         /// # Errors
         /// [`Error::Timeout`], [`Error::PeerClosed`], [`Error::PeerCorrupt`].
         pub fn push_timeout(&mut self, item: T, timeout: Duration) -> Result<()> {
-            self.push_slice(std::slice::from_ref(&item), Some(deadline(timeout)))
-                .map(drop)
+            self.push_one(item, Patience::For(timeout))
+        }
+
+        #[inline]
+        fn push_one(&mut self, item: T, mut wait: Patience) -> Result<()> {
+            self.link.check_failed()?;
+            loop {
+                if self.engine.push_cached(item) {
+                    let wake = self.engine.publish();
+                    self.link.wake_if(wake, self.engine.words.own_index());
+                    return Ok(());
+                }
+                match self.engine.free(1) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(blocked)) => {
+                        let deadline = wait.deadline()?;
+                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                    }
+                    Err(c) => return Err(self.link.corrupt(c)),
+                }
+            }
         }
 
         /// Pushes as many of `items` as fit now, with one publication; returns how many.
@@ -941,10 +980,10 @@ mod api {
         /// # Errors
         /// [`Error::WouldBlock`] if none fit (and `items` is not empty); [`Error::PeerCorrupt`].
         pub fn try_push_slice(&mut self, items: &[T]) -> Result<usize> {
-            self.push_slice(items, None)
+            self.push_slice(items, Patience::Never)
         }
 
-        fn push_slice(&mut self, items: &[T], wait: Option<Option<Instant>>) -> Result<usize> {
+        fn push_slice(&mut self, items: &[T], mut wait: Patience) -> Result<usize> {
             self.link.check_failed()?;
             if items.is_empty() {
                 return Ok(0);
@@ -958,12 +997,10 @@ mod api {
                         self.link.wake_if(wake, self.engine.words.own_index());
                         return Ok(n);
                     }
-                    Ok(Err(blocked)) => match wait {
-                        None => return Err(Error::WouldBlock),
-                        Some(deadline) => {
-                            self.link.wait(&self.engine.words, blocked.seen, deadline)?
-                        }
-                    },
+                    Ok(Err(blocked)) => {
+                        let deadline = wait.deadline()?;
+                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                    }
                     Err(c) => return Err(self.link.corrupt(c)),
                 }
             }
@@ -1023,9 +1060,7 @@ mod api {
         /// # Errors
         /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerCorrupt`].
         pub fn try_pop(&mut self) -> Result<T> {
-            let mut item = T::zeroed();
-            self.pop_slice(std::slice::from_mut(&mut item), None)?;
-            Ok(item)
+            self.pop_one(Patience::Never)
         }
 
         /// Takes the next item, waiting up to `timeout`.
@@ -1034,9 +1069,7 @@ mod api {
         /// [`Error::Timeout`], [`Error::PeerClosed`] (once the producer is gone and the ring
         /// is empty), [`Error::PeerCorrupt`].
         pub fn pop_timeout(&mut self, timeout: Duration) -> Result<T> {
-            let mut item = T::zeroed();
-            self.pop_slice(std::slice::from_mut(&mut item), Some(deadline(timeout)))?;
-            Ok(item)
+            self.pop_one(Patience::For(timeout))
         }
 
         /// Fills the start of `out` with as many items as are published; returns how many.
@@ -1044,10 +1077,33 @@ mod api {
         /// # Errors
         /// [`Error::WouldBlock`] if the ring is empty (and `out` is not); [`Error::PeerCorrupt`].
         pub fn try_pop_slice(&mut self, out: &mut [T]) -> Result<usize> {
-            self.pop_slice(out, None)
+            self.pop_slice(out, Patience::Never)
         }
 
-        fn pop_slice(&mut self, out: &mut [T], wait: Option<Option<Instant>>) -> Result<usize> {
+        #[inline]
+        fn pop_one(&mut self, mut wait: Patience) -> Result<T> {
+            self.link.check_failed()?;
+            loop {
+                if let Some(item) = self.engine.pop_cached() {
+                    self.unpublished += 1;
+                    if self.unpublished >= self.cap / 4 {
+                        self.publish();
+                    }
+                    return Ok(item);
+                }
+                match self.engine.available() {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(blocked)) => {
+                        self.publish();
+                        let deadline = wait.deadline()?;
+                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                    }
+                    Err(c) => return Err(self.link.corrupt(c)),
+                }
+            }
+        }
+
+        fn pop_slice(&mut self, out: &mut [T], mut wait: Patience) -> Result<usize> {
             self.link.check_failed()?;
             if out.is_empty() {
                 return Ok(0);
@@ -1065,12 +1121,8 @@ mod api {
                     }
                     Ok(Err(blocked)) => {
                         self.publish();
-                        match wait {
-                            None => return Err(Error::WouldBlock),
-                            Some(deadline) => {
-                                self.link.wait(&self.engine.words, blocked.seen, deadline)?
-                            }
-                        }
+                        let deadline = wait.deadline()?;
+                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
                     }
                     Err(c) => return Err(self.link.corrupt(c)),
                 }

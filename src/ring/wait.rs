@@ -67,7 +67,7 @@ pub struct WaitStats {
 pub(crate) const PEER_CHECK: Duration = Duration::from_millis(20);
 
 /// Spins between liveness checks in [`SpinPolicy::Spin`].
-const SPINS_PER_CHECK: u32 = 256;
+const SPINS_PER_CHECK: u32 = 4096;
 
 /// Waits until `peer_index` differs from `seen`, or fails.
 ///
@@ -86,12 +86,14 @@ pub(crate) fn wait_change(
     let moved = || peer_index.load(Ordering::Acquire) != seen;
     let backoff = Backoff::new();
     match policy {
+        // One pause per look: an exponential backoff would add up to 64 pauses (several
+        // hundred ns) of latency after the peer has moved.
         SpinPolicy::Spin => loop {
             for _ in 0..SPINS_PER_CHECK {
                 if moved() {
                     return Ok(());
                 }
-                backoff.spin();
+                std::hint::spin_loop();
             }
             check(deadline, channel)?;
             if moved() {
