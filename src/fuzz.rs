@@ -143,7 +143,12 @@ fn make_fd(kind: u8, seals: u32, len: u64) -> Option<OwnedFd> {
         _ => {
             let m = memfd(MemfdFlags::ALLOW_SEALING)?;
             let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&m));
-            fs::open(path.as_str(), OFlags::WRONLY | OFlags::CLOEXEC, fs::Mode::empty()).ok()
+            fs::open(
+                path.as_str(),
+                OFlags::WRONLY | OFlags::CLOEXEC,
+                fs::Mode::empty(),
+            )
+            .ok()
         }
     }
 }

@@ -35,13 +35,13 @@
 //! | transport | [`Channel`], [`wire`] | messages of descriptors + a header over `SOCK_SEQPACKET` |
 //! | verification | [`verify()`], [`RegionView`], [`Policy`] | check seals and sizes, then map read-only |
 //! | channels | [`spawn`], [`Listener`], [`handshake`] | authenticated connections: spawned workers, named endpoints |
+//! | ring | [`ring`] | a single-producer single-consumer ring in two sealed memfds |
 //! | async | `asyncio` (feature `tokio`) | the same channels, awaited on a tokio runtime |
 //! | I/O safety | [`PositionalFile`], [`GuardedMap`] | descriptors shared with other processes; mapping files that are not shrink-sealed |
 //!
 //! See [Sharing descriptors safely](positional#sharing-descriptors-safely) for what sharing a
 //! descriptor shares, why sealpipe trusts seals and not descriptor modes, and which tool to
 //! use when.
-//! | ring | [`ring`] | a single-producer single-consumer ring in two sealed memfds |
 //!
 //! # Two kinds of sealed region, and how you may read them
 //!

@@ -31,7 +31,7 @@
 //!   sealed the same way, mapped read-only by the producer.
 //!
 //! [`Producer::connect`] and [`Consumer::connect`] exchange the two memfds over a
-//! [`Channel`]; each side verifies the other's memfd like any region (seals, size) and
+//! [`Channel`](crate::Channel); each side verifies the other's memfd like any region (seals, size) and
 //! validates its header (magic, version, kind, element size, capacity, layout offsets). The
 //! channel then stays open: its end-of-file is how a waiting side learns that the peer died.
 //!
@@ -60,7 +60,7 @@
 //!   producer) any byte of the data area, including records already published and the very
 //!   bytes being copied out;
 //! - stop moving, or die: the other side then waits until its deadline, or sees
-//!   [`Error::PeerClosed`] within about 20 ms of the peer's channel end closing;
+//!   [`Error::PeerClosed`](crate::Error::PeerClosed) within about 20 ms of the peer's channel end closing;
 //! - set its wait word so that every publication makes a `FUTEX_WAKE` system call (slowing
 //!   the other side down), or never ask to be woken (its own waits then end by time slice);
 //! - send records whose *contents* are wrong: validate what you read;
@@ -77,11 +77,11 @@
 //!   read from peer memory is loaded once into a local and validated (index within the
 //!   capacity of the other index and never moving backwards, record length within the
 //!   ring's limit and within what was published, record kind known) before it is used; a
-//!   violation is [`Error::PeerCorrupt`] and the ring stays failed (every later call returns
+//!   violation is [`Error::PeerCorrupt`](crate::Error::PeerCorrupt) and the ring stays failed (every later call returns
 //!   the same error);
 //! - truncate the memory under the other side (`SIGBUS`): the size seals are verified;
 //! - make the producer overwrite unread data: a consumer that stops reading only makes the
-//!   producer wait (or see [`Error::WouldBlock`]);
+//!   producer wait (or see [`Error::WouldBlock`](crate::Error::WouldBlock));
 //! - hand out a reference to memory it can change: the safe read API copies each record
 //!   out (each byte read once, by volatile loads) and only then gives it to you. Reading in
 //!   place is [`Consumer::try_recv_in_place`], which is `unsafe` for that reason.
