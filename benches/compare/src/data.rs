@@ -2,9 +2,24 @@
 //! and every byte of it is read and checked by the consumer: a transport that drops,
 //! reorders or corrupts data fails the run instead of looking fast.
 
+/// Set by `--inject-fault`: producers that honour it corrupt message [`FAULTY_SEQ`], to
+/// show that the consumers' checks catch it (the contender must come out as `FAIL`).
+pub static INJECT_FAULT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The message corrupted under `--inject-fault`.
+pub const FAULTY_SEQ: u64 = 1000;
+
+fn corrupt(seq: u64) -> bool {
+    seq == FAULTY_SEQ && INJECT_FAULT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A small message of `W` words, every word the sequence number.
 pub fn small<const W: usize>(seq: u64) -> [u64; W] {
-    [seq; W]
+    let mut m = [seq; W];
+    if corrupt(seq) {
+        m[W - 1] ^= 1 << 40;
+    }
+    m
 }
 
 /// Checks a small message of `W` words against `seq`.
@@ -19,6 +34,10 @@ pub fn check_small<const W: usize>(msg: &[u64; W], seq: u64) {
 pub fn fill_small_bytes(buf: &mut [u8], seq: u64) {
     for w in buf.chunks_exact_mut(8) {
         w.copy_from_slice(&seq.to_le_bytes());
+    }
+    if corrupt(seq) {
+        let n = buf.len();
+        buf[n - 3] ^= 1;
     }
 }
 

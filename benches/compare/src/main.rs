@@ -132,8 +132,9 @@ fn main() {
             "--quick" => s.quick = true,
             "--out" => s.out = PathBuf::from(it.next().expect("--out DIR")),
             "--only" => s.only = Some(it.next().expect("--only CASE").clone()),
+            "--inject-fault" => return inject_fault(),
             "-h" | "--help" => {
-                println!("usage: sealpipe-compare [--quick] [--out DIR] [--only small|bulk|fanout|pingpong]");
+                println!("usage: sealpipe-compare [--quick] [--out DIR] [--only small|bulk|fanout|pingpong] | --inject-fault");
                 return;
             }
             other => panic!("unknown argument {other}"),
@@ -167,6 +168,32 @@ fn main() {
     std::fs::write(s.out.join("results.md"), &table).expect("write results.md");
     std::fs::write(s.out.join("throughput.svg"), svg::plot(&rows)).expect("write svg");
     eprintln!("wrote {}/results.md and throughput.svg", s.out.display());
+}
+
+/// `--inject-fault`: every small-message contender corrupts one message (one bit of
+/// message 1000); each must come out as `FAIL`. Exits with status 1 if any does not.
+fn inject_fault() {
+    data::INJECT_FAULT.store(true, std::sync::atomic::Ordering::Relaxed);
+    proc::cpus();
+    proc::pin(0);
+    let mut missed = Vec::new();
+    for &(c, _) in small::CONTENDERS {
+        for size in [8, 64] {
+            let fig = measure(
+                &format!("small {c} {size} B, one message corrupted"),
+                || rate(10_000, size, small::run(c, size, false, 10_000, 1)),
+            );
+            if !matches!(fig, Fig::Fail) {
+                missed.push(format!("{c} {size} B"));
+            }
+        }
+    }
+    if missed.is_empty() {
+        eprintln!("every contender failed on the corrupted message, as it must");
+    } else {
+        eprintln!("corruption NOT detected by: {}", missed.join(", "));
+        std::process::exit(1);
+    }
 }
 
 /// Longest a single measurement may take before the run is abandoned (a transport that

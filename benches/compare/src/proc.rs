@@ -114,6 +114,17 @@ impl Peer {
         self.ctl.write_all(&[b]).expect("control write");
     }
 
+    /// Panics if the consumer has exited (it found bad data): for producers that spin on a
+    /// full ring and would otherwise wait forever. Call it every few thousand spins.
+    pub fn check_alive(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                panic!("consumer exited early ({status}): it found bad data or failed");
+            }
+        }
+    }
+
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, |c| c.id())

@@ -30,8 +30,9 @@ where
         PodProducer::<[u64; W]>::connect(ch, &opts(RING, SpinPolicy::Spin)).expect("ring connect");
     let count = p.count;
     let mut buf = [[0u64; W]; BATCH];
-    let d = timed(&mut peer, p.rounds, |_, r| {
+    let d = timed(&mut peer, p.rounds, |peer, r| {
         let mut i = 0;
+        let mut spins = 0u32;
         while i < count {
             let base = (r * count + i) as u64;
             let res = if batched {
@@ -45,7 +46,13 @@ where
             };
             match res {
                 Ok(n) => i += n,
-                Err(Error::WouldBlock) => std::hint::spin_loop(),
+                Err(Error::WouldBlock) => {
+                    spins = spins.wrapping_add(1);
+                    if spins % 4096 == 0 {
+                        peer.check_alive();
+                    }
+                    std::hint::spin_loop();
+                }
                 Err(e) => panic!("ring push: {e}"),
             }
         }

@@ -324,8 +324,9 @@ where
     ];
     let mut peer = Peer::spawn(p, consumer_cpu(0), fds);
     let count = p.count;
-    let d = timed(&mut peer, p.rounds, |_, r| {
+    let d = timed(&mut peer, p.rounds, |peer, r| {
         let mut i = 0;
+        let mut spins = 0u32;
         while i < count {
             let want = if batched { BATCH.min(count - i) } else { 1 };
             let base = (r * count + i) as u64;
@@ -342,6 +343,10 @@ where
                 })
                 .expect("shmem-ipc send");
             if wrote == 0 {
+                spins = spins.wrapping_add(1);
+                if spins % 4096 == 0 {
+                    peer.check_alive();
+                }
                 std::hint::spin_loop();
             }
             i += wrote;
@@ -432,6 +437,10 @@ fn rtrb_run<const W: usize>(batched: bool, count: usize, rounds: usize) -> Durat
             if batched {
                 let n = tx.slots().min(BATCH).min(count - i);
                 if n == 0 {
+                    assert!(
+                        !consumer.is_finished(),
+                        "rtrb consumer stopped early: it found bad data"
+                    );
                     std::hint::spin_loop();
                     continue;
                 }
@@ -441,10 +450,18 @@ fn rtrb_run<const W: usize>(batched: bool, count: usize, rounds: usize) -> Durat
             } else if tx.push(small::<W>(base)).is_ok() {
                 i += 1;
             } else {
+                assert!(
+                    !consumer.is_finished(),
+                    "rtrb consumer stopped early: it found bad data"
+                );
                 std::hint::spin_loop();
             }
         }
         while done.load(Ordering::Acquire) < r + 1 {
+            assert!(
+                !consumer.is_finished(),
+                "rtrb consumer stopped early: it found bad data"
+            );
             std::hint::spin_loop();
         }
     });
