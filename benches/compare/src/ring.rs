@@ -48,7 +48,7 @@ where
                 Ok(n) => i += n,
                 Err(Error::WouldBlock) => {
                     spins = spins.wrapping_add(1);
-                    if spins % 4096 == 0 {
+                    if spins.is_multiple_of(4096) {
                         peer.check_alive();
                     }
                     std::hint::spin_loop();

@@ -344,7 +344,7 @@ where
                 .expect("shmem-ipc send");
             if wrote == 0 {
                 spins = spins.wrapping_add(1);
-                if spins % 4096 == 0 {
+                if spins.is_multiple_of(4096) {
                     peer.check_alive();
                 }
                 std::hint::spin_loop();
