@@ -71,3 +71,83 @@ fn receiver_with_a_full_descriptor_table() {
     }
     assert_eq!(peer.wait(), 0);
 }
+
+// ----- SIGKILL / exit at the ring's setup and in the middle of a batch -----
+
+use sealpipe::ring::{Consumer, Producer, RingOptions};
+
+fn ring_peer(role: &str, ch: Channel) -> i32 {
+    match role {
+        // Gone before the ring's setup messages.
+        "exit_before_setup" => 0,
+        // Publishes 100 records, then dies holding an unpublished batch of 10.
+        "die_mid_batch" => {
+            let mut tx = Producer::connect(ch, &RingOptions::new(1 << 16)).unwrap();
+            for i in 0u64..100 {
+                tx.send_timeout(&i.to_le_bytes(), T).unwrap();
+            }
+            let mut batch = tx.batch();
+            for i in 100u64..110 {
+                batch.send_timeout(&i.to_le_bytes(), T).unwrap();
+            }
+            std::thread::sleep(Duration::from_secs(60)); // killed here, batch unpublished
+            drop(batch);
+            0
+        }
+        _ => 99,
+    }
+}
+
+#[test]
+fn ring_setup_with_a_peer_that_is_gone() {
+    common::peer_main(ring_peer);
+    let _serial = common::serial();
+    let baseline = common::fd_count();
+    let maps = common::map_count();
+    let peer = common::spawn_peer("ring_setup_with_a_peer_that_is_gone", "exit_before_setup");
+    let mut child = peer.child;
+    let started = std::time::Instant::now();
+    let err = Producer::connect(peer.channel, &RingOptions::new(1 << 16)).unwrap_err();
+    assert!(matches!(err, Error::PeerClosed), "{err:?}");
+    assert!(
+        started.elapsed() < T,
+        "setup must notice the dead peer, not wait forever"
+    );
+    assert_eq!(
+        common::fd_count(),
+        baseline,
+        "setup released every descriptor (and the channel's)"
+    );
+    assert!(common::map_count() <= maps, "setup released every mapping");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn producer_killed_mid_batch_publishes_nothing_of_it() {
+    common::peer_main(ring_peer);
+    let _serial = common::serial();
+    let peer = common::spawn_peer(
+        "producer_killed_mid_batch_publishes_nothing_of_it",
+        "die_mid_batch",
+    );
+    let mut child = peer.child;
+    let mut rx = Consumer::connect(peer.channel, &RingOptions::default()).unwrap();
+    let mut buf = Vec::new();
+    for i in 0u64..100 {
+        rx.recv_timeout(&mut buf, T).unwrap();
+        assert_eq!(buf, i.to_le_bytes());
+    }
+    std::thread::sleep(Duration::from_millis(50)); // the peer is inside its batch now
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let started = std::time::Instant::now();
+    let err = rx.recv_timeout(&mut buf, T).unwrap_err();
+    assert!(
+        matches!(err, Error::PeerClosed),
+        "no record of the unpublished batch: {err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "dead producer noticed promptly"
+    );
+}
