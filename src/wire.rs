@@ -376,7 +376,7 @@ mod tests {
     fn encode_enforces_limits() {
         let mut buf = vec![0u8; MAX_MESSAGE_LEN];
         assert!(matches!(
-            encode(&mut buf, std::iter::repeat(1).take(254), 0),
+            encode(&mut buf, std::iter::repeat_n(1, 254), 0),
             Err(Error::LimitExceeded {
                 what: "regions",
                 ..

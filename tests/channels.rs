@@ -975,7 +975,7 @@ fn is_cloexec(fd: i32) -> bool {
     info.lines()
         .find_map(|l| l.strip_prefix("flags:"))
         .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        .map_or(true, |f| f & 0o2000000 != 0)
+        .is_none_or(|f| f & 0o2000000 != 0)
 }
 
 #[test]
