@@ -94,7 +94,7 @@
 #![allow(unsafe_code)]
 
 #[cfg_attr(loom, allow(dead_code))]
-mod core;
+pub(crate) mod core; // pub(crate) for `crate::fuzz::ring_ops`
 mod sync;
 #[cfg(not(loom))]
 mod wait;
