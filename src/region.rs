@@ -49,6 +49,10 @@ impl Region {
     /// # Errors
     /// [`Error::OutOfBounds`] if `len` is 0, [`Error::OutOfMemory`] if the memory cannot be
     /// committed, [`Error::Io`] if `memfd_create` or `ftruncate` fails.
+    ///
+    /// Inside a memory cgroup whose limit is reached and whose OOM killer is on, the kernel
+    /// may answer the commit by killing this process instead of failing it (measured with
+    /// cgroup v1). Either way it happens here, at creation, never later in a consumer.
     pub fn new(len: usize) -> Result<Region> {
         Region::create(len, capabilities_noexec_seal())
     }
