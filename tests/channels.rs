@@ -756,7 +756,10 @@ fn peer_pidfd_ends_recv_when_the_socket_outlives_the_peer() {
         kill_process(Pid::from_raw(grandchild as i32).unwrap(), Signal::KILL).unwrap();
         assert_eq!(peer.wait(), 128 + 9);
     }
-    assert_eq!(common::fd_count(), before);
+    // No leak: never more descriptors than before. (Once in ~20 runs the count was one
+    // *lower* here — a descriptor of an earlier test closing late — which is benign.)
+    let after = common::fd_count();
+    assert!(after <= before, "descriptor count {before} -> {after}");
 }
 
 #[test]
