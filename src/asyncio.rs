@@ -38,6 +38,10 @@ use crate::region::SealedRegion;
 use crate::seals::Policy;
 use crate::transport::{Channel, Message};
 
+pub use crate::ring::async_ring::{
+    AsyncConsumer, AsyncPodConsumer, AsyncPodProducer, AsyncProducer,
+};
+
 /// A [`Channel`] driven by a tokio runtime.
 #[derive(Debug)]
 pub struct AsyncChannel {
@@ -208,7 +212,7 @@ impl AsyncListener {
 }
 
 /// Registers `inner` with the current runtime's reactor, without panicking outside one.
-fn register<T: AsRawFd + OwnsItsFd>(inner: T) -> Result<AsyncFd<T>> {
+pub(crate) fn register<T: AsRawFd + OwnsItsFd>(inner: T) -> Result<AsyncFd<T>> {
     // tokio panics without a runtime; a library must not, so check first.
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(Error::Io {
@@ -227,7 +231,7 @@ fn register<T: AsRawFd + OwnsItsFd>(inner: T) -> Result<AsyncFd<T>> {
 }
 
 /// Types whose `as_raw_fd` is a descriptor they own for their whole life.
-trait OwnsItsFd {}
+pub(crate) trait OwnsItsFd {}
 impl OwnsItsFd for Channel {}
 impl OwnsItsFd for Listener {}
 impl OwnsItsFd for OwnedFd {}
@@ -241,7 +245,7 @@ fn would_block<T>(r: Result<T>) -> io::Result<Result<T>> {
     }
 }
 
-fn reactor_error(source: io::Error) -> Error {
+pub(crate) fn reactor_error(source: io::Error) -> Error {
     Error::Io {
         op: "wait for readiness",
         source,

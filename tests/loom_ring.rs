@@ -7,6 +7,11 @@
 //! lock, compares the word with the expected value and sleeps (releasing the lock) only if
 //! they are equal; `FUTEX_WAKE` takes the same lock and wakes every sleeper. A lost wakeup
 //! shows up as a loom deadlock (the waiter sleeps forever after the publisher finished).
+//!
+//! An async waiter parks in its runtime's reactor instead, on the readiness of its socket,
+//! and asks (with the `SIGNAL` bit of its wait word) for a byte on the socket rather than a
+//! futex wake. That is modelled as a readiness flag: the signal sets it, the waiter sleeps
+//! until it is set and clears it (drains the socket) before it looks at the index again.
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -32,6 +37,27 @@ impl Futex {
     }
 }
 
+/// A socket's readability as the reactor sees it: set by a signal byte, cleared by draining.
+#[derive(Default)]
+struct Readiness {
+    ready: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Readiness {
+    fn wait_and_drain(&self) {
+        let mut ready = self.ready.lock().unwrap();
+        while !*ready {
+            ready = self.changed.wait(ready).unwrap();
+        }
+        *ready = false;
+    }
+    fn signal(&self) {
+        *self.ready.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+}
+
 #[derive(Default)]
 struct Ring {
     /// The publisher's index (its memory).
@@ -39,6 +65,7 @@ struct Ring {
     /// The waiter's wait word (its memory).
     wait: AtomicU64,
     futex: Futex,
+    socket: Readiness,
 }
 
 /// The waiter's side of `wait::wait_change` in park mode (no spinning, no time slices).
@@ -48,17 +75,34 @@ fn wait_until(ring: &Ring, target: u32) {
         if seen >= target {
             return;
         }
-        if prepare_park(&ring.wait, &ring.index, seen) {
+        if prepare_park(&ring.wait, &ring.index, seen, false) {
             ring.futex.wait(&ring.index, seen);
             end_park(&ring.wait);
         }
     }
 }
 
+/// The async waiter (`ring::asyncio::wait_signal`): park on the socket's readiness.
+fn await_until(ring: &Ring, target: u32) {
+    loop {
+        let seen = ring.index.load(Ordering::Acquire);
+        if seen >= target {
+            return;
+        }
+        if prepare_park(&ring.wait, &ring.index, seen, true) {
+            ring.socket.wait_and_drain();
+            end_park(&ring.wait);
+        }
+    }
+}
+
+/// Publishes `values`, waking the waiter the way its wait word asks.
 fn publisher(ring: &Ring, values: &[u32]) {
     for &v in values {
-        if publish(&ring.index, v, &ring.wait, true) {
-            ring.futex.wake();
+        match publish(&ring.index, v, &ring.wait, true) {
+            Some(true) => ring.socket.signal(),
+            Some(false) => ring.futex.wake(),
+            None => {}
         }
     }
 }
@@ -95,6 +139,34 @@ fn both_sides_park_on_each_other() {
         let (a, b) = (ping.clone(), pong.clone());
         let t = loom::thread::spawn(move || {
             wait_until(&a, 1);
+            publisher(&b, &[1]);
+        });
+        publisher(&ping, &[1]);
+        wait_until(&pong, 1);
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn an_async_waiter_is_signalled() {
+    loom::model(|| {
+        let ring = Arc::new(Ring::default());
+        let r = ring.clone();
+        let t = loom::thread::spawn(move || publisher(&r, &[1, 2]));
+        await_until(&ring, 1);
+        await_until(&ring, 2);
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn async_and_blocking_sides_park_on_each_other() {
+    loom::model(|| {
+        let ping = Arc::new(Ring::default());
+        let pong = Arc::new(Ring::default());
+        let (a, b) = (ping.clone(), pong.clone());
+        let t = loom::thread::spawn(move || {
+            await_until(&a, 1);
             publisher(&b, &[1]);
         });
         publisher(&ping, &[1]);

@@ -33,6 +33,20 @@ const KIND_PAD: u32 = 1;
 /// Bit of a wait word saying "this side is parked (or about to park)"; the low 32 bits hold
 /// the peer index value it saw and waits to change.
 pub(crate) const WAITING: u64 = 1 << 32;
+/// Bit of a wait word saying "wake me with a byte on the setup channel, not a futex wake"
+/// (an async waiter, parked in its runtime's reactor on the channel's socket).
+pub(crate) const SIGNAL: u64 = 1 << 33;
+
+/// How a publication must wake the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The peer is not waiting for this value.
+    None,
+    /// The peer sleeps in `FUTEX_WAIT` on our index word.
+    Futex,
+    /// The peer awaits readiness of its end of the setup channel.
+    Signal,
+}
 
 /// A value read from the peer's memory was impossible. The string says which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,28 +226,41 @@ unsafe fn copy_words(src: *const u8, dst: &mut [u8]) {
 /// `new`, or we see its wait word. (Fences rather than `SeqCst` accesses, because those are
 /// what loom models exactly.) The wait word names the index value the peer saw; a wake is
 /// needed only if that differs from `new` (otherwise the record is stale: the peer already
-/// saw `new`).
+/// saw `new`); its [`SIGNAL`] bit says which kind of wake.
 pub(crate) fn publish(
     own_index: &AtomicU32,
     new: u32,
     peer_wait: &AtomicU64,
     peer_parks: bool,
-) -> bool {
+) -> Wake {
     // Pairs with the Acquire load of the peer's engine (`refresh_*`) and `wait_change`.
     own_index.store(new, Ordering::Release);
     if !peer_parks {
-        return false;
+        return Wake::None;
     }
     fence(Ordering::SeqCst);
     let wait = peer_wait.load(Ordering::Relaxed);
-    wait & WAITING != 0 && wait as u32 != new
+    if wait & WAITING == 0 || wait as u32 == new {
+        Wake::None
+    } else if wait & SIGNAL != 0 {
+        Wake::Signal
+    } else {
+        Wake::Futex
+    }
 }
 
-/// Announces that this side will park until the peer's index differs from `seen`, then
-/// re-checks it. Returns `true` if it may sleep (the index still equals `seen`); on `false`
-/// the announcement has been withdrawn.
-pub(crate) fn prepare_park(own_wait: &AtomicU64, peer_index: &AtomicU32, seen: u32) -> bool {
-    own_wait.store(WAITING | u64::from(seen), Ordering::Relaxed);
+/// Announces that this side will park until the peer's index differs from `seen` (asking
+/// for a channel signal rather than a futex wake if `signal`), then re-checks it. Returns
+/// `true` if it may sleep (the index still equals `seen`); on `false` the announcement has
+/// been withdrawn.
+pub(crate) fn prepare_park(
+    own_wait: &AtomicU64,
+    peer_index: &AtomicU32,
+    seen: u32,
+    signal: bool,
+) -> bool {
+    let how = if signal { WAITING | SIGNAL } else { WAITING };
+    own_wait.store(how | u64::from(seen), Ordering::Relaxed);
     // Pairs with the fence in `publish`.
     fence(Ordering::SeqCst);
     if peer_index.load(Ordering::Acquire) == seen {
@@ -424,10 +451,10 @@ mod engines {
             self.write = self.write.wrapping_add(p.pad + p.span);
         }
 
-        /// Publishes every committed record. Returns whether the consumer must be woken.
-        pub(crate) fn publish(&mut self) -> bool {
+        /// Publishes every committed record. Returns how to wake the consumer.
+        pub(crate) fn publish(&mut self) -> Wake {
             if self.write == self.published {
-                return false;
+                return Wake::None;
             }
             self.published = self.write;
             publish(
@@ -550,10 +577,10 @@ mod engines {
             self.read = self.read.wrapping_add(rec.span);
         }
 
-        /// Publishes the read index. Returns whether the producer must be woken.
-        pub(crate) fn publish(&mut self) -> bool {
+        /// Publishes the read index. Returns how to wake the producer.
+        pub(crate) fn publish(&mut self) -> Wake {
             if self.read == self.published {
-                return false;
+                return Wake::None;
             }
             self.published = self.read;
             publish(
@@ -648,10 +675,10 @@ mod engines {
             }
         }
 
-        /// Publishes written items. Returns whether the consumer must be woken.
-        pub(crate) fn publish(&mut self) -> bool {
+        /// Publishes written items. Returns how to wake the consumer.
+        pub(crate) fn publish(&mut self) -> Wake {
             if self.write == self.published {
-                return false;
+                return Wake::None;
             }
             self.published = self.write;
             publish(
@@ -752,10 +779,10 @@ mod engines {
             }
         }
 
-        /// Publishes the read index. Returns whether the producer must be woken.
-        pub(crate) fn publish(&mut self) -> bool {
+        /// Publishes the read index. Returns how to wake the producer.
+        pub(crate) fn publish(&mut self) -> Wake {
             if self.read == self.published {
-                return false;
+                return Wake::None;
             }
             self.published = self.read;
             publish(
@@ -858,16 +885,25 @@ mod tests {
     fn a_waiter_is_woken_only_if_it_waits_on_another_value() {
         let index = AtomicU32::new(5);
         let wait = AtomicU64::new(0);
-        assert!(!publish(&index, 6, &wait, true), "nobody waits");
+        assert_eq!(publish(&index, 6, &wait, true), Wake::None, "nobody waits");
         wait.store(WAITING | 6, Ordering::Relaxed);
-        assert!(!publish(&index, 6, &wait, true), "waiter already saw 6");
-        assert!(publish(&index, 7, &wait, true));
-        assert!(!publish(&index, 8, &wait, false), "peer never parks");
+        let stale = publish(&index, 6, &wait, true);
+        assert_eq!(stale, Wake::None, "waiter already saw 6");
+        assert_eq!(publish(&index, 7, &wait, true), Wake::Futex);
+        wait.store(WAITING | SIGNAL | 6, Ordering::Relaxed);
+        assert_eq!(publish(&index, 7, &wait, true), Wake::Signal);
+        wait.store(SIGNAL | 6, Ordering::Relaxed);
+        assert_eq!(publish(&index, 7, &wait, true), Wake::None, "not parked");
+        let never = publish(&index, 8, &wait, false);
+        assert_eq!(never, Wake::None, "peer never parks");
         let own = AtomicU64::new(0);
-        assert!(!prepare_park(&own, &index, 7), "index moved: do not sleep");
+        let moved = prepare_park(&own, &index, 7, false);
+        assert!(!moved, "index moved: do not sleep");
         assert_eq!(own.load(Ordering::Relaxed), 0);
-        assert!(prepare_park(&own, &index, 8));
+        assert!(prepare_park(&own, &index, 8, false));
         assert_eq!(own.load(Ordering::Relaxed), WAITING | 8);
+        assert!(prepare_park(&own, &index, 8, true));
+        assert_eq!(own.load(Ordering::Relaxed), WAITING | SIGNAL | 8);
     }
 
     /// A byte ring over ordinary memory: both engines in one test, with the control words in

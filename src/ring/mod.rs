@@ -93,6 +93,8 @@
 //! buffer grows only when a record is longer than any before it).
 #![allow(unsafe_code)]
 
+#[cfg(all(feature = "tokio", not(loom)))]
+pub(crate) mod async_ring;
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) mod core; // pub(crate) for `crate::fuzz::ring_ops`
 mod sync;
@@ -105,18 +107,27 @@ pub mod loom_api {
     //! The protocol functions, exposed for `tests/loom_ring.rs` only.
     use super::sync::{AtomicU32, AtomicU64};
 
-    /// See `core::publish`.
+    /// See `core::publish`: whether a wake is needed, and whether it is a channel signal.
     pub fn publish(
         own_index: &AtomicU32,
         new: u32,
         peer_wait: &AtomicU64,
         peer_parks: bool,
-    ) -> bool {
-        super::core::publish(own_index, new, peer_wait, peer_parks)
+    ) -> Option<bool> {
+        match super::core::publish(own_index, new, peer_wait, peer_parks) {
+            super::core::Wake::None => None,
+            super::core::Wake::Futex => Some(false),
+            super::core::Wake::Signal => Some(true),
+        }
     }
     /// See `core::prepare_park`.
-    pub fn prepare_park(own_wait: &AtomicU64, peer_index: &AtomicU32, seen: u32) -> bool {
-        super::core::prepare_park(own_wait, peer_index, seen)
+    pub fn prepare_park(
+        own_wait: &AtomicU64,
+        peer_index: &AtomicU32,
+        seen: u32,
+        signal: bool,
+    ) -> bool {
+        super::core::prepare_park(own_wait, peer_index, seen, signal)
     }
     /// See `core::end_park`.
     pub fn end_park(own_wait: &AtomicU64) {
@@ -134,12 +145,12 @@ mod api {
     use std::sync::atomic::{AtomicU32, AtomicU64};
     use std::time::{Duration, Instant};
 
-    use super::core::{self, Corrupt, Placement, Words};
+    use super::core::{self, Blocked, Corrupt, Placement, Words};
     use super::layout::*;
-    use super::wait::{self, futex_wake};
+    use super::wait;
     pub use super::wait::{SpinPolicy, WaitStats};
     use crate::error::{Error, Result};
-    use crate::{Channel, Policy, Region, RegionView, SharedRegion};
+    use crate::{Channel, Message, Policy, Region, RegionView, SharedRegion};
 
     /// How to build one side of a ring.
     ///
@@ -150,9 +161,9 @@ mod api {
     /// ```
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct RingOptions {
-        capacity: usize,
-        spin: SpinPolicy,
-        timeout: Duration,
+        pub(super) capacity: usize,
+        pub(super) spin: SpinPolicy,
+        pub(super) timeout: Duration,
         max_data_len: usize,
     }
 
@@ -202,16 +213,32 @@ mod api {
 
     /// This side's memory, the peer's memory, the channel, and how this side waits.
     #[derive(Debug)]
-    struct Link {
+    pub(super) struct Link {
         own: SharedRegion,
         peer: RegionView,
-        channel: Channel,
-        spin: SpinPolicy,
-        stats: WaitStats,
+        pub(super) channel: Channel,
+        pub(super) spin: SpinPolicy,
+        pub(super) stats: WaitStats,
         failed: Option<&'static str>,
     }
 
     impl Link {
+        pub(super) fn new(
+            own: SharedRegion,
+            peer: RegionView,
+            channel: Channel,
+            spin: SpinPolicy,
+        ) -> Link {
+            Link {
+                own,
+                peer,
+                channel,
+                spin,
+                stats: WaitStats::default(),
+                failed: None,
+            }
+        }
+
         fn corrupt(&mut self, c: Corrupt) -> Error {
             self.failed = Some(c.0);
             Error::PeerCorrupt { what: c.0 }
@@ -224,10 +251,10 @@ mod api {
             }
         }
 
-        fn wake_if(&mut self, needed: bool, own_index: &AtomicU32) {
-            if needed {
+        fn wake(&mut self, how: core::Wake, own_index: &AtomicU32) {
+            if how != core::Wake::None {
                 self.stats.wakes += 1;
-                futex_wake(own_index);
+                wait::wake(how, own_index, &self.channel);
             }
         }
 
@@ -264,6 +291,9 @@ mod api {
         words.unwrap_or_else(|| unreachable!("mappings are never null"))
     }
 
+    /// What a non-waiting step produced: a value, or the peer index value to wait on.
+    pub(super) type Attempt<T> = std::result::Result<T, Blocked>;
+
     /// How long a call may wait. The deadline is computed only once the call has to wait,
     /// so the fast path never reads the clock.
     #[derive(Debug, Clone, Copy)]
@@ -291,19 +321,19 @@ mod api {
     // ------------------------------------------------------------------ setup
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    struct Kind {
+    pub(super) struct Kind {
         kind: u32,
         unit: u32,
         align: u32,
     }
 
-    const BYTES: Kind = Kind {
+    pub(super) const BYTES: Kind = Kind {
         kind: KIND_BYTES,
         unit: 1,
         align: 8,
     };
 
-    fn pod_kind<T: bytemuck::Pod>() -> Result<Kind> {
+    pub(super) fn pod_kind<T: bytemuck::Pod>() -> Result<Kind> {
         let unit = std::mem::size_of::<T>();
         let align = std::mem::align_of::<T>();
         if unit == 0 || align > CONTROL_LEN {
@@ -322,8 +352,43 @@ mod api {
     }
 
     /// Producer half of the handshake: create and send the data memfd, receive and check
-    /// the consumer's control memfd.
-    fn producer_setup(channel: Channel, options: &RingOptions, kind: Kind) -> Result<(Link, u32)> {
+    /// the consumer's control memfd. Returns the link, the capacity and the consumer's flags.
+    fn producer_setup(
+        channel: Channel,
+        options: &RingOptions,
+        kind: Kind,
+    ) -> Result<(Link, u32, u32)> {
+        let own = producer_offer(options, kind)?;
+        let end = Instant::now().checked_add(options.timeout);
+        channel.send_timeout(SETUP_PAYLOAD, &[own.region()], options.timeout)?;
+        let answer = channel.recv_timeout(&producer_policy(), time_left(end, options.timeout))?;
+        let (peer, peer_flags) = producer_accept(answer)?;
+        let cap = options.capacity as u32; // validated by producer_offer
+        Ok((Link::new(own, peer, channel, options.spin), cap, peer_flags))
+    }
+
+    /// Consumer half of the handshake: receive and check the data memfd, create and send
+    /// the control memfd. Returns the link, the capacity and the producer's flags.
+    fn consumer_setup(
+        channel: Channel,
+        options: &RingOptions,
+        kind: Kind,
+    ) -> Result<(Link, u32, u32)> {
+        let end = Instant::now().checked_add(options.timeout);
+        let offer = channel.recv_timeout(&consumer_policy(options), options.timeout)?;
+        let (peer, cap, peer_flags) = consumer_accept(offer, kind)?;
+        let own = consumer_offer(options)?;
+        let left = time_left(end, options.timeout);
+        channel.send_timeout(SETUP_PAYLOAD, &[own.region()], left)?;
+        Ok((Link::new(own, peer, channel, options.spin), cap, peer_flags))
+    }
+
+    fn time_left(end: Option<Instant>, timeout: Duration) -> Duration {
+        end.map_or(timeout, |e| e.saturating_duration_since(Instant::now()))
+    }
+
+    /// The producer's memfd with its header, sealed, ready to send.
+    pub(super) fn producer_offer(options: &RingOptions, kind: Kind) -> Result<SharedRegion> {
         let cap = options.capacity;
         let data_len = (cap as u64).checked_mul(u64::from(kind.unit));
         let (cap, data_len) = match data_len {
@@ -351,18 +416,20 @@ mod api {
         put(&mut header, INDEX_AT_AT, &(INDEX_AT as u32).to_le_bytes());
         put(&mut header, WAIT_AT_AT, &(WAIT_AT as u32).to_le_bytes());
         region.write_at(0, &header)?;
-        let own = region.share_read_only()?;
-        let end = Instant::now().checked_add(options.timeout);
-        channel.send_timeout(SETUP_PAYLOAD, &[own.region()], options.timeout)?;
-        let left = end.map_or(options.timeout, |e| {
-            e.saturating_duration_since(Instant::now())
-        });
-        let policy = Policy::read_only_view()
+        region.share_read_only()
+    }
+
+    /// What the producer accepts as the consumer's answer.
+    pub(super) fn producer_policy() -> Policy {
+        Policy::read_only_view()
             .max_regions(1)
             .max_payload(SETUP_PAYLOAD.len())
-            .max_region_len(CONTROL_LEN as u64);
-        let msg = channel.recv_timeout(&policy, left)?;
-        let (_, mut regions) = msg.into_parts();
+            .max_region_len(CONTROL_LEN as u64)
+    }
+
+    /// Checks the consumer's answer; returns its control memfd and its flags.
+    pub(super) fn producer_accept(answer: Message) -> Result<(RegionView, u32)> {
+        let (_, mut regions) = answer.into_parts();
         let peer = match (regions.pop(), regions.is_empty()) {
             (Some(peer), true) if peer.len() == CONTROL_LEN => peer,
             _ => {
@@ -373,33 +440,21 @@ mod api {
         };
         let mut header = [0u8; HEADER_LEN];
         peer.read_at(0, &mut header)?;
-        check_common(&header, &CONSUMER_MAGIC)?;
-        let peer_flags = get(&header, FLAGS_AT);
-        let link = Link {
-            own,
-            peer,
-            channel,
-            spin: options.spin,
-            stats: WaitStats::default(),
-            failed: None,
-        };
-        Ok((link, peer_flags))
+        let peer_flags = check_consumer_header(&header)?;
+        Ok((peer, peer_flags))
     }
 
-    /// Consumer half of the handshake: receive and check the data memfd, create and send
-    /// the control memfd. Returns the link, the capacity and the producer's flags.
-    fn consumer_setup(
-        channel: Channel,
-        options: &RingOptions,
-        kind: Kind,
-    ) -> Result<(Link, u32, u32)> {
-        let end = Instant::now().checked_add(options.timeout);
-        let policy = Policy::read_only_view()
+    /// What the consumer accepts as the producer's offer.
+    pub(super) fn consumer_policy(options: &RingOptions) -> Policy {
+        Policy::read_only_view()
             .max_regions(1)
             .max_payload(SETUP_PAYLOAD.len())
-            .max_region_len((CONTROL_LEN as u64).saturating_add(options.max_data_len as u64));
-        let msg = channel.recv_timeout(&policy, options.timeout)?;
-        let (_, mut regions) = msg.into_parts();
+            .max_region_len((CONTROL_LEN as u64).saturating_add(options.max_data_len as u64))
+    }
+
+    /// Checks the producer's offer; returns its memfd, the capacity and its flags.
+    pub(super) fn consumer_accept(offer: Message, kind: Kind) -> Result<(RegionView, u32, u32)> {
+        let (_, mut regions) = offer.into_parts();
         let peer = match (regions.pop(), regions.is_empty()) {
             (Some(peer), true) if peer.len() > CONTROL_LEN => peer,
             _ => {
@@ -410,36 +465,12 @@ mod api {
         };
         let mut header = [0u8; HEADER_LEN];
         peer.read_at(0, &mut header)?;
-        check_common(&header, &PRODUCER_MAGIC)?;
-        if get(&header, KIND_AT) != kind.kind {
-            return Err(Error::RingMismatch {
-                what: "ring kind (bytes or typed) differs",
-            });
-        }
-        if get(&header, UNIT_AT) != kind.unit {
-            return Err(Error::RingMismatch {
-                what: "item size differs",
-            });
-        }
-        if get(&header, DATA_AT_AT) != CONTROL_LEN as u32 {
-            return Err(Error::RingMismatch {
-                what: "data offset differs",
-            });
-        }
-        let cap = get(&header, CAPACITY_AT);
-        if !core::valid_capacity(u64::from(cap)) {
-            return Err(Error::PeerCorrupt {
-                what: "capacity is not a power of two in 16..=2^31",
-            });
-        }
-        let expected = u64::from(cap) * u64::from(kind.unit) + CONTROL_LEN as u64;
-        if peer.len() as u64 != expected {
-            return Err(Error::PeerCorrupt {
-                what: "data memfd size does not match capacity",
-            });
-        }
-        let peer_flags = get(&header, FLAGS_AT);
+        let (cap, peer_flags) = check_producer_header(&header, kind, peer.len() as u64)?;
+        Ok((peer, cap, peer_flags))
+    }
 
+    /// The consumer's control memfd with its header, sealed, ready to send.
+    pub(super) fn consumer_offer(options: &RingOptions) -> Result<SharedRegion> {
         let mut region = Region::new(CONTROL_LEN)?;
         let mut header = [0u8; HEADER_LEN];
         put(&mut header, MAGIC_AT, &CONSUMER_MAGIC);
@@ -448,23 +479,53 @@ mod api {
         put(&mut header, INDEX_AT_AT, &(INDEX_AT as u32).to_le_bytes());
         put(&mut header, WAIT_AT_AT, &(WAIT_AT as u32).to_le_bytes());
         region.write_at(0, &header)?;
-        let own = region.share_read_only()?;
-        let left = end.map_or(options.timeout, |e| {
-            e.saturating_duration_since(Instant::now())
-        });
-        channel.send_timeout(SETUP_PAYLOAD, &[own.region()], left)?;
-        let link = Link {
-            own,
-            peer,
-            channel,
-            spin: options.spin,
-            stats: WaitStats::default(),
-            failed: None,
-        };
-        Ok((link, cap, peer_flags))
+        region.share_read_only()
     }
 
-    const SETUP_PAYLOAD: &[u8] = b"sealpipe ring v1";
+    /// Validates the header of a producer's memfd of `memfd_len` bytes for a ring of
+    /// `kind`; returns the capacity and the producer's flags.
+    pub(super) fn check_producer_header(
+        header: &[u8; HEADER_LEN],
+        kind: Kind,
+        memfd_len: u64,
+    ) -> Result<(u32, u32)> {
+        check_common(header, &PRODUCER_MAGIC)?;
+        if get(header, KIND_AT) != kind.kind {
+            return Err(Error::RingMismatch {
+                what: "ring kind (bytes or typed) differs",
+            });
+        }
+        if get(header, UNIT_AT) != kind.unit {
+            return Err(Error::RingMismatch {
+                what: "item size differs",
+            });
+        }
+        if get(header, DATA_AT_AT) != CONTROL_LEN as u32 {
+            return Err(Error::RingMismatch {
+                what: "data offset differs",
+            });
+        }
+        let cap = get(header, CAPACITY_AT);
+        if !core::valid_capacity(u64::from(cap)) {
+            return Err(Error::PeerCorrupt {
+                what: "capacity is not a power of two in 16..=2^31",
+            });
+        }
+        if memfd_len != u64::from(cap) * u64::from(kind.unit) + CONTROL_LEN as u64 {
+            return Err(Error::PeerCorrupt {
+                what: "data memfd size does not match capacity",
+            });
+        }
+        Ok((cap, get(header, FLAGS_AT)))
+    }
+
+    /// Validates the header of a consumer's control memfd; returns the consumer's flags.
+    pub(super) fn check_consumer_header(header: &[u8; HEADER_LEN]) -> Result<u32> {
+        check_common(header, &CONSUMER_MAGIC)?;
+        Ok(get(header, FLAGS_AT))
+    }
+
+    pub(super) const SETUP_PAYLOAD: &[u8] = b"sealpipe ring v1";
 
     fn flags(spin: SpinPolicy) -> u32 {
         if spin.parks() {
@@ -524,8 +585,8 @@ mod api {
     /// take at most half the ring ([`max_record_len`](Producer::max_record_len)).
     #[derive(Debug)]
     pub struct Producer {
-        engine: core::ByteProducer,
-        link: Link,
+        pub(super) engine: core::ByteProducer,
+        pub(super) link: Link,
     }
 
     impl Producer {
@@ -537,8 +598,12 @@ mod api {
         /// within `options`' timeout; [`Error::RingMismatch`] or any verification error if
         /// its control memfd is not what the protocol requires; errors creating the memfd.
         pub fn connect(channel: Channel, options: &RingOptions) -> Result<Producer> {
-            let (mut link, peer_flags) = producer_setup(channel, options, BYTES)?;
-            let cap = options.capacity as u32;
+            let (link, cap, peer_flags) = producer_setup(channel, options, BYTES)?;
+            Ok(Producer::from_link(link, cap, peer_flags))
+        }
+
+        /// The producer over a ring set up by `producer_setup` (or its async twin).
+        pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> Producer {
             let words = words(&mut link.own, &link.peer);
             // SAFETY: the data area follows the control page in our own mapping: `cap`
             // bytes, page-aligned, written only by us; it lives as long as `link`, which is
@@ -551,7 +616,7 @@ mod api {
                     peer_flags & FLAG_PARKS != 0,
                 )
             };
-            Ok(Producer { engine, link })
+            Producer { engine, link }
         }
 
         /// Capacity in bytes.
@@ -631,28 +696,38 @@ mod api {
         }
 
         fn reserve(&mut self, len: usize, mut wait: Patience) -> Result<Placement> {
+            loop {
+                match self.attempt_reserve(len)? {
+                    Ok(place) => return Ok(place),
+                    Err(blocked) => {
+                        let deadline = wait.deadline()?;
+                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                    }
+                }
+            }
+        }
+
+        /// Reserves room now, or says what to wait for.
+        pub(super) fn attempt_reserve(&mut self, len: usize) -> Result<Attempt<Placement>> {
             self.link.check_failed()?;
             let max = self.max_record_len();
             if len > max {
                 return Err(Error::RecordTooLarge { len, max });
             }
-            loop {
-                match self.engine.reserve(len) {
-                    Ok(Ok(place)) => return Ok(place),
-                    Ok(Err(blocked)) => {
-                        // Never wait on a consumer that cannot see what we committed.
-                        self.publish();
-                        let deadline = wait.deadline()?;
-                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
-                    }
-                    Err(c) => return Err(self.link.corrupt(c)),
+            match self.engine.reserve(len) {
+                Ok(Ok(place)) => Ok(Ok(place)),
+                Ok(Err(blocked)) => {
+                    // Never wait on a consumer that cannot see what we committed.
+                    self.publish();
+                    Ok(Err(blocked))
                 }
+                Err(c) => Err(self.link.corrupt(c)),
             }
         }
 
         fn publish(&mut self) {
             let wake = self.engine.publish();
-            self.link.wake_if(wake, self.engine.words.own_index());
+            self.link.wake(wake, self.engine.words.own_index());
         }
     }
 
@@ -678,8 +753,21 @@ mod api {
             unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }
         }
 
+        pub(super) fn new(
+            producer: &mut Producer,
+            place: Placement,
+            len: usize,
+        ) -> Reservation<'_> {
+            Reservation {
+                producer,
+                place,
+                len,
+                publish: true,
+            }
+        }
+
         /// Copies `data` (of exactly the reserved length) into the record.
-        fn write(mut self, data: &[u8]) -> Self {
+        pub(super) fn write(mut self, data: &[u8]) -> Self {
             self.as_mut_slice().copy_from_slice(data);
             self
         }
@@ -770,8 +858,8 @@ mod api {
     /// The consumer of a ring of variable-length byte records.
     #[derive(Debug)]
     pub struct Consumer {
-        engine: core::ByteConsumer,
-        link: Link,
+        pub(super) engine: core::ByteConsumer,
+        pub(super) link: Link,
         cap: u32,
         unpublished: u32,
     }
@@ -786,7 +874,11 @@ mod api {
         /// use (bad magic, version, kind, capacity, size or layout).
         pub fn connect(channel: Channel, options: &RingOptions) -> Result<Consumer> {
             let (link, cap, peer_flags) = consumer_setup(channel, options, BYTES)?;
-            let mut link = link;
+            Ok(Consumer::from_link(link, cap, peer_flags))
+        }
+
+        /// The consumer over a ring set up by `consumer_setup` (or its async twin).
+        pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> Consumer {
             let words = words(&mut link.own, &link.peer);
             // SAFETY: the data area follows the control page of the producer's mapping:
             // `cap` bytes (size checked in setup), page-aligned, read only by volatile copies;
@@ -799,12 +891,12 @@ mod api {
                     peer_flags & FLAG_PARKS != 0,
                 )
             };
-            Ok(Consumer {
+            Consumer {
                 engine,
                 link,
                 cap,
                 unpublished: 0,
-            })
+            }
         }
 
         /// Capacity in bytes.
@@ -841,10 +933,15 @@ mod api {
 
         fn recv(&mut self, out: &mut Vec<u8>, wait: Patience) -> Result<()> {
             let rec = self.next(wait)?;
+            self.take(rec, out);
+            Ok(())
+        }
+
+        /// Copies `rec` into `out` and consumes it.
+        pub(super) fn take(&mut self, rec: core::Record, out: &mut Vec<u8>) {
             out.resize(rec.len as usize, 0);
             self.engine.copy_out(rec, out);
             self.consume(rec);
-            Ok(())
         }
 
         /// Hands the next record to `f` in place, without copying, if one is published.
@@ -871,17 +968,27 @@ mod api {
         }
 
         fn next(&mut self, mut wait: Patience) -> Result<core::Record> {
-            self.link.check_failed()?;
             loop {
-                match self.engine.next() {
-                    Ok(Ok(rec)) => return Ok(rec),
-                    Ok(Err(blocked)) => {
-                        self.publish();
+                match self.attempt_next()? {
+                    Ok(rec) => return Ok(rec),
+                    Err(blocked) => {
                         let deadline = wait.deadline()?;
                         self.link.wait(&self.engine.words, blocked.seen, deadline)?;
                     }
-                    Err(c) => return Err(self.link.corrupt(c)),
                 }
+            }
+        }
+
+        /// The next record if one is published, or what to wait for.
+        pub(super) fn attempt_next(&mut self) -> Result<Attempt<core::Record>> {
+            self.link.check_failed()?;
+            match self.engine.next() {
+                Ok(Ok(rec)) => Ok(Ok(rec)),
+                Ok(Err(blocked)) => {
+                    self.publish();
+                    Ok(Err(blocked))
+                }
+                Err(c) => Err(self.link.corrupt(c)),
             }
         }
 
@@ -898,7 +1005,7 @@ mod api {
         fn publish(&mut self) {
             self.unpublished = 0;
             let wake = self.engine.publish();
-            self.link.wake_if(wake, self.engine.words.own_index());
+            self.link.wake(wake, self.engine.words.own_index());
         }
     }
 
@@ -907,8 +1014,8 @@ mod api {
     /// The producer of a ring of `T` items in fixed slots (no per-item header).
     #[derive(Debug)]
     pub struct PodProducer<T: bytemuck::Pod> {
-        engine: core::PodProducer<T>,
-        link: Link,
+        pub(super) engine: core::PodProducer<T>,
+        pub(super) link: Link,
     }
 
     impl<T: bytemuck::Pod> PodProducer<T> {
@@ -919,19 +1026,24 @@ mod api {
         /// # Errors
         /// As [`Producer::connect`].
         pub fn connect(channel: Channel, options: &RingOptions) -> Result<PodProducer<T>> {
-            let (mut link, peer_flags) = producer_setup(channel, options, pod_kind::<T>()?)?;
+            let (link, cap, peer_flags) = producer_setup(channel, options, pod_kind::<T>()?)?;
+            Ok(PodProducer::from_link(link, cap, peer_flags))
+        }
+
+        /// The producer over a ring set up by `producer_setup` (or its async twin).
+        pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> PodProducer<T> {
             let words = words(&mut link.own, &link.peer);
             // SAFETY: `cap` slots of T follow the page-aligned control page of our own
             // mapping (align_of::<T>() <= 4096 checked in pod_kind); written only by us.
             let engine = unsafe {
                 core::PodProducer::new(
                     data_ptr(&mut link),
-                    options.capacity as u32,
+                    cap,
                     words,
                     peer_flags & FLAG_PARKS != 0,
                 )
             };
-            Ok(PodProducer { engine, link })
+            PodProducer { engine, link }
         }
 
         /// This side's wait counters.
@@ -957,19 +1069,30 @@ mod api {
 
         #[inline]
         fn push_one(&mut self, item: T, mut wait: Patience) -> Result<()> {
+            loop {
+                match self.attempt_push(item)? {
+                    Ok(()) => return Ok(()),
+                    Err(blocked) => {
+                        let deadline = wait.deadline()?;
+                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                    }
+                }
+            }
+        }
+
+        /// Pushes and publishes `item` if there is room, or says what to wait for.
+        #[inline]
+        pub(super) fn attempt_push(&mut self, item: T) -> Result<Attempt<()>> {
             self.link.check_failed()?;
             loop {
                 if self.engine.push_cached(item) {
                     let wake = self.engine.publish();
-                    self.link.wake_if(wake, self.engine.words.own_index());
-                    return Ok(());
+                    self.link.wake(wake, self.engine.words.own_index());
+                    return Ok(Ok(()));
                 }
                 match self.engine.free(1) {
                     Ok(Ok(_)) => {}
-                    Ok(Err(blocked)) => {
-                        let deadline = wait.deadline()?;
-                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
-                    }
+                    Ok(Err(blocked)) => return Ok(Err(blocked)),
                     Err(c) => return Err(self.link.corrupt(c)),
                 }
             }
@@ -984,25 +1107,34 @@ mod api {
         }
 
         fn push_slice(&mut self, items: &[T], mut wait: Patience) -> Result<usize> {
-            self.link.check_failed()?;
-            if items.is_empty() {
-                return Ok(0);
-            }
             loop {
-                match self.engine.free(items.len().min(u32::MAX as usize) as u32) {
-                    Ok(Ok(free)) => {
-                        let n = items.len().min(free as usize);
-                        self.engine.write(&items[..n]);
-                        let wake = self.engine.publish();
-                        self.link.wake_if(wake, self.engine.words.own_index());
-                        return Ok(n);
-                    }
-                    Ok(Err(blocked)) => {
+                match self.attempt_push_slice(items)? {
+                    Ok(n) => return Ok(n),
+                    Err(blocked) => {
                         let deadline = wait.deadline()?;
                         self.link.wait(&self.engine.words, blocked.seen, deadline)?;
                     }
-                    Err(c) => return Err(self.link.corrupt(c)),
                 }
+            }
+        }
+
+        /// Pushes and publishes as many of `items` as fit (at least one), or says what to
+        /// wait for.
+        pub(super) fn attempt_push_slice(&mut self, items: &[T]) -> Result<Attempt<usize>> {
+            self.link.check_failed()?;
+            if items.is_empty() {
+                return Ok(Ok(0));
+            }
+            match self.engine.free(items.len().min(u32::MAX as usize) as u32) {
+                Ok(Ok(free)) => {
+                    let n = items.len().min(free as usize);
+                    self.engine.write(&items[..n]);
+                    let wake = self.engine.publish();
+                    self.link.wake(wake, self.engine.words.own_index());
+                    Ok(Ok(n))
+                }
+                Ok(Err(blocked)) => Ok(Err(blocked)),
+                Err(c) => Err(self.link.corrupt(c)),
             }
         }
     }
@@ -1010,8 +1142,8 @@ mod api {
     /// The consumer of a ring of `T` items.
     #[derive(Debug)]
     pub struct PodConsumer<T: bytemuck::Pod> {
-        engine: core::PodConsumer<T>,
-        link: Link,
+        pub(super) engine: core::PodConsumer<T>,
+        pub(super) link: Link,
         cap: u32,
         unpublished: u32,
         _t: PhantomData<T>,
@@ -1024,7 +1156,12 @@ mod api {
         /// As [`Consumer::connect`]; [`Error::RingMismatch`] if the producer's item size
         /// differs from `size_of::<T>()`.
         pub fn connect(channel: Channel, options: &RingOptions) -> Result<PodConsumer<T>> {
-            let (mut link, cap, peer_flags) = consumer_setup(channel, options, pod_kind::<T>()?)?;
+            let (link, cap, peer_flags) = consumer_setup(channel, options, pod_kind::<T>()?)?;
+            Ok(PodConsumer::from_link(link, cap, peer_flags))
+        }
+
+        /// The consumer over a ring set up by `consumer_setup` (or its async twin).
+        pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> PodConsumer<T> {
             let words = words(&mut link.own, &link.peer);
             // SAFETY: `cap` slots of T (size checked in setup) follow the page-aligned
             // control page of the producer's mapping; read only by volatile copies.
@@ -1036,13 +1173,13 @@ mod api {
                     peer_flags & FLAG_PARKS != 0,
                 )
             };
-            Ok(PodConsumer {
+            PodConsumer {
                 engine,
                 link,
                 cap,
                 unpublished: 0,
                 _t: PhantomData,
-            })
+            }
         }
 
         /// This side's wait counters.
@@ -1082,6 +1219,20 @@ mod api {
 
         #[inline]
         fn pop_one(&mut self, mut wait: Patience) -> Result<T> {
+            loop {
+                match self.attempt_pop()? {
+                    Ok(item) => return Ok(item),
+                    Err(blocked) => {
+                        let deadline = wait.deadline()?;
+                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                    }
+                }
+            }
+        }
+
+        /// Takes the next item if one is published, or says what to wait for.
+        #[inline]
+        pub(super) fn attempt_pop(&mut self) -> Result<Attempt<T>> {
             self.link.check_failed()?;
             loop {
                 if let Some(item) = self.engine.pop_cached() {
@@ -1089,14 +1240,13 @@ mod api {
                     if self.unpublished >= self.cap / 4 {
                         self.publish();
                     }
-                    return Ok(item);
+                    return Ok(Ok(item));
                 }
                 match self.engine.available() {
                     Ok(Ok(_)) => {}
                     Ok(Err(blocked)) => {
                         self.publish();
-                        let deadline = wait.deadline()?;
-                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                        return Ok(Err(blocked));
                     }
                     Err(c) => return Err(self.link.corrupt(c)),
                 }
@@ -1104,35 +1254,46 @@ mod api {
         }
 
         fn pop_slice(&mut self, out: &mut [T], mut wait: Patience) -> Result<usize> {
-            self.link.check_failed()?;
-            if out.is_empty() {
-                return Ok(0);
-            }
             loop {
-                match self.engine.available() {
-                    Ok(Ok(avail)) => {
-                        let n = out.len().min(avail as usize);
-                        self.engine.read(&mut out[..n]);
-                        self.unpublished += n as u32;
-                        if self.unpublished >= self.cap / 4 {
-                            self.publish();
-                        }
-                        return Ok(n);
-                    }
-                    Ok(Err(blocked)) => {
-                        self.publish();
+                match self.attempt_pop_slice(out)? {
+                    Ok(n) => return Ok(n),
+                    Err(blocked) => {
                         let deadline = wait.deadline()?;
                         self.link.wait(&self.engine.words, blocked.seen, deadline)?;
                     }
-                    Err(c) => return Err(self.link.corrupt(c)),
                 }
+            }
+        }
+
+        /// Fills the start of `out` with the published items (at least one), or says what
+        /// to wait for.
+        pub(super) fn attempt_pop_slice(&mut self, out: &mut [T]) -> Result<Attempt<usize>> {
+            self.link.check_failed()?;
+            if out.is_empty() {
+                return Ok(Ok(0));
+            }
+            match self.engine.available() {
+                Ok(Ok(avail)) => {
+                    let n = out.len().min(avail as usize);
+                    self.engine.read(&mut out[..n]);
+                    self.unpublished += n as u32;
+                    if self.unpublished >= self.cap / 4 {
+                        self.publish();
+                    }
+                    Ok(Ok(n))
+                }
+                Ok(Err(blocked)) => {
+                    self.publish();
+                    Ok(Err(blocked))
+                }
+                Err(c) => Err(self.link.corrupt(c)),
             }
         }
 
         fn publish(&mut self) {
             self.unpublished = 0;
             let wake = self.engine.publish();
-            self.link.wake_if(wake, self.engine.words.own_index());
+            self.link.wake(wake, self.engine.words.own_index());
         }
     }
 }

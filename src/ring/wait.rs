@@ -9,7 +9,11 @@
 //! hash-bucket lock, so a publication that lands between our check and our sleep makes the
 //! wait return at once. Whether a wake is needed is decided by the protocol in
 //! [`super::core::publish`] / [`super::core::prepare_park`].
+//!
+//! A side parked in an async runtime (feature `tokio`) asks instead for a signal: one byte
+//! sent on the setup channel, which makes its end readable and wakes its task.
 
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
@@ -52,9 +56,11 @@ impl SpinPolicy {
 /// Counters of one side's waiting, for tests and benchmarks. Updated with plain increments.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WaitStats {
-    /// `FUTEX_WAIT` calls made by this side.
+    /// Times this side parked: `FUTEX_WAIT` calls, or (async) waits for its runtime to
+    /// report the channel readable.
     pub parks: u64,
-    /// `FUTEX_WAKE` calls made by this side (each publication that found the peer parked).
+    /// Wakes sent by this side (each publication that found the peer parked): `FUTEX_WAKE`
+    /// calls, or signal bytes for a peer parked in an async runtime.
     pub wakes: u64,
     /// Parks that ended by their time slice running out although the peer had already moved
     /// its index: a wakeup that was due but did not come. Stays 0 unless the protocol is
@@ -118,7 +124,7 @@ pub(crate) fn wait_change(
             return Ok(());
         }
         let slice = check(deadline, channel)?;
-        if !core::prepare_park(own_wait, peer_index, seen) {
+        if !core::prepare_park(own_wait, peer_index, seen, false) {
             return Ok(());
         }
         stats.parks += 1;
@@ -151,7 +157,7 @@ fn check(deadline: Option<Instant>, channel: &Channel) -> Result<Duration> {
 
 /// Whether the peer's end of the channel is closed (`POLLHUP`/`POLLRDHUP`); a pending
 /// message (`POLLIN` alone) does not count.
-pub(crate) fn peer_gone(channel: &Channel) -> bool {
+pub(crate) fn peer_gone(channel: &impl AsFd) -> bool {
     let mut fds = [PollFd::new(channel, PollFlags::RDHUP)];
     let zero = Timespec {
         tv_sec: 0,
@@ -180,8 +186,25 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> 
     )
 }
 
-/// `FUTEX_WAKE` (shared) of every waiter on `word`.
-pub(crate) fn futex_wake(word: &AtomicU32) {
-    // Errors are impossible for a valid mapped word; a lost wake is bounded by PEER_CHECK.
-    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+/// Wakes the peer as its wait word asked: `FUTEX_WAKE` (shared) of every waiter on
+/// `own_index`, or one signal byte on `channel` for a peer parked in an async runtime.
+pub(crate) fn wake(how: core::Wake, own_index: &AtomicU32, channel: &Channel) {
+    match how {
+        core::Wake::None => {}
+        // Errors are impossible for a valid mapped word; a lost wake is bounded by PEER_CHECK.
+        core::Wake::Futex => {
+            let _ = futex::wake(own_index, futex::Flags::empty(), i32::MAX as u32);
+        }
+        // Never blocks, whatever the peer does (MSG_DONTWAIT is per call, unlike O_NONBLOCK
+        // on a shared file description). EAGAIN means the peer's queue is full of unread
+        // signals, so it is readable and will wake anyway; EPIPE means it is gone, which
+        // its own side notices.
+        core::Wake::Signal => {
+            let _ = rustix::net::send(
+                channel,
+                &[1],
+                rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+            );
+        }
+    }
 }

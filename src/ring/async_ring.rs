@@ -1,0 +1,574 @@
+//! The ring on a tokio runtime (feature `tokio`): await the next record or free space
+//! without a helper thread and without polling.
+//!
+//! An async side waits like a blocking one — it checks the peer's index, spins briefly
+//! (yielding to the runtime instead of the OS), then parks — but it parks in the runtime's
+//! reactor on its end of the setup channel, and its wait word carries a `SIGNAL` bit that
+//! asks the peer to wake it with one byte sent on the channel instead of a `FUTEX_WAKE`.
+//! Either side may be async or blocking: a publisher reads the waiter's wait word and wakes
+//! it the way it asked. A busy stream makes no system calls (no one is parked); an idle one
+//! costs no CPU (the task sleeps in epoll). The same readiness reports a peer that closed
+//! its end, so a dead peer ends every wait with [`Error::PeerClosed`].
+//!
+//! Why a byte on the channel rather than an eventfd passed with the memfds: a write to an
+//! eventfd blocks when its counter is full, and whether it blocks is the `O_NONBLOCK` flag
+//! of the open file description, which the peer shares and can clear, so a hostile peer
+//! could hang the publisher. `send(MSG_DONTWAIT)` on a socket never blocks whatever the peer
+//! does, needs no extra descriptor, and bytes the waiter has not yet read only keep it
+//! readable (a full queue means a wake is already pending). Signal bytes are read with no
+//! control buffer, so descriptors a hostile peer attaches to them are closed by the kernel.
+//!
+//! Timeouts: wrap a call in `tokio::time::timeout`; every call is cancel safe.
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
+use tokio::io::unix::AsyncFd;
+
+use super::api::*;
+use super::core;
+use super::wait::peer_gone;
+use crate::asyncio::{reactor_error, register, AsyncChannel};
+use crate::error::{Error, Result};
+use crate::Channel;
+
+/// Spins between checks of the peer's liveness in [`SpinPolicy::Spin`].
+const SPINS_PER_CHECK: u32 = 4096;
+/// Most signal bytes read per wakeup: a peer flooding the channel cannot keep a task in
+/// one poll forever.
+const MAX_DRAIN: usize = 64;
+
+/// The reactor registration of a ring side: a duplicate of its setup channel's socket.
+#[derive(Debug)]
+struct Reactor {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Reactor {
+    fn new(channel: &Channel) -> Result<Reactor> {
+        let fd = rustix::io::fcntl_dupfd_cloexec(channel, 0)
+            .map_err(|e| Error::io("duplicate the ring channel", e))?;
+        Ok(Reactor { fd: register(fd)? })
+    }
+
+    /// Waits until `peer_index` differs from `seen`, as this side's `spin` says, parking in
+    /// the reactor. `link` is the side's link (for its channel, spin policy and stats).
+    async fn wait(
+        &self,
+        link: &mut Link,
+        peer_index: &AtomicU32,
+        own_wait: &AtomicU64,
+        seen: u32,
+    ) -> Result<()> {
+        let moved = || peer_index.load(Ordering::Acquire) != seen;
+        match link.spin {
+            SpinPolicy::Spin => loop {
+                for _ in 0..SPINS_PER_CHECK {
+                    if moved() {
+                        return Ok(());
+                    }
+                    std::hint::spin_loop();
+                }
+                if peer_gone(&link.channel) {
+                    return if moved() {
+                        Ok(())
+                    } else {
+                        Err(Error::PeerClosed)
+                    };
+                }
+                tokio::task::yield_now().await;
+            },
+            // As crossbeam's Backoff::snooze: spin 2^step times for steps 0..=6, then yield
+            // (to the runtime: other tasks run meanwhile).
+            SpinPolicy::SpinThenPark(steps) => {
+                for step in 0..steps {
+                    if moved() {
+                        return Ok(());
+                    }
+                    if step <= 6 {
+                        for _ in 0..1u32 << step {
+                            std::hint::spin_loop();
+                        }
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+            SpinPolicy::Park => {}
+        }
+        loop {
+            if moved() {
+                return Ok(());
+            }
+            if !core::prepare_park(own_wait, peer_index, seen, true) {
+                return Ok(());
+            }
+            // Withdrawn on every exit, including the future being dropped in the await.
+            let parked = Parked(own_wait);
+            link.stats.parks += 1;
+            let mut ready = self.fd.readable().await.map_err(reactor_error)?;
+            let drained = ready.try_io(|fd| drain(fd.get_ref()));
+            drop(parked);
+            match drained {
+                // Everything read: the readiness is cleared, a later signal sets it again.
+                Err(_would_block) => {}
+                Ok(Ok(Drained::More)) => {}
+                Ok(Ok(Drained::Closed)) if moved() => return Ok(()),
+                Ok(Ok(Drained::Closed)) => return Err(Error::PeerClosed),
+                Ok(Err(e)) => {
+                    return Err(Error::Io {
+                        op: "read ring signals",
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Withdraws a park announcement when dropped.
+struct Parked<'a>(&'a AtomicU64);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        core::end_park(self.0);
+    }
+}
+
+enum Drained {
+    /// The peer's end is closed.
+    Closed,
+    /// [`MAX_DRAIN`] bytes read and there may be more.
+    More,
+}
+
+/// Reads and discards signal bytes until the socket is empty (`WouldBlock`, which clears
+/// the runtime's readiness), the peer's end is closed, or [`MAX_DRAIN`] were read.
+fn drain(sock: &OwnedFd) -> io::Result<Drained> {
+    let mut buf = [0u8; 16];
+    for _ in 0..MAX_DRAIN {
+        match rustix::net::recv(sock, &mut buf[..], RecvFlags::DONTWAIT) {
+            // End of stream, or an empty datagram from a hostile peer.
+            Ok((_, 0)) if peer_gone(sock) => return Ok(Drained::Closed),
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+            Err(Errno::CONNRESET) => return Ok(Drained::Closed),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Drained::More)
+}
+
+/// Sends the ring offer and receives the answer (producer), or the reverse (consumer), over
+/// `channel` on the runtime, within `options`' timeout.
+async fn exchange(
+    channel: Channel,
+    options: &RingOptions,
+    first_send: Option<&crate::SealedRegion>,
+    policy: &crate::Policy,
+) -> Result<(Channel, crate::Message)> {
+    let deadline = Instant::now().checked_add(options.timeout);
+    let channel = AsyncChannel::new(channel)?;
+    let steps = async {
+        if let Some(region) = first_send {
+            channel.send(SETUP_PAYLOAD, &[region]).await?;
+        }
+        channel.recv(policy).await
+    };
+    let msg = match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), steps)
+            .await
+            .map_err(|_elapsed| Error::Timeout)??,
+        None => steps.await?,
+    };
+    Ok((channel.into_inner(), msg))
+}
+
+async fn producer_setup_async(
+    channel: Channel,
+    options: &RingOptions,
+    kind: Kind,
+) -> Result<(Link, u32, u32)> {
+    let own = producer_offer(options, kind)?;
+    let (channel, answer) =
+        exchange(channel, options, Some(own.region()), &producer_policy()).await?;
+    let (peer, peer_flags) = producer_accept(answer)?;
+    let cap = options.capacity as u32; // validated by producer_offer
+    Ok((Link::new(own, peer, channel, options.spin), cap, peer_flags))
+}
+
+async fn consumer_setup_async(
+    channel: Channel,
+    options: &RingOptions,
+    kind: Kind,
+) -> Result<(Link, u32, u32)> {
+    let started = Instant::now();
+    let (channel, offer) = exchange(channel, options, None, &consumer_policy(options)).await?;
+    let (peer, cap, peer_flags) = consumer_accept(offer, kind)?;
+    let own = consumer_offer(options)?;
+    let left = options.timeout.saturating_sub(started.elapsed());
+    let answer = AsyncChannel::new(channel)?;
+    tokio::time::timeout(left, answer.send(SETUP_PAYLOAD, &[own.region()]))
+        .await
+        .map_err(|_elapsed| Error::Timeout)??;
+    let channel = answer.into_inner();
+    Ok((Link::new(own, peer, channel, options.spin), cap, peer_flags))
+}
+
+/// A [`Producer`] on a tokio runtime.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sealpipe::Result<()> {
+/// use sealpipe::asyncio::{AsyncConsumer, AsyncProducer};
+/// use sealpipe::ring::RingOptions;
+///
+/// let (a, b) = sealpipe::Channel::pair()?;
+/// let options = RingOptions::new(1 << 16);
+/// let (tx, rx) = tokio::join!(
+///     AsyncProducer::connect(a, &options),
+///     AsyncConsumer::connect(b, &options),
+/// );
+/// let (mut tx, mut rx) = (tx?, rx?);
+/// tx.send(b"hello").await?;
+/// let mut record = Vec::new();
+/// rx.recv(&mut record).await?;
+/// assert_eq!(record, b"hello");
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct AsyncProducer {
+    inner: Producer,
+    reactor: Reactor,
+}
+
+impl AsyncProducer {
+    /// As [`Producer::connect`], awaiting the consumer (async or blocking) within
+    /// `options`' timeout.
+    ///
+    /// # Errors
+    /// As [`Producer::connect`]; [`Error::Io`] outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the channel is closed and the consumer's
+    /// `connect` fails.
+    pub async fn connect(channel: Channel, options: &RingOptions) -> Result<AsyncProducer> {
+        let (link, cap, flags) = producer_setup_async(channel, options, BYTES).await?;
+        AsyncProducer::new(Producer::from_link(link, cap, flags))
+    }
+
+    /// Drives a connected [`Producer`] on the current runtime.
+    ///
+    /// # Errors
+    /// [`Error::Io`] outside a tokio runtime, or if the registration fails.
+    pub fn new(producer: Producer) -> Result<AsyncProducer> {
+        let reactor = Reactor::new(&producer.link.channel)?;
+        Ok(AsyncProducer {
+            inner: producer,
+            reactor,
+        })
+    }
+
+    /// The producer underneath, for the calls that never wait (`try_send`, `batch`,
+    /// `try_reserve`, `stats`, `capacity`).
+    pub fn get_mut(&mut self) -> &mut Producer {
+        &mut self.inner
+    }
+
+    /// Deregisters from the runtime and returns the producer.
+    pub fn into_inner(self) -> Producer {
+        self.inner
+    }
+
+    /// Copies `record` into the ring and publishes it, awaiting room.
+    ///
+    /// # Errors
+    /// As [`Producer::send_timeout`], without [`Error::Timeout`] (wrap the call in
+    /// `tokio::time::timeout` for one).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the record is copied and published within one poll, so a dropped
+    /// future sent it whole or not at all.
+    pub async fn send(&mut self, record: &[u8]) -> Result<()> {
+        self.reserve(record.len()).await?.write(record).commit();
+        Ok(())
+    }
+
+    /// As [`Producer::reserve_timeout`], awaiting room.
+    ///
+    /// # Errors
+    /// As [`send`](AsyncProducer::send).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is reserved until the future completes.
+    pub async fn reserve(&mut self, len: usize) -> Result<Reservation<'_>> {
+        loop {
+            match self.inner.attempt_reserve(len)? {
+                Ok(place) => return Ok(Reservation::new(&mut self.inner, place, len)),
+                Err(blocked) => {
+                    let p = &mut self.inner;
+                    let (peer, own) = (p.engine.words.peer_index(), p.engine.words.own_wait());
+                    self.reactor
+                        .wait(&mut p.link, peer, own, blocked.seen)
+                        .await?;
+                }
+            }
+        }
+    }
+}
+
+/// A [`Consumer`] on a tokio runtime.
+#[derive(Debug)]
+pub struct AsyncConsumer {
+    inner: Consumer,
+    reactor: Reactor,
+}
+
+impl AsyncConsumer {
+    /// As [`Consumer::connect`], awaiting the producer (async or blocking) within
+    /// `options`' timeout.
+    ///
+    /// # Errors
+    /// As [`Consumer::connect`]; [`Error::Io`] outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup: the channel is closed and the producer's
+    /// `connect` fails.
+    pub async fn connect(channel: Channel, options: &RingOptions) -> Result<AsyncConsumer> {
+        let (link, cap, flags) = consumer_setup_async(channel, options, BYTES).await?;
+        AsyncConsumer::new(Consumer::from_link(link, cap, flags))
+    }
+
+    /// Drives a connected [`Consumer`] on the current runtime.
+    ///
+    /// # Errors
+    /// [`Error::Io`] outside a tokio runtime, or if the registration fails.
+    pub fn new(consumer: Consumer) -> Result<AsyncConsumer> {
+        let reactor = Reactor::new(&consumer.link.channel)?;
+        Ok(AsyncConsumer {
+            inner: consumer,
+            reactor,
+        })
+    }
+
+    /// The consumer underneath, for the calls that never wait (`try_recv`, `stats`,
+    /// `capacity`).
+    pub fn get_mut(&mut self) -> &mut Consumer {
+        &mut self.inner
+    }
+
+    /// Deregisters from the runtime and returns the consumer.
+    pub fn into_inner(self) -> Consumer {
+        self.inner
+    }
+
+    /// Copies the next record into `out` (replacing its contents), awaiting one.
+    ///
+    /// # Errors
+    /// As [`Consumer::recv_timeout`], without [`Error::Timeout`]: [`Error::PeerClosed`]
+    /// once the producer is gone and every record it published has been received;
+    /// [`Error::PeerCorrupt`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a record is taken from the ring only in the poll that returns it, so a
+    /// dropped future took none; the next call gets it.
+    pub async fn recv(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        loop {
+            match self.inner.attempt_next()? {
+                Ok(rec) => {
+                    self.inner.take(rec, out);
+                    return Ok(());
+                }
+                Err(blocked) => {
+                    let c = &mut self.inner;
+                    let (peer, own) = (c.engine.words.peer_index(), c.engine.words.own_wait());
+                    self.reactor
+                        .wait(&mut c.link, peer, own, blocked.seen)
+                        .await?;
+                }
+            }
+        }
+    }
+}
+
+/// A [`PodProducer`] on a tokio runtime.
+#[derive(Debug)]
+pub struct AsyncPodProducer<T: bytemuck::Pod> {
+    inner: PodProducer<T>,
+    reactor: Reactor,
+}
+
+impl<T: bytemuck::Pod> AsyncPodProducer<T> {
+    /// As [`PodProducer::connect`], awaiting the consumer within `options`' timeout.
+    ///
+    /// # Errors
+    /// As [`PodProducer::connect`]; [`Error::Io`] outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup.
+    pub async fn connect(channel: Channel, options: &RingOptions) -> Result<AsyncPodProducer<T>> {
+        let kind = pod_kind::<T>()?;
+        let (link, cap, flags) = producer_setup_async(channel, options, kind).await?;
+        AsyncPodProducer::new(PodProducer::from_link(link, cap, flags))
+    }
+
+    /// Drives a connected [`PodProducer`] on the current runtime.
+    ///
+    /// # Errors
+    /// [`Error::Io`] outside a tokio runtime, or if the registration fails.
+    pub fn new(producer: PodProducer<T>) -> Result<AsyncPodProducer<T>> {
+        let reactor = Reactor::new(&producer.link.channel)?;
+        Ok(AsyncPodProducer {
+            inner: producer,
+            reactor,
+        })
+    }
+
+    /// The producer underneath, for the calls that never wait.
+    pub fn get_mut(&mut self) -> &mut PodProducer<T> {
+        &mut self.inner
+    }
+
+    /// Deregisters from the runtime and returns the producer.
+    pub fn into_inner(self) -> PodProducer<T> {
+        self.inner
+    }
+
+    /// Pushes `item` and publishes it, awaiting room.
+    ///
+    /// # Errors
+    /// [`Error::PeerClosed`], [`Error::PeerCorrupt`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped future pushed nothing.
+    pub async fn push(&mut self, item: T) -> Result<()> {
+        loop {
+            match self.inner.attempt_push(item)? {
+                Ok(()) => return Ok(()),
+                Err(blocked) => {
+                    let p = &mut self.inner;
+                    let (peer, own) = (p.engine.words.peer_index(), p.engine.words.own_wait());
+                    self.reactor
+                        .wait(&mut p.link, peer, own, blocked.seen)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// Pushes as many of `items` as fit, awaiting room for at least one, with one
+    /// publication; returns how many.
+    ///
+    /// # Errors
+    /// As [`push`](AsyncPodProducer::push).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped future pushed nothing.
+    pub async fn push_slice(&mut self, items: &[T]) -> Result<usize> {
+        loop {
+            match self.inner.attempt_push_slice(items)? {
+                Ok(n) => return Ok(n),
+                Err(blocked) => {
+                    let p = &mut self.inner;
+                    let (peer, own) = (p.engine.words.peer_index(), p.engine.words.own_wait());
+                    self.reactor
+                        .wait(&mut p.link, peer, own, blocked.seen)
+                        .await?;
+                }
+            }
+        }
+    }
+}
+
+/// A [`PodConsumer`] on a tokio runtime.
+#[derive(Debug)]
+pub struct AsyncPodConsumer<T: bytemuck::Pod> {
+    inner: PodConsumer<T>,
+    reactor: Reactor,
+}
+
+impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
+    /// As [`PodConsumer::connect`], awaiting the producer within `options`' timeout.
+    ///
+    /// # Errors
+    /// As [`PodConsumer::connect`]; [`Error::Io`] outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the setup.
+    pub async fn connect(channel: Channel, options: &RingOptions) -> Result<AsyncPodConsumer<T>> {
+        let kind = pod_kind::<T>()?;
+        let (link, cap, flags) = consumer_setup_async(channel, options, kind).await?;
+        AsyncPodConsumer::new(PodConsumer::from_link(link, cap, flags))
+    }
+
+    /// Drives a connected [`PodConsumer`] on the current runtime.
+    ///
+    /// # Errors
+    /// [`Error::Io`] outside a tokio runtime, or if the registration fails.
+    pub fn new(consumer: PodConsumer<T>) -> Result<AsyncPodConsumer<T>> {
+        let reactor = Reactor::new(&consumer.link.channel)?;
+        Ok(AsyncPodConsumer {
+            inner: consumer,
+            reactor,
+        })
+    }
+
+    /// The consumer underneath, for the calls that never wait.
+    pub fn get_mut(&mut self) -> &mut PodConsumer<T> {
+        &mut self.inner
+    }
+
+    /// Deregisters from the runtime and returns the consumer.
+    pub fn into_inner(self) -> PodConsumer<T> {
+        self.inner
+    }
+
+    /// Takes the next item, awaiting one.
+    ///
+    /// # Errors
+    /// [`Error::PeerClosed`] once the producer is gone and the ring is empty;
+    /// [`Error::PeerCorrupt`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: an item is taken only in the poll that returns it.
+    pub async fn pop(&mut self) -> Result<T> {
+        loop {
+            match self.inner.attempt_pop()? {
+                Ok(item) => return Ok(item),
+                Err(blocked) => {
+                    let c = &mut self.inner;
+                    let (peer, own) = (c.engine.words.peer_index(), c.engine.words.own_wait());
+                    self.reactor
+                        .wait(&mut c.link, peer, own, blocked.seen)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// Fills the start of `out` with the published items, awaiting at least one; returns
+    /// how many.
+    ///
+    /// # Errors
+    /// As [`pop`](AsyncPodConsumer::pop).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: items are taken only in the poll that returns them.
+    pub async fn pop_slice(&mut self, out: &mut [T]) -> Result<usize> {
+        loop {
+            match self.inner.attempt_pop_slice(out)? {
+                Ok(n) => return Ok(n),
+                Err(blocked) => {
+                    let c = &mut self.inner;
+                    let (peer, own) = (c.engine.words.peer_index(), c.engine.words.own_wait());
+                    self.reactor
+                        .wait(&mut c.link, peer, own, blocked.seen)
+                        .await?;
+                }
+            }
+        }
+    }
+}
