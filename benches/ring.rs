@@ -1,7 +1,9 @@
 //! Ring benchmarks: the sealpipe ring across two processes (pinned to different CPUs where
 //! the machine has two), side by side with references measured in the same run — rtrb
 //! between two threads, a raw cache-line ping-pong, single-thread cold memcpy, and a unix
-//! `SOCK_SEQPACKET` ping-pong between two processes.
+//! `SOCK_SEQPACKET` ping-pong between two processes. With `--features tokio`, the async
+//! ring (both sides on tokio current-thread runtimes) is measured against the blocking ring
+//! with the same spin policy, in the same rounds.
 //!
 //! `cargo bench --bench ring` prints a ratio table at the end (also written to
 //! `target/ring-bench.md`). `cargo test --benches` runs every scenario once, quickly.
@@ -187,6 +189,10 @@ fn child_main(role: &str) {
                 }
             }
         }
+        #[cfg(feature = "tokio")]
+        "abytes" => asynchronous::consumer(ch1, raw2),
+        #[cfg(feature = "tokio")]
+        "aecho" => asynchronous::echo(ch1, raw2),
         "sock-echo" => {
             let mut buf = [0u8; 256];
             while let Ok((n, _)) = recv(&raw2, &mut buf, RecvFlags::empty()) {
@@ -359,6 +365,151 @@ impl PingPong {
     }
 }
 
+/// The async ring (feature `tokio`): both sides on current-thread runtimes, default spin
+/// policy (as the blocking "park" sessions), so ratios compare like with like.
+#[cfg(feature = "tokio")]
+mod asynchronous {
+    use super::*;
+    use sealpipe::asyncio::{AsyncConsumer, AsyncPodConsumer, AsyncPodProducer, AsyncProducer};
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn options(cap: usize) -> RingOptions {
+        opts(cap, SpinPolicy::default())
+    }
+
+    /// Child: async consumer of byte records, acknowledging `ACK` records with the count.
+    pub(super) fn consumer(ch1: Channel, raw2: OwnedFd) {
+        runtime().block_on(async {
+            let mut rx = AsyncConsumer::connect(ch1, &options(0)).await.unwrap();
+            let ch2 = Channel::from_fd(raw2).unwrap();
+            let mut acks = AsyncPodProducer::<u64>::connect(ch2, &options(64))
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            let mut n = 0u64;
+            while rx.recv(&mut buf).await.is_ok() {
+                n += 1;
+                if buf.first() == Some(&ACK) {
+                    acks.push(n).await.unwrap();
+                }
+            }
+        });
+    }
+
+    /// Child: async echo from one ring to the other.
+    pub(super) fn echo(ch1: Channel, raw2: OwnedFd) {
+        runtime().block_on(async {
+            let mut rx = AsyncConsumer::connect(ch1, &options(0)).await.unwrap();
+            let ch2 = Channel::from_fd(raw2).unwrap();
+            let mut tx = AsyncProducer::connect(ch2, &options(1 << 16))
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            while rx.recv(&mut buf).await.is_ok() {
+                if tx.send(&buf).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Parent: async producer of byte records to an async consumer.
+    pub(super) struct BytesSession {
+        rt: tokio::runtime::Runtime,
+        tx: AsyncProducer,
+        acks: AsyncPodConsumer<u64>,
+        _peer: Peer,
+    }
+
+    impl BytesSession {
+        pub(super) fn new(cap: usize) -> BytesSession {
+            let mut peer = spawn("abytes");
+            let rt = runtime();
+            let (tx, acks) = rt.block_on(async {
+                let tx = AsyncProducer::connect(peer.ch1.take().unwrap(), &options(cap))
+                    .await
+                    .unwrap();
+                let ch2 = Channel::from_fd(peer.raw2.take().unwrap()).unwrap();
+                let acks = AsyncPodConsumer::<u64>::connect(ch2, &options(0))
+                    .await
+                    .unwrap();
+                (tx, acks)
+            });
+            BytesSession {
+                rt,
+                tx,
+                acks,
+                _peer: peer,
+            }
+        }
+
+        /// `iters` records of `len` bytes, one per call, then waits for the consumer.
+        pub(super) fn one_per_call(&mut self, iters: u64, len: usize) -> Duration {
+            let rec = vec![0u8; len];
+            let (tx, acks) = (&mut self.tx, &mut self.acks);
+            self.rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    tx.send(&rec).await.unwrap();
+                }
+                tx.send(&[ACK, 0, 0, 0, 0, 0, 0, 0]).await.unwrap();
+                acks.pop().await.unwrap();
+                start.elapsed()
+            })
+        }
+    }
+
+    /// Parent: ping-pong over two async rings.
+    pub(super) struct PingPong {
+        rt: tokio::runtime::Runtime,
+        tx: AsyncProducer,
+        rx: AsyncConsumer,
+        buf: Vec<u8>,
+        _peer: Peer,
+    }
+
+    impl PingPong {
+        pub(super) fn new() -> PingPong {
+            let mut peer = spawn("aecho");
+            let rt = runtime();
+            let (tx, rx) = rt.block_on(async {
+                let tx = AsyncProducer::connect(peer.ch1.take().unwrap(), &options(1 << 16))
+                    .await
+                    .unwrap();
+                let ch2 = Channel::from_fd(peer.raw2.take().unwrap()).unwrap();
+                let rx = AsyncConsumer::connect(ch2, &options(0)).await.unwrap();
+                (tx, rx)
+            });
+            PingPong {
+                rt,
+                tx,
+                rx,
+                buf: Vec::with_capacity(64),
+                _peer: peer,
+            }
+        }
+
+        pub(super) fn run(&mut self, iters: u64) -> Duration {
+            let msg = [7u8; 64];
+            let (tx, rx, buf) = (&mut self.tx, &mut self.rx, &mut self.buf);
+            self.rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    tx.send(&msg).await.unwrap();
+                    rx.recv(buf).await.unwrap();
+                }
+                start.elapsed()
+            })
+        }
+    }
+}
+
 // ------------------------------------------------------------------ references
 
 /// rtrb between two pinned threads; items of `N` bytes; the consumer acknowledges a marker.
@@ -519,6 +670,27 @@ fn throughput_benches(c: &mut Criterion) {
             |n| s.batched(n, 64, 32),
         );
     }
+    {
+        let mut s = BytesSession::new("park", 1 << 16);
+        bench(
+            c,
+            "one_per_call",
+            "sealpipe_bytes_64B_park",
+            Throughput::Elements(1),
+            |n| s.one_per_call(n, 64),
+        );
+    }
+    #[cfg(feature = "tokio")]
+    {
+        let mut s = asynchronous::BytesSession::new(1 << 16);
+        bench(
+            c,
+            "one_per_call",
+            "sealpipe_async_bytes_64B",
+            Throughput::Elements(1),
+            |n| s.one_per_call(n, 64),
+        );
+    }
     bench(
         c,
         "one_per_call",
@@ -614,6 +786,17 @@ fn latency_benches(c: &mut Criterion) {
             c,
             "round_trip",
             "sealpipe_park_64B",
+            Throughput::Elements(1),
+            |n| p.run(n),
+        );
+    }
+    #[cfg(feature = "tokio")]
+    {
+        let mut p = asynchronous::PingPong::new();
+        bench(
+            c,
+            "round_trip",
+            "sealpipe_async_64B",
             Throughput::Elements(1),
             |n| p.run(n),
         );
@@ -757,6 +940,24 @@ fn interleaved(rounds: usize) -> Rounds {
             r.add("idle_park", idle_round_trip(|| p.run(1), 400));
             let mut s = SockPingPong::new();
             r.add("idle_sock", idle_round_trip(|| s.run(1), 400));
+            #[cfg(feature = "tokio")]
+            {
+                let mut a = asynchronous::PingPong::new();
+                r.add("idle_async", idle_round_trip(|| a.run(1), 400));
+            }
+        }
+        #[cfg(feature = "tokio")]
+        {
+            let mut s = BytesSession::new("park", 1 << 16);
+            r.add(
+                "park64",
+                rate(1_000_000, s.one_per_call(1_000_000, 64)) / 1e6,
+            );
+            let mut a = asynchronous::BytesSession::new(1 << 16);
+            r.add(
+                "async64",
+                rate(1_000_000, a.one_per_call(1_000_000, 64)) / 1e6,
+            );
         }
     }
     r
@@ -889,6 +1090,24 @@ fn table() {
         per10k,
         "≤ 1×",
     );
+    #[cfg(feature = "tokio")]
+    {
+        let (p64, a64, idle_async) = (md("park64"), md("async64"), md("idle_async"));
+        row(
+            "async ring, 64 B records one per call (default policy)",
+            format!("{a64:.1} M/s"),
+            format!("blocking ring, same policy: {p64:.1} M/s"),
+            r.ratio("async64", "park64"),
+            "≥ 0.8×",
+        );
+        row(
+            "async ring, 64 B idle round trip (median)",
+            format!("{idle_async:.1} µs"),
+            format!("blocking ring (futex): {park:.1} µs"),
+            r.ratio("idle_async", "idle_park"),
+            "report",
+        );
+    }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -31,6 +31,7 @@ pub const COLUMNS: &[(&str, &str, bool)] = &[
     ("sealpipe", "sealpipe Channel", false),
     ("ring", "sealpipe ring", false),
     ("ring-park", "sealpipe ring (park)", false),
+    ("ring-async", "sealpipe ring (async, park)", false),
     ("seqpacket", "unix seqpacket", true),
     ("stream", "unix stream", true),
     ("pipe", "pipe", true),
@@ -447,7 +448,7 @@ fn table(rows: &[Row]) -> String {
             .filter(|(_, _, alt)| *alt)
             .filter_map(|(k, t, _)| r.figs.get(k).and_then(Fig::speed).map(|v| (v, *t)))
             .max_by(|a, b| a.0.total_cmp(&b.0));
-        let ours = ["sealpipe", "ring", "ring-park"]
+        let ours = ["sealpipe", "ring", "ring-park", "ring-async"]
             .iter()
             .filter_map(|k| r.figs.get(k).and_then(Fig::speed))
             .max_by(f64::total_cmp);

@@ -18,6 +18,7 @@ pub const CONTENDERS: &[&str] = &[
     "sealpipe",
     "ring",
     "ring-park",
+    "ring-async",
     "seqpacket",
     "stream",
     "pipe",
@@ -51,7 +52,7 @@ pub fn run(contender: &str, size: usize, count: usize) -> Vec<Duration> {
     let mut reply = vec![0u8; size];
     let cpu = consumer_cpu(0);
     match contender {
-        "ring" | "ring-park" => rtts = crate::ring::pingpong_run(&p),
+        "ring" | "ring-park" | "ring-async" => rtts = crate::ring::pingpong_run(&p),
         "sealpipe" => {
             let (ch, rx) = sealpipe::Channel::pair().expect("channel");
             let mut peer = Peer::spawn(&p, cpu, vec![rx.into_fd()]);
@@ -184,7 +185,9 @@ fn as_atomic(map: &memmap2::MmapMut) -> &AtomicU64 {
 pub fn consume(kind: &str, p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
     let size = p.size;
     match kind {
-        "ring" | "ring-park" => return crate::ring::pingpong_consume(p, ctl, fds),
+        "ring" | "ring-park" | "ring-async" => {
+            return crate::ring::pingpong_consume(p, ctl, fds)
+        }
         "sealpipe" => {
             let ch = sealpipe::Channel::from_fd(fds.remove(0)).expect("channel");
             let policy = sealpipe::Policy::immutable();

@@ -7,6 +7,7 @@ use crate::proc::{consumer_cpu, Ctl, Params, Peer};
 use crate::rounds::timed;
 use crate::small::BATCH;
 use sealpipe::ring::{Consumer, PodConsumer, PodProducer, Producer, RingOptions, SpinPolicy};
+use sealpipe::asyncio::{AsyncPodConsumer, AsyncPodProducer};
 use sealpipe::{Channel, Error};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -150,7 +151,7 @@ pub fn bulk_consume(p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
 }
 
 fn spin_of(role: &str) -> SpinPolicy {
-    if role.ends_with("park") {
+    if role.ends_with("park") || role.ends_with("async") {
         SpinPolicy::Park
     } else {
         SpinPolicy::Spin
@@ -159,6 +160,9 @@ fn spin_of(role: &str) -> SpinPolicy {
 
 /// Producer side of ping-pong: `count` round trips of one `[u64; 8]` over two rings.
 pub fn pingpong_run(p: &Params) -> Vec<Duration> {
+    if p.role.ends_with("async") {
+        return pingpong_run_async(p);
+    }
     let spin = spin_of(&p.role);
     let (ping, ping_rx) = Channel::pair().expect("channel");
     let (pong, pong_tx) = Channel::pair().expect("channel");
@@ -184,6 +188,9 @@ pub fn pingpong_run(p: &Params) -> Vec<Duration> {
 
 /// Consumer side of ping-pong.
 pub fn pingpong_consume(p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
+    if p.role.ends_with("async") {
+        return pingpong_consume_async(p, ctl, fds);
+    }
     let spin = spin_of(&p.role);
     let ping = Channel::from_fd(fds.remove(0)).expect("channel");
     let pong = Channel::from_fd(fds.remove(0)).expect("channel");
@@ -195,5 +202,66 @@ pub fn pingpong_consume(p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
         check_small::<8>(&m, i);
         tx.push_timeout(m, WAIT).expect("push");
     }
+    ctl.done();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Ping-pong with both sides on tokio (current-thread runtimes), parking at once like
+/// "ring-park", but in the reactor: woken by a signal byte on the ring's channel.
+fn pingpong_run_async(p: &Params) -> Vec<Duration> {
+    let spin = spin_of(&p.role);
+    let (ping, ping_rx) = Channel::pair().expect("channel");
+    let (pong, pong_tx) = Channel::pair().expect("channel");
+    let mut peer = Peer::spawn(
+        p,
+        consumer_cpu(0),
+        vec![ping_rx.into_fd(), pong_tx.into_fd()],
+    );
+    let rtts = runtime().block_on(async {
+        let mut tx = AsyncPodProducer::<[u64; 8]>::connect(ping, &opts(64, spin))
+            .await
+            .expect("ring connect");
+        let mut rx = AsyncPodConsumer::<[u64; 8]>::connect(pong, &opts(64, spin))
+            .await
+            .expect("ring connect");
+        let mut rtts = Vec::with_capacity(p.count);
+        for i in 0..p.count as u64 {
+            let t = Instant::now();
+            tx.push(small::<8>(i)).await.expect("push");
+            let m = rx.pop().await.expect("pop");
+            rtts.push(t.elapsed());
+            check_small::<8>(&m, i);
+        }
+        rtts
+    });
+    peer.wait_done();
+    peer.finish();
+    rtts
+}
+
+fn pingpong_consume_async(p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
+    let spin = spin_of(&p.role);
+    let ping = Channel::from_fd(fds.remove(0)).expect("channel");
+    let pong = Channel::from_fd(fds.remove(0)).expect("channel");
+    ctl.ready();
+    runtime().block_on(async {
+        let mut rx = AsyncPodConsumer::<[u64; 8]>::connect(ping, &opts(64, spin))
+            .await
+            .expect("ring connect");
+        let mut tx = AsyncPodProducer::<[u64; 8]>::connect(pong, &opts(64, spin))
+            .await
+            .expect("ring connect");
+        for i in 0..p.count as u64 {
+            let m = rx.pop().await.expect("pop");
+            check_small::<8>(&m, i);
+            tx.push(m).await.expect("push");
+        }
+    });
     ctl.done();
 }
