@@ -1,5 +1,12 @@
-//! tokio integration (feature `tokio`): await messages without a helper thread and without
-//! polling.
+//! tokio integration (feature `tokio`): await messages and ring records without a helper
+//! thread and without polling.
+//!
+//! - [`AsyncChannel`], [`AsyncListener`]: channels, connections and handshakes;
+//! - [`AsyncProducer`], [`AsyncConsumer`], [`AsyncPodProducer`], [`AsyncPodConsumer`]: the
+//!   ring of [`crate::ring`], each side awaiting records or room. An async side parks in
+//!   the reactor on the ring's channel and asks the peer, through its wait word, to wake it
+//!   with one byte on that channel instead of a futex wake; so either side may be blocking,
+//!   a busy stream makes no system calls, and a peer that dies wakes the waiter at once.
 //!
 //! [`AsyncChannel`] registers the channel's socket with the runtime's reactor
 //! (`tokio::io::unix::AsyncFd`) and drives the very same non-blocking send and receive code

@@ -52,6 +52,11 @@
 //! wait has a deadline and checks every 20 ms whether the peer's end of the channel is still
 //! open.
 //!
+//! With the `tokio` feature, [`crate::asyncio::AsyncProducer`] and its siblings wait in the
+//! runtime's reactor instead: the wait word then also says "signal me", and the peer wakes
+//! it by sending one byte on the setup channel (`MSG_DONTWAIT`: never blocks) rather than
+//! with `FUTEX_WAKE`. Blocking and async sides work together on the same ring.
+//!
 //! # Threat model
 //!
 //! The peer is hostile. What it **can** do:
@@ -61,8 +66,11 @@
 //!   bytes being copied out;
 //! - stop moving, or die: the other side then waits until its deadline, or sees
 //!   [`Error::PeerClosed`](crate::Error::PeerClosed) within about 20 ms of the peer's channel end closing;
-//! - set its wait word so that every publication makes a `FUTEX_WAKE` system call (slowing
-//!   the other side down), or never ask to be woken (its own waits then end by time slice);
+//! - set its wait word so that every publication makes a `FUTEX_WAKE` system call or sends
+//!   a signal byte (slowing the other side down), or never ask to be woken (its own waits
+//!   then end by time slice); send bytes, empty messages or descriptors on the channel,
+//!   which an async side reads and discards (descriptors are closed by the kernel, never
+//!   installed) and which only make it look at the ring again;
 //! - send records whose *contents* are wrong: validate what you read;
 //! - make a consumer allocate a receive buffer as long as the longest record the ring
 //!   allows (half its capacity): bound it with [`RingOptions::max_data_len`];
@@ -663,12 +671,7 @@ mod api {
         /// As [`try_send`](Producer::try_send).
         pub fn try_reserve(&mut self, len: usize) -> Result<Reservation<'_>> {
             let place = self.reserve(len, Patience::Never)?;
-            Ok(Reservation {
-                producer: self,
-                place,
-                len,
-                publish: true,
-            })
+            Ok(Reservation::new(self, place, len))
         }
 
         /// [`try_reserve`](Producer::try_reserve), waiting up to `timeout` for room.
@@ -681,12 +684,7 @@ mod api {
             timeout: Duration,
         ) -> Result<Reservation<'_>> {
             let place = self.reserve(len, Patience::For(timeout))?;
-            Ok(Reservation {
-                producer: self,
-                place,
-                len,
-                publish: true,
-            })
+            Ok(Reservation::new(self, place, len))
         }
 
         /// Starts a batch: records committed through it become visible together, with one
@@ -753,6 +751,7 @@ mod api {
             unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }
         }
 
+        /// A reservation published on commit.
         pub(super) fn new(
             producer: &mut Producer,
             place: Placement,
@@ -1324,8 +1323,9 @@ pub mod layout {
     /// Offset of the side's index word (`u32`, the write index for the producer, the read
     /// index for the consumer).
     pub const INDEX_AT: usize = std::mem::offset_of!(ControlPage, index);
-    /// Offset of the side's wait word (`u64`: bit 32 set while parked, low 32 bits the peer
-    /// index value it waits to change).
+    /// Offset of the side's wait word (`u64`: bit 32 set while parked, bit 33 set if the
+    /// parked side asks to be woken by one byte sent on the setup channel rather than by
+    /// `FUTEX_WAKE` on the index word, low 32 bits the peer index value it waits to change).
     pub const WAIT_AT: usize = std::mem::offset_of!(ControlPage, wait);
     const _: () = assert!(std::mem::size_of::<ControlPage>() <= CONTROL_LEN);
     const _: () = assert!(INDEX_AT % 64 == 0 && WAIT_AT % 64 == 0 && WAIT_AT - INDEX_AT >= 64);
