@@ -35,7 +35,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
+use std::task::Poll;
+
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::io::Interest;
 
 use crate::error::{Error, Result};
@@ -50,20 +52,57 @@ pub use crate::ring::async_ring::{
 };
 
 /// A [`Channel`] driven by a tokio runtime.
+///
+/// For a spawned worker's channel (which knows the peer's pidfd, see
+/// [`Channel::peer_pidfd`]), the pidfd is registered too: waits end with
+/// [`Error::PeerClosed`] when the peer process exits, even if another process still holds
+/// its end of the socket.
 #[derive(Debug)]
 pub struct AsyncChannel {
     fd: AsyncFd<Channel>,
+    peer_exit: Option<AsyncFd<OwnedFd>>,
 }
 
 impl AsyncChannel {
-    /// Registers `channel` with the current tokio runtime.
+    /// Registers `channel` (and its peer's pidfd, if it has one) with the current tokio
+    /// runtime.
     ///
     /// # Errors
     /// [`Error::Io`] if called outside a runtime with I/O enabled, or registration fails.
     pub fn new(channel: Channel) -> Result<AsyncChannel> {
+        let peer_exit = match channel.peer_pidfd() {
+            Some(pidfd) => {
+                let pidfd = rustix::io::fcntl_dupfd_cloexec(pidfd, 0)
+                    .map_err(|e| Error::io("duplicate the peer's pidfd", e))?;
+                Some(register(pidfd)?)
+            }
+            None => None,
+        };
         Ok(AsyncChannel {
             fd: register(channel)?,
+            peer_exit,
         })
+    }
+
+    /// Waits until the socket is ready for `interest` (`Some`), or the peer process has
+    /// exited (`None`; the caller then makes one last non-blocking attempt, which delivers
+    /// what is still queued or reports [`Error::PeerClosed`]).
+    async fn ready(&self, interest: Interest) -> Result<Option<AsyncFdReadyGuard<'_, Channel>>> {
+        std::future::poll_fn(|cx| {
+            let socket = if interest.is_readable() {
+                self.fd.poll_read_ready(cx)
+            } else {
+                self.fd.poll_write_ready(cx)
+            };
+            if let Poll::Ready(r) = socket {
+                return Poll::Ready(r.map(Some).map_err(reactor_error));
+            }
+            match self.peer_exit.as_ref().map(|p| p.poll_read_ready(cx)) {
+                Some(Poll::Ready(r)) => Poll::Ready(r.map(|_| None).map_err(reactor_error)),
+                _ => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Connects to a [`Listener`] at `path` and runs the handshake, awaiting each step
@@ -132,7 +171,9 @@ impl AsyncChannel {
     /// or not at all. The regions stay yours either way.
     pub async fn send(&self, payload: &[u8], regions: &[&SealedRegion]) -> Result<()> {
         loop {
-            let mut ready = self.fd.writable().await.map_err(reactor_error)?;
+            let Some(mut ready) = self.ready(Interest::WRITABLE).await? else {
+                return self.get_ref().try_send(payload, regions);
+            };
             match ready.try_io(|ch| would_block(ch.get_ref().try_send(payload, regions))) {
                 Ok(result) => return result.map_err(reactor_error)?,
                 Err(_would_block) => continue,
@@ -151,7 +192,9 @@ impl AsyncChannel {
     /// no descriptor received, so the next `recv` gets it.
     pub async fn recv(&self, policy: &Policy) -> Result<Message> {
         loop {
-            let mut ready = self.fd.readable().await.map_err(reactor_error)?;
+            let Some(mut ready) = self.ready(Interest::READABLE).await? else {
+                return self.get_ref().try_recv(policy);
+            };
             match ready.try_io(|ch| would_block(ch.get_ref().try_recv(policy))) {
                 Ok(result) => return result.map_err(reactor_error)?,
                 Err(_would_block) => continue,

@@ -126,11 +126,12 @@ fn recv_cancelled_at_every_await_point_loses_nothing_current_thread() {
         "recv_cancelled_at_every_await_point_loses_nothing_current_thread",
         "sender",
     );
-    let baseline = common::fd_count();
-    let ch = rt.block_on(async {
+    let (baseline, ch) = rt.block_on(async {
+        // Registered first: the channel holds a duplicate of the peer's pidfd.
         let ch = AsyncChannel::new(p.channel).unwrap();
+        let baseline = common::fd_count();
         assert_eq!(receive_all_in_order(&ch, true).await, 300);
-        ch
+        (baseline, ch)
     });
     assert_eq!(
         common::fd_count(),
@@ -250,6 +251,61 @@ fn peer_death_while_awaiting() {
     });
     assert!(matches!(err, Error::PeerClosed), "{err:?}");
     assert_eq!(p_wait(p.child), 128 + 9);
+}
+
+#[test]
+fn peer_exit_ends_an_async_recv_when_the_socket_outlives_the_peer() {
+    common::peer_main(|_, ch| {
+        // Leak our end into a grandchild, so the socket stays open after we die.
+        rustix::io::fcntl_setfd(&ch, rustix::io::FdFlags::empty()).unwrap();
+        #[allow(clippy::zombie_processes)] // we are killed; init reaps the grandchild
+        let grandchild = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let id = u64::from(grandchild.id());
+        ch.send_timeout(&id.to_le_bytes(), &[], T).unwrap();
+        std::thread::sleep(T);
+        0
+    });
+    let _serial = common::serial();
+    let p = common::spawn_peer(
+        "peer_exit_ends_an_async_recv_when_the_socket_outlives_the_peer",
+        "leaker",
+    );
+    let pid = rustix::process::Pid::from_raw(p.pid() as i32).unwrap();
+    let (first, err) = current_thread().block_on(async {
+        let ch = AsyncChannel::new(p.channel).unwrap();
+        // Sent before the peer dies: still delivered after its exit is known.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        let first = timeout(T, ch.recv(&Policy::immutable()))
+            .await
+            .unwrap()
+            .unwrap();
+        // Nothing else will come, and the grandchild keeps the socket open: only the
+        // pidfd can tell.
+        let err = timeout(T, ch.recv(&Policy::immutable()))
+            .await
+            .expect("recv not ended by the peer's exit")
+            .unwrap_err();
+        (first, err)
+    });
+    assert!(matches!(err, Error::PeerClosed), "{err:?}");
+    let grandchild = u64::from_le_bytes(first.payload().try_into().unwrap());
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(grandchild as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert_eq!(p_wait(p.child), 128 + 9);
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
