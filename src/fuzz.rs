@@ -465,6 +465,78 @@ fn make_fd(kind: u8, seals: u32, len: u64) -> Option<OwnedFd> {
     }
 }
 
+/// Validates a ring control-page header taken from `data` both as a producer's header (for
+/// a ring kind and memfd size also taken from `data`) and as a consumer's, and checks each
+/// verdict against a reference written from `PROTOCOL.md`, section Ring.
+///
+/// Layout of `data`: byte 0 bit 0 = typed ring, bytes 1..5 its item size; bytes 5..13 a
+/// memfd size, used as is if byte 13 bit 0 is clear, otherwise replaced by the size the
+/// header's capacity implies plus the signed byte 14 (so that mutations reach the size
+/// check); bytes 16..80 the header.
+pub fn ring_header(data: &[u8]) {
+    use crate::ring::layout::*;
+    let mut b = [0u8; 16 + HEADER_LEN];
+    let n = data.len().min(b.len());
+    b[..n].copy_from_slice(&data[..n]);
+    let u32_at = |h: &[u8], at: usize| u32::from_le_bytes(h[at..at + 4].try_into().unwrap());
+    let mut header = [0u8; HEADER_LEN];
+    header.copy_from_slice(&b[16..]);
+    let pod_unit = (b[0] & 1 == 1).then(|| u32_at(&b, 1).max(1));
+    let unit = u64::from(pod_unit.unwrap_or(1));
+    let cap = u32_at(&header, CAPACITY_AT);
+    let memfd_len = if b[13] & 1 == 0 {
+        u64::from_le_bytes(b[5..13].try_into().unwrap())
+    } else {
+        (u64::from(cap) * unit + CONTROL_LEN as u64).wrapping_add_signed(i64::from(b[14] as i8))
+    };
+    let (producer, consumer) = crate::ring::check_headers(&header, pod_unit, memfd_len);
+
+    let common = header[..8] != [0; 8]
+        && u32_at(&header, VERSION_AT) == VERSION
+        && u32_at(&header, INDEX_AT_AT) == INDEX_AT as u32
+        && u32_at(&header, WAIT_AT_AT) == WAIT_AT as u32;
+    let producer_ok = common
+        && header[..8] == PRODUCER_MAGIC
+        && u32_at(&header, KIND_AT)
+            == if pod_unit.is_some() {
+                KIND_POD
+            } else {
+                KIND_BYTES
+            }
+        && u64::from(u32_at(&header, UNIT_AT)) == unit
+        && u32_at(&header, DATA_AT_AT) == CONTROL_LEN as u32
+        && cap.is_power_of_two()
+        && (16..=1 << 31).contains(&cap)
+        && memfd_len == u64::from(cap) * unit + CONTROL_LEN as u64;
+    match producer {
+        Ok((c, flags)) => {
+            assert!(
+                producer_ok,
+                "accepted a producer header the reference rejects"
+            );
+            assert_eq!((c, flags), (cap, u32_at(&header, FLAGS_AT)));
+        }
+        Err(Error::RingMismatch { .. } | Error::PeerCorrupt { .. }) => {
+            assert!(!producer_ok, "rejected a valid producer header")
+        }
+        Err(e) => panic!("unexpected error for a producer header: {e:?}"),
+    }
+    let consumer_ok = common && header[..8] == CONSUMER_MAGIC;
+    match consumer {
+        Ok(flags) => {
+            assert!(
+                consumer_ok,
+                "accepted a consumer header the reference rejects"
+            );
+            assert_eq!(flags, u32_at(&header, FLAGS_AT));
+        }
+        Err(Error::RingMismatch { .. }) => {
+            assert!(!consumer_ok, "rejected a valid consumer header")
+        }
+        Err(e) => panic!("unexpected error for a consumer header: {e:?}"),
+    }
+}
+
 #[cfg(test)]
 mod replay {
     //! Feeds every committed corpus and regression file through its entry point.
@@ -503,5 +575,10 @@ mod replay {
     #[test]
     fn ring_ops_corpus() {
         replay("ring_ops", super::ring_ops);
+    }
+
+    #[test]
+    fn ring_header_corpus() {
+        replay("ring_header", super::ring_header);
     }
 }

@@ -143,6 +143,8 @@ pub mod loom_api {
     }
 }
 
+#[cfg(all(any(fuzzing, test), not(loom)))]
+pub(crate) use api::check_headers;
 #[cfg(not(loom))]
 pub use api::*;
 
@@ -525,6 +527,29 @@ mod api {
             });
         }
         Ok((cap, get(header, FLAGS_AT)))
+    }
+
+    /// Both header checks, for `crate::fuzz::ring_header`: the producer's header of a
+    /// memfd of `memfd_len` bytes for a byte ring (`pod_unit` `None`) or a typed ring of
+    /// items of `pod_unit` bytes, and the same bytes as a consumer's header.
+    #[cfg(any(fuzzing, test))]
+    pub(crate) fn check_headers(
+        header: &[u8; HEADER_LEN],
+        pod_unit: Option<u32>,
+        memfd_len: u64,
+    ) -> (Result<(u32, u32)>, Result<u32>) {
+        let kind = match pod_unit {
+            None => BYTES,
+            Some(unit) => Kind {
+                kind: KIND_POD,
+                unit,
+                align: 8,
+            },
+        };
+        (
+            check_producer_header(header, kind, memfd_len),
+            check_consumer_header(header),
+        )
     }
 
     /// Validates the header of a consumer's control memfd; returns the consumer's flags.
