@@ -284,6 +284,51 @@ fn async_pod_ring_both_sides_async_in_one_runtime() {
 }
 
 #[test]
+fn many_rings_share_one_thread() {
+    // 24 rings, both sides of each on one current-thread runtime: every wait must give the
+    // thread back (a side that blocked or spun forever would stall the others), whatever
+    // its spin policy.
+    let _serial = common::serial();
+    let policies = [SpinPolicy::Spin, SpinPolicy::Park, SpinPolicy::default()];
+    let totals = current_thread().block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..24u64 {
+            let (a, b) = Channel::pair().unwrap();
+            let options = RingOptions::new(1024)
+                .spin(policies[i as usize % 3])
+                .timeout(T);
+            tasks.spawn(async move {
+                let mut tx = AsyncProducer::connect(a, &options).await.unwrap();
+                for seq in 0..500 {
+                    tx.send(&record(seq * i)).await.unwrap();
+                }
+                0u64
+            });
+            tasks.spawn(async move {
+                let mut rx = AsyncConsumer::connect(b, &options).await.unwrap();
+                let (mut out, mut n) = (Vec::new(), 0u64);
+                loop {
+                    match rx.recv(&mut out).await {
+                        Ok(()) => {
+                            check(n * i, &out);
+                            n += 1;
+                        }
+                        Err(Error::PeerClosed) => return n,
+                        Err(e) => panic!("recv: {e:?}"),
+                    }
+                }
+            });
+        }
+        let mut totals = Vec::new();
+        while let Some(t) = timeout(T, tasks.join_next()).await.expect("a ring stalled") {
+            totals.push(t.unwrap());
+        }
+        totals
+    });
+    assert_eq!(totals.iter().sum::<u64>(), 24 * 500);
+}
+
+#[test]
 fn an_idle_async_consumer_parks_once() {
     let _serial = common::serial();
     let (a, b) = Channel::pair().unwrap();
