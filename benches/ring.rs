@@ -449,6 +449,11 @@ mod asynchronous {
             }
         }
 
+        /// Wakes (signal bytes) the producer has sent so far.
+        pub(super) fn wakes(&mut self) -> u64 {
+            self.tx.get_mut().stats().wakes
+        }
+
         /// `iters` records of `len` bytes, one per call, then waits for the consumer.
         pub(super) fn one_per_call(&mut self, iters: u64, len: usize) -> Duration {
             let rec = vec![0u8; len];
@@ -958,6 +963,7 @@ fn interleaved(rounds: usize) -> Rounds {
                 "async64",
                 rate(1_000_000, a.one_per_call(1_000_000, 64)) / 1e6,
             );
+            r.add("async_wakes", a.wakes() as f64 * 10_000.0 / 1e6);
         }
     }
     r
@@ -1099,6 +1105,13 @@ fn table() {
             format!("blocking ring, same policy: {p64:.1} M/s"),
             r.ratio("async64", "park64"),
             "≥ 0.8×",
+        );
+        row(
+            "async ring busy stream, 64 B: producer's signals",
+            format!("{:.2} / 10k msgs", md("async_wakes")),
+            "target 1 / 10k".into(),
+            md("async_wakes"),
+            "report",
         );
         row(
             "async ring, 64 B idle round trip (median)",
