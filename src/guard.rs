@@ -37,7 +37,7 @@ thread_local! {
 ///
 /// Use it for files you must map but cannot get shrink-sealed (a legacy producer, a
 /// `/dev/shm` file, a memfd created without `MFD_ALLOW_SEALING`). For sealed regions use
-/// [`crate::verify`], which needs no signal handling at all; to avoid mapping altogether,
+/// [`crate::verify()`], which needs no signal handling at all; to avoid mapping altogether,
 /// read with [`crate::PositionalFile`].
 ///
 /// - No `&[u8]` is ever handed out: the other process can change or remove the bytes at

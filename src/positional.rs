@@ -54,7 +54,7 @@
 //! - **You control the producer**: seal. [`crate::Region::seal`] for data that never
 //!   changes (read it in place as `&[u8]`), [`crate::Region::share_read_only`] for a region
 //!   the producer keeps writing (read it by copy with [`crate::RegionView::read_at`]). The
-//!   receiver's [`crate::verify`] refuses anything else.
+//!   receiver's [`crate::verify()`] refuses anything else.
 //! - **The file cannot be sealed** (a legacy producer, a `/dev/shm` file, a memfd from a
 //!   library that does not use `MFD_ALLOW_SEALING`), and you want to avoid mapping it:
 //!   [`PositionalFile`] reads it with `pread`. A truncation then shows up as a short read
