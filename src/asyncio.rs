@@ -16,6 +16,11 @@
 //! Timeouts: wrap any call in `tokio::time::timeout`; every call is cancel safe (see each
 //! method's `# Cancel safety`).
 //!
+//! Runtime: the I/O and time drivers must be enabled (`Builder::enable_all`, as
+//! `#[tokio::main]` does): connections, handshakes and ring setup keep their deadlines
+//! with tokio's timers. Outside a runtime, constructors return [`Error::Io`] rather than
+//! panicking; a runtime built without those drivers makes tokio itself panic.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> sealpipe::Result<()> {

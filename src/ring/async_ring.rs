@@ -19,6 +19,7 @@
 //! control buffer, so descriptors a hostile peer attaches to them are closed by the kernel.
 //!
 //! Timeouts: wrap a call in `tokio::time::timeout`; every call is cancel safe.
+use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -162,60 +163,47 @@ fn drain(sock: &OwnedFd) -> io::Result<Drained> {
     Ok(Drained::More)
 }
 
-/// Sends the ring offer and receives the answer (producer), or the reverse (consumer), over
-/// `channel` on the runtime, within `options`' timeout.
-async fn exchange(
-    channel: Channel,
-    options: &RingOptions,
-    first_send: Option<&crate::SealedRegion>,
-    policy: &crate::Policy,
-) -> Result<(Channel, crate::Message)> {
-    let deadline = Instant::now().checked_add(options.timeout);
-    let channel = AsyncChannel::new(channel)?;
-    let steps = async {
-        if let Some(region) = first_send {
-            channel.send(SETUP_PAYLOAD, &[region]).await?;
-        }
-        channel.recv(policy).await
-    };
-    let msg = match deadline {
-        Some(d) => tokio::time::timeout_at(d.into(), steps)
+/// Runs `step` until `deadline` (`None`: no deadline).
+async fn within<T>(deadline: Option<Instant>, step: impl Future<Output = Result<T>>) -> Result<T> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), step)
             .await
-            .map_err(|_elapsed| Error::Timeout)??,
-        None => steps.await?,
-    };
-    Ok((channel.into_inner(), msg))
+            .map_err(|_elapsed| Error::Timeout)?,
+        None => step.await,
+    }
 }
 
+/// The producer half of the setup (see `producer_setup` in mod.rs), awaited.
 async fn producer_setup_async(
     channel: Channel,
     options: &RingOptions,
     kind: Kind,
 ) -> Result<(Link, u32, u32)> {
+    let deadline = Instant::now().checked_add(options.timeout);
     let own = producer_offer(options, kind)?;
-    let (channel, answer) =
-        exchange(channel, options, Some(own.region()), &producer_policy()).await?;
+    let channel = AsyncChannel::new(channel)?;
+    within(deadline, channel.send(SETUP_PAYLOAD, &[own.region()])).await?;
+    let answer = within(deadline, channel.recv(&producer_policy())).await?;
     let (peer, peer_flags) = producer_accept(answer)?;
     let cap = options.capacity as u32; // validated by producer_offer
-    Ok((Link::new(own, peer, channel, options.spin), cap, peer_flags))
+    let link = Link::new(own, peer, channel.into_inner(), options.spin);
+    Ok((link, cap, peer_flags))
 }
 
+/// The consumer half of the setup (see `consumer_setup` in mod.rs), awaited.
 async fn consumer_setup_async(
     channel: Channel,
     options: &RingOptions,
     kind: Kind,
 ) -> Result<(Link, u32, u32)> {
-    let started = Instant::now();
-    let (channel, offer) = exchange(channel, options, None, &consumer_policy(options)).await?;
+    let deadline = Instant::now().checked_add(options.timeout);
+    let channel = AsyncChannel::new(channel)?;
+    let offer = within(deadline, channel.recv(&consumer_policy(options))).await?;
     let (peer, cap, peer_flags) = consumer_accept(offer, kind)?;
     let own = consumer_offer(options)?;
-    let left = options.timeout.saturating_sub(started.elapsed());
-    let answer = AsyncChannel::new(channel)?;
-    tokio::time::timeout(left, answer.send(SETUP_PAYLOAD, &[own.region()]))
-        .await
-        .map_err(|_elapsed| Error::Timeout)??;
-    let channel = answer.into_inner();
-    Ok((Link::new(own, peer, channel, options.spin), cap, peer_flags))
+    within(deadline, channel.send(SETUP_PAYLOAD, &[own.region()])).await?;
+    let link = Link::new(own, peer, channel.into_inner(), options.spin);
+    Ok((link, cap, peer_flags))
 }
 
 /// A [`Producer`] on a tokio runtime.
