@@ -74,17 +74,9 @@ impl AsyncChannel {
     /// # Errors
     /// [`Error::Io`] if called outside a runtime with I/O enabled, or registration fails.
     pub fn new(channel: Channel) -> Result<AsyncChannel> {
-        let peer_exit = match channel.peer_pidfd() {
-            Some(pidfd) => {
-                let pidfd = rustix::io::fcntl_dupfd_cloexec(pidfd, 0)
-                    .map_err(|e| Error::io("duplicate the peer's pidfd", e))?;
-                Some(register(pidfd)?)
-            }
-            None => None,
-        };
         Ok(AsyncChannel {
+            peer_exit: watch_exit(&channel)?,
             fd: register(channel)?,
-            peer_exit,
         })
     }
 
@@ -92,21 +84,7 @@ impl AsyncChannel {
     /// exited (`None`; the caller then makes one last non-blocking attempt, which delivers
     /// what is still queued or reports [`Error::PeerClosed`]).
     async fn ready(&self, interest: Interest) -> Result<Option<AsyncFdReadyGuard<'_, Channel>>> {
-        std::future::poll_fn(|cx| {
-            let socket = if interest.is_readable() {
-                self.fd.poll_read_ready(cx)
-            } else {
-                self.fd.poll_write_ready(cx)
-            };
-            if let Poll::Ready(r) = socket {
-                return Poll::Ready(r.map(Some).map_err(reactor_error));
-            }
-            match self.peer_exit.as_ref().map(|p| p.poll_read_ready(cx)) {
-                Some(Poll::Ready(r)) => Poll::Ready(r.map(|_| None).map_err(reactor_error)),
-                _ => Poll::Pending,
-            }
-        })
-        .await
+        ready_or_exit(&self.fd, self.peer_exit.as_ref(), interest).await
     }
 
     /// Connects to a [`Listener`] at `path` and runs the handshake, awaiting each step
@@ -284,6 +262,40 @@ pub(crate) fn register<T: AsRawFd + OwnsItsFd>(inner: T) -> Result<AsyncFd<T>> {
         })
 }
 
+/// Registers a duplicate of `channel`'s peer pidfd, if it has one (a spawned worker's).
+pub(crate) fn watch_exit(channel: &Channel) -> Result<Option<AsyncFd<OwnedFd>>> {
+    let Some(pidfd) = channel.peer_pidfd() else {
+        return Ok(None);
+    };
+    let pidfd = rustix::io::fcntl_dupfd_cloexec(pidfd, 0)
+        .map_err(|e| Error::io("duplicate the peer's pidfd", e))?;
+    Ok(Some(register(pidfd)?))
+}
+
+/// Waits until `fd` is ready for `interest` (`Some`), or `peer_exit` (a pidfd) says the
+/// peer process has exited (`None`).
+pub(crate) async fn ready_or_exit<'a, T: AsRawFd>(
+    fd: &'a AsyncFd<T>,
+    peer_exit: Option<&AsyncFd<OwnedFd>>,
+    interest: Interest,
+) -> Result<Option<AsyncFdReadyGuard<'a, T>>> {
+    std::future::poll_fn(|cx| {
+        let socket = if interest.is_readable() {
+            fd.poll_read_ready(cx)
+        } else {
+            fd.poll_write_ready(cx)
+        };
+        if let Poll::Ready(r) = socket {
+            return Poll::Ready(r.map(Some).map_err(reactor_error));
+        }
+        match peer_exit.map(|p| p.poll_read_ready(cx)) {
+            Some(Poll::Ready(r)) => Poll::Ready(r.map(|_| None).map_err(reactor_error)),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
 /// Types whose `as_raw_fd` is a descriptor they own for their whole life.
 pub(crate) trait OwnsItsFd {}
 impl OwnsItsFd for Channel {}
@@ -299,7 +311,7 @@ fn would_block<T>(r: Result<T>) -> io::Result<Result<T>> {
     }
 }
 
-pub(crate) fn reactor_error(source: io::Error) -> Error {
+fn reactor_error(source: io::Error) -> Error {
     Error::Io {
         op: "wait for readiness",
         source,

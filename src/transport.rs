@@ -399,7 +399,7 @@ impl Channel {
     }
 
     /// Whether the peer's pidfd (if known) says the peer has exited.
-    fn peer_exited(&self) -> bool {
+    pub(crate) fn peer_exited(&self) -> bool {
         let Some(pidfd) = &self.peer_pidfd else {
             return false;
         };

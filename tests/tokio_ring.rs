@@ -50,6 +50,20 @@ fn peer(role: &str, ch: Channel) -> i32 {
             }
             0
         }
+        // Leaks its end of the channel into a grandchild, sends the grandchild's pid as its
+        // only record, and exits: the socket outlives the producer.
+        "leaking_producer" => {
+            rustix::io::fcntl_setfd(&ch, rustix::io::FdFlags::empty()).unwrap();
+            let mut tx = Producer::connect(ch, &small()).unwrap();
+            #[allow(clippy::zombie_processes)] // we exit; init reaps the grandchild
+            let grandchild = std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap();
+            tx.send_timeout(&u64::from(grandchild.id()).to_le_bytes(), T)
+                .unwrap();
+            0
+        }
         // Connects, then never sends.
         "silent_producer" => {
             let _tx = Producer::connect(ch, &small()).unwrap();
@@ -229,6 +243,47 @@ fn peer_death_ends_an_async_wait() {
     });
     assert!(matches!(err, Error::PeerClosed), "{err:?}");
     assert_eq!(p_wait(p.child), 128 + 9);
+}
+
+/// The spawned producer exits while a grandchild keeps its socket open: only the pidfd can
+/// tell, and both kinds of consumer must end their wait with `PeerClosed`.
+#[test]
+fn a_spawned_producer_exiting_ends_the_wait_even_if_its_socket_lives_on() {
+    common::peer_main(peer);
+    let _serial = common::serial();
+    let test = "a_spawned_producer_exiting_ends_the_wait_even_if_its_socket_lives_on";
+    for is_async in [false, true] {
+        let p = common::spawn_peer(test, "leaking_producer");
+        let (grandchild, err) = if is_async {
+            current_thread().block_on(async {
+                let mut rx = AsyncConsumer::connect(p.channel, &small()).await.unwrap();
+                let mut out = Vec::new();
+                timeout(T, rx.recv(&mut out)).await.unwrap().unwrap();
+                let err = timeout(T, rx.recv(&mut out))
+                    .await
+                    .expect("wait not ended by the producer's exit")
+                    .unwrap_err();
+                (out, err)
+            })
+        } else {
+            let mut rx = Consumer::connect(p.channel, &small()).unwrap();
+            let mut out = Vec::new();
+            rx.recv_timeout(&mut out, T).unwrap();
+            let err = rx.recv_timeout(&mut out, T).unwrap_err();
+            (out, err)
+        };
+        let grandchild = u64::from_le_bytes(grandchild.try_into().unwrap());
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(grandchild as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        assert!(
+            matches!(err, Error::PeerClosed),
+            "async {is_async}: {err:?}"
+        );
+        assert_eq!(p_wait(p.child), 0);
+    }
 }
 
 #[test]

@@ -28,11 +28,12 @@ use std::time::Instant;
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use super::api::*;
 use super::core;
 use super::wait::peer_gone;
-use crate::asyncio::{reactor_error, register, AsyncChannel};
+use crate::asyncio::{ready_or_exit, register, watch_exit, AsyncChannel};
 use crate::error::{Error, Result};
 use crate::Channel;
 
@@ -42,17 +43,22 @@ const SPINS_PER_CHECK: u32 = 4096;
 /// one poll forever.
 const MAX_DRAIN: usize = 64;
 
-/// The reactor registration of a ring side: a duplicate of its setup channel's socket.
+/// The reactor registration of a ring side: a duplicate of its setup channel's socket,
+/// and of the peer's pidfd when the channel has one (a spawned worker's).
 #[derive(Debug)]
 struct Reactor {
     fd: AsyncFd<OwnedFd>,
+    peer_exit: Option<AsyncFd<OwnedFd>>,
 }
 
 impl Reactor {
     fn new(channel: &Channel) -> Result<Reactor> {
         let fd = rustix::io::fcntl_dupfd_cloexec(channel, 0)
             .map_err(|e| Error::io("duplicate the ring channel", e))?;
-        Ok(Reactor { fd: register(fd)? })
+        Ok(Reactor {
+            fd: register(fd)?,
+            peer_exit: watch_exit(channel)?,
+        })
     }
 
     /// Waits until `peer_index` differs from `seen`, as this side's `spin` says, parking in
@@ -73,7 +79,7 @@ impl Reactor {
                     }
                     std::hint::spin_loop();
                 }
-                if peer_gone(&link.channel) {
+                if peer_gone(&link.channel) || link.channel.peer_exited() {
                     return if moved() {
                         Ok(())
                     } else {
@@ -110,7 +116,15 @@ impl Reactor {
             // Withdrawn on every exit, including the future being dropped in the await.
             let parked = Parked(own_wait);
             link.stats.parks += 1;
-            let mut ready = self.fd.readable().await.map_err(reactor_error)?;
+            let readable = ready_or_exit(&self.fd, self.peer_exit.as_ref(), Interest::READABLE);
+            let Some(mut ready) = readable.await? else {
+                drop(parked);
+                return if moved() {
+                    Ok(())
+                } else {
+                    Err(Error::PeerClosed)
+                };
+            };
             let drained = ready.try_io(|fd| drain(fd.get_ref()));
             drop(parked);
             match drained {

@@ -50,7 +50,7 @@
 //! value it saw*; the peer issues a `FUTEX_WAKE` only when that word says someone waits on a
 //! value other than the one just published, so a busy stream makes no system calls. Every
 //! wait has a deadline and checks every 20 ms whether the peer's end of the channel is still
-//! open.
+//! open (and, for a spawned worker's channel, whether the peer process is still alive).
 //!
 //! With the `tokio` feature, [`crate::asyncio::AsyncProducer`] and its siblings wait in the
 //! runtime's reactor instead: the wait word then also says "signal me", and the peer wakes
@@ -75,7 +75,9 @@
 //! - make a consumer allocate a receive buffer as long as the longest record the ring
 //!   allows (half its capacity): bound it with [`RingOptions::max_data_len`];
 //! - hand its end of the setup channel to another process that stays alive: liveness means
-//!   "the peer's end of the channel is still open", not "the peer process exists".
+//!   "the peer's end of the channel is still open" — except for a worker started with
+//!   [`crate::spawn::spawn`] (and its parent), whose channel knows the peer's pidfd: there
+//!   the peer process exiting also ends every wait.
 //!
 //! What it **cannot** do:
 //!

@@ -149,7 +149,7 @@ fn check(deadline: Option<Instant>, channel: &Channel) -> Result<Duration> {
         }
         slice = slice.min(left);
     }
-    if peer_gone(channel) {
+    if peer_gone(channel) || channel.peer_exited() {
         return Err(Error::PeerClosed);
     }
     Ok(slice)
