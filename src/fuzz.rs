@@ -5,7 +5,7 @@
 //! read out of bounds; where a simple model of the correct answer exists, it asserts that
 //! the implementation agrees with it (an assertion failure is a finding).
 //!
-//! Unsafe code (only in [`ring_ops`]): the ring engines run over a `Vec` and local atomics
+//! Unsafe code (only in [`ring_ops`] and [`ring_pod_ops`]): the ring engines run over a `Vec` and local atomics
 //! that outlive them; every write to the data area goes through the one raw pointer the
 //! engines were given, within `0..cap`, and nothing else references that memory.
 #![allow(unsafe_code)]
@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use rustix::fs::{self, MemfdFlags, OFlags, SealFlags};
 
 use crate::error::Error;
-use crate::ring::core::{self as ring, ByteConsumer, ByteProducer, Words};
+use crate::ring::core::{
+    self as ring, ByteConsumer, ByteProducer, PodConsumer, PodProducer, Words,
+};
 use crate::seals::{Policy, Seals};
 use crate::wire;
 
@@ -49,6 +51,158 @@ pub fn handshake_decode(data: &[u8]) {
     let (buf, n) = wire::encode_handshake(&m);
     assert_eq!(&buf[..n], data);
     assert!(wire::decode(data).is_err());
+}
+
+/// Checks the framing of one received message (`wire::check_received`, what the transport
+/// does after `recvmsg`) against a reference model written from `PROTOCOL.md`.
+///
+/// Bytes 0..8 describe what the kernel reported and the receiver's policy; the rest is the
+/// datagram:
+///
+/// | byte | meaning |
+/// |------|---------|
+/// | 0 | bit 0 `MSG_CTRUNC`, bit 1 `MSG_TRUNC`, bit 2 the peer hung up, bit 3 resize the datagram to byte 5..8 |
+/// | 1 | descriptors received (0..=255; the kernel never sends more than 253) |
+/// | 2 | the policy's region limit (`max_regions`, clamped to 253) |
+/// | 3..5 | the policy's payload limit, `u16` × 2 (clamped to 64 KiB) |
+/// | 5..8 | with bit 3: the datagram's length (`u24` mod `MAX_MESSAGE_LEN + 2`), zero-padded or cut |
+///
+/// Properties: never panics; the result is exactly the model's (same variant, same fields);
+/// an accepted message has as many descriptors as its header declares, within the policy,
+/// and is exactly as long as its header says; the hang-up probe (a syscall in the
+/// transport) is consulted only for an empty message without descriptors.
+pub fn recv_framing(data: &[u8]) {
+    let mut b = [0u8; 8];
+    let n = data.len().min(b.len());
+    b[..n].copy_from_slice(&data[..n]);
+    let mut msg = data[n..].to_vec();
+    let (ctrunc, trunc, hung_up) = (b[0] & 1 != 0, b[0] & 2 != 0, b[0] & 4 != 0);
+    if b[0] & 8 != 0 {
+        let len = u32::from_le_bytes([b[5], b[6], b[7], 0]) as usize % (wire::MAX_MESSAGE_LEN + 2);
+        msg.resize(len, 0);
+    }
+    let fds = usize::from(b[1]);
+    let policy = Policy::immutable()
+        .max_regions(usize::from(b[2]))
+        .max_payload(usize::from(u16::from_le_bytes([b[3], b[4]])) * 2);
+
+    let mut asked = false;
+    let received = wire::Received {
+        msg: &msg,
+        fds,
+        ctrunc,
+        trunc,
+    };
+    let result = wire::check_received(received, &policy, || {
+        asked = true;
+        hung_up
+    });
+    let expected = framing_model(&msg, fds, ctrunc, trunc, hung_up, &policy);
+    assert_eq!(
+        format!("{result:?}"),
+        format!("{expected:?}"),
+        "framing verdict for {fds} fds, {} bytes",
+        msg.len()
+    );
+    assert_eq!(
+        asked,
+        !ctrunc && !trunc && msg.is_empty() && fds == 0,
+        "hang-up probe"
+    );
+    if let Ok(h) = result {
+        assert!(h.region_count == fds && fds <= policy.regions_limit());
+        assert!(h.payload_len <= policy.payload_limit() && h.payload_len <= wire::MAX_PAYLOAD);
+        assert_eq!(
+            msg.len(),
+            wire::HEADER_LEN + wire::REGION_DESC_LEN * fds + h.payload_len
+        );
+        assert_eq!(wire::payload_range(&h).end, msg.len());
+    }
+}
+
+/// The reference for [`recv_framing`]: the receive rules of `PROTOCOL.md`, in its order,
+/// reading the header fields at their documented offsets.
+fn framing_model(
+    msg: &[u8],
+    fds: usize,
+    ctrunc: bool,
+    trunc: bool,
+    hung_up: bool,
+    policy: &Policy,
+) -> Result<wire::Header, Error> {
+    let malformed = |reason| Err(Error::Malformed { reason });
+    if ctrunc {
+        return Err(Error::ControlTruncated { received: fds });
+    }
+    if trunc || msg.len() > 16 + 8 * 253 + 65536 {
+        return Err(Error::MessageTruncated {
+            max: wire::MAX_MESSAGE_LEN,
+        });
+    }
+    match (msg.len(), fds, hung_up) {
+        (0, 0, true) => return Err(Error::PeerClosed),
+        (0, 0, false) => return malformed("empty message"),
+        (0, _, _) => return malformed("descriptors on an empty message (no header)"),
+        (1..16, _, _) => return malformed("message shorter than the 16-byte header"),
+        _ => {}
+    }
+    let field = |at: usize, len: usize| {
+        msg[at..at + len]
+            .iter()
+            .rev()
+            .fold(0usize, |v, &byte| v << 8 | usize::from(byte))
+    };
+    if &msg[..4] != b"SPIP" {
+        return malformed("bad magic (not a sealpipe message)");
+    }
+    if field(4, 2) != 1 {
+        return Err(Error::UnsupportedVersion {
+            got: field(4, 2) as u16,
+            supported: 1,
+        });
+    }
+    match field(6, 2) {
+        1 => {}
+        2..=15 => return malformed("handshake message after the handshake"),
+        _ => return malformed("unknown message kind"),
+    }
+    let (count, payload) = (field(8, 2), field(12, 4));
+    if count > 253 {
+        return malformed("region count over 253");
+    }
+    if field(10, 2) != 0 {
+        return malformed("reserved flags are not zero");
+    }
+    if payload > 65536 {
+        return malformed("payload length over 65536");
+    }
+    if msg.len() != 16 + 8 * count + payload {
+        return malformed("message length does not match its header");
+    }
+    if count != fds {
+        return Err(Error::FdCountMismatch {
+            declared: count,
+            received: fds,
+        });
+    }
+    if fds > policy.regions_limit() {
+        return Err(Error::PolicyLimit {
+            what: "regions",
+            got: fds as u64,
+            max: policy.regions_limit() as u64,
+        });
+    }
+    if payload > policy.payload_limit() {
+        return Err(Error::PolicyLimit {
+            what: "payload",
+            got: payload as u64,
+            max: policy.payload_limit() as u64,
+        });
+    }
+    Ok(wire::Header {
+        region_count: count,
+        payload_len: payload,
+    })
 }
 
 /// Builds a real descriptor from the first bytes of `data` (kind of file, seals, real size),
@@ -149,9 +303,10 @@ const RING_MAX_OPS: usize = 1024;
 /// in the same order, a record is refused exactly when the model says it does not fit, the
 /// consumer is blocked exactly when nothing is published, no `Corrupt` ever. After it, the
 /// property is only that every call returns a record or placement inside the ring, blocked,
-/// or `Corrupt`, and never panics or touches memory outside the `Vec` (ASan/Miri). The
-/// engines are kept in use after a `Corrupt` (the public API stops calling them then,
-/// see `Link::check_failed` in `ring/mod.rs`), which asks more of them.
+/// or `Corrupt`, and never panics or touches memory outside the `Vec` (ASan/Miri). A
+/// `Corrupt` verdict is repeated when asked again at once (the engine adopts nothing it
+/// rejected). The engines are kept in use after a `Corrupt` (the public API stops calling
+/// them then, see `Link::check_failed` in `ring/mod.rs`), which asks more of them.
 pub fn ring_ops(data: &[u8]) {
     let mut input = Input(data);
     let Some(b) = input.byte() else { return };
@@ -250,7 +405,10 @@ pub fn ring_ops(data: &[u8]) {
                             assert_eq!(e, None, "ring refused {len} bytes the model places");
                         }
                     }
-                    Err(corrupt) => assert!(model.is_none(), "honest peer: {corrupt:?}"),
+                    Err(corrupt) => {
+                        assert!(model.is_none(), "honest peer: {corrupt:?}");
+                        assert_eq!(p.reserve(len), Err(corrupt), "rejected, then adopted");
+                    }
                 }
                 if op & 0x10 != 0 {
                     p.publish();
@@ -290,7 +448,10 @@ pub fn ring_ops(data: &[u8]) {
                             );
                         }
                     }
-                    Err(corrupt) => assert!(model.is_none(), "honest peer: {corrupt:?}"),
+                    Err(corrupt) => {
+                        assert!(model.is_none(), "honest peer: {corrupt:?}");
+                        assert_eq!(c.next(), Err(corrupt), "rejected, then adopted");
+                    }
                 }
                 if between {
                     model = None;
@@ -339,6 +500,298 @@ pub fn ring_ops(data: &[u8]) {
                 model = None;
             }
         }
+    }
+}
+
+/// Runs the operations encoded in `data` on a typed ring (`core::PodProducer` and
+/// `core::PodConsumer`, both in this thread) over a `Vec`, with the fuzzer also playing a
+/// hostile peer that rewrites the other side's index, wait word or slots.
+///
+/// Byte 0 picks the item type (bit 7: `[u8; 3]`, else `u64`) and the capacity
+/// (16 << (b % 7): 16 to 1024 slots). Then each operation is one byte `op` (kind `op % 16`,
+/// flags in the high bits) followed by its arguments; the input ends at the first missing
+/// byte, or after [`RING_MAX_OPS`] operations.
+///
+/// | kind | operation |
+/// |------|-----------|
+/// | 0, 10 | producer asks for `want` free slots (`u16` mod capacity + 2), writes up to `n` (byte) of them; publishes if `op & 0x10` |
+/// | 1, 11 | producer pushes `n % 8 + 1` items through the cached path; publishes if `op & 0x10` |
+/// | 2 | producer publishes |
+/// | 3, 12, 13 | consumer asks what is available, reads up to `n` (byte) items; publishes if `op & 0x10` |
+/// | 4, 14 | consumer pops `n % 8 + 1` items through the cached path; publishes if `op & 0x10` |
+/// | 5 | consumer publishes |
+/// | 6 | hostile: overwrite the producer's write index (`u32` if `op & 0x10`, else current + `i8`) |
+/// | 7 | hostile: overwrite the consumer's read index (same encoding) |
+/// | 8 | hostile producer: rewrite a slot (`u16` slot, `u64` value), published or not |
+/// | 9 | hostile: overwrite a wait word (`u64`; the producer's if `op & 0x10`) |
+/// | 15 | both sides publish |
+///
+/// Until the first hostile index write (kinds 6, 7), every result is checked exactly
+/// against a model ([`PodModel`]: items in a `VecDeque`, positions in `u64` that never
+/// wrap, and the caching rules the engines document): same free and available counts,
+/// same `Blocked` values, same items in the same order. Slot rewrites (8) only end the
+/// check of item values, and wait words (9) change nothing the model sees. After an index
+/// write, the property is that counts stay within the capacity, and never a panic or an
+/// access outside the `Vec`. Throughout: a `Corrupt` verdict leaves the engine as it was,
+/// so asking again with the peer's memory unchanged gives the same verdict (the engine
+/// never adopts an index it rejected; that `Link` then stays failed is `ring/mod.rs`'s
+/// part, tested in `tests/ring.rs`).
+pub fn ring_pod_ops(data: &[u8]) {
+    let mut input = Input(data);
+    let Some(b) = input.byte() else { return };
+    let cap: u32 = 16 << (b % 7);
+    if b & 0x80 != 0 {
+        pod_ops(input, cap, |v| {
+            let b = v.to_le_bytes();
+            [b[0], b[1], b[2]]
+        });
+    } else {
+        pod_ops(input, cap, |v| v);
+    }
+}
+
+fn pod_ops<T>(mut input: Input<'_>, cap: u32, make: fn(u64) -> T)
+where
+    T: bytemuck::Pod + PartialEq + std::fmt::Debug,
+{
+    let mut area = vec![T::zeroed(); cap as usize];
+    let base = NonNull::new(area.as_mut_ptr()).expect("Vec pointer is non-null");
+    let (p_index, p_wait, c_index, c_wait) = (
+        AtomicU32::new(0),
+        AtomicU64::new(0),
+        AtomicU32::new(0),
+        AtomicU64::new(0),
+    );
+    // SAFETY: `area` and the four atomics are declared before the engines, so they outlive
+    // them; `base` is aligned for T (a Vec<T>) and valid for `cap` items; the slots are
+    // written only through `base` (by the producer engine and the hostile writes below, all
+    // in this thread), and the consumer reads them by volatile copies.
+    let (mut p, mut c) = unsafe {
+        (
+            PodProducer::new(
+                base,
+                cap,
+                Words::new(&p_index, &p_wait, &c_index, &c_wait).expect("non-null"),
+                true,
+            ),
+            PodConsumer::new(
+                base,
+                cap,
+                Words::new(&c_index, &c_wait, &p_index, &p_wait).expect("non-null"),
+                true,
+            ),
+        )
+    };
+    let mut model = Some(PodModel::new(cap));
+    let mut values_exact = true;
+    let mut next = 0u64;
+
+    for _ in 0..RING_MAX_OPS {
+        let Some(op) = input.byte() else { break };
+        let publish = op & 0x10 != 0;
+        match op % 16 {
+            0 | 10 => {
+                let want = u32::from(input.u16()) % (cap + 2);
+                let n = u32::from(input.byte().unwrap_or(0));
+                let result = p.free(want);
+                if let Some(m) = model.as_mut() {
+                    assert_eq!(result, Ok(m.free(want)), "free({want})");
+                }
+                if let Err(corrupt) = result {
+                    assert!(model.is_none(), "honest peer: {corrupt:?}");
+                    assert_eq!(p.free(want), result, "a rejected index is not adopted");
+                }
+                if let Ok(Ok(free)) = result {
+                    assert!(free <= cap, "free {free} of {cap}");
+                    let items: Vec<T> = (next..next + u64::from(free.min(n))).map(make).collect();
+                    next += items.len() as u64;
+                    p.write(&items);
+                    if let Some(m) = model.as_mut() {
+                        m.items.extend(items);
+                        m.write += u64::from(free.min(n));
+                    }
+                }
+            }
+            1 | 11 => {
+                for _ in 0..input.byte().unwrap_or(0) % 8 + 1 {
+                    let item = make(next);
+                    let pushed = p.push_cached(item);
+                    if pushed {
+                        next += 1;
+                    }
+                    if let Some(m) = model.as_mut() {
+                        assert_eq!(pushed, m.push_cached(item), "push_cached");
+                    }
+                }
+            }
+            2 => {}
+            3 | 12 | 13 => {
+                let n = u32::from(input.byte().unwrap_or(0));
+                let result = c.available();
+                if let Some(m) = model.as_mut() {
+                    assert_eq!(result, Ok(m.available()), "available");
+                }
+                if let Err(corrupt) = result {
+                    assert!(model.is_none(), "honest peer: {corrupt:?}");
+                    assert_eq!(c.available(), result, "a rejected index is not adopted");
+                }
+                if let Ok(Ok(avail)) = result {
+                    assert!(avail != 0 && avail <= cap, "available {avail} of {cap}");
+                    let mut out = vec![T::zeroed(); avail.min(n) as usize];
+                    c.read(&mut out);
+                    if let Some(m) = model.as_mut() {
+                        for got in out {
+                            let expected = m.take();
+                            if values_exact {
+                                assert_eq!(Some(got), expected, "item");
+                            }
+                        }
+                    }
+                }
+            }
+            4 | 14 => {
+                for _ in 0..input.byte().unwrap_or(0) % 8 + 1 {
+                    let got = c.pop_cached();
+                    if let Some(m) = model.as_mut() {
+                        let expected = m.pop_cached();
+                        if values_exact {
+                            assert_eq!(got, expected, "pop_cached");
+                        } else {
+                            assert_eq!(got.is_some(), expected.is_some(), "pop_cached");
+                        }
+                    }
+                }
+            }
+            5 => {}
+            6 | 7 => {
+                let word = if op % 16 == 6 { &p_index } else { &c_index };
+                let v = if publish {
+                    input.u32()
+                } else {
+                    let delta = i32::from(input.byte().unwrap_or(0) as i8);
+                    word.load(Ordering::Relaxed).wrapping_add_signed(delta)
+                };
+                word.store(v, Ordering::Relaxed);
+                model = None;
+                continue;
+            }
+            8 => {
+                let slot = usize::from(input.u16()) % cap as usize;
+                let value = make(input.u64());
+                // SAFETY: slot < cap, inside the Vec, aligned for T.
+                unsafe { base.as_ptr().add(slot).write_volatile(value) };
+                values_exact = false;
+                continue;
+            }
+            9 => {
+                let word = if publish { &p_wait } else { &c_wait };
+                word.store(input.u64(), Ordering::Relaxed);
+                continue;
+            }
+            _ => {
+                let _ = p.publish();
+                let _ = c.publish();
+                if let Some(m) = model.as_mut() {
+                    m.published = m.write;
+                    m.read_published = m.read;
+                }
+                continue;
+            }
+        }
+        let kind = op % 16;
+        if kind == 2 || (publish && matches!(kind, 0 | 1 | 10 | 11)) {
+            let _ = p.publish();
+            if let Some(m) = model.as_mut() {
+                m.published = m.write;
+            }
+        }
+        if kind == 5 || (publish && matches!(kind, 3 | 4 | 12 | 13 | 14)) {
+            let _ = c.publish();
+            if let Some(m) = model.as_mut() {
+                m.read_published = m.read;
+            }
+        }
+    }
+}
+
+/// The reference for [`ring_pod_ops`]: items in order and every index in `u64` positions
+/// that never wrap, with each engine's cached copy of the other's index.
+struct PodModel<T> {
+    cap: u64,
+    /// Items written by the producer and not yet read, oldest first.
+    items: VecDeque<T>,
+    write: u64,
+    published: u64,
+    read: u64,
+    read_published: u64,
+    /// The read index as the producer last loaded it.
+    producer_cached_read: u64,
+    /// The write index as the consumer last loaded it.
+    consumer_cached_write: u64,
+}
+
+impl<T> PodModel<T> {
+    fn new(cap: u32) -> PodModel<T> {
+        PodModel {
+            cap: u64::from(cap),
+            items: VecDeque::new(),
+            write: 0,
+            published: 0,
+            read: 0,
+            read_published: 0,
+            producer_cached_read: 0,
+            consumer_cached_write: 0,
+        }
+    }
+
+    /// `free(want)`: the cached count if it is at least `want`, else a fresh one.
+    fn free(&mut self, want: u32) -> Result<u32, ring::Blocked> {
+        let cached = self.cap - (self.write - self.producer_cached_read);
+        if cached >= u64::from(want) {
+            return Ok(cached as u32);
+        }
+        self.producer_cached_read = self.read_published;
+        match self.cap - (self.write - self.read_published) {
+            0 => Err(ring::Blocked {
+                seen: self.read_published as u32,
+            }),
+            free => Ok(free as u32),
+        }
+    }
+
+    fn push_cached(&mut self, item: T) -> bool {
+        if self.write - self.producer_cached_read >= self.cap {
+            return false;
+        }
+        self.items.push_back(item);
+        self.write += 1;
+        true
+    }
+
+    /// `available()`: the cached count if it is not zero, else a fresh one.
+    fn available(&mut self) -> Result<u32, ring::Blocked> {
+        if self.consumer_cached_write != self.read {
+            return Ok((self.consumer_cached_write - self.read) as u32);
+        }
+        self.consumer_cached_write = self.published;
+        match self.published - self.read {
+            0 => Err(ring::Blocked {
+                seen: self.published as u32,
+            }),
+            avail => Ok(avail as u32),
+        }
+    }
+
+    fn pop_cached(&mut self) -> Option<T> {
+        if self.consumer_cached_write == self.read {
+            return None;
+        }
+        self.take()
+    }
+
+    fn take(&mut self) -> Option<T> {
+        self.read += 1;
+        self.items.pop_front()
     }
 }
 
@@ -570,6 +1023,16 @@ mod replay {
     #[test]
     fn seal_policy_corpus() {
         replay("seal_policy", super::seal_policy);
+    }
+
+    #[test]
+    fn recv_framing_corpus() {
+        replay("recv_framing", super::recv_framing);
+    }
+
+    #[test]
+    fn ring_pod_ops_corpus() {
+        replay("ring_pod_ops", super::ring_pod_ops);
     }
 
     #[test]

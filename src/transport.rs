@@ -300,52 +300,18 @@ impl Channel {
                 Err(e) => return Err(Error::io("recvmsg", e)),
             }
         };
-        if res.flags.contains(ReturnFlags::CTRUNC) {
-            return Err(Error::ControlTruncated {
-                received: fds.len(),
-            });
-        }
-        if res.flags.contains(ReturnFlags::TRUNC) || res.bytes > wire::MAX_MESSAGE_LEN {
-            return Err(Error::MessageTruncated {
-                max: wire::MAX_MESSAGE_LEN,
-            });
-        }
-        if res.bytes == 0 {
-            if !fds.is_empty() {
-                return Err(Error::Malformed {
-                    reason: "descriptors on an empty message (no header)",
-                });
-            }
-            return Err(if self.hung_up() {
-                Error::PeerClosed
-            } else {
-                Error::Malformed {
-                    reason: "empty message",
-                }
-            });
-        }
-        let msg = &buf[..res.bytes];
-        let header = wire::decode(msg)?;
-        if header.region_count != fds.len() {
-            return Err(Error::FdCountMismatch {
-                declared: header.region_count,
-                received: fds.len(),
-            });
-        }
-        if fds.len() > policy.regions_limit() {
-            return Err(Error::PolicyLimit {
-                what: "regions",
-                got: fds.len() as u64,
-                max: policy.regions_limit() as u64,
-            });
-        }
-        if header.payload_len > policy.payload_limit() {
-            return Err(Error::PolicyLimit {
-                what: "payload",
-                got: header.payload_len as u64,
-                max: policy.payload_limit() as u64,
-            });
-        }
+        // The kernel reports the datagram's bytes copied, never more than the buffer.
+        let msg = &buf[..res.bytes.min(buf.len())];
+        let header = wire::check_received(
+            wire::Received {
+                msg,
+                fds: fds.len(),
+                ctrunc: res.flags.contains(ReturnFlags::CTRUNC),
+                trunc: res.flags.contains(ReturnFlags::TRUNC),
+            },
+            policy,
+            || self.hung_up(),
+        )?;
         let lens = (0..header.region_count)
             .map(|i| wire::region_len(msg, i))
             .collect();

@@ -18,6 +18,7 @@
 //! See `PROTOCOL.md` for the full rules.
 
 use crate::error::{Error, Result};
+use crate::seals::Policy;
 
 /// The four magic bytes that open every message.
 pub const MAGIC: [u8; 4] = *b"SPIP";
@@ -159,6 +160,81 @@ pub fn region_len(msg: &[u8], i: usize) -> u64 {
 pub fn payload_range(h: &Header) -> std::ops::Range<usize> {
     let start = HEADER_LEN + REGION_DESC_LEN * h.region_count;
     start..start + h.payload_len
+}
+
+/// What one `recvmsg` of a regions message reported, as plain values.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received<'a> {
+    /// The bytes received, at most the receive buffer (one byte longer than
+    /// [`MAX_MESSAGE_LEN`], so that an over-long message shows).
+    pub(crate) msg: &'a [u8],
+    /// Descriptors that arrived with it (already owned by the caller).
+    pub(crate) fds: usize,
+    /// The kernel set `MSG_CTRUNC`: descriptors were dropped for want of control space.
+    pub(crate) ctrunc: bool,
+    /// The kernel set `MSG_TRUNC`: the datagram was longer than the buffer.
+    pub(crate) trunc: bool,
+}
+
+/// Checks the framing of a received regions message against the protocol and `policy`:
+/// truncation flags, the empty message, the header, descriptor count against the header,
+/// and the policy's limits, in that order. This is the one implementation the transport
+/// uses after `recvmsg` (pure, so that it is fuzzed on its own).
+///
+/// `hung_up` is asked only for an empty message without descriptors, to tell the peer's
+/// end of stream ([`Error::PeerClosed`]) from an empty datagram.
+///
+/// On success, `fds == region_count <= policy.regions_limit()`, `payload_len <=
+/// policy.payload_limit()`, and the message is exactly as long as its header says.
+pub(crate) fn check_received(
+    r: Received<'_>,
+    policy: &Policy,
+    hung_up: impl FnOnce() -> bool,
+) -> Result<Header> {
+    if r.ctrunc {
+        return Err(Error::ControlTruncated { received: r.fds });
+    }
+    if r.trunc || r.msg.len() > MAX_MESSAGE_LEN {
+        return Err(Error::MessageTruncated {
+            max: MAX_MESSAGE_LEN,
+        });
+    }
+    if r.msg.is_empty() {
+        if r.fds != 0 {
+            return Err(Error::Malformed {
+                reason: "descriptors on an empty message (no header)",
+            });
+        }
+        return Err(if hung_up() {
+            Error::PeerClosed
+        } else {
+            Error::Malformed {
+                reason: "empty message",
+            }
+        });
+    }
+    let header = decode(r.msg)?;
+    if header.region_count != r.fds {
+        return Err(Error::FdCountMismatch {
+            declared: header.region_count,
+            received: r.fds,
+        });
+    }
+    if r.fds > policy.regions_limit() {
+        return Err(Error::PolicyLimit {
+            what: "regions",
+            got: r.fds as u64,
+            max: policy.regions_limit() as u64,
+        });
+    }
+    if header.payload_len > policy.payload_limit() {
+        return Err(Error::PolicyLimit {
+            what: "payload",
+            got: header.payload_len as u64,
+            max: policy.payload_limit() as u64,
+        });
+    }
+    Ok(header)
 }
 
 // ----- handshake messages (kinds 2..=15) -----
