@@ -115,6 +115,25 @@ pub fn fd_count() -> usize {
         .count()
 }
 
+/// The descriptors open in this process, each as `"fd -> target"` (for diagnostics: which
+/// descriptor appeared or vanished).
+pub fn fd_table() -> Vec<String> {
+    let mut table: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let target = std::fs::read_link(&path).ok()?;
+            Some(format!(
+                "{} -> {}",
+                path.file_name()?.to_str()?,
+                target.display()
+            ))
+        })
+        .collect();
+    table.sort();
+    table
+}
+
 /// Number of mappings in this process (`/proc/self/maps` lines).
 pub fn map_count() -> usize {
     std::fs::read_to_string("/proc/self/maps")
