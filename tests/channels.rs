@@ -761,10 +761,10 @@ fn peer_pidfd_ends_recv_when_the_socket_outlives_the_peer() {
     // here (about 1 run in 20 on the lead's machine; never in 300 instrumented runs here,
     // under load, with 2 and 16 test threads). Nothing this test does can close a
     // descriptor it did not open: its own are the channel, the pidfd, the pair that
-    // `Peer::wait` swaps in, and the spawn's transient pipe and /dev/null, all closed before
-    // `after`. So the extra one in
-    // `before` belonged to something else in this process, closed meanwhile. Benign for
-    // what this test checks; if it shows again, the line below names it.
+    // `Peer::wait` swaps in, and the spawn's transient pipe and /dev/null, all closed
+    // before `after`. So the extra one in `before` belonged to something else in this
+    // process, closed meanwhile: benign for what this test checks. If it shows again, the
+    // line below names it.
     let after = common::fd_count();
     if after < before {
         let now = common::fd_table();
