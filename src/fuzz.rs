@@ -411,7 +411,7 @@ pub fn ring_ops(data: &[u8]) {
                     }
                 }
                 if op & 0x10 != 0 {
-                    p.publish();
+                    let _ = p.publish();
                     if let Some(m) = model.as_mut() {
                         m.publish();
                     }
@@ -457,20 +457,20 @@ pub fn ring_ops(data: &[u8]) {
                     model = None;
                 }
                 if op & 0x10 != 0 {
-                    c.publish();
+                    let _ = c.publish();
                     if let Some(m) = model.as_mut() {
                         m.read_published = m.read;
                     }
                 }
             }
             2 => {
-                p.publish();
+                let _ = p.publish();
                 if let Some(m) = model.as_mut() {
                     m.publish();
                 }
             }
             3 => {
-                c.publish();
+                let _ = c.publish();
                 if let Some(m) = model.as_mut() {
                     m.read_published = m.read;
                 }
