@@ -1,7 +1,9 @@
 //! Interop: a Python 3 peer written from `PROTOCOL.md` with only the standard library
 //! (`tests/python/peer.py`) speaks the wire format to a Rust [`Channel`], in both
 //! directions, and the example message in `PROTOCOL.md` is checked byte for byte against
-//! what Rust really sends.
+//! what Rust really sends. It also takes either side of a byte ring (section Ring), against
+//! a Rust producer, and against blocking and async Rust consumers, each side waking the
+//! other the way its wait word asks (futex or signal byte).
 //!
 //! `python3` is guaranteed on every machine of this project: a missing interpreter fails
 //! these tests, it does not skip them.
@@ -264,4 +266,92 @@ fn protocol_md_example_is_what_rust_sends() {
         "PROTOCOL.md's example differs from the bytes Rust sent"
     );
     assert_eq!(peer.wait(), 0, "python peer failed (see its stderr)");
+}
+
+// ----- the ring (PROTOCOL.md, section Ring) -----
+
+use sealpipe::ring::{Consumer, Producer, RingOptions};
+
+/// As `RING_RECORDS` in `peer.py`.
+const RING_RECORDS: usize = 3000;
+
+/// Record `i`: the same function as `ring_record` in `peer.py`.
+fn ring_record(i: usize) -> Vec<u8> {
+    (0..(i * 7) % 300).map(|j| ((i + j) % 251) as u8).collect()
+}
+
+fn exit_code(mut child: std::process::Child) -> Option<i32> {
+    child.wait().expect("wait for the Python peer").code()
+}
+
+#[test]
+fn python_ring_consumer_reads_every_record_and_parks_for_signals() {
+    let common::Peer { child, channel } = spawn_python("ring-consumer");
+    // Default policy: this side parks on a futex when the ring is full, and the Python
+    // consumer must wake it.
+    let mut tx = Producer::connect(channel, &RingOptions::new(4096).timeout(T)).unwrap();
+    for i in 0..RING_RECORDS {
+        tx.send_timeout(&ring_record(i), T).unwrap();
+        if i % 200 == 199 {
+            // Let the consumer run dry, so that it parks and asks for a signal.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let stats = tx.stats();
+    drop(tx); // end of stream
+    assert_eq!(exit_code(child), Some(0), "the Python consumer's verdict");
+    assert!(
+        stats.wakes > 0,
+        "the Python consumer parked with the signal bit, and was signalled: {stats:?}"
+    );
+}
+
+#[test]
+fn python_ring_producer_wakes_a_blocking_consumer_by_futex() {
+    let common::Peer { child, channel } = spawn_python("ring-producer");
+    let mut rx = Consumer::connect(channel, &RingOptions::default().timeout(T)).unwrap();
+    let mut out = Vec::new();
+    for i in 0..RING_RECORDS {
+        rx.recv_timeout(&mut out, T).unwrap();
+        assert_eq!(out, ring_record(i), "record {i}");
+    }
+    let end = rx.recv_timeout(&mut out, T).unwrap_err();
+    assert!(matches!(end, Error::PeerClosed), "{end:?}");
+    let stats = rx.stats();
+    assert!(stats.parks > 0, "the producer's pauses must make us park");
+    // Python has no fence between its store and its load, so an occasional wake can be
+    // missed; most must arrive (a producer that never woke us would miss every one).
+    assert!(
+        stats.missed_wakes * 4 <= stats.parks,
+        "the Python producer's futex wakes: {stats:?}"
+    );
+    assert_eq!(exit_code(child), Some(0));
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn python_ring_producer_signals_an_async_consumer() {
+    use sealpipe::asyncio::AsyncConsumer;
+    let common::Peer { child, channel } = spawn_python("ring-producer");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let parks = rt.block_on(async {
+        let options = RingOptions::default().timeout(T);
+        let mut rx = AsyncConsumer::connect(channel, &options).await.unwrap();
+        let mut out = Vec::new();
+        for i in 0..RING_RECORDS {
+            tokio::time::timeout(T, rx.recv(&mut out))
+                .await
+                .expect("not woken")
+                .unwrap();
+            assert_eq!(out, ring_record(i), "record {i}");
+        }
+        let end = tokio::time::timeout(T, rx.recv(&mut out)).await.unwrap();
+        assert!(matches!(end, Err(Error::PeerClosed)), "{end:?}");
+        rx.get_mut().stats().parks
+    });
+    assert!(parks > 0, "the producer's pauses must make us park");
+    assert_eq!(exit_code(child), Some(0));
 }

@@ -15,6 +15,10 @@ Modes:
     echo                  receive one message, reply with its raw bytes (prefixed by the
                           number of descriptors that came with it)
     hostile               send messages a receiver must reject, then one valid message
+    ring-consumer         take the consumer side of a byte ring (PROTOCOL.md, Ring): read
+                          RING_RECORDS records, parking with the signal bit when empty
+    ring-producer         take the producer side of a byte ring: write RING_RECORDS
+                          records, waking a parked Rust consumer by futex or signal byte
 
 Every mode exits 0 on success, 1 on failure (reason on stderr), after the Rust side closes.
 Note: Python 3.11's socket.send_fds/recv_fds ignore their `flags` argument, so this peer
@@ -22,13 +26,16 @@ calls sendmsg/recvmsg directly to pass MSG_NOSIGNAL and MSG_CMSG_CLOEXEC.
 """
 
 import array
+import ctypes
 import errno
 import fcntl
 import mmap
 import os
 import socket
+import select
 import struct
 import sys
+import time
 
 # fcntl(2) and memfd_create(2) constants; older Python versions lack some of them.
 F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
@@ -345,12 +352,221 @@ def hostile(sock):
     wait_for_close(sock)
 
 
+# ----- the ring (PROTOCOL.md, section Ring) -----
+
+RING_PAYLOAD = b"sealpipe ring v1"
+CONTROL_LEN = 4096
+RING_HEADER = struct.Struct("<8sIIIIIIII")  # magic, version, kind, cap, unit, data_at, flags,
+#                                              index offset, wait offset
+INDEX_AT, WAIT_AT = 128, 256  # x86-64 and aarch64 (PROTOCOL.md)
+PARKED, SIGNAL = 1 << 32, 1 << 33
+KIND_RECORD, KIND_PAD = 0, 1
+RING_RECORDS = 3000  # the same constant as the Rust test's
+
+
+def ring_record(i):
+    """Record i: (i * 7) % 300 bytes, byte j = (i + j) % 251; as in the Rust test."""
+    return bytes((i + j) % 251 for j in range((i * 7) % 300))
+
+
+def u32_at(m, at):
+    return struct.unpack_from("<I", m, at)[0]
+
+
+def u64_at(m, at):
+    return struct.unpack_from("<Q", m, at)[0]
+
+
+def ring_memfd(size, header):
+    """A memfd mapped read-write, header written, sealed FUTURE_WRITE|SHRINK|GROW|SEAL."""
+    fd = new_memfd(size)
+    m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    m[: RING_HEADER.size] = header
+    fcntl.fcntl(fd, F_ADD_SEALS, PRODUCER_WRITABLE)
+    return fd, m
+
+
+def recv_ring_memfd(sock, min_len, max_len):
+    """The peer's ring memfd: checked like any region, then mapped read-only."""
+    got = recv(sock)
+    if got is None:
+        raise Fail("channel closed during the ring setup")
+    lens, payload, fds = got
+    try:
+        if payload != RING_PAYLOAD or len(fds) != 1:
+            raise Fail("not a ring setup message")
+        seals = fcntl.fcntl(fds[0], F_GET_SEALS)
+        needed = F_SEAL_SHRINK | F_SEAL_GROW
+        if seals & needed != needed or not seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE):
+            raise Fail("ring memfd seals %#x" % seals)
+        size = os.fstat(fds[0]).st_size
+        if size != lens[0] or not min_len <= size <= max_len:
+            raise Fail("ring memfd of %d bytes" % size)
+        return mmap.mmap(fds[0], size, mmap.MAP_SHARED, mmap.PROT_READ)
+    finally:
+        close_all(fds)
+
+
+def check_ring_header(m, magic):
+    h = RING_HEADER.unpack_from(m, 0)
+    if h[0] != magic or h[1] != 1 or h[7:] != (INDEX_AT, WAIT_AT):
+        raise Fail("ring header %r" % (h,))
+    return h
+
+
+def ring_consumer(sock):
+    peer = recv_ring_memfd(sock, CONTROL_LEN + 16, CONTROL_LEN + (1 << 24))
+    _, _, kind, cap, unit, data_at, peer_flags, _, _ = check_ring_header(peer, b"SPRINGP\x01")
+    if kind != 1 or unit != 1 or data_at != CONTROL_LEN or cap & (cap - 1) or cap < 16:
+        raise Fail("not a byte ring this consumer can read")
+    if len(peer) != CONTROL_LEN + cap:
+        raise Fail("ring memfd size does not match its capacity")
+    # Flags bit 0: we park, so the producer must look at our wait word.
+    header = RING_HEADER.pack(b"SPRINGC\x01", 1, 0, 0, 0, 0, 1, INDEX_AT, WAIT_AT)
+    fd, own = ring_memfd(CONTROL_LEN, header)
+    send(sock, encode([CONTROL_LEN], RING_PAYLOAD), [fd])
+    os.close(fd)
+    sock.setblocking(False)  # from now on the socket only carries signal bytes
+
+    read = published = 0
+    received = 0
+    eof = False
+    while True:
+        write = u32_at(peer, INDEX_AT)  # one load, validated before use
+        avail = (write - read) & 0xFFFFFFFF
+        if avail > cap or write % 8:
+            raise Fail("impossible write index %d (read %d)" % (write, read))
+        if avail == 0:
+            if published != read:
+                ring_publish(sock, own, read, peer, peer_flags)
+                published = read
+            if eof:
+                break
+            # Park: announce the value seen and ask for a signal, look again, then wait
+            # for the socket (a byte, or end of file). Python has no fence, so a wake can
+            # be missed: the timeout bounds the cost of that.
+            struct.pack_into("<Q", own, WAIT_AT, PARKED | SIGNAL | write)
+            if u32_at(peer, INDEX_AT) == write:
+                ready, _, _ = select.select([sock], [], [], 0.05)
+                if ready:
+                    try:
+                        while sock.recv(16):
+                            pass
+                        eof = True  # end of file: the producer is gone; drain, then stop
+                    except BlockingIOError:
+                        pass
+                    except ConnectionResetError:
+                        eof = True
+            struct.pack_into("<Q", own, WAIT_AT, 0)
+            continue
+        while avail:
+            pos = read & (cap - 1)
+            word = u64_at(peer, CONTROL_LEN + pos)
+            length, rkind = word & 0xFFFFFFFF, word >> 32
+            if rkind == KIND_PAD:
+                if pos == 0 or cap - pos > avail:
+                    raise Fail("bad padding at %d" % pos)
+                span = cap - pos
+            elif rkind == KIND_RECORD:
+                span = 8 + (length + 7) // 8 * 8
+                if length > cap // 2 - 8 or span > avail or span > cap - pos:
+                    raise Fail("bad record header %#x at %d" % (word, pos))
+                start = CONTROL_LEN + pos + 8
+                if peer[start : start + length] != ring_record(received):
+                    raise Fail("record %d differs" % received)
+                received += 1
+            else:
+                raise Fail("unknown record kind %d" % rkind)
+            read = (read + span) & 0xFFFFFFFF
+            avail -= span
+        if (read - published) & 0xFFFFFFFF >= cap // 4:
+            ring_publish(sock, own, read, peer, peer_flags)
+            published = read
+    if received != RING_RECORDS:
+        raise Fail("got %d records, expected %d" % (received, RING_RECORDS))
+
+
+def futex_wake(m, at):
+    """FUTEX_WAKE (shared) of every waiter on the u32 at `m[at]`."""
+    nr = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine)
+    if nr is None:
+        return  # unknown syscall number: the waiter's 20 ms time slice ends its wait
+    word = ctypes.c_uint32.from_buffer(m, at)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall(nr, ctypes.c_void_p(ctypes.addressof(word)), 1, 0x7FFFFFFF, None, None, 0)
+    del word
+
+
+def ring_publish(sock, own, value, peer, peer_flags):
+    """Stores our index, then wakes the peer if its wait word says it is parked waiting for
+    another value: with a byte on the channel if it asked for a signal, else a futex wake.
+    (Python has no fence between the store and the load: a wake can be missed, which costs
+    the peer at most its time slice, never correctness.)"""
+    struct.pack_into("<I", own, INDEX_AT, value)
+    if not peer_flags & 1:
+        return
+    wait = u64_at(peer, WAIT_AT)
+    if wait & PARKED and wait & 0xFFFFFFFF != value:
+        if wait & SIGNAL:
+            try:
+                sock.send(b"\x01", socket.MSG_NOSIGNAL)  # the socket is non-blocking
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                pass  # a wake is already pending, or the peer is gone
+        else:
+            futex_wake(own, INDEX_AT)
+
+
+def ring_producer(sock):
+    cap = 4096
+    # Flags 0: we never park, so the consumer never needs to wake us.
+    header = RING_HEADER.pack(b"SPRINGP\x01", 1, 1, cap, 1, CONTROL_LEN, 0, INDEX_AT, WAIT_AT)
+    fd, own = ring_memfd(CONTROL_LEN + cap, header)
+    send(sock, encode([CONTROL_LEN + cap], RING_PAYLOAD), [fd])
+    os.close(fd)
+    peer = recv_ring_memfd(sock, CONTROL_LEN, CONTROL_LEN)
+    peer_flags = check_ring_header(peer, b"SPRINGC\x01")[6]
+    sock.setblocking(False)  # from now on the socket only carries signal bytes
+
+    write = 0
+    read = 0
+    deadline = time.monotonic() + TIMEOUT_S
+    for i in range(RING_RECORDS):
+        rec = ring_record(i)
+        span = 8 + (len(rec) + 7) // 8 * 8
+        while True:
+            new_read = u32_at(peer, INDEX_AT)  # one load, validated before use
+            if (new_read - read) & 0xFFFFFFFF > (write - read) & 0xFFFFFFFF or new_read % 8:
+                raise Fail("impossible read index %d" % new_read)
+            read = new_read
+            free = cap - ((write - read) & 0xFFFFFFFF)
+            pos = write & (cap - 1)
+            pad = 0 if span <= cap - pos else cap - pos
+            if pad + span <= free:
+                break
+            if time.monotonic() > deadline:
+                raise Fail("the consumer stopped reading")
+            time.sleep(0.0002)
+        if pad:
+            struct.pack_into("<Q", own, CONTROL_LEN + pos, KIND_PAD << 32)
+            write = (write + pad) & 0xFFFFFFFF
+            pos = 0
+        own[CONTROL_LEN + pos + 8 : CONTROL_LEN + pos + 8 + len(rec)] = rec
+        struct.pack_into("<Q", own, CONTROL_LEN + pos, KIND_RECORD << 32 | len(rec))
+        write = (write + span) & 0xFFFFFFFF
+        ring_publish(sock, own, write, peer, peer_flags)
+        if i % 100 == 99:
+            time.sleep(0.002)  # let the consumer run dry and park
+    del own  # closing the socket (on exit) tells the consumer the stream is over
+
+
 MODES = {
     "send-immutable": send_immutable,
     "send-producer-writable": send_producer_writable,
     "recv-check": recv_check,
     "echo": echo,
     "hostile": hostile,
+    "ring-consumer": ring_consumer,
+    "ring-producer": ring_producer,
 }
 
 
