@@ -13,32 +13,79 @@ use crate::sys::ReadMap;
 /// Verifies `fd` against `policy` and the length its sender declared, then maps it
 /// read-only.
 ///
-/// The checks, in order, all before any `mmap`: the descriptor is neither `O_PATH` nor
-/// write-only; it is a sealable shared-memory file (`F_GET_SEALS` works); its seals are a
-/// superset of what the policy requires; `declared_len` is non-zero and within the
-/// policy's limit; `fstat` reports exactly `declared_len` bytes. On any failure `fd` is
-/// closed.
+/// The checks, in order, all before any page is touched: the descriptor is neither
+/// `O_PATH` nor write-only; it is a sealable shared-memory file (`F_GET_SEALS` works); its
+/// seals are a superset of what the policy requires; `declared_len` is non-zero and within
+/// the policy's limit; `fstat` reports exactly `declared_len` bytes; it is not backed by
+/// huge pages unless the policy accepts them; and every page of it is allocated
+/// ([committed](#committed-pages)). On any failure `fd` is closed.
 ///
 /// `index` is only used to label errors (the region's position within its message).
 ///
+/// # Committed pages
+///
+/// A peer can size a memfd with `ftruncate` and seal it without ever allocating a page.
+/// Reading such a region would allocate each page touched *in this process's name*
+/// (charged to its memory cgroup, or `SIGBUS` under strict overcommit), so it is refused
+/// with [`Error::Uncommitted`]. The check counts the pages that exist inside the region
+/// (`cachestat(2)`, Linux 6.5+: resident or swapped out; pages the peer preallocated past
+/// the end do not count), after a quick `st_blocks` comparison. On kernels without
+/// `cachestat` the count comes from `mincore(2)` on the new read-only mapping instead,
+/// which also counts a page swapped out as missing: a region partly in swap is then
+/// refused too (a spurious rejection, never a charge).
+///
+/// The answer stays true after the check because the seals it follows make it so: with
+/// `F_SEAL_WRITE` or `F_SEAL_FUTURE_WRITE` the kernel refuses `fallocate(PUNCH_HOLE)` and
+/// `madvise(MADV_REMOVE)` (the only ways to free a page of a memfd short of truncating
+/// it), and `F_SEAL_SHRINK` refuses truncation. Swapping moves pages to swap but keeps them
+/// allocated; reading one back is charged to the memory cgroup recorded when it was
+/// swapped out (the owner's), unless that cgroup no longer exists.
+///
 /// # Errors
 /// [`Error::NotMemfd`], [`Error::MissingSeals`], [`Error::EmptyRegion`],
-/// [`Error::RegionTooLarge`], [`Error::SizeMismatch`], or [`Error::Map`].
+/// [`Error::RegionTooLarge`], [`Error::SizeMismatch`], [`Error::HugePages`],
+/// [`Error::Uncommitted`], or [`Error::Map`] (all peer faults), or [`Error::Io`].
 pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy, index: usize) -> Result<RegionView> {
-    let seals = check(fd.as_fd(), declared_len, policy, index)?;
+    let checked = check(fd.as_fd(), declared_len, policy, index)?;
     let len = declared_len as usize; // fits: it equals st_size of a file we can map
-    let map =
-        map_read_only(fd.as_fd(), len, seals).map_err(|source| Error::Map { index, source })?;
-    Ok(RegionView { map, seals, fd })
+    let map = map_read_only(fd.as_fd(), len, checked.seals)
+        .map_err(|source| Error::Map { index, source })?;
+    if checked.count_resident {
+        let resident = map.resident_pages().map_err(|e| Error::Io {
+            op: "mincore",
+            source: e,
+        })?;
+        uncommitted(
+            index,
+            declared_len,
+            resident,
+            rustix::param::page_size() as u64,
+        )?;
+    }
+    Ok(RegionView {
+        map,
+        seals: checked.seals,
+        fd,
+    })
 }
 
-/// Every check of [`verify`], without mapping. Returns the region's seals.
+/// What [`check`] established.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checked {
+    /// The region's seals.
+    pub(crate) seals: Seals,
+    /// The kernel could not count the region's pages (no `cachestat`): count them on the
+    /// mapping with `mincore` before using it.
+    pub(crate) count_resident: bool,
+}
+
+/// Every check of [`verify`], without mapping.
 pub(crate) fn check(
     fd: BorrowedFd<'_>,
     declared_len: u64,
     policy: &Policy,
     index: usize,
-) -> Result<Seals> {
+) -> Result<Checked> {
     let flags = fs::fcntl_getfl(fd).map_err(|e| Error::io("fcntl(F_GETFL)", e))?;
     if flags.contains(OFlags::PATH) {
         return Err(Error::NotMemfd {
@@ -95,7 +142,61 @@ pub(crate) fn check(
             actual,
         });
     }
-    Ok(seals)
+    // F_GET_SEALS answered, so this is shmem or hugetlbfs: fstatfs cannot block here.
+    let huge =
+        fs::fstatfs(fd).map_err(|e| Error::io("fstatfs", e))?.f_type as u64 == HUGETLBFS_MAGIC;
+    if huge && !policy.accepts_huge_pages() {
+        return Err(Error::HugePages { index });
+    }
+    // The page size of the file: st_blksize is the huge page size on hugetlbfs; shmem
+    // reports a larger one when transparent huge pages are on, but allocates base pages.
+    let page = if huge {
+        (st.st_blksize as u64).max(4096)
+    } else {
+        rustix::param::page_size() as u64
+    };
+    // Quick test first: fewer blocks than pages can never be enough.
+    let blocks = (st.st_blocks as u64).saturating_mul(512);
+    if blocks < actual.div_ceil(page).saturating_mul(page) {
+        return Err(Error::Uncommitted {
+            index,
+            len: actual,
+            committed: blocks.min(actual),
+        });
+    }
+    let mut count_resident = false;
+    if !huge {
+        match crate::sys::committed_pages(fd, actual) {
+            Ok(Some(pages)) => uncommitted(index, actual, pages, page)?,
+            Ok(None) => count_resident = true,
+            Err(e) => {
+                return Err(Error::Io {
+                    op: "cachestat",
+                    source: e,
+                })
+            }
+        }
+    }
+    // hugetlbfs (opted in): st_blocks is all the kernel reports; see Policy::huge_pages.
+    Ok(Checked {
+        seals,
+        count_resident,
+    })
+}
+
+/// `f_type` of hugetlbfs (`statfs(2)`).
+const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+
+/// Fails with [`Error::Uncommitted`] unless `pages` pages of `page` bytes cover `len`.
+fn uncommitted(index: usize, len: u64, pages: u64, page: u64) -> Result<()> {
+    if pages >= len.div_ceil(page) {
+        return Ok(());
+    }
+    Err(Error::Uncommitted {
+        index,
+        len,
+        committed: pages.saturating_mul(page).min(len),
+    })
 }
 
 fn file_kind(fd: BorrowedFd<'_>) -> &'static str {
