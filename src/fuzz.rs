@@ -275,7 +275,7 @@ pub fn seal_policy(data: &[u8]) {
                     "{result:?}"
                 );
             } else {
-                assert!(matches!(result, Ok(c) if c.seals == have), "{result:?}");
+                assert!(matches!(result, Ok(s) if s == have), "{result:?}");
             }
         }
     }

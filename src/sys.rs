@@ -144,38 +144,6 @@ pub(crate) fn committed_pages(fd: impl AsFd, len: u64) -> io::Result<Option<u64>
     }
 }
 
-impl ReadMap {
-    /// Counts the mapped pages whose file page is in memory (`mincore(2)`), without faulting
-    /// any in. The fallback for kernels without `cachestat`: conservative, because a page
-    /// of shared memory that was swapped out counts as missing.
-    pub(crate) fn resident_pages(&self) -> io::Result<u64> {
-        let page = rustix::param::page_size();
-        let pages = self.len().div_ceil(page);
-        let mut vec = [0u8; 4096];
-        let mut resident = 0u64;
-        let mut done = 0;
-        while done < pages {
-            let n = (pages - done).min(vec.len());
-            // SAFETY: the range lies inside this live mapping (page-aligned start: mappings
-            // start on a page; `done + n <= pages` pages of it), and `vec` has room for the
-            // `n` bytes mincore writes, one per page.
-            let rc = unsafe {
-                libc::mincore(
-                    self.ptr().add(done * page).cast_mut().cast(),
-                    n * page,
-                    vec.as_mut_ptr(),
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            resident += vec[..n].iter().filter(|b| **b & 1 != 0).count() as u64;
-            done += n;
-        }
-        Ok(resident)
-    }
-}
-
 /// Copies `dst.len()` bytes from `src` with volatile loads: 64 bytes per step (four 16-byte
 /// SSE2 loads) on x86_64, then 8 bytes, then single bytes, each load aligned.
 ///

@@ -29,10 +29,11 @@ use crate::sys::ReadMap;
 /// (charged to its memory cgroup, or `SIGBUS` under strict overcommit), so it is refused
 /// with [`Error::Uncommitted`]. The check counts the pages that exist inside the region
 /// (`cachestat(2)`, Linux 6.5+: resident or swapped out; pages the peer preallocated past
-/// the end do not count), after a quick `st_blocks` comparison. On kernels without
-/// `cachestat` the count comes from `mincore(2)` on the new read-only mapping instead,
-/// which also counts a page swapped out as missing: a region partly in swap is then
-/// refused too (a spurious rejection, never a charge).
+/// the end do not count), after a quick `st_blocks` comparison. Kernels without
+/// `cachestat` ([`Capabilities::counts_committed_pages`] is `false`) get the `st_blocks`
+/// comparison only, which a peer can satisfy by allocating pages past the end of the file
+/// before sealing it (`fallocate(FALLOC_FL_KEEP_SIZE)`). (`mincore(2)` cannot stand in:
+/// it reports pages allocated by `fallocate` but never written as absent.)
 ///
 /// The answer stays true after the check because the seals it follows make it so: with
 /// `F_SEAL_WRITE` or `F_SEAL_FUTURE_WRITE` the kernel refuses `fallocate(PUNCH_HOLE)` and
@@ -46,46 +47,20 @@ use crate::sys::ReadMap;
 /// [`Error::RegionTooLarge`], [`Error::SizeMismatch`], [`Error::HugePages`],
 /// [`Error::Uncommitted`], or [`Error::Map`] (all peer faults), or [`Error::Io`].
 pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy, index: usize) -> Result<RegionView> {
-    let checked = check(fd.as_fd(), declared_len, policy, index)?;
+    let seals = check(fd.as_fd(), declared_len, policy, index)?;
     let len = declared_len as usize; // fits: it equals st_size of a file we can map
-    let map = map_read_only(fd.as_fd(), len, checked.seals)
-        .map_err(|source| Error::Map { index, source })?;
-    if checked.count_resident {
-        let resident = map.resident_pages().map_err(|e| Error::Io {
-            op: "mincore",
-            source: e,
-        })?;
-        uncommitted(
-            index,
-            declared_len,
-            resident,
-            rustix::param::page_size() as u64,
-        )?;
-    }
-    Ok(RegionView {
-        map,
-        seals: checked.seals,
-        fd,
-    })
+    let map =
+        map_read_only(fd.as_fd(), len, seals).map_err(|source| Error::Map { index, source })?;
+    Ok(RegionView { map, seals, fd })
 }
 
-/// What [`check`] established.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Checked {
-    /// The region's seals.
-    pub(crate) seals: Seals,
-    /// The kernel could not count the region's pages (no `cachestat`): count them on the
-    /// mapping with `mincore` before using it.
-    pub(crate) count_resident: bool,
-}
-
-/// Every check of [`verify`], without mapping.
+/// Every check of [`verify`], without mapping. Returns the region's seals.
 pub(crate) fn check(
     fd: BorrowedFd<'_>,
     declared_len: u64,
     policy: &Policy,
     index: usize,
-) -> Result<Checked> {
+) -> Result<Seals> {
     let flags = fs::fcntl_getfl(fd).map_err(|e| Error::io("fcntl(F_GETFL)", e))?;
     if flags.contains(OFlags::PATH) {
         return Err(Error::NotMemfd {
@@ -164,24 +139,18 @@ pub(crate) fn check(
             committed: blocks.min(actual),
         });
     }
-    let mut count_resident = false;
+    // hugetlbfs (opted in): st_blocks is all the kernel reports; see Policy::huge_pages.
+    // Without cachestat, likewise (Capabilities::counts_committed_pages).
     if !huge {
-        match crate::sys::committed_pages(fd, actual) {
-            Ok(Some(pages)) => uncommitted(index, actual, pages, page)?,
-            Ok(None) => count_resident = true,
-            Err(e) => {
-                return Err(Error::Io {
-                    op: "cachestat",
-                    source: e,
-                })
-            }
+        let pages = crate::sys::committed_pages(fd, actual).map_err(|e| Error::Io {
+            op: "cachestat",
+            source: e,
+        })?;
+        if let Some(pages) = pages {
+            uncommitted(index, actual, pages, page)?;
         }
     }
-    // hugetlbfs (opted in): st_blocks is all the kernel reports; see Policy::huge_pages.
-    Ok(Checked {
-        seals,
-        count_resident,
-    })
+    Ok(seals)
 }
 
 /// `f_type` of hugetlbfs (`statfs(2)`).
@@ -361,6 +330,11 @@ pub struct Capabilities {
     /// stable kernels). Without it, immutable regions are mapped `MAP_PRIVATE` read-only,
     /// which shows the same (unchangeable) bytes.
     pub shared_map_of_write_sealed: bool,
+    /// `cachestat(2)` works (Linux 6.5+, not denied by seccomp), so [`verify()`] counts the
+    /// allocated pages inside a region. Without it only `st_blocks` is compared, which a
+    /// peer can satisfy with pages allocated past the end of the file (see
+    /// [Committed pages](verify#committed-pages)).
+    pub counts_committed_pages: bool,
 }
 
 /// The kernel capabilities sealpipe probed and the fallbacks it chose.
@@ -369,6 +343,9 @@ pub fn capabilities() -> Capabilities {
     *CAPS.get_or_init(|| Capabilities {
         noexec_seal: crate::region::capabilities_noexec_seal(),
         shared_map_of_write_sealed: probe_shared_map_of_write_sealed(),
+        counts_committed_pages: crate::Region::new(4096)
+            .and_then(crate::Region::seal)
+            .is_ok_and(|r| matches!(crate::sys::committed_pages(&r, 4096), Ok(Some(1)))),
     })
 }
 
@@ -414,6 +391,12 @@ mod tests {
             .expect("the mapping is in smaps");
         assert!(flags.split_whitespace().any(|f| f == "sr"), "{flags}");
         assert!(!flags.split_whitespace().any(|f| f == "wr"), "{flags}");
+    }
+
+    #[test]
+    fn this_kernel_counts_committed_pages() {
+        // kernel-facts: 6.18 has cachestat.
+        assert!(capabilities().counts_committed_pages);
     }
 
     #[test]
