@@ -294,9 +294,11 @@ pub enum Error {
         path: std::path::PathBuf,
     },
 
-    /// The listener's socket at `path` was deleted or replaced; nobody new can connect
-    /// until [`crate::Listener::rebind`].
-    #[error("the listening socket at {} was deleted or replaced", path.display())]
+    /// The listener's socket file at `path` was deleted, renamed or replaced. New clients
+    /// that use `path` reach whatever is there now: nobody if it was deleted; if someone
+    /// bound another socket there, that process (see [`crate::Listener::rebind`]). A
+    /// renamed socket file still reaches the listener under its new name.
+    #[error("the listening socket at {} was deleted, renamed or replaced", path.display())]
     PathLost {
         /// The path.
         path: std::path::PathBuf,

@@ -153,6 +153,8 @@ pub struct Listener {
     path: PathBuf,
     /// `(st_dev, st_ino)` of the socket file we created.
     id: (u64, u64),
+    /// This process as it was when it called `listen`: what clients' `SO_PEERCRED` reports.
+    own: PeerCredentials,
     config: HandshakeConfig,
     epoll: OwnedFd,
     inotify: Option<OwnedFd>,
@@ -187,12 +189,14 @@ impl Listener {
         let epoll =
             epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| Error::io("epoll_create", e))?;
         let inotify = watch_dir(&path, &epoll);
+        let own = PeerCredentials::own();
         let (sock, id) = bind_socket(&path)?;
         // From here on, Drop removes the socket file.
         let mut listener = Listener {
             sock,
             path,
             id,
+            own,
             config,
             epoll,
             inotify,
@@ -229,8 +233,10 @@ impl Listener {
     /// # Errors
     /// [`Error::Handshake`] when one connection fails its handshake (refused by the policy,
     /// wrong secret, timed out, closed): the listener goes on serving. [`Error::PathLost`]
-    /// (once) when the socket path was deleted or replaced: connections in progress are
-    /// still served, but nobody new can connect until [`rebind`](Listener::rebind).
+    /// (once) when the socket file at the path was deleted, renamed or replaced:
+    /// connections in progress are still served, and so are clients that connect to the
+    /// file's new name if it was renamed; clients using the path reach nobody (deleted) or
+    /// whoever bound a socket there since (see [`rebind`](Listener::rebind)).
     /// [`Error::Io`] (e.g. `EMFILE`).
     pub fn accept(&mut self) -> Result<Channel> {
         self.accept_until(Some(None))
@@ -260,12 +266,25 @@ impl Listener {
     }
 
     /// Binds a new socket at the path after it was lost ([`Error::PathLost`]); the same
-    /// checks as [`bind`](Listener::bind) apply, so a foreign file at the path is refused.
-    /// Connections in progress and channels already accepted are unaffected.
+    /// checks as [`bind`](Listener::bind) apply. Connections in progress and channels
+    /// already accepted are unaffected; the old socket (perhaps still reachable under a
+    /// new name) stops accepting.
+    ///
+    /// If someone else holds the path, `rebind` never takes it from them: a live socket
+    /// there (any process's, including a relay that renamed ours away and bound its own)
+    /// gives [`Error::AddressInUse`]; a socket of another user, a symbolic link or another
+    /// kind of file gives [`Error::UnsafePath`]. A socket of this user that nobody listens
+    /// on any more is removed and replaced. What holds the path can only reach clients that
+    /// connect to it: with a [`crate::Secret`], a relay's handshakes fail on both sides
+    /// (PROTOCOL.md, *Binding*), so it can deny service but not read or forge messages;
+    /// without a secret it is an ordinary peer of the same user. To recover, remove what
+    /// holds the path (the directory is this user's, see [`default_path`]) and call
+    /// `rebind` again, or bind another path.
     ///
     /// # Errors
     /// As [`bind`](Listener::bind).
     pub fn rebind(&mut self) -> Result<()> {
+        let own = PeerCredentials::own();
         let (sock, id) = bind_socket(&self.path)?;
         let _ = epoll::delete(&self.epoll, &self.sock);
         let flags = if self.accepting {
@@ -276,6 +295,7 @@ impl Listener {
         // Swap first, so that Drop removes the new socket file even if registering fails.
         self.sock = sock;
         self.id = id;
+        self.own = own;
         self.lost = false;
         if let Some(old) = self.inotify.take() {
             let _ = epoll::delete(&self.epoll, &old);
@@ -404,7 +424,12 @@ impl Listener {
                 sock,
                 peer,
                 deadline: Instant::now() + self.config.timeout,
-                handshake: ServerHandshake::new(self.config.secret.clone(), None),
+                handshake: ServerHandshake::new(
+                    self.config.secret.clone(),
+                    None,
+                    self.own,
+                    Some(peer),
+                ),
             });
         }
         if self.pending.len() >= Self::MAX_PENDING && self.accepting {
@@ -636,6 +661,9 @@ impl Channel {
 pub(crate) struct Connecting {
     sock: OwnedFd,
     addr: SocketAddrUnix,
+    /// This process as it is when it calls `connect`: what the server's `SO_PEERCRED`
+    /// reports.
+    own: PeerCredentials,
 }
 
 impl Connecting {
@@ -643,6 +671,7 @@ impl Connecting {
         Ok(Connecting {
             addr: unix_addr(path)?,
             sock: new_socket()?,
+            own: PeerCredentials::own(),
         })
     }
 
@@ -670,7 +699,11 @@ impl Connecting {
             sockopt::socket_peercred(&sock).map_err(|e| Error::io("getsockopt(SO_PEERCRED)", e))?,
         );
         check_identity(&sock, &config.policy, peer)?;
-        let client = handshake::ClientHandshake::start(&sock, config.secret.clone(), false)?;
+        let ends = handshake::Ends {
+            server: peer,
+            client: self.own,
+        };
+        let client = handshake::ClientHandshake::start(&sock, config.secret.clone(), false, ends)?;
         Ok((sock, peer, client))
     }
 }

@@ -104,7 +104,8 @@ fn authenticate_child(
         .ok()
         .and_then(Pid::from_raw)
         .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
-    let mut server = ServerHandshake::new(None, Some(pid));
+    // The child's SO_PEERCRED names this process, which created the pair.
+    let mut server = ServerHandshake::new(None, Some(pid), PeerCredentials::own(), None);
     let deadline = Instant::now() + handshake::DEFAULT_TIMEOUT;
     // This also clears SO_PASSCRED once HELLO is in, before ACCEPT is sent.
     server.run(parent, deadline)?;
@@ -165,16 +166,25 @@ pub fn worker_channel() -> Result<Channel> {
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             fcntl_setfd(&owned, FdFlags::CLOEXEC).map_err(|e| Error::io("fcntl(F_SETFD)", e))?;
             let sock = Channel::from_fd(owned)?.into_fd();
-            handshake::run_client(
-                &sock,
-                None,
-                true,
-                Instant::now() + handshake::DEFAULT_TIMEOUT,
-            )?;
             // On a socketpair SO_PEERCRED names its creator: the parent that spawned us.
             let parent = sockopt::socket_peercred(&sock)
                 .map(PeerCredentials::from_ucred)
                 .ok();
+            let ends = handshake::Ends {
+                server: parent.unwrap_or(PeerCredentials {
+                    pid: 0,
+                    uid: 0,
+                    gid: 0,
+                }),
+                client: PeerCredentials::own(),
+            };
+            handshake::run_client(
+                &sock,
+                None,
+                true,
+                ends,
+                Instant::now() + handshake::DEFAULT_TIMEOUT,
+            )?;
             let pidfd = parent
                 .and_then(|p| Pid::from_raw(i32::try_from(p.pid).ok()?))
                 .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
