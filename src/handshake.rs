@@ -42,9 +42,9 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{
     recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
@@ -53,6 +53,7 @@ use rustix::net::{
 
 use zeroize::Zeroize;
 
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::wire::{self, HandshakeMessage, NONCE_LEN, PROOF_LEN};
 
@@ -685,18 +686,13 @@ fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred
 }
 
 /// Waits until `sock` is readable (or hung up), at most until `deadline`.
-pub(crate) fn wait_readable(sock: &OwnedFd, deadline: Instant) -> Result<()> {
+pub(crate) fn wait_readable(sock: &OwnedFd, deadline: Deadline) -> Result<()> {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if deadline.passed() {
             return Err(fail(HandshakeFailure::TimedOut));
         }
-        let timeout = Timespec::try_from(left).unwrap_or(Timespec {
-            tv_sec: i64::MAX,
-            tv_nsec: 0,
-        });
         let mut fds = [PollFd::new(sock, PollFlags::IN)];
-        match poll(&mut fds, Some(&timeout)) {
+        match poll(&mut fds, deadline.poll_timeout().as_ref()) {
             Ok(0) | Err(Errno::INTR) => {}
             Ok(_) => return Ok(()),
             Err(e) => return Err(Error::io("poll", e)),
@@ -738,7 +734,7 @@ pub(crate) fn run_client(
     secret: Option<&Secret>,
     send_credentials: bool,
     ends: Ends,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<()> {
     let mut client = ClientHandshake::start(sock, secret.cloned(), send_credentials, ends)?;
     while !client.step(sock)? {
@@ -964,7 +960,7 @@ impl ServerHandshake {
     }
 
     /// Runs the handshake to completion, blocking until `deadline`.
-    pub(crate) fn run(&mut self, sock: &OwnedFd, deadline: Instant) -> Result<()> {
+    pub(crate) fn run(&mut self, sock: &OwnedFd, deadline: Deadline) -> Result<()> {
         while !self.step(sock)? {
             wait_readable(sock, deadline)?;
         }

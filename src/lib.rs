@@ -80,6 +80,7 @@ compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM
 
 #[cfg(feature = "tokio")]
 pub mod asyncio;
+mod deadline;
 mod error;
 #[cfg(fuzzing)]
 pub mod fuzz;

@@ -12,6 +12,7 @@ use rustix::net::{
     SocketFlags, SocketType,
 };
 
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handshake::{
     self, check_identity, HandshakeConfig, HandshakeFailure, PeerCredentials, ServerHandshake,
@@ -98,7 +99,7 @@ fn runtime_dir() -> Result<PathBuf> {
 struct Pending {
     sock: OwnedFd,
     peer: PeerCredentials,
-    deadline: Instant,
+    deadline: Deadline,
     handshake: ServerHandshake,
 }
 
@@ -239,7 +240,7 @@ impl Listener {
     /// whoever bound a socket there since (see [`rebind`](Listener::rebind)).
     /// [`Error::Io`] (e.g. `EMFILE`).
     pub fn accept(&mut self) -> Result<Channel> {
-        self.accept_until(Some(None))
+        self.accept_until(Some(Deadline::NEVER))
     }
 
     /// [`accept`](Listener::accept), giving up with [`Error::Timeout`] after `timeout`.
@@ -247,7 +248,7 @@ impl Listener {
     /// # Errors
     /// As [`accept`](Listener::accept), plus [`Error::Timeout`].
     pub fn accept_timeout(&mut self, timeout: Duration) -> Result<Channel> {
-        self.accept_until(Some(Instant::now().checked_add(timeout)))
+        self.accept_until(Some(Deadline::after(timeout)))
     }
 
     /// Does whatever work is ready without waiting: [`Error::WouldBlock`] if no handshake
@@ -262,7 +263,13 @@ impl Listener {
     /// When the earliest handshake in progress times out (an event loop must call
     /// [`try_accept`](Listener::try_accept) by then); `None` if none is in progress.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.pending.iter().map(|p| p.deadline).min()
+        self.next_handshake_deadline().instant()
+    }
+
+    fn next_handshake_deadline(&self) -> Deadline {
+        self.pending
+            .iter()
+            .fold(Deadline::NEVER, |d, p| d.min(p.deadline))
     }
 
     /// Binds a new socket at the path after it was lost ([`Error::PathLost`]); the same
@@ -310,32 +317,25 @@ impl Listener {
         .map_err(|e| Error::io("epoll_ctl", e))
     }
 
-    /// `wait`: `None` = do not wait; `Some(None)` = forever; `Some(Some(t))` = until `t`.
-    fn accept_until(&mut self, wait: Option<Option<Instant>>) -> Result<Channel> {
+    /// `wait`: `None` = do not wait; `Some(deadline)` = until then.
+    fn accept_until(&mut self, wait: Option<Deadline>) -> Result<Channel> {
         self.check_path()?;
         let mut events: Vec<epoll::Event> = Vec::with_capacity(32);
         loop {
-            let now = Instant::now();
-            if let Some(i) = self.pending.iter().position(|p| p.deadline <= now) {
+            if let Some(i) = self.pending.iter().position(|p| p.deadline.passed()) {
                 self.remove_pending(i);
                 return Err(Error::Handshake {
                     failure: HandshakeFailure::TimedOut,
                 });
             }
             // Sleep until the caller's deadline or the first handshake deadline.
-            let until = match wait {
-                None => Some(now),
-                Some(t) => match (t, self.next_deadline()) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                },
-            };
-            let timeout = until.map(|t| {
-                Timespec::try_from(t.saturating_duration_since(now)).unwrap_or(Timespec {
-                    tv_sec: i64::MAX,
+            let timeout = match wait {
+                None => Some(Timespec {
+                    tv_sec: 0,
                     tv_nsec: 0,
-                })
-            });
+                }),
+                Some(d) => d.min(self.next_handshake_deadline()).poll_timeout(),
+            };
             events.clear();
             match epoll::wait(
                 &self.epoll,
@@ -353,7 +353,7 @@ impl Listener {
             if events.is_empty() {
                 match wait {
                     None => return Err(Error::WouldBlock),
-                    Some(Some(t)) if Instant::now() >= t => return Err(Error::Timeout),
+                    Some(d) if d.passed() => return Err(Error::Timeout),
                     _ => {}
                 }
             }
@@ -423,7 +423,7 @@ impl Listener {
             self.pending.push(Pending {
                 sock,
                 peer,
-                deadline: Instant::now() + self.config.timeout,
+                deadline: Deadline::after(self.config.timeout),
                 handshake: ServerHandshake::new(
                     self.config.secret.clone(),
                     None,
@@ -638,14 +638,14 @@ impl Channel {
     /// [`Error::Handshake`] if the handshake fails (both sides learn why);
     /// [`Error::UnsafePath`] for a path too long for a socket address.
     pub fn connect(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<Channel> {
-        let deadline = Instant::now() + config.timeout;
+        let deadline = Deadline::after(config.timeout);
         let connecting = Connecting::new(path.as_ref())?;
         while !connecting.try_connect()? {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout);
+            let pause = Duration::from_millis(2);
+            match deadline.left() {
+                Some(left) if left.is_zero() => return Err(Error::Timeout),
+                left => std::thread::sleep(left.map_or(pause, |l| l.min(pause))),
             }
-            std::thread::sleep(left.min(Duration::from_millis(2)));
         }
         let (sock, peer, mut client) = connecting.start_handshake(config)?;
         while !client.step(&sock)? {
