@@ -97,13 +97,14 @@ impl ReadMap {
 /// `cachestat(2)`'s system call number: the same on every Linux architecture (6.5+).
 const SYS_CACHESTAT: libc::c_long = 451;
 
-/// Counts the pages of `0..len` in shared-memory file `fd` that exist (resident or swapped
-/// out), with `cachestat(2)` (Linux 6.5+). Pages outside the range are not counted, so
-/// pages a peer preallocated past the end of the file cannot stand in for holes inside it.
+/// Counts the pages of shared-memory file `fd` from byte `from` (page-aligned) to the end
+/// of its page cache, *past* its size included, that exist (resident or swapped out), with
+/// `cachestat(2)` (Linux 6.5+). The walk costs one step per page found, so for the pages
+/// past the end of an honest file (none) it is cheap.
 ///
 /// Returns `Ok(None)` where the kernel cannot answer: no `cachestat` (`ENOSYS`, or `EPERM`
 /// from a seccomp filter), or a file it does not support (`EOPNOTSUPP`: hugetlbfs).
-pub(crate) fn committed_pages(fd: impl AsFd, len: u64) -> io::Result<Option<u64>> {
+pub(crate) fn pages_from(fd: impl AsFd, from: u64) -> io::Result<Option<u64>> {
     #[repr(C)]
     struct CachestatRange {
         off: u64,
@@ -118,7 +119,8 @@ pub(crate) fn committed_pages(fd: impl AsFd, len: u64) -> io::Result<Option<u64>
         nr_evicted: u64,
         nr_recently_evicted: u64,
     }
-    let range = CachestatRange { off: 0, len };
+    // len 0: up to the highest page index, not just to the file's size.
+    let range = CachestatRange { off: from, len: 0 };
     let mut stat = Cachestat::default();
     // SAFETY: cachestat(fd, range, cstat, flags) reads `range` and writes `stat`, both live
     // #[repr(C)] values laid out as the kernel's `struct cachestat_range` and

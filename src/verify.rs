@@ -27,18 +27,22 @@ use crate::sys::ReadMap;
 /// A peer can size a memfd with `ftruncate` and seal it without ever allocating a page.
 /// Reading such a region would allocate each page touched *in this process's name*
 /// (charged to its memory cgroup, or `SIGBUS` under strict overcommit), so it is refused
-/// with [`Error::Uncommitted`]. The check counts the pages that exist inside the region
-/// (`cachestat(2)`, Linux 6.5+: resident or swapped out; pages the peer preallocated past
-/// the end do not count), after a quick `st_blocks` comparison. Kernels without
-/// `cachestat` ([`Capabilities::counts_committed_pages`] is `false`) get the `st_blocks`
-/// comparison only, which a peer can satisfy by allocating pages past the end of the file
-/// before sealing it (`fallocate(FALLOC_FL_KEEP_SIZE)`). (`mincore(2)` cannot stand in:
-/// it reports pages allocated by `fallocate` but never written as absent.)
+/// with [`Error::Uncommitted`]. The check compares the file's allocated pages
+/// (`st_blocks`, resident or swapped out) with its size, after taking off any pages
+/// allocated *past* its end, counted with `cachestat(2)` (Linux 6.5+): a sender could
+/// otherwise allocate pages past the end before sealing (`fallocate(FALLOC_FL_KEEP_SIZE)`)
+/// so that `st_blocks` looks complete while the region itself is all holes. That count
+/// walks only the pages past the end (none, for an honest region), so the whole check
+/// costs about a microsecond at any size. Kernels without `cachestat`
+/// ([`Capabilities::counts_committed_pages`] is `false`) get the `st_blocks` comparison
+/// alone, which that disguise passes. (`mincore(2)` cannot stand in: it reports pages
+/// allocated by `fallocate` but never written as absent.)
 ///
 /// The answer stays true after the check because the seals it follows make it so: with
 /// `F_SEAL_WRITE` or `F_SEAL_FUTURE_WRITE` the kernel refuses `fallocate(PUNCH_HOLE)` and
 /// `madvise(MADV_REMOVE)` (the only ways to free a page of a memfd short of truncating
-/// it), and `F_SEAL_SHRINK` refuses truncation. Swapping moves pages to swap but keeps them
+/// it), and `F_SEAL_SHRINK` refuses truncation; `F_SEAL_GROW` refuses allocating past the
+/// end, so the pages taken off cannot change either. Swapping moves pages to swap but keeps them
 /// allocated; reading one back is charged to the memory cgroup recorded when it was
 /// swapped out (the owner's), unless that cgroup no longer exists.
 ///
@@ -130,43 +134,34 @@ pub(crate) fn check(
     } else {
         rustix::param::page_size() as u64
     };
-    // Quick test first: fewer blocks than pages can never be enough.
-    let blocks = (st.st_blocks as u64).saturating_mul(512);
-    if blocks < actual.div_ceil(page).saturating_mul(page) {
+    // st_blocks counts every allocated page (shmem recounts it for fstat), in the file
+    // and past its end; only those in 0..st_size count. A sender can allocate pages past
+    // the end before sealing (fallocate KEEP_SIZE) to make st_blocks look complete while
+    // the region is all holes: cachestat counts them, so they are taken off.
+    let needed = actual.div_ceil(page);
+    let allocated = (st.st_blocks as u64).saturating_mul(512) / page;
+    let past_end = if huge {
+        None // hugetlbfs (opted in): st_blocks is all the kernel reports
+    } else {
+        crate::sys::pages_from(fd, needed.saturating_mul(page)).map_err(|e| Error::Io {
+            op: "cachestat",
+            source: e,
+        })?
+    };
+    // Without cachestat, st_blocks alone (Capabilities::counts_committed_pages).
+    let inside = allocated.saturating_sub(past_end.unwrap_or(0));
+    if inside < needed {
         return Err(Error::Uncommitted {
             index,
             len: actual,
-            committed: blocks.min(actual),
+            committed: inside.saturating_mul(page).min(actual),
         });
-    }
-    // hugetlbfs (opted in): st_blocks is all the kernel reports; see Policy::huge_pages.
-    // Without cachestat, likewise (Capabilities::counts_committed_pages).
-    if !huge {
-        let pages = crate::sys::committed_pages(fd, actual).map_err(|e| Error::Io {
-            op: "cachestat",
-            source: e,
-        })?;
-        if let Some(pages) = pages {
-            uncommitted(index, actual, pages, page)?;
-        }
     }
     Ok(seals)
 }
 
 /// `f_type` of hugetlbfs (`statfs(2)`).
 const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
-
-/// Fails with [`Error::Uncommitted`] unless `pages` pages of `page` bytes cover `len`.
-fn uncommitted(index: usize, len: u64, pages: u64, page: u64) -> Result<()> {
-    if pages >= len.div_ceil(page) {
-        return Ok(());
-    }
-    Err(Error::Uncommitted {
-        index,
-        len,
-        committed: pages.saturating_mul(page).min(len),
-    })
-}
 
 fn file_kind(fd: BorrowedFd<'_>) -> &'static str {
     match fs::fstat(fd) {
@@ -345,7 +340,7 @@ pub fn capabilities() -> Capabilities {
         shared_map_of_write_sealed: probe_shared_map_of_write_sealed(),
         counts_committed_pages: crate::Region::new(4096)
             .and_then(crate::Region::seal)
-            .is_ok_and(|r| matches!(crate::sys::committed_pages(&r, 4096), Ok(Some(1)))),
+            .is_ok_and(|r| matches!(crate::sys::pages_from(&r, 0), Ok(Some(1)))),
     })
 }
 

@@ -143,6 +143,20 @@ fn pages_allocated_past_the_end_do_not_hide_holes() {
 }
 
 #[test]
+fn a_committed_region_with_pages_past_the_end_is_accepted() {
+    let fd = memfd(
+        MIB,
+        false,
+        |fd| fs::fallocate(fd, FallocateFlags::KEEP_SIZE, 0, 2 * MIB).unwrap(),
+        IMMUTABLE,
+    );
+    let (tx, rx) = Channel::pair().unwrap();
+    send_raw(tx.as_fd(), &[fd.as_fd()]);
+    let msg = rx.recv_timeout(&Policy::immutable(), T).unwrap();
+    assert_eq!(msg.regions()[0].len() as u64, MIB);
+}
+
+#[test]
 fn regions_sealpipe_makes_are_committed_at_any_length() {
     let (tx, rx) = Channel::pair().unwrap();
     for len in [1, 4095, 4097, 3 * 4096 + 1, MIB as usize + 7] {
