@@ -72,7 +72,7 @@
 //!
 //! Linux only. Kernel features are probed at run time ([`capabilities`]) and missing ones
 //! get a deliberate fallback, never a silent downgrade of the seal policy.
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 #[cfg(not(target_os = "linux"))]
