@@ -91,6 +91,7 @@ mod listener;
 pub mod positional;
 mod region;
 pub mod ring;
+pub mod sandbox;
 mod seals;
 pub mod spawn;
 mod sys;
