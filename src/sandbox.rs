@@ -617,12 +617,13 @@ impl Sandbox {
             Violation::Errno => SeccompAction::Errno(libc::EPERM as u32),
             Violation::Kill => SeccompAction::KillProcess,
         };
-        let allow =
-            SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch).map_err(setup)?;
-        let mut programs: Vec<BpfProgram> = vec![allow.try_into().map_err(setup)?];
+        let mut programs: Vec<BpfProgram> = Vec::new();
         if self.threads || startup {
-            // Installed last, so evaluated first: clone3's flags live in memory the filter
-            // cannot read, so answer ENOSYS and the C library falls back to clone.
+            // clone3's flags live in memory a filter cannot read, so it is answered ENOSYS
+            // and the C library falls back to clone, whose flags are checked. Installed
+            // first, because the allow-list (which has no `seccomp`) then blocks further
+            // filters; the kernel returns the strictest answer of all filters (ERRNO over
+            // ALLOW) whatever their order.
             let clone3 = SeccompFilter::new(
                 [(libc::SYS_clone3, vec![])].into_iter().collect(),
                 SeccompAction::Allow,
@@ -632,6 +633,9 @@ impl Sandbox {
             .map_err(setup)?;
             programs.push(clone3.try_into().map_err(setup)?);
         }
+        let allow =
+            SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch).map_err(setup)?;
+        programs.push(allow.try_into().map_err(setup)?);
         Ok((programs, count))
     }
 
@@ -926,27 +930,35 @@ fn resolve_program(program: &OsStr, path_var: Option<&OsStr>) -> Option<PathBuf>
         .and_then(|p| std::fs::canonicalize(p).ok())
 }
 
-/// The `PT_INTERP` of a 64-bit little-endian ELF file (the dynamic loader), if any.
+/// The `PT_INTERP` of a 64-bit little-endian ELF file (the dynamic loader), if any. Reads
+/// only the headers and the interpreter's name.
 fn elf_interpreter(program: &Path) -> Option<PathBuf> {
-    let bytes = std::fs::read(program).ok()?;
-    let u16_at = |o: usize| Some(u16::from_le_bytes(bytes.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| {
-        let v = u64::from_le_bytes(bytes.get(o..o + 8)?.try_into().ok()?);
-        usize::try_from(v).ok()
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(program).ok()?;
+    let read = |offset: u64, len: usize| -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).ok()?;
+        Some(buf)
     };
-    if bytes.get(..6)? != b"\x7fELF\x02\x01" {
+    let header = read(0, 64)?;
+    if header.get(..6)? != b"\x7fELF\x02\x01" {
         return None;
     }
-    let phoff = u64_at(0x20)?;
-    let phentsize = usize::from(u16_at(0x36)?);
-    let phnum = usize::from(u16_at(0x38)?);
-    for i in 0..phnum {
-        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        if u32_at(ph)? == 3 {
-            let off = u64_at(ph.checked_add(8)?)?;
-            let len = u64_at(ph.checked_add(32)?)?;
-            let raw = bytes.get(off..off.checked_add(len)?)?;
+    let u16_at = |b: &[u8], o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |b: &[u8], o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |b: &[u8], o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+    let phoff = u64_at(&header, 0x20)?;
+    let phentsize = usize::from(u16_at(&header, 0x36)?);
+    let phnum = usize::from(u16_at(&header, 0x38)?);
+    if phentsize < 56 {
+        return None;
+    }
+    let table = read(phoff, phentsize.checked_mul(phnum)?)?;
+    for ph in table.chunks_exact(phentsize) {
+        if u32_at(ph, 0)? == 3 {
+            // PT_INTERP: a path of at most PATH_MAX bytes.
+            let len = usize::try_from(u64_at(ph, 32)?).ok()?.min(4096);
+            let raw = read(u64_at(ph, 8)?, len)?;
             let raw = raw.split(|&b| b == 0).next()?;
             return std::fs::canonicalize(OsStr::from_bytes(raw)).ok();
         }
@@ -1080,4 +1092,109 @@ unsafe fn write_file(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_interpreter_of_this_test_binary() {
+        let exe = std::env::current_exe().unwrap();
+        let interp = elf_interpreter(&exe);
+        // A dynamically linked test binary names its loader; a static one has none.
+        if let Some(interp) = interp {
+            assert!(interp.is_file(), "{}", interp.display());
+            assert!(
+                interp.to_string_lossy().contains("ld"),
+                "{}",
+                interp.display()
+            );
+        }
+        assert_eq!(elf_interpreter(Path::new("/proc/self/status")), None);
+    }
+
+    #[test]
+    fn resolves_programs_like_execvp() {
+        let sh = resolve_program(OsStr::new("sh"), Some(OsStr::new("/usr/bin:/bin"))).unwrap();
+        assert!(sh.is_absolute() && sh.is_file());
+        assert_eq!(
+            resolve_program(OsStr::new("no-such-program-xyz"), Some(OsStr::new("/bin"))),
+            None
+        );
+    }
+
+    #[test]
+    fn filters_build_for_every_variant() {
+        for threads in [false, true] {
+            for startup in [false, true] {
+                for paths in [false, true] {
+                    let s = Sandbox::worker().allow_threads(threads);
+                    let (programs, count) = s.filters(startup, paths).unwrap();
+                    assert!(count > 40, "{count}");
+                    assert_eq!(programs.len(), if threads || startup { 2 } else { 1 });
+                    assert!(programs.iter().all(|p| !p.is_empty() && p.len() < 4096));
+                }
+            }
+        }
+        // socket, openat and execve are not in the worker's list.
+        let rules = Sandbox::worker().allow_list(false, false).unwrap();
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_openat,
+            libc::SYS_execve,
+            libc::SYS_ptrace,
+        ] {
+            assert!(!rules.contains_key(&nr), "{nr}");
+        }
+        let rules = Sandbox::worker()
+            .allow_syscalls(&[libc::SYS_uname])
+            .allow_list(false, false)
+            .unwrap();
+        assert!(rules.contains_key(&libc::SYS_uname));
+    }
+
+    #[test]
+    fn report_reads_as_one_line() {
+        let e = Enforcement {
+            no_new_privs: true,
+            landlock_abi: 6,
+            landlock_fs_rights: 0xffff,
+            landlock_paths: 0,
+            landlock_tcp: true,
+            scoped_abstract_unix: true,
+            scoped_signals: true,
+            seccomp_syscalls: 62,
+            on_violation: Violation::Kill,
+            startup_allowance: false,
+            namespaces: Namespaces::default(),
+            max_open_files: 256,
+            max_address_space: Some(1 << 30),
+        };
+        assert_eq!(
+            e.to_string(),
+            "no_new_privs; Landlock ABI 6: 16 filesystem rights handled, 0 paths granted, \
+             TCP bind/connect denied, abstract unix sockets and signals scoped; seccomp: 62 \
+             system calls allowed, others kill the process; namespaces: none; rlimits: \
+             NOFILE 256, CORE 0, AS 1073741824"
+        );
+    }
+
+    #[test]
+    fn required_abi_above_the_kernel_fails_before_anything_is_applied() {
+        let kernel = landlock_abi();
+        match Sandbox::worker()
+            .require_landlock_abi(kernel + 1)
+            .prepare(None)
+        {
+            Err(Error::SandboxUnavailable {
+                layer: "Landlock",
+                required,
+                available,
+            }) => {
+                assert_eq!((required, available), (kernel + 1, kernel));
+            }
+            other => panic!("{:?}", other.map(|p| p.report)),
+        }
+    }
 }

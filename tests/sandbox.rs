@@ -389,6 +389,30 @@ fn peer(role: &str, ch: Channel) -> i32 {
             let _ = ch.recv_timeout(&policy, TIMEOUT);
             0
         }
+        "threads" => {
+            enter(Sandbox::worker().allow_threads(true));
+            // clone3 is answered ENOSYS; the C library falls back to clone(CLONE_THREAD).
+            let thread = std::thread::spawn(|| 7).join().map_err(|_| "join");
+            // SAFETY: a child, if one were created, only calls `_exit`; it is reaped.
+            let fork = unsafe {
+                let pid = libc::fork();
+                if pid == 0 {
+                    libc::_exit(0);
+                }
+                if pid > 0 {
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+                outcome(pid as _)
+            };
+            let out = [("thread", i32::from(thread != Ok(7))), ("fork", fork)];
+            ch.send(&encode(&out), &[]).expect("send");
+            0
+        }
+        "spawned_in_namespaces" => {
+            ch.send(b"up", &[]).expect("send");
+            let _ = ch.recv_timeout(&policy, TIMEOUT);
+            0
+        }
         "spawned_sandboxed" => {
             // Sandboxed before main: the startup filter and Landlock are in force.
             let open = std::fs::File::open("/etc/passwd")
@@ -713,6 +737,44 @@ fn spawn_sandboxes_the_child_before_main_and_never_the_parent() {
     std::net::TcpListener::bind("127.0.0.1:0").expect("the parent can still use the network");
 }
 
+fn threads_when_allowed_but_never_processes() {
+    let peer = common::spawn_peer("threads_when_allowed_but_never_processes", "threads");
+    let results = decode(&reply(&peer));
+    assert_eq!(results[0], ("thread".to_string(), 0), "{results:?}");
+    assert_eq!(results[1], ("fork".to_string(), libc::EPERM), "{results:?}");
+    assert_eq!(peer.wait(), 0);
+}
+
+fn spawn_sandboxed_moves_the_child_into_namespaces() {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.env(common::ROLE_ENV, "spawned_in_namespaces")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let profile = Sandbox::worker().namespaces(Namespaces {
+        user: true,
+        net: true,
+    });
+    // The handshake's SCM_CREDENTIALS check passes: the child maps its own uid and gid.
+    let (mut child, channel, enforced) =
+        sealpipe::spawn::spawn_sandboxed(&mut cmd, &profile).expect("spawn_sandboxed");
+    assert!(
+        enforced.namespaces.user && enforced.namespaces.net,
+        "{enforced}"
+    );
+    let msg = channel
+        .recv_timeout(&Policy::immutable(), TIMEOUT)
+        .expect("up");
+    assert_eq!(msg.payload(), b"up");
+    for ns in ["net", "user"] {
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let theirs = std::fs::read_link(format!("/proc/{}/ns/{ns}", child.id())).unwrap();
+        assert_ne!(ours, theirs, "{ns}");
+    }
+    channel.send(b"done", &[]).unwrap();
+    assert_eq!(wait_child(&mut child), 0);
+}
+
 // ---------------------------------------------------------------------------------------
 // The harness.
 
@@ -784,6 +846,17 @@ fn tests() -> Vec<Test> {
         (
             "namespaces_isolate_the_network",
             namespaces_isolate_the_network,
+            (!support.user_namespaces)
+                .then(|| "user namespaces are not available to this process".to_string()),
+        ),
+        (
+            "threads_when_allowed_but_never_processes",
+            threads_when_allowed_but_never_processes,
+            None,
+        ),
+        (
+            "spawn_sandboxed_moves_the_child_into_namespaces",
+            spawn_sandboxed_moves_the_child_into_namespaces,
             (!support.user_namespaces)
                 .then(|| "user namespaces are not available to this process".to_string()),
         ),
