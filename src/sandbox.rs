@@ -59,9 +59,12 @@
 //! (use cgroups for quotas); writing garbage into what the worker legitimately sends back
 //! (validate it); anything done through descriptors the worker holds before it enters (a
 //! descriptor to a directory or a socket keeps working: spawn hands over exactly one, the
-//! channel). `stat` by path is refused by seccomp, but Landlock alone does not hide file
-//! metadata. Seccomp filters raw system calls: a kernel bug reachable through an allowed
-//! call is not stopped.
+//! channel). `stat` by path is refused by the default filter, but Landlock does not hide
+//! file metadata, so the spawn-time layer (which must allow `stat` for the loader) does
+//! not either. Landlock does not govern memfds: with paths granted (so `openat` is
+//! allowed), a region reopened through `/proc/self/fd/N` opens, and its seals refuse the
+//! write. Seccomp filters raw system calls: a kernel bug reachable through an allowed call
+//! is not stopped.
 //!
 //! # With seals
 //!
@@ -290,7 +293,7 @@ impl fmt::Display for Enforcement {
 /// | `read`, `readv`, `pread64`, `preadv`, `preadv2`, `write`, `writev`, `pwrite64`, `pwritev`, `pwritev2`, `lseek` | I/O on descriptors the worker already holds (positional region I/O, stderr) |
 /// | `close` | dropping received regions and descriptors |
 /// | `fcntl` (`F_GETFD`, `F_SETFD`, `F_GETFL`, `F_SETFL`, `F_DUPFD_CLOEXEC`, `F_GET_SEALS`, `F_ADD_SEALS` only) | verifying seals, close-on-exec, non-blocking mode for async |
-/// | `fstat`, `newfstatat`/`statx` (with `AT_EMPTY_PATH` only: stat of a held descriptor) | verifying a region's kind and size |
+/// | `fstat` | verifying a region's kind and size (`stat` by path, `newfstatat` and `statx`, is refused: Landlock does not govern metadata) |
 /// | `mmap`, `mprotect` (never `PROT_EXEC`), `munmap`, `mremap`, `madvise`, `brk` | mapping regions read-only, the allocator |
 /// | `memfd_create`, `ftruncate`, `fallocate` | the worker's own regions and its half of a ring |
 /// | `futex` | the ring's parking, std's locks |
@@ -743,18 +746,6 @@ impl Sandbox {
             )?])?);
         }
         rules.insert(SYS_fcntl, fcntl);
-
-        let empty_path =
-            |arg: u8| -> std::result::Result<Vec<SeccompRule>, seccompiler::BackendError> {
-                Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
-                    arg,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::MaskedEq(AT_EMPTY_PATH as u64),
-                    AT_EMPTY_PATH as u64,
-                )?])?])
-            };
-        rules.insert(SYS_newfstatat, empty_path(3)?);
-        rules.insert(SYS_statx, empty_path(2)?);
 
         if self.threads || startup {
             rules.insert(

@@ -81,6 +81,11 @@ fn escapes(channel: &Channel) -> Vec<(&'static str, i32)> {
         }
         r
     }));
+    // SAFETY: stat with a NUL-terminated path and a buffer of the right type.
+    out.push(("stat", unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        outcome(libc::stat(passwd.as_ptr(), &mut st) as _)
+    }));
     let reopen = CString::new(format!("/proc/self/fd/{}", channel.as_raw_fd())).unwrap();
     // SAFETY: a raw call with valid arguments (live C strings, buffers, our own mappings);
     // whatever it unexpectedly creates is closed, unmapped or reaped at once.
@@ -474,7 +479,7 @@ fn reply(peer: &common::Peer) -> Vec<u8> {
 fn every_escape_is_refused() {
     let peer = common::spawn_peer("every_escape_is_refused", "escapes");
     let results = decode(&reply(&peer));
-    assert_eq!(results.len(), 11, "{results:?}");
+    assert_eq!(results.len(), 12, "{results:?}");
     // seccomp answers EPERM for every call it does not allow; glibc reports a refused
     // clone3 for a thread as EPERM too.
     expect_all_refused(&results, &[libc::EPERM]);
