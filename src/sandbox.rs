@@ -111,8 +111,8 @@ pub struct Namespaces {
     /// A new user namespace, mapping only this process's own uid and gid (so the peer's
     /// `SCM_CREDENTIALS` checks still hold); it owns the other namespaces.
     pub user: bool,
-    /// A new, empty network namespace (implies `user` when unprivileged): no interfaces,
-    /// and its own abstract unix socket space.
+    /// A new, empty network namespace (implies `user`, which owns it): no interfaces, and
+    /// its own abstract unix socket space.
     pub net: bool,
 }
 
@@ -436,9 +436,8 @@ impl Sandbox {
             return Err(Error::SandboxThreads { threads });
         }
         let prepared = self.prepare(None)?;
-        // SAFETY: `apply` is safe to call in any process; it is unsafe only because it
-        // must be async-signal-safe for the spawn path, which does not matter here.
-        unsafe { prepared.apply(SECCOMP_FILTER_FLAG_TSYNC) }
+        prepared
+            .apply(SECCOMP_FILTER_FLAG_TSYNC)
             .map_err(|(op, e)| Error::Io { op, source: e })?;
         Ok(prepared.report)
     }
@@ -446,6 +445,17 @@ impl Sandbox {
     /// Builds everything (Landlock ruleset descriptor, BPF programs, rlimit values) for
     /// the calling process, or for the program a spawn is about to start.
     pub(crate) fn prepare(&self, startup: Option<&StartupPaths>) -> Result<Prepared> {
+        // SAFETY: PR_GET_SECCOMP only reads this thread's seccomp mode; EINVAL means the
+        // kernel has no seccomp (under a filter that refuses prctl it is EPERM).
+        if unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } < 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+        {
+            return Err(Error::SandboxUnavailable {
+                layer: "seccomp",
+                required: 1,
+                available: 0,
+            });
+        }
         let kernel_abi = landlock_abi();
         if kernel_abi < self.min_landlock_abi {
             return Err(Error::SandboxUnavailable {
@@ -991,12 +1001,11 @@ impl Prepared {
     /// Applies the sandbox to the calling thread (and, with TSYNC, the seccomp filter to
     /// every thread). On failure, says which step failed.
     ///
-    /// # Safety
-    /// None for memory; it is `unsafe` to mark that it is written to run in a child
-    /// between `fork` and `exec`: it allocates nothing, takes no lock and makes only
-    /// async-signal-safe calls (`setrlimit`, `unshare`, `open`/`write`/`close`, `prctl`
-    /// and raw `syscall`s), reading only memory prepared before `fork`.
-    pub(crate) unsafe fn apply(
+    /// Written to run in a child between `fork` and `exec`: it allocates nothing, takes no
+    /// lock and makes only async-signal-safe calls (`setrlimit`, `unshare`,
+    /// `open`/`write`/`close`, `prctl` and raw `syscall`s), reading only memory prepared
+    /// before `fork`; its error is an `io::Error` built from `errno` (no allocation).
+    pub(crate) fn apply(
         &self,
         seccomp_flags: libc::c_ulong,
     ) -> std::result::Result<(), (&'static str, std::io::Error)> {
@@ -1017,13 +1026,9 @@ impl Prepared {
                 return Err(os_err("unshare"));
             }
             if let Some(maps) = &self.id_maps {
-                // SAFETY: the paths are NUL-terminated static strings and the lines live
-                // in `self`, prepared before fork.
-                unsafe {
-                    write_file(maps.setgroups, b"deny")?;
-                    write_file(maps.uid_map, &maps.uid_line)?;
-                    write_file(maps.gid_map, &maps.gid_line)?;
-                }
+                write_file(maps.setgroups, b"deny")?;
+                write_file(maps.uid_map, &maps.uid_line)?;
+                write_file(maps.gid_map, &maps.gid_line)?;
             }
         }
         // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) takes integers only.
@@ -1062,13 +1067,7 @@ impl Prepared {
 }
 
 /// Writes `data` to the file at `path` with raw calls (async-signal-safe).
-///
-/// # Safety
-/// None beyond the types; see [`Prepared::apply`].
-unsafe fn write_file(
-    path: &CStr,
-    data: &[u8],
-) -> std::result::Result<(), (&'static str, std::io::Error)> {
+fn write_file(path: &CStr, data: &[u8]) -> std::result::Result<(), (&'static str, std::io::Error)> {
     // SAFETY: `path` is NUL-terminated; `data` is a valid buffer of its length.
     unsafe {
         let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);

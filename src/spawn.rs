@@ -114,9 +114,12 @@ fn spawn_with(cmd: &mut Command, sandbox: Option<Prepared>) -> Result<(Child, Ch
         });
     }
     if let Some(prepared) = sandbox {
-        // SAFETY: runs in the child after the closure above, between fork and exec;
-        // `Prepared::apply` is written for exactly this: no allocation, no locks, only
-        // async-signal-safe calls on memory prepared before fork (see its docs).
+        // SAFETY: runs in the child after the closure above, between fork and exec, where
+        // only async-signal-safe calls are allowed. `Prepared::apply` is written for
+        // exactly this: it allocates nothing and takes no lock; it makes only raw system
+        // calls (setrlimit, unshare, open/write/close of /proc/self/*_map, prctl,
+        // landlock_restrict_self, seccomp) on memory built before fork and owned by the
+        // closure; its error is an io::Error made from errno, which does not allocate.
         unsafe {
             cmd.pre_exec(move || prepared.apply(0).map_err(|(_, e)| e));
         }
