@@ -8,7 +8,8 @@
 //! - **Landlock** (the `landlock` crate): every filesystem right the running kernel's ABI
 //!   knows is *handled*, and none is granted unless you list a path
 //!   ([`Sandbox::read_only`], [`Sandbox::read_write`]): the worker cannot open, create,
-//!   delete, execute or truncate any file, nor reopen `/proc/self/fd/N`. Where the ABI has
+//!   delete, execute or truncate any file (memfds, sockets and pipes live on internal
+//!   mounts Landlock does not govern: see below). Where the ABI has
 //!   them (4+), binding and connecting TCP sockets are denied; (6+) connecting to abstract
 //!   unix sockets and signalling processes outside the sandbox are denied. Best effort
 //!   across kernels, reported in [`Enforcement`]; [`Sandbox::require_landlock_abi`] turns
@@ -34,10 +35,12 @@
 //!   system calls only, so the program starts sandboxed. A program cannot be *loaded*
 //!   under the full profile (the loader opens and maps libraries executable), so the
 //!   spawn-time filter also allows what loading and the Rust runtime's start need
-//!   ([`Enforcement::startup_allowance`]): `execve`, `openat`, executable (never also
-//!   writable) file mappings, `stat`... Landlock confines those: it grants only executing
-//!   the program and its ELF interpreter, and reading shared-library directories. The
-//!   worker then calls [`Sandbox::enter`] with its profile to drop that allowance.
+//!   ([`Enforcement::startup_allowance`]): `execve`, `openat`, `stat`, executable mappings
+//!   (never writable at the same time)... Landlock confines the paths: it grants only
+//!   executing the program and its ELF interpreter, and reading shared-library
+//!   directories. That layer is not W^X (a memfd could be mapped once writable and once
+//!   executable); the worker calls [`Sandbox::enter`] with its profile to drop the
+//!   allowance, and only then is it.
 //!
 //! ```no_run
 //! # fn main() -> sealpipe::Result<()> {
@@ -70,8 +73,10 @@
 //!
 //! Seals already stop writes to a region by any path; the sandbox removes the remaining
 //! ways around the worker's read-only view: it cannot reopen a region through
-//! `/proc/self/fd` (Landlock, and seccomp without `openat`), map it executable, `ptrace`
-//! or `process_vm_writev` the producer, or signal it.
+//! `/proc/self/fd` (the default filter has no `openat`; with paths granted the reopen
+//! succeeds and the seals refuse every write), map it executable, `ptrace` or
+//! `process_vm_writev` the producer, or signal it. Seals are still what protects the
+//! region: the sandbox does not replace verifying them.
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -190,8 +195,8 @@ fn probe_user_namespaces() -> bool {
 ///
 /// `Display` gives one line, e.g. `no_new_privs; Landlock ABI 7: 16 filesystem rights
 /// handled, 0 paths granted, TCP bind/connect denied, abstract unix sockets and signals
-/// scoped; seccomp: 62 system calls allowed, others EPERM; namespaces: none; rlimits: NOFILE
-/// 128, CORE 0, AS unlimited`.
+/// scoped; seccomp: 60 system calls allowed, others EPERM; namespaces: none; rlimits: NOFILE
+/// 256, CORE 0, AS unchanged`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Enforcement {
@@ -276,7 +281,7 @@ impl fmt::Display for Enforcement {
         write!(f, "; rlimits: NOFILE {}, CORE 0, AS ", self.max_open_files)?;
         match self.max_address_space {
             Some(n) => write!(f, "{n}"),
-            None => f.write_str("unlimited"),
+            None => f.write_str("unchanged"),
         }
     }
 }
@@ -308,8 +313,10 @@ impl fmt::Display for Enforcement {
 /// Everything else (among them `socket`, `socketpair`, `openat`, `execve`, `ptrace`,
 /// `process_vm_readv`/`writev`, `kill`, `tgkill`, `pidfd_send_signal`, `personality`,
 /// `pkey_mprotect`, `io_uring_*`, `bpf`, `unshare`, `mount`) is refused.
-/// [`Sandbox::allow_syscalls`] adds more; listing paths adds `openat` (Landlock then
-/// decides what opens), which is why paths need Landlock.
+/// Without `tgkill`, `abort()` cannot raise `SIGABRT`; glibc then ends the process with a
+/// crash instruction, so an aborting worker still dies, by a signal (`SIGSEGV` on x86_64).
+/// [`Sandbox::allow_syscalls`] adds more; listing paths adds `openat` and `getdents64`
+/// (Landlock then decides what opens), which is why paths need Landlock.
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     read_only: Vec<PathBuf>,

@@ -394,6 +394,11 @@ fn peer(role: &str, ch: Channel) -> i32 {
             let _ = ch.recv_timeout(&policy, TIMEOUT);
             0
         }
+        "abort" => {
+            enter(Sandbox::worker());
+            ch.send(b"entered", &[]).expect("send");
+            std::process::abort();
+        }
         "threads" => {
             enter(Sandbox::worker().allow_threads(true));
             // clone3 is answered ENOSYS; the C library falls back to clone(CLONE_THREAD).
@@ -742,6 +747,19 @@ fn spawn_sandboxes_the_child_before_main_and_never_the_parent() {
     std::net::TcpListener::bind("127.0.0.1:0").expect("the parent can still use the network");
 }
 
+fn an_aborting_worker_still_dies() {
+    let mut peer = common::spawn_peer("an_aborting_worker_still_dies", "abort");
+    assert_eq!(reply(&peer), b"entered");
+    // tgkill is refused, so abort() cannot raise SIGABRT: glibc's fallback crash
+    // instruction ends the process instead.
+    let code = peer.exit_code();
+    assert!(
+        code > 128,
+        "the worker must die by a signal, got exit code {code}"
+    );
+    eprintln!("an aborting sandboxed worker died by signal {}", code - 128);
+}
+
 fn threads_when_allowed_but_never_processes() {
     let peer = common::spawn_peer("threads_when_allowed_but_never_processes", "threads");
     let results = decode(&reply(&peer));
@@ -853,6 +871,11 @@ fn tests() -> Vec<Test> {
             namespaces_isolate_the_network,
             (!support.user_namespaces)
                 .then(|| "user namespaces are not available to this process".to_string()),
+        ),
+        (
+            "an_aborting_worker_still_dies",
+            an_aborting_worker_still_dies,
+            None,
         ),
         (
             "threads_when_allowed_but_never_processes",
