@@ -380,7 +380,9 @@ impl Sandbox {
     }
 
     /// Adds system calls (numbers, e.g. `libc::SYS_uname`) to the allow-list, without
-    /// argument checks.
+    /// argument checks: adding one the profile already allows with checks (`mmap`,
+    /// `fcntl`...) removes its checks. Landlock still applies (e.g. to `socket` +
+    /// `connect` over TCP).
     pub fn allow_syscalls(mut self, syscalls: &[i64]) -> Sandbox {
         self.extra_syscalls.extend_from_slice(syscalls);
         self
@@ -834,7 +836,7 @@ impl Sandbox {
                 .chain(no_exec()?)
                 .collect(),
             );
-            // std marks the main thread's name and sets no_new_privs again in `enter`.
+            // Thread names (PR_SET_NAME), and `enter` setting no_new_privs again.
             let mut prctl = rules.remove(&SYS_prctl).unwrap_or_default();
             prctl.push(SeccompRule::new(vec![SeccompCondition::new(
                 0,
