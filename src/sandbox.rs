@@ -433,7 +433,8 @@ impl Sandbox {
     /// profile on the spawn-time one, which removes the startup allowance.
     ///
     /// # Errors
-    /// [`Error::SandboxUnavailable`] if the kernel cannot enforce what is required;
+    /// [`Error::SandboxUnavailable`] if the kernel cannot enforce what is required
+    /// (including namespaces it refuses);
     /// [`Error::SandboxThreads`] if other threads run; [`Error::SandboxSetup`] if a path
     /// cannot be opened or a filter cannot be built (nothing applied in these cases);
     /// [`Error::Io`] if the kernel refuses a step while applying (the steps before it
@@ -447,7 +448,17 @@ impl Sandbox {
         let prepared = self.prepare(None)?;
         prepared
             .apply(SECCOMP_FILTER_FLAG_TSYNC)
-            .map_err(|(op, e)| Error::Io { op, source: e })?;
+            .map_err(|(op, source)| match (op, source.raw_os_error()) {
+                // Unprivileged user namespaces disabled, or too many: nothing applied.
+                ("unshare", Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS)) => {
+                    Error::SandboxUnavailable {
+                        layer: "user namespaces",
+                        required: 1,
+                        available: 0,
+                    }
+                }
+                _ => Error::Io { op, source },
+            })?;
         Ok(prepared.report)
     }
 
@@ -1019,16 +1030,7 @@ impl Prepared {
         seccomp_flags: libc::c_ulong,
     ) -> std::result::Result<(), (&'static str, std::io::Error)> {
         let os_err = |op: &'static str| (op, std::io::Error::last_os_error());
-        for &(resource, value) in &self.rlimits {
-            let lim = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
-            };
-            // SAFETY: `lim` is a valid rlimit on this stack.
-            if unsafe { libc::setrlimit(resource, &lim) } != 0 {
-                return Err(os_err("setrlimit"));
-            }
-        }
+        // Namespaces first: if the kernel refuses them, nothing has been applied yet.
         if self.ns_flags != 0 {
             // SAFETY: unshare takes flags only.
             if unsafe { libc::unshare(self.ns_flags) } != 0 {
@@ -1038,6 +1040,16 @@ impl Prepared {
                 write_file(maps.setgroups, b"deny")?;
                 write_file(maps.uid_map, &maps.uid_line)?;
                 write_file(maps.gid_map, &maps.gid_line)?;
+            }
+        }
+        for &(resource, value) in &self.rlimits {
+            let lim = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            // SAFETY: `lim` is a valid rlimit on this stack.
+            if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+                return Err(os_err("setrlimit"));
             }
         }
         // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) takes integers only.
