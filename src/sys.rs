@@ -94,8 +94,17 @@ impl ReadMap {
     }
 }
 
+/// The base page size. From the C library (`sysconf`, which glibc and musl answer from the
+/// auxiliary vector they saved at startup: no system call, so it works inside a seccomp
+/// sandbox, where reading `/proc/self/auxv` would fail).
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf takes an integer and touches no memory of ours.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
 /// `cachestat(2)`'s system call number: the same on every Linux architecture (6.5+).
-const SYS_CACHESTAT: libc::c_long = 451;
+pub(crate) const SYS_CACHESTAT: libc::c_long = 451;
 
 /// Counts the pages of shared-memory file `fd` from byte `from` (page-aligned) to the end
 /// of its page cache, *past* its size included, that exist (resident or swapped out), with

@@ -132,7 +132,7 @@ pub(crate) fn check(
     let page = if huge {
         (st.st_blksize as u64).max(4096)
     } else {
-        rustix::param::page_size() as u64
+        crate::sys::page_size()
     };
     // st_blocks counts every allocated page (shmem recounts it for fstat), in the file
     // and past its end; only those in 0..st_size count. A sender can allocate pages past
