@@ -39,11 +39,12 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::io::Interest;
 
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeFailure};
 use crate::listener::{Connecting, Listener};
@@ -97,10 +98,10 @@ impl AsyncChannel {
     /// A dropped future abandons the connection attempt: the socket is closed and the
     /// listener sees a failed handshake. Nothing else is lost.
     pub async fn connect(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<AsyncChannel> {
-        let deadline = Instant::now() + config.timeout;
+        let deadline = Deadline::after(config.timeout);
         let connecting = Connecting::new(path.as_ref())?;
         while !connecting.try_connect()? {
-            if Instant::now() >= deadline {
+            if deadline.passed() {
                 return Err(Error::Timeout);
             }
             // The listener's backlog is full: unix sockets give no readiness for that.
@@ -109,11 +110,14 @@ impl AsyncChannel {
         let (sock, peer, mut client) = connecting.start_handshake(config)?;
         let fd = register(sock)?;
         loop {
-            let ready = tokio::time::timeout_at(deadline.into(), fd.readable())
-                .await
-                .map_err(|_elapsed| Error::Handshake {
-                    failure: HandshakeFailure::TimedOut,
-                })?;
+            let ready = match deadline.instant() {
+                Some(at) => tokio::time::timeout_at(at.into(), fd.readable())
+                    .await
+                    .map_err(|_elapsed| Error::Handshake {
+                        failure: HandshakeFailure::TimedOut,
+                    })?,
+                None => fd.readable().await,
+            };
             let mut ready = ready.map_err(reactor_error)?;
             let step = ready.try_io(|s| match client.step(s.get_ref()) {
                 Ok(false) => Err(io::ErrorKind::WouldBlock.into()),

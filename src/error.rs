@@ -224,7 +224,33 @@ pub enum Error {
         actual: u64,
     },
 
-    /// Mapping verified region `index` failed (e.g. `ENOMEM` for a huge-page region).
+    /// Region `index` has pages that no process has allocated yet (a "sparse" memfd: sized
+    /// with `ftruncate` and sealed, never written). Each such page that this receiver touched
+    /// would be allocated then, charged to this receiver's memory cgroup (an OOM kill in a
+    /// small one, `SIGBUS` under strict overcommit), and kept for as long as the sender
+    /// holds its descriptor. A region made by [`crate::Region`] never has such pages.
+    #[error("region {index} has {committed} of its {len} bytes allocated; touching the rest would charge memory to this receiver")]
+    Uncommitted {
+        /// Index of the region within its message.
+        index: usize,
+        /// The region's length.
+        len: u64,
+        /// Bytes of it found allocated (whole pages, resident or swapped out).
+        committed: u64,
+    },
+
+    /// Region `index` is backed by huge pages (hugetlbfs), which the receiving policy does
+    /// not accept ([`crate::Policy::huge_pages`]).
+    #[error("region {index} is backed by huge pages, which this receiver does not accept")]
+    HugePages {
+        /// Index of the region within its message.
+        index: usize,
+    },
+
+    /// Mapping verified region `index` failed: `ENOMEM` for a huge-page region whose pool
+    /// is empty, or this process reached `vm.max_map_count` or its address-space limit.
+    /// Counted as a peer fault ([`Error::is_peer_fault`]): the peer chose the region's size
+    /// and backing, although retaining many views here is what exhausts the map count.
     #[error("cannot map region {index}")]
     Map {
         /// Index of the region within its message.
@@ -268,9 +294,11 @@ pub enum Error {
         path: std::path::PathBuf,
     },
 
-    /// The listener's socket at `path` was deleted or replaced; nobody new can connect
-    /// until [`crate::Listener::rebind`].
-    #[error("the listening socket at {} was deleted or replaced", path.display())]
+    /// The listener's socket file at `path` was deleted, renamed or replaced. New clients
+    /// that use `path` reach whatever is there now: nobody if it was deleted; if someone
+    /// bound another socket there, that process (see [`crate::Listener::rebind`]). A
+    /// renamed socket file still reaches the listener under its new name.
+    #[error("the listening socket at {} was deleted, renamed or replaced", path.display())]
     PathLost {
         /// The path.
         path: std::path::PathBuf,
@@ -380,6 +408,9 @@ impl Error {
                 | Error::EmptyRegion { .. }
                 | Error::RegionTooLarge { .. }
                 | Error::SizeMismatch { .. }
+                | Error::Uncommitted { .. }
+                | Error::HugePages { .. }
+                | Error::Map { .. }
                 | Error::Handshake { .. }
                 | Error::Truncated { .. }
                 | Error::PeerCorrupt { .. }

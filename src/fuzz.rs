@@ -233,7 +233,8 @@ pub fn seal_policy(data: &[u8]) {
     }
     .max_region_len(limit);
 
-    let Some(fd) = make_fd(kind, seals_to_add, real) else {
+    let commit = b[1] & 0x40 != 0;
+    let Some(fd) = make_fd(kind, seals_to_add, real, commit) else {
         return;
     };
     let actual_seals = fs::fcntl_get_seals(&fd)
@@ -266,6 +267,11 @@ pub fn seal_policy(data: &[u8]) {
             } else if declared != real {
                 assert!(
                     matches!(result, Err(Error::SizeMismatch { .. })),
+                    "{result:?}"
+                );
+            } else if !commit {
+                assert!(
+                    matches!(result, Err(Error::Uncommitted { committed: 0, .. })),
                     "{result:?}"
                 );
             } else {
@@ -880,10 +886,14 @@ impl Input<'_> {
 /// 0: sealable memfd, 1: memfd without sealing, 2: pipe, 3: eventfd, 4: O_PATH memfd,
 /// 5: sealable memfd with exec bits (F_SEAL_EXEC then implies write seals), 6: a sealable
 /// memfd reopened write-only (cannot be mapped for reading).
-fn make_fd(kind: u8, seals: u32, len: u64) -> Option<OwnedFd> {
+fn make_fd(kind: u8, seals: u32, len: u64, commit: bool) -> Option<OwnedFd> {
     let memfd = |flags: MemfdFlags| -> Option<OwnedFd> {
         let fd = fs::memfd_create("fuzz", MemfdFlags::CLOEXEC | flags).ok()?;
         fs::ftruncate(&fd, len).ok()?;
+        if commit && len > 0 {
+            // Allocated like a Region; without it, the memfd is sparse.
+            fs::fallocate(&fd, fs::FallocateFlags::empty(), 0, len).ok()?;
+        }
         // Adding seals may legitimately fail (e.g. not sealable); the verdict must still hold.
         let _ = fs::fcntl_add_seals(&fd, SealFlags::from_bits_retain(seals));
         Some(fd)

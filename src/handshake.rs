@@ -13,11 +13,22 @@
 //! ```
 //!
 //! With a secret, `K = BLAKE3-derive_key(CONTEXT, secret)`, `T = HELLO body ‖ CHALLENGE body
-//! without the proof` (72 bytes), `proof_s = BLAKE3-keyed(K, "sealpipe server\0" ‖ T)` and
-//! `proof_c = BLAKE3-keyed(K, "sealpipe client\0" ‖ T)`, compared in constant time. Both
-//! nonces are fresh random bytes, so a recorded handshake proves nothing in a new one, and
-//! no clock is involved. Without a secret the proofs are all zero. `PROTOCOL.md` has the
-//! byte layouts.
+//! without the proof ‖ ends` (96 bytes), `proof_s = BLAKE3-keyed(K, "sealpipe server\0" ‖
+//! T)` and `proof_c = BLAKE3-keyed(K, "sealpipe client\0" ‖ T)`, compared in constant time.
+//! Both nonces are fresh random bytes, so a recorded handshake proves nothing in a new one,
+//! and no clock is involved. Without a secret the proofs are all zero. `PROTOCOL.md` has the
+//! byte layouts and known-answer vectors.
+//!
+//! `ends` binds the proofs to the connection: the server's and then the client's pid, uid
+//! and gid, each side taking its own from what it was when it called `listen` or `connect`
+//! and the other's from `SO_PEERCRED`, which the kernel recorded at that moment. On a direct
+//! connection both sides compute the same bytes. A relay (a same-user process that renamed
+//! the listener's socket and bound its own at the path, forwarding every message verbatim)
+//! holds two connections: the client sees the relay as its server and the server sees it as
+//! its client, so the two transcripts differ and the proofs fail on both sides
+//! ([`HandshakeFailure::BadProof`]). Both ends must therefore share a pid and user namespace
+//! when a secret is used: across namespaces the kernel translates (or hides) pids and ids, so
+//! even honest proofs fail.
 //!
 //! Identity: on a named socket, `SO_PEERCRED` (the peer process as of `connect`/`listen`,
 //! recorded by the kernel; `SO_PEERPIDFD` has no rustix wrapper, and the pid is only
@@ -31,20 +42,28 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{
     recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, UCred,
 };
 
+use zeroize::Zeroize;
+
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::wire::{self, HandshakeMessage, NONCE_LEN, PROOF_LEN};
 
 /// Feature bit: the sender is configured with a shared secret.
 pub const FEATURE_SECRET: u32 = 1;
+
+/// Feature bit: the sender's proofs cover both ends' credentials (handshake revision 2).
+/// Every handshake sets it, and a peer whose first message lacks it is refused as
+/// [`HandshakeFailure::Unbound`].
+pub const FEATURE_BOUND: u32 = 2;
 
 /// Key-derivation context for the shared secret (BLAKE3 `derive_key`).
 pub const KEY_CONTEXT: &str = "sealpipe 2026-11 handshake v1 shared secret";
@@ -54,7 +73,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SERVER_LABEL: &[u8; 16] = b"sealpipe server\0";
 const CLIENT_LABEL: &[u8; 16] = b"sealpipe client\0";
-const TRANSCRIPT_LEN: usize = 2 * (4 + NONCE_LEN);
+const TRANSCRIPT_LEN: usize = 2 * (4 + NONCE_LEN) + ENDS_LEN;
+const ENDS_LEN: usize = 2 * 12;
 
 /// The kernel-verified identity of the process at the other end of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +95,44 @@ impl PeerCredentials {
             uid: c.uid.as_raw(),
             gid: c.gid.as_raw(),
         }
+    }
+
+    /// This process's pid, effective uid and effective gid: what the kernel records for it
+    /// at `connect`, `listen` or `socketpair`.
+    pub(crate) fn own() -> Self {
+        PeerCredentials {
+            pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+        }
+    }
+}
+
+/// Both ends of one connection, as one side sees them: what the proofs of the shared
+/// secret are bound to. Honest sides of a direct connection see the same two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ends {
+    /// The accepting side (the listener, or a spawned worker's parent).
+    pub(crate) server: PeerCredentials,
+    /// The connecting side (or the spawned worker).
+    pub(crate) client: PeerCredentials,
+}
+
+impl Ends {
+    fn to_bytes(self) -> [u8; ENDS_LEN] {
+        let mut b = [0u8; ENDS_LEN];
+        let words = [
+            self.server.pid,
+            self.server.uid,
+            self.server.gid,
+            self.client.pid,
+            self.client.uid,
+            self.client.gid,
+        ];
+        for (chunk, w) in b.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        b
     }
 }
 
@@ -138,14 +196,26 @@ impl fmt::Debug for PeerPolicy {
     }
 }
 
-/// A shared secret both sides must prove they know. Only a key derived from it is kept; it
-/// never appears in `Debug` output or errors, and is zeroed (best effort) when dropped.
+/// A shared secret both sides must prove they know. Only a key derived from it is kept, in
+/// one heap allocation that clones share; it never appears in `Debug` output or errors, and
+/// it is zeroed (with `zeroize`) when the last clone is dropped, as is the hashing state of
+/// every proof made with it. (Copies the caller made of the secret itself, and whatever
+/// the stack or registers held during hashing, are beyond its reach.)
 ///
 /// The handshake lets anyone the [`PeerPolicy`] admits obtain a proof over nonces of their
 /// choosing, so a guessable secret can be attacked offline: use 32 random bytes.
 #[derive(Clone)]
 pub struct Secret {
-    key: [u8; 32],
+    key: Arc<Key>,
+}
+
+/// The derived key, zeroed on drop.
+struct Key([u8; 32]);
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
 }
 
 impl Secret {
@@ -160,29 +230,32 @@ impl Secret {
         if secret.len() < Self::MIN_LEN {
             return Err(Error::SecretTooShort { min: Self::MIN_LEN });
         }
-        Ok(Secret {
-            key: blake3::derive_key(KEY_CONTEXT, secret),
-        })
+        // Derive straight into the shared allocation, so no copy of the key is left behind.
+        let mut key = Arc::new(Key([0; 32]));
+        let mut h = blake3::Hasher::new_derive_key(KEY_CONTEXT);
+        h.update(secret);
+        let mut out = h.finalize_xof();
+        if let Some(k) = Arc::get_mut(&mut key) {
+            out.fill(&mut k.0);
+        }
+        out.zeroize();
+        h.zeroize();
+        Ok(Secret { key })
     }
 
     fn proof(&self, label: &[u8; 16], transcript: &[u8; TRANSCRIPT_LEN]) -> blake3::Hash {
-        let mut h = blake3::Hasher::new_keyed(&self.key);
+        let mut h = blake3::Hasher::new_keyed(&self.key.0);
         h.update(label);
         h.update(transcript);
-        h.finalize()
+        let proof = h.finalize();
+        h.zeroize();
+        proof
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        self.key = [0; 32];
-        std::hint::black_box(&self.key);
     }
 }
 
@@ -326,6 +399,9 @@ pub enum HandshakeFailure {
         /// The version it speaks.
         version: u16,
     },
+    /// The peer's proofs do not cover the connection's two ends (it lacks
+    /// [`FEATURE_BOUND`]: an older handshake revision).
+    Unbound,
     /// An unexpected or malformed handshake message.
     Protocol(&'static str),
     /// The peer refused this side and said why.
@@ -368,6 +444,9 @@ impl fmt::Display for HandshakeFailure {
                 "the peer speaks protocol version {version}, this build speaks {}",
                 wire::VERSION
             ),
+            HandshakeFailure::Unbound => f.write_str(
+                "the peer's proofs are not bound to the connection (older handshake revision)",
+            ),
             HandshakeFailure::Protocol(what) => write!(f, "protocol violation: {what}"),
             HandshakeFailure::Refused(r) => write!(f, "the peer refused the connection: {r}"),
             HandshakeFailure::TimedOut => f.write_str("it did not complete in time"),
@@ -395,10 +474,31 @@ fn random_nonce() -> Result<[u8; NONCE_LEN]> {
 
 fn features(secret: Option<&Secret>) -> u32 {
     if secret.is_some() {
-        FEATURE_SECRET
+        FEATURE_BOUND | FEATURE_SECRET
     } else {
-        0
+        FEATURE_BOUND
     }
+}
+
+/// Checks the peer's feature bits against ours; on a mismatch tells the peer and fails.
+fn check_features(sock: &OwnedFd, secret: Option<&Secret>, theirs: u32) -> Result<()> {
+    if theirs & FEATURE_BOUND == 0 {
+        return Err(refuse(
+            sock,
+            RefusalReason::Incompatible,
+            HandshakeFailure::Unbound,
+        ));
+    }
+    if (theirs & FEATURE_SECRET != 0) != secret.is_some() {
+        return Err(refuse(
+            sock,
+            RefusalReason::SecretPresence,
+            HandshakeFailure::SecretPresence {
+                ours: secret.is_some(),
+            },
+        ));
+    }
+    Ok(())
 }
 
 fn transcript(
@@ -406,12 +506,14 @@ fn transcript(
     client_nonce: &[u8; NONCE_LEN],
     server_features: u32,
     server_nonce: &[u8; NONCE_LEN],
+    ends: Ends,
 ) -> [u8; TRANSCRIPT_LEN] {
     let mut t = [0u8; TRANSCRIPT_LEN];
     t[0..4].copy_from_slice(&client_features.to_le_bytes());
     t[4..36].copy_from_slice(client_nonce);
     t[36..40].copy_from_slice(&server_features.to_le_bytes());
     t[40..72].copy_from_slice(server_nonce);
+    t[72..].copy_from_slice(&ends.to_bytes());
     t
 }
 
@@ -584,18 +686,13 @@ fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred
 }
 
 /// Waits until `sock` is readable (or hung up), at most until `deadline`.
-pub(crate) fn wait_readable(sock: &OwnedFd, deadline: Instant) -> Result<()> {
+pub(crate) fn wait_readable(sock: &OwnedFd, deadline: Deadline) -> Result<()> {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if deadline.passed() {
             return Err(fail(HandshakeFailure::TimedOut));
         }
-        let timeout = Timespec::try_from(left).unwrap_or(Timespec {
-            tv_sec: i64::MAX,
-            tv_nsec: 0,
-        });
         let mut fds = [PollFd::new(sock, PollFlags::IN)];
-        match poll(&mut fds, Some(&timeout)) {
+        match poll(&mut fds, deadline.poll_timeout().as_ref()) {
             Ok(0) | Err(Errno::INTR) => {}
             Ok(_) => return Ok(()),
             Err(e) => return Err(Error::io("poll", e)),
@@ -636,9 +733,10 @@ pub(crate) fn run_client(
     sock: &OwnedFd,
     secret: Option<&Secret>,
     send_credentials: bool,
-    deadline: Instant,
+    ends: Ends,
+    deadline: Deadline,
 ) -> Result<()> {
-    let mut client = ClientHandshake::start(sock, secret.cloned(), send_credentials)?;
+    let mut client = ClientHandshake::start(sock, secret.cloned(), send_credentials, ends)?;
     while !client.step(sock)? {
         wait_readable(sock, deadline)?;
     }
@@ -651,6 +749,7 @@ pub(crate) fn run_client(
 #[derive(Debug)]
 pub(crate) struct ClientHandshake {
     secret: Option<Secret>,
+    ends: Ends,
     state: ClientState,
 }
 
@@ -665,11 +764,13 @@ enum ClientState {
 }
 
 impl ClientHandshake {
-    /// Sends `HELLO`. With `send_credentials`, it carries `SCM_CREDENTIALS`.
+    /// Sends `HELLO`. With `send_credentials`, it carries `SCM_CREDENTIALS`. `ends`: the
+    /// server as `SO_PEERCRED` reports it, and this process as it was at `connect`.
     pub(crate) fn start(
         sock: &OwnedFd,
         secret: Option<Secret>,
         send_credentials: bool,
+        ends: Ends,
     ) -> Result<Self> {
         let features = features(secret.as_ref());
         let nonce = random_nonce()?;
@@ -681,6 +782,7 @@ impl ClientHandshake {
         .map_err(|e| refusal_behind(sock, e))?;
         Ok(ClientHandshake {
             secret,
+            ends,
             state: ClientState::AwaitChallenge { features, nonce },
         })
     }
@@ -706,16 +808,8 @@ impl ClientHandshake {
                     },
                 ) => {
                     let secret = self.secret.as_ref();
-                    if (theirs & FEATURE_SECRET != 0) != secret.is_some() {
-                        return Err(refuse(
-                            sock,
-                            RefusalReason::SecretPresence,
-                            HandshakeFailure::SecretPresence {
-                                ours: secret.is_some(),
-                            },
-                        ));
-                    }
-                    let t = transcript(ours, &nonce_c, theirs, &nonce_s);
+                    check_features(sock, secret, theirs)?;
+                    let t = transcript(ours, &nonce_c, theirs, &nonce_s, self.ends);
                     verify_proof(sock, secret, SERVER_LABEL, &t, &proof)?;
                     send_message(
                         sock,
@@ -743,6 +837,11 @@ impl ClientHandshake {
 #[derive(Debug)]
 pub(crate) struct ServerHandshake {
     secret: Option<Secret>,
+    /// This process as it was at `listen` (or `socketpair`).
+    own: PeerCredentials,
+    /// The client as `SO_PEERCRED` reports it; `None` for a spawned worker, whose
+    /// `SCM_CREDENTIALS` stand in.
+    peer: Option<PeerCredentials>,
     /// For a spawned worker: the pid whose `SCM_CREDENTIALS` must come with `HELLO` (the
     /// caller set `SO_PASSCRED`, which is cleared once `HELLO` is in).
     expect_pid: Option<u32>,
@@ -759,9 +858,16 @@ enum ServerState {
 }
 
 impl ServerHandshake {
-    pub(crate) fn new(secret: Option<Secret>, expect_pid: Option<u32>) -> Self {
+    pub(crate) fn new(
+        secret: Option<Secret>,
+        expect_pid: Option<u32>,
+        own: PeerCredentials,
+        peer: Option<PeerCredentials>,
+    ) -> Self {
         ServerHandshake {
             secret,
+            own,
+            peer,
             expect_pid,
             state: ServerState::AwaitHello,
             hello_credentials: None,
@@ -823,18 +929,24 @@ impl ServerHandshake {
             }
         }
         let secret = self.secret.as_ref();
-        if (theirs & FEATURE_SECRET != 0) != secret.is_some() {
-            return Err(refuse(
-                sock,
-                RefusalReason::SecretPresence,
-                HandshakeFailure::SecretPresence {
-                    ours: secret.is_some(),
-                },
-            ));
-        }
+        check_features(sock, secret, theirs)?;
         let ours = features(secret);
         let nonce_s = random_nonce()?;
-        let t = transcript(theirs, nonce_c, ours, &nonce_s);
+        let client = match self.peer.or(self.hello_credentials) {
+            Some(c) => c,
+            None => {
+                return Err(refuse(
+                    sock,
+                    RefusalReason::Protocol,
+                    HandshakeFailure::Protocol("no credentials for the client"),
+                ))
+            }
+        };
+        let ends = Ends {
+            server: self.own,
+            client,
+        };
+        let t = transcript(theirs, nonce_c, ours, &nonce_s, ends);
         send_message(
             sock,
             &HandshakeMessage::Challenge {
@@ -848,7 +960,7 @@ impl ServerHandshake {
     }
 
     /// Runs the handshake to completion, blocking until `deadline`.
-    pub(crate) fn run(&mut self, sock: &OwnedFd, deadline: Instant) -> Result<()> {
+    pub(crate) fn run(&mut self, sock: &OwnedFd, deadline: Deadline) -> Result<()> {
         while !self.step(sock)? {
             wait_readable(sock, deadline)?;
         }
@@ -886,12 +998,36 @@ mod tests {
             Secret::new(b"short"),
             Err(Error::SecretTooShort { min: 16 })
         ));
-        let t = transcript(1, &[1; 32], 1, &[2; 32]);
+        let ends = Ends {
+            server: PeerCredentials {
+                pid: 1,
+                uid: 2,
+                gid: 3,
+            },
+            client: PeerCredentials {
+                pid: 4,
+                uid: 2,
+                gid: 3,
+            },
+        };
+        let t = transcript(1, &[1; 32], 1, &[2; 32], ends);
         let p = s.proof(SERVER_LABEL, &t);
         assert_ne!(p, s.proof(CLIENT_LABEL, &t));
         assert_ne!(
             p,
-            s.proof(SERVER_LABEL, &transcript(1, &[1; 32], 1, &[3; 32]))
+            s.proof(SERVER_LABEL, &transcript(1, &[1; 32], 1, &[3; 32], ends))
+        );
+        let relayed = Ends {
+            server: PeerCredentials {
+                pid: 5,
+                ..ends.server
+            },
+            ..ends
+        };
+        assert_ne!(
+            p,
+            s.proof(SERVER_LABEL, &transcript(1, &[1; 32], 1, &[2; 32], relayed)),
+            "proofs cover the ends"
         );
         let other = Secret::new(b"0123456789abcdeF").unwrap();
         assert_ne!(p, other.proof(SERVER_LABEL, &t));
@@ -899,6 +1035,50 @@ mod tests {
         assert!(check_proof(Some(&other), SERVER_LABEL, &t, p.as_bytes()).is_err());
         assert!(check_proof(None, SERVER_LABEL, &t, &[0; 32]).is_ok());
         assert!(check_proof(None, SERVER_LABEL, &t, &[1; 32]).is_err());
+    }
+
+    /// The known-answer vectors of PROTOCOL.md (`### Known-answer vectors`), computed here
+    /// and compared with the document's text; the Python peer checks the same text.
+    #[test]
+    fn protocol_md_known_answer_vectors() {
+        let doc = include_str!("../PROTOCOL.md");
+        let block = doc
+            .split("<!-- handshake-vectors -->")
+            .nth(1)
+            .expect("PROTOCOL.md has the handshake vectors");
+        let value = |name: &str| -> String {
+            block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name)?.trim().strip_prefix("= "))
+                .unwrap_or_else(|| panic!("{name} is in the vectors"))
+                .trim()
+                .to_owned()
+        };
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let secret: Vec<u8> = (0u8..32).collect();
+        assert_eq!(value("S "), hex(&secret));
+        let s = Secret::new(&secret).unwrap();
+        assert_eq!(value("K "), hex(&s.key.0));
+        let creds = |pid, uid, gid| PeerCredentials { pid, uid, gid };
+        let direct = Ends {
+            server: creds(1000, 1001, 1002),
+            client: creds(2000, 1001, 1002),
+        };
+        let nonce_c = [0x11u8; 32];
+        let nonce_s = [0x22u8; 32];
+        let f = FEATURE_BOUND | FEATURE_SECRET;
+        let t = transcript(f, &nonce_c, f, &nonce_s, direct);
+        assert_eq!(value("T "), hex(&t));
+        assert_eq!(value("proof_s "), hex(s.proof(SERVER_LABEL, &t).as_bytes()));
+        assert_eq!(value("proof_c "), hex(s.proof(CLIENT_LABEL, &t).as_bytes()));
+        // The client's view through a relay of pid 3000.
+        let relayed = Ends {
+            server: creds(3000, 1001, 1002),
+            ..direct
+        };
+        let t = transcript(f, &nonce_c, f, &nonce_s, relayed);
+        assert_eq!(value("T'"), hex(&t));
+        assert_eq!(value("proof_s'"), hex(s.proof(SERVER_LABEL, &t).as_bytes()));
     }
 
     #[test]

@@ -66,8 +66,20 @@
 //! cannot truncate a mapped region under us (no `SIGBUS`); sizes are checked against
 //! `fstat` before mapping, so nothing is read out of bounds; sends use `MSG_NOSIGNAL`, so a
 //! dead peer cannot kill us with `SIGPIPE`; every descriptor we create or receive is
-//! close-on-exec; every blocking call has a timeout variant. sealpipe does not protect
+//! close-on-exec; every blocking call has a timeout variant, and a timeout too large to
+//! represent (`Duration::MAX`) means "no deadline", never a panic. sealpipe does not protect
 //! against a peer that sends well-formed but wrong *data*: validate what you read.
+//!
+//! - **Memory charged to the receiver.** A region whose pages were never allocated would be
+//!   allocated page by page as the receiver reads it, in the receiver's name (its memory
+//!   cgroup). [`verify()`] refuses it ([`Error::Uncommitted`]) before touching a page, and
+//!   refuses huge-page regions unless [`Policy::huge_pages`] opts in
+//!   ([`Error::HugePages`]); see [Committed pages](verify#committed-pages).
+//! - **A relay between client and listener.** With a [`Secret`], both proofs of the
+//!   handshake cover the kernel-reported credentials of both ends of the connection, so a
+//!   same-user process that takes over a listener's path and forwards messages fails on
+//!   both sides ([`handshake`]).
+//! - **Mapping failures** of verified regions are [`Error::Map`], a peer fault.
 //!
 //! # Sandboxing workers
 //!
@@ -107,6 +119,7 @@ compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM
 
 #[cfg(feature = "tokio")]
 pub mod asyncio;
+mod deadline;
 mod error;
 #[cfg(fuzzing)]
 pub mod fuzz;

@@ -12,6 +12,7 @@ use rustix::net::{
     SocketFlags, SocketType,
 };
 
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handshake::{
     self, check_identity, HandshakeConfig, HandshakeFailure, PeerCredentials, ServerHandshake,
@@ -98,7 +99,7 @@ fn runtime_dir() -> Result<PathBuf> {
 struct Pending {
     sock: OwnedFd,
     peer: PeerCredentials,
-    deadline: Instant,
+    deadline: Deadline,
     handshake: ServerHandshake,
 }
 
@@ -153,6 +154,8 @@ pub struct Listener {
     path: PathBuf,
     /// `(st_dev, st_ino)` of the socket file we created.
     id: (u64, u64),
+    /// This process as it was when it called `listen`: what clients' `SO_PEERCRED` reports.
+    own: PeerCredentials,
     config: HandshakeConfig,
     epoll: OwnedFd,
     inotify: Option<OwnedFd>,
@@ -187,12 +190,14 @@ impl Listener {
         let epoll =
             epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| Error::io("epoll_create", e))?;
         let inotify = watch_dir(&path, &epoll);
+        let own = PeerCredentials::own();
         let (sock, id) = bind_socket(&path)?;
         // From here on, Drop removes the socket file.
         let mut listener = Listener {
             sock,
             path,
             id,
+            own,
             config,
             epoll,
             inotify,
@@ -229,11 +234,13 @@ impl Listener {
     /// # Errors
     /// [`Error::Handshake`] when one connection fails its handshake (refused by the policy,
     /// wrong secret, timed out, closed): the listener goes on serving. [`Error::PathLost`]
-    /// (once) when the socket path was deleted or replaced: connections in progress are
-    /// still served, but nobody new can connect until [`rebind`](Listener::rebind).
+    /// (once) when the socket file at the path was deleted, renamed or replaced:
+    /// connections in progress are still served, and so are clients that connect to the
+    /// file's new name if it was renamed; clients using the path reach nobody (deleted) or
+    /// whoever bound a socket there since (see [`rebind`](Listener::rebind)).
     /// [`Error::Io`] (e.g. `EMFILE`).
     pub fn accept(&mut self) -> Result<Channel> {
-        self.accept_until(Some(None))
+        self.accept_until(Some(Deadline::NEVER))
     }
 
     /// [`accept`](Listener::accept), giving up with [`Error::Timeout`] after `timeout`.
@@ -241,7 +248,7 @@ impl Listener {
     /// # Errors
     /// As [`accept`](Listener::accept), plus [`Error::Timeout`].
     pub fn accept_timeout(&mut self, timeout: Duration) -> Result<Channel> {
-        self.accept_until(Some(Instant::now().checked_add(timeout)))
+        self.accept_until(Some(Deadline::after(timeout)))
     }
 
     /// Does whatever work is ready without waiting: [`Error::WouldBlock`] if no handshake
@@ -256,16 +263,35 @@ impl Listener {
     /// When the earliest handshake in progress times out (an event loop must call
     /// [`try_accept`](Listener::try_accept) by then); `None` if none is in progress.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.pending.iter().map(|p| p.deadline).min()
+        self.next_handshake_deadline().instant()
+    }
+
+    fn next_handshake_deadline(&self) -> Deadline {
+        self.pending
+            .iter()
+            .fold(Deadline::NEVER, |d, p| d.min(p.deadline))
     }
 
     /// Binds a new socket at the path after it was lost ([`Error::PathLost`]); the same
-    /// checks as [`bind`](Listener::bind) apply, so a foreign file at the path is refused.
-    /// Connections in progress and channels already accepted are unaffected.
+    /// checks as [`bind`](Listener::bind) apply. Connections in progress and channels
+    /// already accepted are unaffected; the old socket (perhaps still reachable under a
+    /// new name) stops accepting.
+    ///
+    /// If someone else holds the path, `rebind` never takes it from them: a live socket
+    /// there (any process's, including a relay that renamed ours away and bound its own)
+    /// gives [`Error::AddressInUse`]; a socket of another user, a symbolic link or another
+    /// kind of file gives [`Error::UnsafePath`]. A socket of this user that nobody listens
+    /// on any more is removed and replaced. What holds the path can only reach clients that
+    /// connect to it: with a [`crate::Secret`], a relay's handshakes fail on both sides
+    /// (PROTOCOL.md, *Binding*), so it can deny service but not read or forge messages;
+    /// without a secret it is an ordinary peer of the same user. To recover, remove what
+    /// holds the path (the directory is this user's, see [`default_path`]) and call
+    /// `rebind` again, or bind another path.
     ///
     /// # Errors
     /// As [`bind`](Listener::bind).
     pub fn rebind(&mut self) -> Result<()> {
+        let own = PeerCredentials::own();
         let (sock, id) = bind_socket(&self.path)?;
         let _ = epoll::delete(&self.epoll, &self.sock);
         let flags = if self.accepting {
@@ -276,6 +302,7 @@ impl Listener {
         // Swap first, so that Drop removes the new socket file even if registering fails.
         self.sock = sock;
         self.id = id;
+        self.own = own;
         self.lost = false;
         if let Some(old) = self.inotify.take() {
             let _ = epoll::delete(&self.epoll, &old);
@@ -290,32 +317,25 @@ impl Listener {
         .map_err(|e| Error::io("epoll_ctl", e))
     }
 
-    /// `wait`: `None` = do not wait; `Some(None)` = forever; `Some(Some(t))` = until `t`.
-    fn accept_until(&mut self, wait: Option<Option<Instant>>) -> Result<Channel> {
+    /// `wait`: `None` = do not wait; `Some(deadline)` = until then.
+    fn accept_until(&mut self, wait: Option<Deadline>) -> Result<Channel> {
         self.check_path()?;
         let mut events: Vec<epoll::Event> = Vec::with_capacity(32);
         loop {
-            let now = Instant::now();
-            if let Some(i) = self.pending.iter().position(|p| p.deadline <= now) {
+            if let Some(i) = self.pending.iter().position(|p| p.deadline.passed()) {
                 self.remove_pending(i);
                 return Err(Error::Handshake {
                     failure: HandshakeFailure::TimedOut,
                 });
             }
             // Sleep until the caller's deadline or the first handshake deadline.
-            let until = match wait {
-                None => Some(now),
-                Some(t) => match (t, self.next_deadline()) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                },
-            };
-            let timeout = until.map(|t| {
-                Timespec::try_from(t.saturating_duration_since(now)).unwrap_or(Timespec {
-                    tv_sec: i64::MAX,
+            let timeout = match wait {
+                None => Some(Timespec {
+                    tv_sec: 0,
                     tv_nsec: 0,
-                })
-            });
+                }),
+                Some(d) => d.min(self.next_handshake_deadline()).poll_timeout(),
+            };
             events.clear();
             match epoll::wait(
                 &self.epoll,
@@ -333,7 +353,7 @@ impl Listener {
             if events.is_empty() {
                 match wait {
                     None => return Err(Error::WouldBlock),
-                    Some(Some(t)) if Instant::now() >= t => return Err(Error::Timeout),
+                    Some(d) if d.passed() => return Err(Error::Timeout),
                     _ => {}
                 }
             }
@@ -403,8 +423,13 @@ impl Listener {
             self.pending.push(Pending {
                 sock,
                 peer,
-                deadline: Instant::now() + self.config.timeout,
-                handshake: ServerHandshake::new(self.config.secret.clone(), None),
+                deadline: Deadline::after(self.config.timeout),
+                handshake: ServerHandshake::new(
+                    self.config.secret.clone(),
+                    None,
+                    self.own,
+                    Some(peer),
+                ),
             });
         }
         if self.pending.len() >= Self::MAX_PENDING && self.accepting {
@@ -613,14 +638,14 @@ impl Channel {
     /// [`Error::Handshake`] if the handshake fails (both sides learn why);
     /// [`Error::UnsafePath`] for a path too long for a socket address.
     pub fn connect(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<Channel> {
-        let deadline = Instant::now() + config.timeout;
+        let deadline = Deadline::after(config.timeout);
         let connecting = Connecting::new(path.as_ref())?;
         while !connecting.try_connect()? {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout);
+            let pause = Duration::from_millis(2);
+            match deadline.left() {
+                Some(left) if left.is_zero() => return Err(Error::Timeout),
+                left => std::thread::sleep(left.map_or(pause, |l| l.min(pause))),
             }
-            std::thread::sleep(left.min(Duration::from_millis(2)));
         }
         let (sock, peer, mut client) = connecting.start_handshake(config)?;
         while !client.step(&sock)? {
@@ -636,6 +661,9 @@ impl Channel {
 pub(crate) struct Connecting {
     sock: OwnedFd,
     addr: SocketAddrUnix,
+    /// This process as it is when it calls `connect`: what the server's `SO_PEERCRED`
+    /// reports.
+    own: PeerCredentials,
 }
 
 impl Connecting {
@@ -643,6 +671,7 @@ impl Connecting {
         Ok(Connecting {
             addr: unix_addr(path)?,
             sock: new_socket()?,
+            own: PeerCredentials::own(),
         })
     }
 
@@ -670,7 +699,11 @@ impl Connecting {
             sockopt::socket_peercred(&sock).map_err(|e| Error::io("getsockopt(SO_PEERCRED)", e))?,
         );
         check_identity(&sock, &config.policy, peer)?;
-        let client = handshake::ClientHandshake::start(&sock, config.secret.clone(), false)?;
+        let ends = handshake::Ends {
+            server: peer,
+            client: self.own,
+        };
+        let client = handshake::ClientHandshake::start(&sock, config.secret.clone(), false, ends)?;
         Ok((sock, peer, client))
     }
 }

@@ -195,7 +195,7 @@ fn probe_user_namespaces() -> bool {
 ///
 /// `Display` gives one line, e.g. `no_new_privs; Landlock ABI 7: 16 filesystem rights
 /// handled, 0 paths granted, TCP bind/connect denied, abstract unix sockets and signals
-/// scoped; seccomp: 60 system calls allowed, others EPERM; namespaces: none; rlimits: NOFILE
+/// scoped; seccomp: 62 system calls allowed, others EPERM; namespaces: none; rlimits: NOFILE
 /// 256, CORE 0, AS unchanged`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -298,7 +298,7 @@ impl fmt::Display for Enforcement {
 /// | `read`, `readv`, `pread64`, `preadv`, `preadv2`, `write`, `writev`, `pwrite64`, `pwritev`, `pwritev2`, `lseek` | I/O on descriptors the worker already holds (positional region I/O, stderr) |
 /// | `close` | dropping received regions and descriptors |
 /// | `fcntl` (`F_GETFD`, `F_SETFD`, `F_GETFL`, `F_SETFL`, `F_DUPFD_CLOEXEC`, `F_GET_SEALS`, `F_ADD_SEALS` only) | verifying seals, close-on-exec, non-blocking mode for async |
-/// | `fstat` | verifying a region's kind and size (`stat` by path, `newfstatat` and `statx`, is refused: Landlock does not govern metadata) |
+/// | `fstat`, `fstatfs`, `cachestat` | verifying a region's kind, size, backing (shmem or hugetlbfs) and committed pages (`stat` by path, `newfstatat` and `statx`, is refused: Landlock does not govern metadata) |
 /// | `mmap`, `mprotect` (never `PROT_EXEC`), `munmap`, `mremap`, `madvise`, `brk` | mapping regions read-only, the allocator |
 /// | `memfd_create`, `ftruncate`, `fallocate` | the worker's own regions and its half of a ring |
 /// | `futex` | the ring's parking, std's locks |
@@ -705,6 +705,8 @@ impl Sandbox {
                 SYS_lseek,
                 SYS_close,
                 SYS_fstat,
+                SYS_fstatfs,
+                crate::sys::SYS_CACHESTAT,
                 SYS_munmap,
                 SYS_mremap,
                 SYS_madvise,

@@ -130,6 +130,7 @@ impl fmt::Debug for Seals {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
     accept_future_write: bool,
+    accept_huge_pages: bool,
     max_region_len: u64,
     max_regions: usize,
     max_payload: usize,
@@ -144,6 +145,7 @@ impl Policy {
     pub const fn immutable() -> Policy {
         Policy {
             accept_future_write: false,
+            accept_huge_pages: false,
             max_region_len: Self::DEFAULT_MAX_REGION_LEN,
             max_regions: crate::wire::MAX_REGIONS,
             max_payload: crate::wire::MAX_PAYLOAD,
@@ -163,6 +165,20 @@ impl Policy {
     /// Largest region accepted, in bytes (default [`Policy::DEFAULT_MAX_REGION_LEN`]).
     pub const fn max_region_len(mut self, len: u64) -> Policy {
         self.max_region_len = len;
+        self
+    }
+
+    /// Whether regions backed by huge pages (`MFD_HUGETLB` memfds, hugetlbfs) are accepted
+    /// (default: no, [`crate::Error::HugePages`]).
+    ///
+    /// Huge pages come from a pool the administrator sets aside; mapping such a region
+    /// fails with `ENOMEM` ([`crate::Error::Map`]) when the pool has no page for it. The
+    /// commitment check is weaker for them: the kernel reports their pages by count only
+    /// (`st_blocks`), so a peer that allocated huge pages past the end of its file before
+    /// sealing it can leave holes inside it, which this receiver would then fill from the
+    /// pool, charged to its hugetlb cgroup. Opt in only for peers you trust with that.
+    pub const fn huge_pages(mut self, accept: bool) -> Policy {
+        self.accept_huge_pages = accept;
         self
     }
 
@@ -201,6 +217,11 @@ impl Policy {
     /// Whether regions sealed `FUTURE_WRITE` (not `WRITE`) are accepted.
     pub const fn accepts_future_write(&self) -> bool {
         self.accept_future_write
+    }
+
+    /// Whether huge-page regions are accepted ([`Policy::huge_pages`]).
+    pub const fn accepts_huge_pages(&self) -> bool {
+        self.accept_huge_pages
     }
 
     /// The region length limit.

@@ -14,18 +14,18 @@
 //! the protocol.
 #![allow(unsafe_code)]
 
-use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use std::time::Instant;
-
+use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
 use rustix::net::sockopt;
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
 
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handshake::{self, PeerCredentials, ServerHandshake};
 use crate::sandbox::{Enforcement, Prepared, Sandbox, StartupPaths};
@@ -36,6 +36,10 @@ pub const ENV_VAR: &str = "SEALPIPE_FD";
 
 /// The descriptor number the child's channel is placed on.
 pub const CHILD_FD: RawFd = 3;
+
+/// How long [`spawn`]'s failure path waits for a killed child before it leaves the reaping
+/// to a background thread.
+pub const REAP_WAIT: Duration = Duration::from_millis(500);
 
 /// Spawns `cmd` with one end of a new channel on descriptor [`CHILD_FD`] (named in
 /// [`ENV_VAR`]), makes the handshake with it (the child must call [`worker_channel`]
@@ -48,7 +52,10 @@ pub const CHILD_FD: RawFd = 3;
 /// [`Error::Io`] if the pair cannot be created or the process cannot be spawned;
 /// [`Error::Handshake`] if the child does not complete the handshake (it exited, timed
 /// out, or the handshake came from another process). On a handshake failure the child is
-/// killed and reaped.
+/// killed with `SIGKILL` and reaped: here if it exits within [`REAP_WAIT`] (it normally
+/// does within milliseconds), otherwise by a background thread, so that a child stuck in
+/// an uninterruptible sleep (say, on a hung FUSE mount) cannot hold `spawn` past its
+/// deadline. Each such child costs one parked thread until it finally exits.
 pub fn spawn(cmd: &mut Command) -> Result<(Child, Channel)> {
     spawn_with(cmd, None)
 }
@@ -93,22 +100,22 @@ fn spawn_with(cmd: &mut Command, sandbox: Option<Prepared>) -> Result<(Child, Ch
     let raw = child_end.as_raw_fd();
     cmd.env(ENV_VAR, CHILD_FD.to_string());
     // SAFETY: the closure runs in the child between fork and exec, so it may only make
-    // async-signal-safe calls: it makes two raw syscalls (fcntl, dup2) through rustix and
-    // allocates nothing. `raw` is open in the child because `child_end` lives in the parent
-    // until `spawn` has returned, and fork copied it.
+    // async-signal-safe calls: `fcntl` and `dup2` (both on POSIX's list) on raw descriptor
+    // numbers, and reading errno; it allocates nothing and creates no `OwnedFd` (CHILD_FD
+    // need not be open, and must never be closed by us). `raw` is open in the child
+    // because `child_end` lives in the parent until `spawn` has returned, and fork copied
+    // it.
     unsafe {
         cmd.pre_exec(move || {
-            // SAFETY: `raw` is open in the child (see above) for the whole closure.
-            let src = BorrowedFd::borrow_raw(raw);
-            if raw == CHILD_FD {
+            let rc = if raw == CHILD_FD {
                 // dup2 onto itself would keep FD_CLOEXEC: clear it instead.
-                fcntl_setfd(src, FdFlags::empty())?;
+                libc::fcntl(raw, libc::F_SETFD, 0)
             } else {
-                // SAFETY: the target number is only used as dup2's destination; wrapping it
-                // in ManuallyDrop means this closure never closes it.
-                let mut target = ManuallyDrop::new(OwnedFd::from_raw_fd(CHILD_FD));
                 // dup2 creates the new descriptor without FD_CLOEXEC: the one inherited fd.
-                rustix::io::dup2(src, &mut target)?;
+                libc::dup2(raw, CHILD_FD)
+            };
+            if rc == -1 {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -129,29 +136,56 @@ fn spawn_with(cmd: &mut Command, sandbox: Option<Prepared>) -> Result<(Child, Ch
         source,
     })?;
     drop(child_end);
+    // The child is not reaped before we return, so its pid names it (no reuse race).
+    let pidfd = i32::try_from(child.id())
+        .ok()
+        .and_then(Pid::from_raw)
+        .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
     match authenticate_child(&parent, &child) {
-        Ok((creds, pidfd)) => Ok((child, Channel::new(parent, Some(creds), pidfd))),
+        Ok(creds) => Ok((child, Channel::new(parent, Some(creds), pidfd))),
         Err(e) => {
             let _ = child.kill();
-            let _ = child.wait();
+            reap(child, pidfd);
             Err(e)
         }
     }
 }
 
+/// Reaps a killed child: here if it exits within [`REAP_WAIT`], else on a background thread.
+fn reap(mut child: Child, pidfd: Option<OwnedFd>) {
+    let deadline = Deadline::after(REAP_WAIT);
+    loop {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return; // reaped (or not ours to reap any more)
+        }
+        if deadline.passed() {
+            break;
+        }
+        match &pidfd {
+            // Readable once the child has exited.
+            Some(fd) => {
+                let mut fds = [PollFd::new(fd, PollFlags::IN)];
+                let _ = poll(&mut fds, deadline.poll_timeout().as_ref());
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    // Still alive after SIGKILL: in an uninterruptible sleep. Wait for it elsewhere.
+    let reaper = std::thread::Builder::new()
+        .name("sealpipe-reaper".into())
+        .spawn(move || {
+            let _ = child.wait();
+        });
+    // If no thread can be started, the child stays a zombie until this process exits.
+    drop(reaper);
+}
+
 /// The parent's side of a spawned worker's handshake.
-fn authenticate_child(
-    parent: &OwnedFd,
-    child: &Child,
-) -> Result<(PeerCredentials, Option<OwnedFd>)> {
+fn authenticate_child(parent: &OwnedFd, child: &Child) -> Result<PeerCredentials> {
     let pid = child.id();
-    // The child is not reaped before we return, so this pid names it (no reuse race).
-    let pidfd = i32::try_from(pid)
-        .ok()
-        .and_then(Pid::from_raw)
-        .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
-    let mut server = ServerHandshake::new(None, Some(pid));
-    let deadline = Instant::now() + handshake::DEFAULT_TIMEOUT;
+    // The child's SO_PEERCRED names this process, which created the pair.
+    let mut server = ServerHandshake::new(None, Some(pid), PeerCredentials::own(), None);
+    let deadline = Deadline::after(handshake::DEFAULT_TIMEOUT);
     // This also clears SO_PASSCRED once HELLO is in, before ACCEPT is sent.
     server.run(parent, deadline)?;
     let creds = server.hello_credentials().ok_or(Error::Handshake {
@@ -160,7 +194,7 @@ fn authenticate_child(
             got: None,
         },
     })?;
-    Ok((creds, pidfd))
+    Ok(creds)
 }
 
 /// In a child started by [`spawn`], takes ownership of the inherited channel and makes the
@@ -211,16 +245,25 @@ pub fn worker_channel() -> Result<Channel> {
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             fcntl_setfd(&owned, FdFlags::CLOEXEC).map_err(|e| Error::io("fcntl(F_SETFD)", e))?;
             let sock = Channel::from_fd(owned)?.into_fd();
-            handshake::run_client(
-                &sock,
-                None,
-                true,
-                Instant::now() + handshake::DEFAULT_TIMEOUT,
-            )?;
             // On a socketpair SO_PEERCRED names its creator: the parent that spawned us.
             let parent = sockopt::socket_peercred(&sock)
                 .map(PeerCredentials::from_ucred)
                 .ok();
+            let ends = handshake::Ends {
+                server: parent.unwrap_or(PeerCredentials {
+                    pid: 0,
+                    uid: 0,
+                    gid: 0,
+                }),
+                client: PeerCredentials::own(),
+            };
+            handshake::run_client(
+                &sock,
+                None,
+                true,
+                ends,
+                Deadline::after(handshake::DEFAULT_TIMEOUT),
+            )?;
             let pidfd = parent
                 .and_then(|p| Pid::from_raw(i32::try_from(p.pid).ok()?))
                 .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());

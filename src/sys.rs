@@ -94,6 +94,67 @@ impl ReadMap {
     }
 }
 
+/// The base page size. From the C library (`sysconf`, which glibc and musl answer from the
+/// auxiliary vector they saved at startup: no system call, so it works inside a seccomp
+/// sandbox, where reading `/proc/self/auxv` would fail).
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf takes an integer and touches no memory of ours.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// `cachestat(2)`'s system call number: the same on every Linux architecture (6.5+).
+pub(crate) const SYS_CACHESTAT: libc::c_long = 451;
+
+/// Counts the pages of shared-memory file `fd` from byte `from` (page-aligned) to the end
+/// of its page cache, *past* its size included, that exist (resident or swapped out), with
+/// `cachestat(2)` (Linux 6.5+). The walk costs one step per page found, so for the pages
+/// past the end of an honest file (none) it is cheap.
+///
+/// Returns `Ok(None)` where the kernel cannot answer: no `cachestat` (`ENOSYS`, or `EPERM`
+/// from a seccomp filter), or a file it does not support (`EOPNOTSUPP`: hugetlbfs).
+pub(crate) fn pages_from(fd: impl AsFd, from: u64) -> io::Result<Option<u64>> {
+    #[repr(C)]
+    struct CachestatRange {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Cachestat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    // len 0: up to the highest page index, not just to the file's size.
+    let range = CachestatRange { off: from, len: 0 };
+    let mut stat = Cachestat::default();
+    // SAFETY: cachestat(fd, range, cstat, flags) reads `range` and writes `stat`, both live
+    // #[repr(C)] values laid out as the kernel's `struct cachestat_range` and
+    // `struct cachestat`; it touches no other memory, and the descriptor is borrowed for
+    // the call.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            fd.as_fd().as_raw_fd(),
+            &range as *const CachestatRange,
+            &mut stat as *mut Cachestat,
+            0u32,
+        )
+    };
+    if rc == 0 {
+        // For shared memory, "evicted" entries are pages in swap: still allocated.
+        return Ok(Some(stat.nr_cache.saturating_add(stat.nr_evicted)));
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP) => Ok(None),
+        _ => Err(err),
+    }
+}
+
 /// Copies `dst.len()` bytes from `src` with volatile loads: 64 bytes per step (four 16-byte
 /// SSE2 loads) on x86_64, then 8 bytes, then single bytes, each load aligned.
 ///

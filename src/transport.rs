@@ -85,8 +85,8 @@ enum Wait {
 
 impl Wait {
     fn timeout(d: Duration) -> Wait {
-        Instant::now()
-            .checked_add(d)
+        crate::deadline::Deadline::after(d)
+            .instant()
             .map_or(Wait::Forever, Wait::Until)
     }
 }

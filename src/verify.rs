@@ -13,17 +13,43 @@ use crate::sys::ReadMap;
 /// Verifies `fd` against `policy` and the length its sender declared, then maps it
 /// read-only.
 ///
-/// The checks, in order, all before any `mmap`: the descriptor is neither `O_PATH` nor
-/// write-only; it is a sealable shared-memory file (`F_GET_SEALS` works); its seals are a
-/// superset of what the policy requires; `declared_len` is non-zero and within the
-/// policy's limit; `fstat` reports exactly `declared_len` bytes. On any failure `fd` is
-/// closed.
+/// The checks, in order, all before any page is touched: the descriptor is neither
+/// `O_PATH` nor write-only; it is a sealable shared-memory file (`F_GET_SEALS` works); its
+/// seals are a superset of what the policy requires; `declared_len` is non-zero and within
+/// the policy's limit; `fstat` reports exactly `declared_len` bytes; it is not backed by
+/// huge pages unless the policy accepts them; and every page of it is allocated
+/// ([committed](#committed-pages)). On any failure `fd` is closed.
 ///
 /// `index` is only used to label errors (the region's position within its message).
 ///
+/// # Committed pages
+///
+/// A peer can size a memfd with `ftruncate` and seal it without ever allocating a page.
+/// Reading such a region would allocate each page touched *in this process's name*
+/// (charged to its memory cgroup, or `SIGBUS` under strict overcommit), so it is refused
+/// with [`Error::Uncommitted`]. The check compares the file's allocated pages
+/// (`st_blocks`, resident or swapped out) with its size, after taking off any pages
+/// allocated *past* its end, counted with `cachestat(2)` (Linux 6.5+): a sender could
+/// otherwise allocate pages past the end before sealing (`fallocate(FALLOC_FL_KEEP_SIZE)`)
+/// so that `st_blocks` looks complete while the region itself is all holes. That count
+/// walks only the pages past the end (none, for an honest region), so the whole check
+/// costs about a microsecond at any size. Kernels without `cachestat`
+/// ([`Capabilities::counts_committed_pages`] is `false`) get the `st_blocks` comparison
+/// alone, which that disguise passes. (`mincore(2)` cannot stand in: it reports pages
+/// allocated by `fallocate` but never written as absent.)
+///
+/// The answer stays true after the check because the seals it follows make it so: with
+/// `F_SEAL_WRITE` or `F_SEAL_FUTURE_WRITE` the kernel refuses `fallocate(PUNCH_HOLE)` and
+/// `madvise(MADV_REMOVE)` (the only ways to free a page of a memfd short of truncating
+/// it), and `F_SEAL_SHRINK` refuses truncation; `F_SEAL_GROW` refuses allocating past the
+/// end, so the pages taken off cannot change either. Swapping moves pages to swap but keeps them
+/// allocated; reading one back is charged to the memory cgroup recorded when it was
+/// swapped out (the owner's), unless that cgroup no longer exists.
+///
 /// # Errors
 /// [`Error::NotMemfd`], [`Error::MissingSeals`], [`Error::EmptyRegion`],
-/// [`Error::RegionTooLarge`], [`Error::SizeMismatch`], or [`Error::Map`].
+/// [`Error::RegionTooLarge`], [`Error::SizeMismatch`], [`Error::HugePages`],
+/// [`Error::Uncommitted`], or [`Error::Map`] (all peer faults), or [`Error::Io`].
 pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy, index: usize) -> Result<RegionView> {
     let seals = check(fd.as_fd(), declared_len, policy, index)?;
     let len = declared_len as usize; // fits: it equals st_size of a file we can map
@@ -95,8 +121,47 @@ pub(crate) fn check(
             actual,
         });
     }
+    // F_GET_SEALS answered, so this is shmem or hugetlbfs: fstatfs cannot block here.
+    let huge =
+        fs::fstatfs(fd).map_err(|e| Error::io("fstatfs", e))?.f_type as u64 == HUGETLBFS_MAGIC;
+    if huge && !policy.accepts_huge_pages() {
+        return Err(Error::HugePages { index });
+    }
+    // The page size of the file: st_blksize is the huge page size on hugetlbfs; shmem
+    // reports a larger one when transparent huge pages are on, but allocates base pages.
+    let page = if huge {
+        (st.st_blksize as u64).max(4096)
+    } else {
+        crate::sys::page_size()
+    };
+    // st_blocks counts every allocated page (shmem recounts it for fstat), in the file
+    // and past its end; only those in 0..st_size count. A sender can allocate pages past
+    // the end before sealing (fallocate KEEP_SIZE) to make st_blocks look complete while
+    // the region is all holes: cachestat counts them, so they are taken off.
+    let needed = actual.div_ceil(page);
+    let allocated = (st.st_blocks as u64).saturating_mul(512) / page;
+    let past_end = if huge {
+        None // hugetlbfs (opted in): st_blocks is all the kernel reports
+    } else {
+        crate::sys::pages_from(fd, needed.saturating_mul(page)).map_err(|e| Error::Io {
+            op: "cachestat",
+            source: e,
+        })?
+    };
+    // Without cachestat, st_blocks alone (Capabilities::counts_committed_pages).
+    let inside = allocated.saturating_sub(past_end.unwrap_or(0));
+    if inside < needed {
+        return Err(Error::Uncommitted {
+            index,
+            len: actual,
+            committed: inside.saturating_mul(page).min(actual),
+        });
+    }
     Ok(seals)
 }
+
+/// `f_type` of hugetlbfs (`statfs(2)`).
+const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
 
 fn file_kind(fd: BorrowedFd<'_>) -> &'static str {
     match fs::fstat(fd) {
@@ -260,6 +325,11 @@ pub struct Capabilities {
     /// stable kernels). Without it, immutable regions are mapped `MAP_PRIVATE` read-only,
     /// which shows the same (unchangeable) bytes.
     pub shared_map_of_write_sealed: bool,
+    /// `cachestat(2)` works (Linux 6.5+, not denied by seccomp), so [`verify()`] counts the
+    /// allocated pages inside a region. Without it only `st_blocks` is compared, which a
+    /// peer can satisfy with pages allocated past the end of the file (see
+    /// [Committed pages](verify#committed-pages)).
+    pub counts_committed_pages: bool,
 }
 
 /// The kernel capabilities sealpipe probed and the fallbacks it chose.
@@ -268,6 +338,9 @@ pub fn capabilities() -> Capabilities {
     *CAPS.get_or_init(|| Capabilities {
         noexec_seal: crate::region::capabilities_noexec_seal(),
         shared_map_of_write_sealed: probe_shared_map_of_write_sealed(),
+        counts_committed_pages: crate::Region::new(4096)
+            .and_then(crate::Region::seal)
+            .is_ok_and(|r| matches!(crate::sys::pages_from(&r, 0), Ok(Some(1)))),
     })
 }
 
@@ -313,6 +386,12 @@ mod tests {
             .expect("the mapping is in smaps");
         assert!(flags.split_whitespace().any(|f| f == "sr"), "{flags}");
         assert!(!flags.split_whitespace().any(|f| f == "wr"), "{flags}");
+    }
+
+    #[test]
+    fn this_kernel_counts_committed_pages() {
+        // kernel-facts: 6.18 has cachestat.
+        assert!(capabilities().counts_committed_pages);
     }
 
     #[test]

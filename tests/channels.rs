@@ -152,7 +152,7 @@ fn encode(m: &HandshakeMessage) -> Vec<u8> {
 
 fn hello() -> Vec<u8> {
     encode(&HandshakeMessage::Hello {
-        features: 0,
+        features: sealpipe::handshake::FEATURE_BOUND,
         nonce: [1; 32],
     })
 }
@@ -231,21 +231,30 @@ fn replayed_handshake_is_refused() {
     common::peer_main(|role, ctl| {
         let config = HandshakeConfig::new().secret(secret(RIGHT));
         match role {
-            // An honest client, talking through the parent's recording proxy.
-            "honest" => {
-                let ch = Channel::connect(path_env(), &config).unwrap();
-                ch.send_timeout(b"hello", &[], T).unwrap();
-                0
-            }
-            // Replays an honest client's HELLO and PROOF to the real listener.
+            // An honest client, talking through the parent's recording proxy. The proxy is a
+            // relay, so the server's proof (bound to the proxy's connection) is wrong here.
+            "honest" => match Channel::connect(path_env(), &config) {
+                Err(e) if failure(&e) == Some(&HandshakeFailure::BadProof) => 0,
+                other => {
+                    eprintln!("honest client through the relay: {other:?}");
+                    1
+                }
+            },
+            // Replays an honest client's HELLO to the real listener: the CHALLENGE it gets
+            // carries a fresh nonce, so any recorded proof is worthless.
             "replay_client" => {
                 let hello = ctl.recv_timeout(&Policy::immutable(), T).unwrap();
-                let proof = ctl.recv_timeout(&Policy::immutable(), T).unwrap();
+                let recorded = ctl.recv_timeout(&Policy::immutable(), T).unwrap();
                 let s = raw_connect(&path_env());
                 raw_send(&s, hello.payload());
                 let challenge = raw_recv(&s).unwrap();
                 assert_eq!(challenge[6], wire::KIND_CHALLENGE as u8);
-                raw_send(&s, proof.payload());
+                assert_ne!(
+                    challenge[20..52],
+                    recorded.payload()[20..52],
+                    "a fresh server nonce"
+                );
+                raw_send(&s, &encode(&HandshakeMessage::Proof { proof: [9; 32] }));
                 let reply = wire::decode_handshake(&raw_recv(&s).unwrap()).unwrap();
                 assert_eq!(
                     reply,
@@ -275,14 +284,16 @@ fn replayed_handshake_is_refused() {
     {
         let mut l = Listener::bind(&real, HandshakeConfig::new().secret(secret(RIGHT))).unwrap();
         let server = thread::spawn(move || {
-            let honest = l.accept_timeout(T).unwrap();
-            let msg = honest.recv_timeout(&Policy::immutable(), T).unwrap();
-            assert_eq!(msg.payload(), b"hello");
+            let relayed = l.accept_timeout(T).unwrap_err();
+            assert_eq!(
+                failure(&relayed),
+                Some(&HandshakeFailure::Refused(RefusalReason::BadProof))
+            );
             let replayed = l.accept_timeout(T).unwrap_err();
             assert_eq!(failure(&replayed), Some(&HandshakeFailure::BadProof));
         });
 
-        // 1. Record an honest session through a relay.
+        // 1. Record an honest client's attempt through a relay (which the binding defeats).
         let proxy_l = raw_listen(&proxy);
         let honest = spawn_at(test, "honest", &proxy);
         let c = raw_accept(&proxy_l);
@@ -308,16 +319,15 @@ fn replayed_handshake_is_refused() {
         }
         drop((c, s, proxy_l));
         assert_eq!(honest.wait(), 0);
-        assert!(from_client.len() >= 2 && from_server.len() >= 2);
+        assert!(!from_client.is_empty() && !from_server.is_empty());
         assert_eq!(from_client[0][6], wire::KIND_HELLO as u8);
-        assert_eq!(from_client[1][6], wire::KIND_PROOF as u8);
         assert_eq!(from_server[0][6], wire::KIND_CHALLENGE as u8);
 
-        // 2. Replay the client's messages to the listener: the fresh server nonce makes the
+        // 2. Replay the client's HELLO to the listener: the fresh server nonce makes any
         // recorded proof worthless.
         let replayer = spawn_at(test, "replay_client", &real);
         replayer.channel.send(&from_client[0], &[]).unwrap();
-        replayer.channel.send(&from_client[1], &[]).unwrap();
+        replayer.channel.send(&from_server[0], &[]).unwrap();
         assert_eq!(replayer.wait(), 0);
         server.join().unwrap();
 
@@ -1061,7 +1071,7 @@ fn hostile_handshake_messages_are_refused_with_a_reason() {
             .map(|_| Region::new(4096).unwrap().seal().unwrap())
             .collect();
         let hello_secret = encode(&HandshakeMessage::Hello {
-            features: sealpipe::handshake::FEATURE_SECRET,
+            features: sealpipe::handshake::FEATURE_SECRET | sealpipe::handshake::FEATURE_BOUND,
             nonce: [2; 32],
         });
         let mut v2 = hello();

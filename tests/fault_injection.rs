@@ -154,69 +154,6 @@ fn producer_killed_mid_batch_publishes_nothing_of_it() {
 
 // ----- memfd creation under a memory cgroup limit -----
 
-/// A memory cgroup this test may create (cgroup v1 `memory` controller under our own
-/// group, or cgroup v2 with `memory` enabled), removed on drop. `None` with the reason when
-/// the machine does not allow it (not root, no memory controller).
-struct MemoryCgroup {
-    dir: std::path::PathBuf,
-    procs: &'static str,
-}
-
-impl MemoryCgroup {
-    fn create(limit: u64) -> Result<MemoryCgroup, String> {
-        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
-        let name = format!("sealpipe-test-{}", std::process::id());
-        // cgroup v1: "N:memory:/path"; v2: "0::/path" with a memory controller.
-        let (root, rel, limit_file, procs) = if let Some(rel) = own
-            .lines()
-            .find_map(|l| l.split_once(":memory:").map(|x| x.1.to_owned()))
-        {
-            (
-                "/sys/fs/cgroup/memory",
-                rel,
-                "memory.limit_in_bytes",
-                "cgroup.procs",
-            )
-        } else if let Some(rel) = own
-            .lines()
-            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-        {
-            ("/sys/fs/cgroup", rel, "memory.max", "cgroup.procs")
-        } else {
-            return Err("no memory cgroup".into());
-        };
-        let dir = std::path::Path::new(root)
-            .join(rel.trim_start_matches('/'))
-            .join(name);
-        std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let cg = MemoryCgroup { dir, procs };
-        std::fs::write(cg.dir.join(limit_file), limit.to_string())
-            .map_err(|e| format!("cannot set {limit_file}: {e}"))?;
-        // With the cgroup's OOM killer on, the kernel answers an over-limit fallocate by
-        // killing the process (seen here: SIGKILL during Region::new). That still fails at
-        // creation, never later in a consumer, but it is the kernel's choice, not an error
-        // we can return. cgroup v1 can turn it off for the group; then the charge fails
-        // and fallocate returns ENOMEM, which is what this test checks.
-        if limit_file == "memory.limit_in_bytes" {
-            std::fs::write(cg.dir.join("memory.oom_control"), "1")
-                .map_err(|e| format!("cannot disable the cgroup's OOM killer: {e}"))?;
-        } else {
-            return Err("cgroup v2 cannot disable the OOM killer for a group".into());
-        }
-        Ok(cg)
-    }
-
-    fn add(&self, pid: u32) -> Result<(), String> {
-        std::fs::write(self.dir.join(self.procs), pid.to_string()).map_err(|e| e.to_string())
-    }
-}
-
-impl Drop for MemoryCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 fn cgroup_peer(role: &str, ch: Channel) -> i32 {
     if role != "in_cgroup" {
         return 99;
@@ -244,7 +181,7 @@ fn cgroup_peer(role: &str, ch: Channel) -> i32 {
 fn region_creation_under_a_memory_cgroup_limit() {
     common::peer_main(cgroup_peer);
     let _serial = common::serial();
-    let cgroup = match MemoryCgroup::create(16 << 20) {
+    let cgroup = match common::MemoryCgroup::create(16 << 20, false) {
         Ok(cg) => cg,
         Err(why) => {
             println!("skipped: cannot create a memory cgroup here ({why})");

@@ -15,7 +15,8 @@ const T: Duration = Duration::from_secs(20);
 
 // ----- the hostile side -----
 
-/// A memfd of `len` bytes with exactly `seals` added (sealable unless `sealable` is false).
+/// A memfd of `len` bytes, allocated, with exactly `seals` added (sealable unless
+/// `sealable` is false). Sparse memfds are tests/committed.rs's subject.
 fn memfd(len: u64, seals: u32, sealable: bool) -> OwnedFd {
     let flags = if sealable {
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING
@@ -24,6 +25,9 @@ fn memfd(len: u64, seals: u32, sealable: bool) -> OwnedFd {
     };
     let fd = fs::memfd_create("hostile", flags).unwrap();
     fs::ftruncate(&fd, len).unwrap();
+    if len > 0 {
+        fs::fallocate(&fd, fs::FallocateFlags::empty(), 0, len).unwrap();
+    }
     if seals != 0 {
         fs::fcntl_add_seals(&fd, SealFlags::from_bits_retain(seals)).unwrap();
     }

@@ -193,7 +193,7 @@ async fn producer_setup_async(
     options: &RingOptions,
     kind: Kind,
 ) -> Result<(Link, u32, u32)> {
-    let deadline = Instant::now().checked_add(options.timeout);
+    let deadline = crate::deadline::Deadline::after(options.timeout).instant();
     let own = producer_offer(options, kind)?;
     let channel = AsyncChannel::new(channel)?;
     within(deadline, channel.send(SETUP_PAYLOAD, &[own.region()])).await?;
@@ -210,7 +210,7 @@ async fn consumer_setup_async(
     options: &RingOptions,
     kind: Kind,
 ) -> Result<(Link, u32, u32)> {
-    let deadline = Instant::now().checked_add(options.timeout);
+    let deadline = crate::deadline::Deadline::after(options.timeout).instant();
     let channel = AsyncChannel::new(channel)?;
     let offer = within(deadline, channel.recv(&consumer_policy(options))).await?;
     let (peer, cap, peer_flags) = consumer_accept(offer, kind)?;

@@ -321,7 +321,7 @@ mod api {
             match *self {
                 Patience::Never => Err(Error::WouldBlock),
                 Patience::For(d) => {
-                    let at = Instant::now().checked_add(d);
+                    let at = crate::deadline::Deadline::after(d).instant();
                     *self = Patience::Until(at);
                     Ok(at)
                 }
@@ -371,7 +371,7 @@ mod api {
         kind: Kind,
     ) -> Result<(Link, u32, u32)> {
         let own = producer_offer(options, kind)?;
-        let end = Instant::now().checked_add(options.timeout);
+        let end = crate::deadline::Deadline::after(options.timeout).instant();
         channel.send_timeout(SETUP_PAYLOAD, &[own.region()], options.timeout)?;
         let answer = channel.recv_timeout(&producer_policy(), time_left(end, options.timeout))?;
         let (peer, peer_flags) = producer_accept(answer)?;
@@ -386,7 +386,7 @@ mod api {
         options: &RingOptions,
         kind: Kind,
     ) -> Result<(Link, u32, u32)> {
-        let end = Instant::now().checked_add(options.timeout);
+        let end = crate::deadline::Deadline::after(options.timeout).instant();
         let offer = channel.recv_timeout(&consumer_policy(options), options.timeout)?;
         let (peer, cap, peer_flags) = consumer_accept(offer, kind)?;
         let own = consumer_offer(options)?;

@@ -99,10 +99,18 @@ pub fn spawn_peer(test: &str, role: &str) -> Peer {
 pub fn spawn_peer_with(test: &str, role: &str, adjust: impl FnOnce(&mut Command)) -> Peer {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1", "-q"])
-        .env(ROLE_ENV, role)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+    // --include-ignored: the peer of an ignored test (run with --ignored) runs it too.
+    cmd.args([
+        test,
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(ROLE_ENV, role)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
     adjust(&mut cmd);
     let (child, channel) = sealpipe::spawn::spawn(&mut cmd).expect("spawn peer");
     Peer { child, channel }
@@ -202,4 +210,80 @@ pub fn shared_fd() -> std::os::fd::OwnedFd {
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).expect("set FD_CLOEXEC");
     owned
+}
+
+/// A memory cgroup for one test (cgroup v1 `memory` controller under this process's own
+/// group, or cgroup v2 with `memory` enabled), removed on drop. Creating one needs root.
+pub struct MemoryCgroup {
+    dir: std::path::PathBuf,
+    v1: bool,
+}
+
+impl MemoryCgroup {
+    /// A new group limited to `limit` bytes. With `oom_killer` false the group's OOM killer
+    /// is turned off (cgroup v1 only), so an over-limit charge fails instead of killing.
+    /// `Err` with the reason where this machine does not allow it.
+    pub fn create(limit: u64, oom_killer: bool) -> Result<MemoryCgroup, String> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+        let name = format!("sealpipe-test-{}-{limit}", std::process::id());
+        // cgroup v1: "N:memory:/path"; v2: "0::/path" with a memory controller.
+        let (root, rel, v1) = if let Some(rel) = own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|x| x.1.to_owned()))
+        {
+            ("/sys/fs/cgroup/memory", rel, true)
+        } else if let Some(rel) = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        {
+            ("/sys/fs/cgroup", rel, false)
+        } else {
+            return Err("no memory cgroup".into());
+        };
+        let dir = std::path::Path::new(root)
+            .join(rel.trim_start_matches('/'))
+            .join(name);
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let cg = MemoryCgroup { dir, v1 };
+        let limit_file = if v1 {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.max"
+        };
+        std::fs::write(cg.dir.join(limit_file), limit.to_string())
+            .map_err(|e| format!("cannot set {limit_file}: {e}"))?;
+        if !oom_killer {
+            if !v1 {
+                return Err("cgroup v2 cannot disable the OOM killer for a group".into());
+            }
+            std::fs::write(cg.dir.join("memory.oom_control"), "1")
+                .map_err(|e| format!("cannot disable the cgroup's OOM killer: {e}"))?;
+        }
+        Ok(cg)
+    }
+
+    /// Moves process `pid` into the group.
+    pub fn add(&self, pid: u32) -> Result<(), String> {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).map_err(|e| e.to_string())
+    }
+
+    /// The most memory the group has been charged so far, in bytes.
+    pub fn peak(&self) -> u64 {
+        let file = if self.v1 {
+            "memory.max_usage_in_bytes"
+        } else {
+            "memory.peak"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .expect("read the cgroup's peak usage")
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }

@@ -6,6 +6,16 @@ PROTOCOL.md (`## Handshake`) against the Rust side, then exchanges one message.
                                                  sealed memfd region, print the reply
     handshake_peer.py server PATH SECRET_HEX|-   bind, accept one, handshake, answer one
                                                  message with b"pong:" + its payload
+    handshake_peer.py lenient-client PATH SECRET_HEX
+                                                 as client, but accepts any server proof
+                                                 (to show the server's own check failing)
+    handshake_peer.py relay PATH                 the attack of PROTOCOL.md (## Handshake,
+                                                 Binding): rename the listener's socket at
+                                                 PATH to PATH.real, bind its own at PATH,
+                                                 and relay one client's datagrams verbatim
+                                                 in both directions; prints "relayed N"
+    handshake_peer.py vectors                    print the known-answer vectors of
+                                                 PROTOCOL.md, computed here
 
 SECRET_HEX is the shared secret in hex, or "-" for none. Exit status: 0 on success, 2 when
 the handshake fails (the reason is printed), 1 on anything else.
@@ -139,10 +149,10 @@ assert _blake3(b"").hex() == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc
 MAGIC, VERSION = b"SPIP", 1
 KIND_REGIONS, HELLO, CHALLENGE, PROOF, ACCEPT, REJECT = 1, 2, 3, 4, 5, 6
 BODY_LEN = {HELLO: 36, CHALLENGE: 68, PROOF: 32, ACCEPT: 0, REJECT: 2}
-FEATURE_SECRET = 1
+FEATURE_SECRET, FEATURE_BOUND = 1, 2
 KEY_CONTEXT = "sealpipe 2026-11 handshake v1 shared secret"
 SERVER_LABEL, CLIENT_LABEL = b"sealpipe server\0", b"sealpipe client\0"
-BAD_PROOF, SECRET_PRESENCE, PROTOCOL, PEER_NOT_ALLOWED = 4, 3, 5, 1
+BAD_PROOF, SECRET_PRESENCE, PROTOCOL, PEER_NOT_ALLOWED, INCOMPATIBLE = 4, 3, 5, 1, 2
 
 
 class HandshakeFailed(Exception):
@@ -189,11 +199,25 @@ def reject(sock, reason, why):
         raise HandshakeFailed(why)
 
 
+def peer_creds(sock):
+    """(pid, uid, gid) of the other end, as the kernel recorded it (SO_PEERCRED)."""
+    return struct.unpack("3I", sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3I")))
+
+
+def own_creds():
+    return os.getpid(), os.geteuid(), os.getegid()
+
+
 def check_peer(sock):
-    pid, uid, gid = struct.unpack("3i", sock.getsockopt(
-        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    pid, uid, gid = peer_creds(sock)
     if uid != os.geteuid():  # same-user policy
         reject(sock, PEER_NOT_ALLOWED, "peer uid %d not allowed" % uid)
+
+
+def ends(server, client):
+    """The connection binding: server pid, uid, gid, then the client's (u32 LE each)."""
+    return struct.pack("<6I", *server, *client)
 
 
 def proofs(key, transcript):
@@ -203,24 +227,31 @@ def proofs(key, transcript):
 
 
 def features(key):
-    return FEATURE_SECRET if key is not None else 0
+    return FEATURE_BOUND | (FEATURE_SECRET if key is not None else 0)
 
 
-def client_handshake(sock, key, worker=False):
+def check_features(sock, key, theirs):
+    if not theirs & FEATURE_BOUND:
+        reject(sock, INCOMPATIBLE, "unbound proofs")
+    if bool(theirs & FEATURE_SECRET) != (key is not None):
+        reject(sock, SECRET_PRESENCE, "secret presence differs")
+
+
+def client_handshake(sock, key, worker=False, lenient=False, me=None):
     """The connecting side. A spawned worker (`worker=True`) trusts the descriptor it
-    inherited, so it skips the identity check, and sends its credentials with HELLO."""
+    inherited, so it skips the identity check, and sends its credentials with HELLO.
+    `me`: this process as it was at connect (default: as it is now)."""
     if not worker:
         check_peer(sock)
+    binding = ends(peer_creds(sock), me or own_creds())
     hello = struct.pack("<I", features(key)) + os.urandom(32)
     send_hs(sock, HELLO, hello, credentials=worker)
     kind, body = recv_hs(sock)
     if kind != CHALLENGE:
         reject(sock, PROTOCOL, "expected CHALLENGE")
-    theirs = struct.unpack("<I", body[:4])[0]
-    if bool(theirs & FEATURE_SECRET) != (key is not None):
-        reject(sock, SECRET_PRESENCE, "secret presence differs")
-    server_proof, client_proof = proofs(key, hello + body[:36])
-    if not hmac.compare_digest(server_proof, body[36:]):
+    check_features(sock, key, struct.unpack("<I", body[:4])[0])
+    server_proof, client_proof = proofs(key, hello + body[:36] + binding)
+    if not hmac.compare_digest(server_proof, body[36:]) and not lenient:
         reject(sock, BAD_PROOF, "bad proof")
     send_hs(sock, PROOF, client_proof)
     kind, _ = recv_hs(sock)
@@ -233,15 +264,16 @@ def worker_handshake(sock):
     client_handshake(sock, None, worker=True)
 
 
-def server_handshake(sock, key):
+def server_handshake(sock, key, me):
+    """The accepting side; `me` is this process as it was when it called listen."""
     check_peer(sock)
+    binding = ends(me, peer_creds(sock))
     kind, hello = recv_hs(sock)
     if kind != HELLO:
         reject(sock, PROTOCOL, "expected HELLO")
-    if bool(struct.unpack("<I", hello[:4])[0] & FEATURE_SECRET) != (key is not None):
-        reject(sock, SECRET_PRESENCE, "secret presence differs")
+    check_features(sock, key, struct.unpack("<I", hello[:4])[0])
     mine = struct.pack("<I", features(key)) + os.urandom(32)
-    server_proof, client_proof = proofs(key, hello + mine)
+    server_proof, client_proof = proofs(key, hello + mine + binding)
     send_hs(sock, CHALLENGE, mine + server_proof)
     kind, body = recv_hs(sock)
     if kind != PROOF:
@@ -271,15 +303,77 @@ def recv_payload(sock):
     return data[16:16 + n]
 
 
+# ----- known-answer vectors (PROTOCOL.md, "Known-answer vectors") -----
+
+def vectors():
+    """The documented inputs and what they give; checked against PROTOCOL.md's text by
+    tests/handshake.rs, and against the Rust implementation by its unit test."""
+    secret = bytes(range(32))
+    key = derive_key(KEY_CONTEXT, secret)
+    f = struct.pack("<I", FEATURE_BOUND | FEATURE_SECRET)
+    base = f + bytes([0x11]) * 32 + f + bytes([0x22]) * 32
+    t = base + ends((1000, 1001, 1002), (2000, 1001, 1002))
+    t_relayed = base + ends((3000, 1001, 1002), (2000, 1001, 1002))
+    return [
+        ("S", secret.hex()),
+        ("K", key.hex()),
+        ("T", t.hex()),
+        ("proof_s", proofs(key, t)[0].hex()),
+        ("proof_c", proofs(key, t)[1].hex()),
+        ("T'", t_relayed.hex()),
+        ("proof_s'", proofs(key, t_relayed)[0].hex()),
+    ]
+
+
+def relay(path):
+    """Takes the listener's path, then forwards one client's datagrams to the real
+    listener and back, byte for byte, until either side closes."""
+    import select
+    real = path + ".real"
+    os.rename(path, real)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(1)
+    print("listening", flush=True)
+    listener.settimeout(20)
+    client, _ = listener.accept()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.connect(real)
+    n, ends_of = 0, {client: server, server: client}
+    while True:
+        ready, _, _ = select.select([client, server], [], [], 20)
+        if not ready:
+            break
+        for s in ready:
+            data = s.recv(70000)
+            if not data:
+                print("relayed %d" % n)
+                return
+            ends_of[s].send(data)
+            n += 1
+    print("relayed %d" % n)
+
+
 def main():
-    mode, path, secret = sys.argv[1], sys.argv[2], sys.argv[3]
+    mode = sys.argv[1]
+    if mode == "vectors":
+        for name, value in vectors():
+            print("%s = %s" % (name, value))
+        return 0
+    path = sys.argv[2]
+    if mode == "relay":
+        relay(path)
+        return 0
+    secret = sys.argv[3]
     key = None if secret == "-" else derive_key(KEY_CONTEXT, bytes.fromhex(secret))
     try:
-        if mode == "client":
+        if mode in ("client", "lenient-client"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             sock.settimeout(20)
+            me = own_creds()
             sock.connect(path)
-            client_handshake(sock, key)
+            client_handshake(sock, key, lenient=mode == "lenient-client", me=me)
             region = b"python region"
             fd = sealed_region(region)
             send_message(sock, b"hello from python", [fd], [len(region)])
@@ -292,11 +386,12 @@ def main():
             # appears only when connecting to it works.
             listener.bind(path + ".tmp")
             os.chmod(path + ".tmp", 0o600)
+            me = own_creds()
             listener.listen(1)
             os.rename(path + ".tmp", path)
             sock, _ = listener.accept()
             sock.settimeout(20)
-            server_handshake(sock, key)
+            server_handshake(sock, key, me)
             sock.sendmsg([frame(KIND_REGIONS, b"pong:" + recv_payload(sock))])
         return 0
     except HandshakeFailed as e:
