@@ -301,6 +301,7 @@ pub(crate) trait OwnsItsFd {}
 impl OwnsItsFd for Channel {}
 impl OwnsItsFd for Listener {}
 impl OwnsItsFd for OwnedFd {}
+impl OwnsItsFd for crate::closer::PeerSocket {}
 
 /// Turns sealpipe's `WouldBlock` into the `io::ErrorKind::WouldBlock` that makes tokio clear
 /// the readiness flag; every other outcome is passed through.

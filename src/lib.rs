@@ -80,6 +80,7 @@ compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM
 
 #[cfg(feature = "tokio")]
 pub mod asyncio;
+mod closer;
 mod error;
 #[cfg(fuzzing)]
 pub mod fuzz;

@@ -14,6 +14,7 @@ use rustix::net::{
     SendFlags, SocketFlags, SocketType,
 };
 
+use crate::closer::{self, PeerSocket, Received};
 use crate::error::{Error, Result};
 use crate::handshake::PeerCredentials;
 use crate::region::SealedRegion;
@@ -42,9 +43,24 @@ use crate::wire;
 /// assert_eq!(&msg.regions()[0].as_bytes()?[..7], b"frame 1");
 /// # Ok(()) }
 /// ```
+///
+/// # Descriptors whose close blocks
+///
+/// Closing a descriptor can block: a peer may send a TCP socket that lingers in `close`
+/// with unsent data, or a file on a FUSE mount whose daemon never answers. A channel never
+/// closes such a descriptor in your thread: anything that is not shared memory (or another
+/// kind whose close cannot wait) is handed to a background closer thread, every receive has
+/// room for the kernel's maximum of 253 descriptors (so the kernel never drops surplus ones
+/// in your thread), and dropping a channel first refuses new descriptors (`SO_PASSRIGHTS`,
+/// Linux 6.16+) and takes out what is queued. So every receive keeps its deadline, `try_`
+/// calls return at once, and `Drop` does not block, whatever a peer sends. Dropping a
+/// channel discards the messages still queued on its socket, as closing the socket would,
+/// also for any duplicate of the socket you made. If descriptors pile up at the closer (a
+/// peer sends files whose close never completes), receives report
+/// [`Error::DisposalBacklog`] instead of taking more.
 #[derive(Debug)]
 pub struct Channel {
-    sock: OwnedFd,
+    sock: PeerSocket,
     /// Who the handshake established the peer to be (`None` for [`Channel::pair`] and
     /// [`Channel::from_fd`]).
     peer: Option<PeerCredentials>,
@@ -93,7 +109,7 @@ impl Wait {
 
 impl Channel {
     pub(crate) fn new(
-        sock: OwnedFd,
+        sock: PeerSocket,
         peer: Option<PeerCredentials>,
         peer_pidfd: Option<OwnedFd>,
     ) -> Channel {
@@ -121,7 +137,10 @@ impl Channel {
             None,
         )
         .map_err(|e| Error::io("socketpair", e))?;
-        Ok((Channel::new(a, None, None), Channel::new(b, None, None)))
+        Ok((
+            Channel::new(PeerSocket::new(a), None, None),
+            Channel::new(PeerSocket::new(b), None, None),
+        ))
     }
 
     /// Wraps a connected unix `SOCK_SEQPACKET` socket.
@@ -131,7 +150,7 @@ impl Channel {
     pub fn from_fd(fd: OwnedFd) -> Result<Channel> {
         match (sockopt::socket_domain(&fd), sockopt::socket_type(&fd)) {
             (Ok(AddressFamily::UNIX), Ok(SocketType::SEQPACKET)) => {
-                Ok(Channel::new(fd, None, None))
+                Ok(Channel::new(PeerSocket::new(fd), None, None))
             }
             _ => Err(Error::NotSeqpacket),
         }
@@ -139,6 +158,11 @@ impl Channel {
 
     /// Gives up the socket (and closes the peer's pidfd, if any).
     pub fn into_fd(self) -> OwnedFd {
+        self.sock.into_inner()
+    }
+
+    /// Gives up the socket, still closed safely when dropped.
+    pub(crate) fn into_socket(self) -> PeerSocket {
         self.sock
     }
 
@@ -235,7 +259,7 @@ impl Channel {
                 control.push(SendAncillaryMessage::ScmRights(&fds));
             }
             match sendmsg(
-                &self.sock,
+                &*self.sock,
                 &iov,
                 &mut control,
                 SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
@@ -251,14 +275,19 @@ impl Channel {
     fn recv_with(&self, policy: &Policy, wait: Wait) -> Result<Message> {
         let (payload, fds, lens) =
             RECV_BUF.with(|buf| self.recv_raw(&mut buf.borrow_mut(), policy, wait))?;
-        // Verify in order; on the first failure the remaining descriptors are dropped
-        // (closed) with the iterator, and the views mapped so far are unmapped.
-        let regions = fds
-            .into_iter()
-            .zip(lens)
-            .enumerate()
-            .map(|(i, (fd, len))| verify(fd, len, policy, i))
-            .collect::<Result<Vec<_>>>()?;
+        // Verify in order; on the first failure the remaining descriptors are disposed of
+        // and the views mapped so far are unmapped.
+        let mut regions = Vec::with_capacity(lens.len());
+        let mut fds = fds.take().into_iter();
+        for (i, (fd, len)) in fds.by_ref().zip(lens).enumerate() {
+            match verify(fd, len, policy, i) {
+                Ok(view) => regions.push(view),
+                Err(e) => {
+                    closer::dispose_all(fds);
+                    return Err(e);
+                }
+            }
+        }
         Ok(Message { payload, regions })
     }
 
@@ -269,15 +298,19 @@ impl Channel {
         buf: &mut [u8],
         policy: &Policy,
         wait: Wait,
-    ) -> Result<(Vec<u8>, Vec<OwnedFd>, Vec<u64>)> {
+    ) -> Result<(Vec<u8>, Received, Vec<u64>)> {
+        self.admit(wait)?;
+        // Room for the kernel's maximum whatever the policy allows: descriptors that do not
+        // fit would be dropped by the kernel in this thread, where their close may block.
+        // Surplus ones fail the policy check below and are disposed of.
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
-        let space_len = rustix::cmsg_space!(ScmRights(policy.regions_limit()));
-        let mut fds = Vec::new();
+        // Disposed of on every early return.
+        let mut fds = Received::default();
         let mut reset = false;
         let res = loop {
-            let mut control = RecvAncillaryBuffer::new(&mut space[..space_len]);
+            let mut control = RecvAncillaryBuffer::new(&mut space);
             let res = recvmsg(
-                &self.sock,
+                &*self.sock,
                 &mut [IoSliceMut::new(buf)],
                 &mut control,
                 RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
@@ -285,7 +318,7 @@ impl Channel {
             // Take ownership of every descriptor that arrived, whatever happens next.
             for msg in control.drain() {
                 if let RecvAncillaryMessage::ScmRights(iter) = msg {
-                    fds.extend(iter);
+                    fds.0.extend(iter);
                 }
             }
             match res {
@@ -305,7 +338,7 @@ impl Channel {
         let header = wire::check_received(
             wire::Received {
                 msg,
-                fds: fds.len(),
+                fds: fds.0.len(),
                 ctrunc: res.flags.contains(ReturnFlags::CTRUNC),
                 trunc: res.flags.contains(ReturnFlags::TRUNC),
             },
@@ -316,6 +349,29 @@ impl Channel {
             .map(|i| wire::region_len(msg, i))
             .collect();
         Ok((msg[wire::payload_range(&header)].to_vec(), fds, lens))
+    }
+
+    /// Waits, as `wait` allows, until the background closer has room for the descriptors a
+    /// message may bring (see [`Error::DisposalBacklog`]).
+    fn admit(&self, wait: Wait) -> Result<()> {
+        loop {
+            let pending = match closer::admit() {
+                Ok(()) => return Ok(()),
+                Err(pending) => pending,
+            };
+            let pause = match wait {
+                Wait::Never => return Err(Error::DisposalBacklog { pending }),
+                Wait::Forever => ADMIT_POLL,
+                Wait::Until(t) => {
+                    let left = t.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::DisposalBacklog { pending });
+                    }
+                    left.min(ADMIT_POLL)
+                }
+            };
+            std::thread::sleep(pause);
+        }
     }
 
     /// Waits until the socket is ready for `events`, honouring `wait`. Fails with
@@ -343,8 +399,8 @@ impl Channel {
                 }
             };
             let mut fds = [
-                PollFd::new(&self.sock, events),
-                PollFd::new(&self.sock, events),
+                PollFd::new(&*self.sock, events),
+                PollFd::new(&*self.sock, events),
             ];
             let n = match &self.peer_pidfd {
                 Some(pidfd) => {
@@ -379,7 +435,7 @@ impl Channel {
 
     /// Whether the peer has shut down its end (distinguishes EOF from an empty datagram).
     fn hung_up(&self) -> bool {
-        let mut fds = [PollFd::new(&self.sock, PollFlags::RDHUP)];
+        let mut fds = [PollFd::new(&*self.sock, PollFlags::RDHUP)];
         let zero = Timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -408,6 +464,9 @@ thread_local! {
     /// that an over-long one is detected. Reused to keep `recv` from zeroing 70 KiB per call.
     static RECV_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; wire::MAX_MESSAGE_LEN + 1].into_boxed_slice());
 }
+
+/// How often a receive that waits for the closer's backlog looks again.
+const ADMIT_POLL: Duration = Duration::from_millis(5);
 
 fn send_error(e: Errno, len: usize) -> Error {
     match e {

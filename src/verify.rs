@@ -17,7 +17,8 @@ use crate::sys::ReadMap;
 /// write-only; it is a sealable shared-memory file (`F_GET_SEALS` works); its seals are a
 /// superset of what the policy requires; `declared_len` is non-zero and within the
 /// policy's limit; `fstat` reports exactly `declared_len` bytes. On any failure `fd` is
-/// closed.
+/// closed, without blocking: a descriptor whose close may wait (a lingering socket, a file
+/// on FUSE) is closed on a background thread.
 ///
 /// `index` is only used to label errors (the region's position within its message).
 ///
@@ -25,7 +26,13 @@ use crate::sys::ReadMap;
 /// [`Error::NotMemfd`], [`Error::MissingSeals`], [`Error::EmptyRegion`],
 /// [`Error::RegionTooLarge`], [`Error::SizeMismatch`], or [`Error::Map`].
 pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy, index: usize) -> Result<RegionView> {
-    let seals = check(fd.as_fd(), declared_len, policy, index)?;
+    let seals = match check(fd.as_fd(), declared_len, policy, index) {
+        Ok(seals) => seals,
+        Err(e) => {
+            crate::closer::dispose(fd);
+            return Err(e);
+        }
+    };
     let len = declared_len as usize; // fits: it equals st_size of a file we can map
     let map =
         map_read_only(fd.as_fd(), len, seals).map_err(|source| Error::Map { index, source })?;
@@ -54,10 +61,11 @@ pub(crate) fn check(
     }
     let seals = match fs::fcntl_get_seals(fd) {
         Ok(s) => Seals::from_bits(s.bits()),
+        // Described without fstat, which a FUSE daemon would answer (or never answer).
         Err(Errno::INVAL) => {
             return Err(Error::NotMemfd {
                 index,
-                reason: file_kind(fd),
+                reason: crate::closer::kind(fd).describe(),
             })
         }
         Err(Errno::BADF) => {
@@ -96,22 +104,6 @@ pub(crate) fn check(
         });
     }
     Ok(seals)
-}
-
-fn file_kind(fd: BorrowedFd<'_>) -> &'static str {
-    match fs::fstat(fd) {
-        Ok(st) => match fs::FileType::from_raw_mode(st.st_mode) {
-            fs::FileType::RegularFile => "regular file (not shared memory)",
-            fs::FileType::Directory => "directory",
-            fs::FileType::Fifo => "pipe",
-            fs::FileType::Socket => "socket",
-            fs::FileType::CharacterDevice => "character device",
-            fs::FileType::BlockDevice => "block device",
-            fs::FileType::Symlink => "symbolic link",
-            fs::FileType::Unknown => "anonymous inode (eventfd, epoll, pidfd, ...)",
-        },
-        Err(_) => "descriptor cannot be inspected",
-    }
 }
 
 fn map_read_only(fd: BorrowedFd<'_>, len: usize, seals: Seals) -> std::io::Result<ReadMap> {
