@@ -37,9 +37,12 @@ const T: Duration = Duration::from_secs(20);
 /// queued. Returns the client end (to send away) and the accepting end (keep it open and
 /// never read it, or the data drains and the close no longer blocks).
 fn lingering_socket() -> (OwnedFd, TcpStream) {
+    // Small buffers: the queue fills after a few KiB instead of megabytes.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    rustix::net::sockopt::set_socket_recv_buffer_size(&listener, 4096).unwrap();
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
+    rustix::net::sockopt::set_socket_send_buffer_size(&client, 4096).unwrap();
     rustix::net::sockopt::set_socket_linger(&client, Some(LINGER)).unwrap();
     client.set_nonblocking(true).unwrap();
     let chunk = [0u8; 64 * 1024];
@@ -149,10 +152,120 @@ fn hostile_peer(role: &str, ch: Channel) -> i32 {
             linger_until_parent_closes(&ch);
             0
         }
+        // A client of the listener at $PATH_ENV that tries to send a lingering socket
+        // before its handshake, then sits there. Exit code 0: the send was refused (EPERM).
+        "hostile_client" => {
+            let path = std::env::var(PATH_ENV).unwrap();
+            let s = raw_seqpacket();
+            rustix::net::connect(
+                &s,
+                &rustix::net::SocketAddrUnix::new(path.as_str()).unwrap(),
+            )
+            .unwrap();
+            let (sock, _server) = lingering_socket();
+            let refused = send_raw(s.as_fd(), &message(&[4096]), &[sock.as_fd()]);
+            disarm(sock);
+            linger_until_parent_closes(&ch);
+            exit_code(refused)
+        }
+        // A server at $PATH_ENV that accepts one client, tries to send it a lingering
+        // socket at once, then says nothing. Exit code 0: the send was refused (EPERM).
+        "hostile_server" => {
+            let path = std::env::var(PATH_ENV).unwrap();
+            let l = raw_seqpacket();
+            rustix::net::bind(
+                &l,
+                &rustix::net::SocketAddrUnix::new(path.as_str()).unwrap(),
+            )
+            .unwrap();
+            rustix::net::listen(&l, 4).unwrap();
+            ch.send_timeout(b"listening", &[], T).unwrap();
+            let (c, _) = rustix::net::acceptfrom(&l).unwrap();
+            let (sock, _server) = lingering_socket();
+            let refused = send_raw(c.as_fd(), &message(&[4096]), &[sock.as_fd()]);
+            disarm(sock);
+            linger_until_parent_closes(&ch);
+            exit_code(refused)
+        }
+        // A ring producer that, after setup, sends a lingering socket on its ring channel.
+        // Exit code 0: refused (EPERM), and the honest record was sent.
+        "ring_producer" => {
+            use sealpipe::ring::{Producer, RingOptions};
+            let dup = rustix::io::fcntl_dupfd_cloexec(&ch, 0).unwrap();
+            let mut tx = Producer::connect(ch, &RingOptions::new(1024).timeout(T)).unwrap();
+            let (sock, _server) = lingering_socket();
+            let refused = send_raw(dup.as_fd(), b"x", &[sock.as_fd()]);
+            disarm(sock);
+            tx.send_timeout(b"honest", T).unwrap();
+            // Until the consumer goes.
+            let _ = rustix::event::poll(
+                &mut [rustix::event::PollFd::new(
+                    &dup,
+                    rustix::event::PollFlags::RDHUP,
+                )],
+                Some(&rustix::event::Timespec {
+                    tv_sec: 20,
+                    tv_nsec: 0,
+                }),
+            );
+            exit_code(refused)
+        }
         other => {
             eprintln!("unknown role {other}");
             99
         }
+    }
+}
+
+/// Closes a lingering socket that was refused (still ours) without waiting for it.
+fn disarm(sock: OwnedFd) {
+    rustix::net::sockopt::set_socket_linger(&sock, None).unwrap();
+}
+
+/// Where a test puts a socket path for its peer.
+const PATH_ENV: &str = "SEALPIPE_TEST_PATH";
+
+/// 0 if the kernel refused the descriptors with `EPERM` (`SO_PASSRIGHTS`), 1 if it
+/// accepted them, 2 on any other error.
+fn exit_code(sent: Result<(), rustix::io::Errno>) -> i32 {
+    match sent {
+        Err(rustix::io::Errno::PERM) => 0,
+        Ok(()) => 1,
+        Err(e) => {
+            eprintln!("unexpected send error {e}");
+            2
+        }
+    }
+}
+
+fn raw_seqpacket() -> OwnedFd {
+    rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap()
+}
+
+/// A private socket path, its directory removed on drop.
+struct TempPath(std::path::PathBuf);
+
+impl TempPath {
+    fn new(tag: &str) -> TempPath {
+        let dir = std::env::temp_dir().join(format!("sealpipe-bc-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        TempPath(dir)
+    }
+    fn path(&self) -> std::path::PathBuf {
+        self.0.join("ep")
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -212,5 +325,269 @@ fn recv_timeout_keeps_its_deadline_with_a_lingering_socket() {
     assert!(took < DEADLINE + MARGIN, "took {took:?}");
     assert_fds_settle(baseline, "linger_region");
     expect_honest(&peer.channel);
+    assert_eq!(peer.wait(), 0);
+}
+
+#[test]
+fn try_recv_returns_at_once_with_a_lingering_socket() {
+    common::peer_main(hostile_peer);
+    let _serial = common::serial();
+    let peer = common::spawn_peer(
+        "try_recv_returns_at_once_with_a_lingering_socket",
+        "linger_region",
+    );
+    let baseline = common::fd_count();
+    wait_until_queued(&peer.channel);
+    let start = Instant::now();
+    let err = peer.channel.try_recv(&Policy::immutable()).unwrap_err();
+    let took = start.elapsed();
+    eprintln!("try_recv, region 0 a socket lingering 5 s: {took:?}");
+    assert!(matches!(err, Error::NotMemfd { index: 0, .. }), "{err:?}");
+    assert!(took < MARGIN, "took {took:?}");
+    assert_fds_settle(baseline, "try_recv");
+    expect_honest(&peer.channel);
+    assert_eq!(peer.wait(), 0);
+}
+
+#[test]
+fn a_flood_of_lingering_sockets_keeps_every_deadline() {
+    common::peer_main(hostile_peer);
+    let _serial = common::serial();
+    let peer = common::spawn_peer(
+        "a_flood_of_lingering_sockets_keeps_every_deadline",
+        "linger_flood",
+    );
+    let baseline = common::fd_count();
+    let start = Instant::now();
+    for i in 0..20 {
+        let t = Instant::now();
+        let err = peer
+            .channel
+            .recv_timeout(&Policy::immutable(), T)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::NotMemfd { index: 0, .. }),
+            "{i}: {err:?}"
+        );
+        assert!(
+            t.elapsed() < DEADLINE + MARGIN,
+            "{i}: took {:?}",
+            t.elapsed()
+        );
+    }
+    // 200 descriptors, each of which would have taken 5 s to close in this thread.
+    eprintln!("20 messages of 10 lingering sockets: {:?}", start.elapsed());
+    assert_fds_settle(baseline, "flood");
+    expect_honest(&peer.channel);
+    assert_eq!(peer.wait(), 0);
+}
+
+#[test]
+fn surplus_descriptors_beyond_the_policy_do_not_block() {
+    common::peer_main(hostile_peer);
+    let _serial = common::serial();
+    let peer = common::spawn_peer(
+        "surplus_descriptors_beyond_the_policy_do_not_block",
+        "linger_excess",
+    );
+    let baseline = common::fd_count();
+    wait_until_queued(&peer.channel);
+    let start = Instant::now();
+    let err = peer
+        .channel
+        .recv_timeout(&Policy::immutable().max_regions(1), DEADLINE)
+        .unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        matches!(
+            err,
+            Error::PolicyLimit {
+                what: "regions",
+                got: 3,
+                max: 1
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(took < DEADLINE + MARGIN, "took {took:?}");
+    assert_fds_settle(baseline, "surplus");
+    expect_honest(&peer.channel);
+    assert_eq!(peer.wait(), 0);
+}
+
+#[test]
+fn dropping_a_channel_with_lingering_sockets_queued_does_not_block() {
+    common::peer_main(hostile_peer);
+    let _serial = common::serial();
+    let mut peer = common::spawn_peer(
+        "dropping_a_channel_with_lingering_sockets_queued_does_not_block",
+        "linger_flood",
+    );
+    let baseline = common::fd_count();
+    // Wait for the honest message at the end of the flood: everything is queued (20
+    // messages of 16 + 8 * 10 bytes, then 16 + 8 + 6).
+    let end = Instant::now() + T;
+    while rustix::io::ioctl_fionread(&peer.channel).unwrap_or(0) < 20 * 96 + 30
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (_spare, other) = Channel::pair().unwrap();
+    let channel = std::mem::replace(&mut peer.channel, other);
+    let start = Instant::now();
+    drop(channel);
+    let took = start.elapsed();
+    eprintln!("drop of a channel with 200 lingering sockets queued: {took:?}");
+    assert!(took < MARGIN, "took {took:?}");
+    drop(_spare);
+    assert_fds_settle(baseline - 1, "drop"); // the old channel had a pidfd too
+    assert_eq!(peer.wait(), 0);
+}
+
+#[test]
+fn one_hostile_client_does_not_stall_accept_for_the_others() {
+    use sealpipe::{HandshakeConfig, Listener};
+    common::peer_main(hostile_peer);
+    let _serial = common::serial();
+    let dir = TempPath::new("accept");
+    let path = dir.path();
+    let mut listener = Listener::bind(&path, HandshakeConfig::new().timeout(T)).unwrap();
+    let peer = common::spawn_peer_with(
+        "one_hostile_client_does_not_stall_accept_for_the_others",
+        "hostile_client",
+        |c| {
+            c.env(PATH_ENV, &path);
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the hostile client is in first
+    let honest_path = path.clone();
+    let honest = std::thread::spawn(move || {
+        let ch = Channel::connect(&honest_path, &HandshakeConfig::new().timeout(T)).unwrap();
+        let region = Region::new(4096).unwrap().seal().unwrap();
+        ch.send_timeout(b"honest", &[&region], T).unwrap();
+        ch
+    });
+    let start = Instant::now();
+    let accepted = listener.accept_timeout(DEADLINE).unwrap();
+    let took = start.elapsed();
+    eprintln!("accept with a hostile client pending: {took:?}");
+    assert!(took < DEADLINE + MARGIN, "took {took:?}");
+    expect_honest(&accepted);
+    let _client = honest.join().unwrap();
+    // Dropping the listener with the hostile connection still pending.
+    let start = Instant::now();
+    drop(listener);
+    assert!(
+        start.elapsed() < MARGIN,
+        "listener drop took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        peer.wait(),
+        0,
+        "the hostile client's descriptors were not refused"
+    );
+}
+
+#[test]
+fn connect_to_a_hostile_server_keeps_its_deadline() {
+    use sealpipe::handshake::HandshakeFailure;
+    use sealpipe::HandshakeConfig;
+    common::peer_main(hostile_peer);
+    let _serial = common::serial();
+    let dir = TempPath::new("connect");
+    let path = dir.path();
+    let peer = common::spawn_peer_with(
+        "connect_to_a_hostile_server_keeps_its_deadline",
+        "hostile_server",
+        |c| {
+            c.env(PATH_ENV, &path);
+        },
+    );
+    let ready = peer.channel.recv_timeout(&Policy::immutable(), T).unwrap();
+    assert_eq!(ready.payload(), b"listening");
+    let baseline = common::fd_count();
+    let start = Instant::now();
+    let err = Channel::connect(&path, &HandshakeConfig::new().timeout(DEADLINE)).unwrap_err();
+    let took = start.elapsed();
+    eprintln!("connect(1 s) to a server sending a lingering socket: {took:?}, {err}");
+    assert!(
+        matches!(
+            err,
+            Error::Handshake {
+                failure: HandshakeFailure::TimedOut
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(took < DEADLINE + MARGIN, "took {took:?}");
+    assert_fds_settle(baseline, "connect");
+    assert_eq!(peer.wait(), 0, "the server's descriptors were not refused");
+}
+
+#[test]
+fn ring_channel_refuses_descriptors_after_setup() {
+    use sealpipe::ring::{Consumer, RingOptions};
+    common::peer_main(hostile_peer);
+    let _serial = common::serial();
+    let peer = common::spawn_peer(
+        "ring_channel_refuses_descriptors_after_setup",
+        "ring_producer",
+    );
+    let common::Peer { mut child, channel } = peer;
+    let mut rx = Consumer::connect(channel, &RingOptions::new(1024).timeout(T)).unwrap();
+    let mut out = Vec::new();
+    rx.recv_timeout(&mut out, T).unwrap();
+    assert_eq!(out, b"honest");
+    let start = Instant::now();
+    drop(rx);
+    assert!(
+        start.elapsed() < MARGIN,
+        "ring drop took {:?}",
+        start.elapsed()
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the producer's descriptor was not refused"
+    );
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_recv_keeps_its_deadline_with_a_lingering_socket() {
+    use sealpipe::asyncio::AsyncChannel;
+    common::peer_main(hostile_peer);
+    let _serial = common::serial();
+    let mut peer = common::spawn_peer(
+        "async_recv_keeps_its_deadline_with_a_lingering_socket",
+        "linger_region",
+    );
+    let baseline = common::fd_count();
+    wait_until_queued(&peer.channel);
+    let (_spare, other) = Channel::pair().unwrap();
+    let channel = std::mem::replace(&mut peer.channel, other);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let channel = rt.block_on(async move {
+        let ch = AsyncChannel::new(channel).unwrap();
+        let start = Instant::now();
+        let res = tokio::time::timeout(DEADLINE, ch.recv(&Policy::immutable())).await;
+        let took = start.elapsed();
+        eprintln!("async recv (1 s), region 0 a socket lingering 5 s: {took:?}");
+        let err = res.expect("deadline missed").unwrap_err();
+        assert!(matches!(err, Error::NotMemfd { index: 0, .. }), "{err:?}");
+        assert!(took < DEADLINE + MARGIN, "took {took:?}");
+        ch.into_inner()
+    });
+    drop(rt);
+    drop(_spare);
+    assert_fds_settle(baseline + 1, "async");
+    expect_honest(&channel);
+    drop(channel);
     assert_eq!(peer.wait(), 0);
 }
