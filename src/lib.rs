@@ -88,6 +88,7 @@ pub mod fuzz;
 mod fuzz;
 mod guard;
 pub mod handshake;
+mod in_flight;
 mod listener;
 pub mod positional;
 mod region;

@@ -202,7 +202,6 @@ pub(crate) fn set_pass_rights(fd: impl AsFd, on: bool) -> io::Result<()> {
 ///
 /// # References
 ///  - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html), `SIOCOUTQ`
-#[allow(dead_code)] // used by the in-flight budget
 pub(crate) fn unsent_bytes(fd: impl AsFd) -> io::Result<usize> {
     // SIOCOUTQ = TIOCOUTQ.
     const SIOCOUTQ: rustix::ioctl::Opcode = 0x5411;

@@ -4,6 +4,7 @@ use std::cell::RefCell;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -17,6 +18,7 @@ use rustix::net::{
 use crate::closer::{self, PeerSocket, Received};
 use crate::error::{Error, Result};
 use crate::handshake::PeerCredentials;
+use crate::in_flight::Ledger;
 use crate::region::SealedRegion;
 use crate::seals::Policy;
 use crate::verify::{verify, RegionView};
@@ -61,6 +63,8 @@ use crate::wire;
 #[derive(Debug)]
 pub struct Channel {
     sock: PeerSocket,
+    /// Descriptors sent that the peer may not have read (see `in_flight`).
+    in_flight: Mutex<Ledger>,
     /// Who the handshake established the peer to be (`None` for [`Channel::pair`] and
     /// [`Channel::from_fd`]).
     peer: Option<PeerCredentials>,
@@ -115,6 +119,7 @@ impl Channel {
     ) -> Channel {
         Channel {
             sock,
+            in_flight: Mutex::new(Ledger::new(Channel::DEFAULT_IN_FLIGHT_LIMIT)),
             peer,
             peer_pidfd,
         }
@@ -243,7 +248,54 @@ impl Channel {
         self.recv_with(policy, Wait::Never)
     }
 
+    /// Most descriptors a channel has in flight by default: sent, not yet read by the
+    /// peer. See [`with_in_flight_limit`](Channel::with_in_flight_limit).
+    pub const DEFAULT_IN_FLIGHT_LIMIT: usize = 256;
+
+    /// Sets the most descriptors this channel may have in flight (sent in messages its
+    /// peer has not read yet); a send that would exceed it waits (`send`, `send_timeout`:
+    /// [`Error::Timeout`]) or fails with [`Error::WouldBlock`] (`try_send`) until the peer
+    /// reads. A message always goes out when nothing is in flight, however many regions it
+    /// has.
+    ///
+    /// Why: the kernel limits descriptors in flight per sending **user**
+    /// (`RLIMIT_NOFILE` of the sender; root with `CAP_SYS_RESOURCE` is exempt), so without
+    /// a bound of its own one peer that stops reading would exhaust it and every channel of
+    /// that user would fail with [`Error::TooManyInFlight`]. With per-channel limits whose
+    /// sum stays below `RLIMIT_NOFILE`, a stalled peer stalls only its own channel. The
+    /// default is [`DEFAULT_IN_FLIGHT_LIMIT`](Channel::DEFAULT_IN_FLIGHT_LIMIT) (256);
+    /// `usize::MAX` turns the bound off.
+    ///
+    /// The count is kept from `SIOCOUTQ` (bytes of our messages the peer has not read);
+    /// see `PROTOCOL.md`, "Descriptors in flight". It costs two `ioctl`s per message while
+    /// descriptors are in flight; messages without regions sent while none are cost
+    /// nothing.
+    pub fn with_in_flight_limit(self, descriptors: usize) -> Channel {
+        self.ledger().limit = descriptors;
+        self
+    }
+
+    /// The limit set by [`with_in_flight_limit`](Channel::with_in_flight_limit).
+    pub fn in_flight_limit(&self) -> usize {
+        self.ledger().limit
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn send_with(&self, payload: &[u8], regions: &[&SealedRegion], wait: Wait) -> Result<()> {
+        loop {
+            match self.send_once(payload, regions)? {
+                Sent::Yes => return Ok(()),
+                Sent::SocketFull => self.wait(PollFlags::OUT, wait)?,
+                Sent::BudgetSpent => self.wait_for_reader(wait)?,
+            }
+        }
+    }
+
+    /// Sends one message if it can without waiting.
+    pub(crate) fn send_once(&self, payload: &[u8], regions: &[&SealedRegion]) -> Result<Sent> {
         let mut header = [0u8; wire::HEADER_LEN + wire::REGION_DESC_LEN * wire::MAX_REGIONS];
         let n = wire::encode(
             &mut header,
@@ -253,6 +305,19 @@ impl Channel {
         let fds: Vec<BorrowedFd<'_>> = regions.iter().map(|r| r.as_fd()).collect();
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
         let iov = [IoSlice::new(&header[..n]), IoSlice::new(payload)];
+        // Held across the sendmsg, so that the growth of SIOCOUTQ is this message's.
+        let mut ledger = self.ledger();
+        let tracking = ledger.tracking(fds.len());
+        let before = if tracking {
+            let unread = crate::sys::unsent_bytes(&*self.sock).unwrap_or(0);
+            ledger.settle(unread);
+            if !ledger.has_room(fds.len()) {
+                return Ok(Sent::BudgetSpent);
+            }
+            unread
+        } else {
+            0
+        };
         loop {
             let mut control = SendAncillaryBuffer::new(&mut space);
             if !fds.is_empty() {
@@ -264,12 +329,45 @@ impl Channel {
                 &mut control,
                 SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => break,
                 Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => self.wait(PollFlags::OUT, wait)?,
+                Err(Errno::AGAIN) => return Ok(Sent::SocketFull),
                 Err(e) => return Err(send_error(e, n + payload.len())),
             }
         }
+        if tracking {
+            let after = crate::sys::unsent_bytes(&*self.sock).unwrap_or(0);
+            ledger.push(after.saturating_sub(before), fds.len());
+        }
+        Ok(Sent::Yes)
+    }
+
+    /// Waits a little, as `wait` allows, for the peer to read (it gives no readiness event
+    /// for that): [`Error::WouldBlock`], [`Error::Timeout`] or [`Error::PeerClosed`] when
+    /// the waiting is over.
+    fn wait_for_reader(&self, wait: Wait) -> Result<()> {
+        let pause = match wait {
+            Wait::Never => {
+                return Err(if self.peer_exited() {
+                    Error::PeerClosed
+                } else {
+                    Error::WouldBlock
+                })
+            }
+            Wait::Forever => READER_POLL,
+            Wait::Until(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout);
+                }
+                left.min(READER_POLL)
+            }
+        };
+        // A peer that closes its end (readable: POLLHUP/POLLRDHUP) ends the pause early;
+        // the next send then reports it.
+        let mut fds = [PollFd::new(&*self.sock, PollFlags::RDHUP)];
+        let _ = poll(&mut fds, Timespec::try_from(pause).ok().as_ref());
+        Ok(())
     }
 
     fn recv_with(&self, policy: &Policy, wait: Wait) -> Result<Message> {
@@ -464,6 +562,20 @@ thread_local! {
     /// that an over-long one is detected. Reused to keep `recv` from zeroing 70 KiB per call.
     static RECV_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; wire::MAX_MESSAGE_LEN + 1].into_boxed_slice());
 }
+
+/// What one non-waiting send attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// The message went out.
+    Yes,
+    /// The socket's buffer is full: wait for it to be writable.
+    SocketFull,
+    /// The channel's in-flight budget is spent: wait for the peer to read.
+    BudgetSpent,
+}
+
+/// How often a send waiting for the peer to read its descriptors looks again.
+pub(crate) const READER_POLL: Duration = Duration::from_millis(1);
 
 /// How often a receive that waits for the closer's backlog looks again.
 const ADMIT_POLL: Duration = Duration::from_millis(5);

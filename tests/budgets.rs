@@ -1,0 +1,196 @@
+//! Budgets across messages and channels (issue 12 §4): one stalled peer must not spend the
+//! sending user's in-flight descriptor budget for every other channel; received views do
+//! not pin descriptors unless asked to; a message's total size is bounded by the policy.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sealpipe::{Channel, Error, HandshakeConfig, Listener, Policy, Region};
+
+const T: Duration = Duration::from_secs(20);
+const PATH_ENV: &str = "SEALPIPE_TEST_PATH";
+/// The sender's `RLIMIT_NOFILE`, which is also its user's in-flight descriptor limit.
+const NOFILE: u64 = 64;
+/// The stalled channel's in-flight limit.
+const STALLED_LIMIT: usize = 32;
+
+/// Connects twice to the listener at `$PATH_ENV` (as root, which the listener's same-user
+/// policy admits), names the channels, then drops to an unprivileged user with
+/// `RLIMIT_NOFILE` = 64: from then on, its descriptors in flight count against uid 65534's
+/// limit of 64.
+fn connect_two_then_drop_privileges() -> (Channel, Channel) {
+    let path = std::env::var(PATH_ENV).unwrap();
+    let a = Channel::connect(&path, &HandshakeConfig::new().timeout(T)).unwrap();
+    a.send_timeout(b"A", &[], T).unwrap();
+    let b = Channel::connect(&path, &HandshakeConfig::new().timeout(T)).unwrap();
+    b.send_timeout(b"B", &[], T).unwrap();
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(NOFILE),
+            maximum: Some(NOFILE),
+        },
+    )
+    .unwrap();
+    // Only this thread's credentials (the kernel charges in-flight descriptors to the
+    // sending thread's user); dropping uid 0 also drops CAP_SYS_RESOURCE.
+    rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(65534)).unwrap();
+    rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(65534)).unwrap();
+    (a, b)
+}
+
+fn sender(role: &str, ctl: Channel) -> i32 {
+    let (a, b) = connect_two_then_drop_privileges();
+    let region = Region::new(4096).unwrap().seal().unwrap();
+    let ten = [&region; 10];
+    let report = |s: String| ctl.send_timeout(s.as_bytes(), &[], T).unwrap();
+    match role {
+        // B is bounded: it stalls on its own budget, and A keeps working.
+        "bounded" => {
+            // Both channels bounded, the sum (2 x 32) within the user's 64.
+            let a = a.with_in_flight_limit(STALLED_LIMIT);
+            let b = b.with_in_flight_limit(STALLED_LIMIT);
+            let mut sent = 0;
+            let stalled = loop {
+                match b.try_send(b"", &ten) {
+                    Ok(()) => sent += 1,
+                    Err(e) => break e,
+                }
+                if sent > 100 {
+                    break Error::WouldBlock;
+                }
+            };
+            let timed = b.send_timeout(b"", &ten, Duration::from_millis(50));
+            let mut a_failed = None;
+            for _ in 0..20 {
+                if let Err(e) = a.send_timeout(b"", &ten, T) {
+                    a_failed = Some(e);
+                    break;
+                }
+            }
+            report(format!("B {sent} {stalled:?} {timed:?}; A {a_failed:?}"));
+            // The parent reads B's messages, then says so: B's budget is back.
+            let _ = ctl.recv_timeout(&Policy::immutable(), T).unwrap();
+            let resumed = b.send_timeout(b"resumed", &ten, T);
+            report(format!("resumed {resumed:?}"));
+            let _ = ctl.recv_timeout(&Policy::immutable(), T);
+            0
+        }
+        // The control experiment: B unbounded exhausts the user's budget, and A fails too.
+        "unbounded" => {
+            let b = b.with_in_flight_limit(usize::MAX);
+            let stalled = loop {
+                if let Err(e) = b.try_send(b"", &ten) {
+                    break e;
+                }
+            };
+            let a_result = a.try_send(b"", &ten);
+            report(format!("B {stalled:?}; A {a_result:?}"));
+            let _ = ctl.recv_timeout(&Policy::immutable(), T);
+            0
+        }
+        _ => 99,
+    }
+}
+
+struct TempPath(PathBuf);
+
+impl TempPath {
+    fn new(tag: &str) -> TempPath {
+        let dir = std::env::temp_dir().join(format!("sealpipe-bud-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        TempPath(dir)
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Binds a listener, spawns the sender in `role`, accepts its two channels and returns
+/// them as (A, B).
+fn setup(test: &str, role: &str, dir: &TempPath) -> (common::Peer, Channel, Channel) {
+    let path = dir.0.join("ep");
+    let mut listener = Listener::bind(&path, HandshakeConfig::new().timeout(T)).unwrap();
+    let peer = common::spawn_peer_with(test, role, |c| {
+        c.env(PATH_ENV, &path);
+    });
+    let (mut a, mut b) = (None, None);
+    for _ in 0..2 {
+        let ch = listener.accept_timeout(T).unwrap();
+        let name = ch.recv_timeout(&Policy::immutable(), T).unwrap();
+        match name.payload() {
+            b"A" => a = Some(ch),
+            b"B" => b = Some(ch),
+            other => panic!("{other:?}"),
+        }
+    }
+    (peer, a.unwrap(), b.unwrap())
+}
+
+fn read_report(ctl: &Channel) -> String {
+    let msg = ctl.recv_timeout(&Policy::immutable(), T).unwrap();
+    String::from_utf8(msg.payload().to_vec()).unwrap()
+}
+
+#[test]
+fn a_stalled_peer_stalls_only_its_own_channel() {
+    common::peer_main(sender);
+    let _serial = common::serial();
+    let dir = TempPath::new("bounded");
+    let (peer, a, b) = setup(
+        "a_stalled_peer_stalls_only_its_own_channel",
+        "bounded",
+        &dir,
+    );
+    // A's reader keeps up; B's never reads until the report is in.
+    let reader = std::thread::spawn(move || {
+        for _ in 0..20 {
+            let msg = a.recv_timeout(&Policy::immutable(), T).unwrap();
+            assert_eq!(msg.regions().len(), 10);
+        }
+        a
+    });
+    let report = read_report(&peer.channel);
+    // 3 messages of 10 fit a budget of 32; the 4th waits, and A is unaffected.
+    assert_eq!(report, "B 3 WouldBlock Err(Timeout); A None", "{report}");
+    let _a = reader.join().unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            b.recv_timeout(&Policy::immutable(), T)
+                .unwrap()
+                .regions()
+                .len(),
+            10
+        );
+    }
+    peer.channel.send_timeout(b"read", &[], T).unwrap();
+    assert_eq!(read_report(&peer.channel), "resumed Ok(())");
+    let msg = b.recv_timeout(&Policy::immutable(), T).unwrap();
+    assert_eq!(msg.payload(), b"resumed");
+    assert_eq!(peer.wait(), 0);
+}
+
+#[test]
+fn without_a_bound_one_stalled_peer_fails_every_channel() {
+    common::peer_main(sender);
+    let _serial = common::serial();
+    let dir = TempPath::new("unbounded");
+    let (peer, _a, _b) = setup(
+        "without_a_bound_one_stalled_peer_fails_every_channel",
+        "unbounded",
+        &dir,
+    );
+    // The problem the bound solves, shown: the kernel's budget is per user.
+    assert_eq!(
+        read_report(&peer.channel),
+        "B TooManyInFlight; A Err(TooManyInFlight)"
+    );
+    assert_eq!(peer.wait(), 0);
+}
