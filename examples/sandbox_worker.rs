@@ -15,7 +15,7 @@
 //! Run with `cargo run --release --example sandbox_worker`.
 #![allow(unsafe_code)] // one mprotect attack on the worker's own mapping
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -129,7 +129,10 @@ fn parent() -> Result<bool, Box<dyn std::error::Error>> {
 fn worker() -> Result<bool, Box<dyn std::error::Error>> {
     let channel: Channel = sealpipe::spawn::worker_channel()?;
     // Accept the producer-writable region too; the immutable one is checked by its seals.
-    let policy = Policy::read_only_view().max_region_len(BIG as u64);
+    // Keep the descriptors: the attacks below try them.
+    let policy = Policy::read_only_view()
+        .max_region_len(BIG as u64)
+        .keep_descriptors(true);
     let msg = channel.recv_timeout(&policy, TIMEOUT)?;
     let [big, small] = msg.regions() else {
         return Err("expected two regions".into());
@@ -178,7 +181,9 @@ fn worker() -> Result<bool, Box<dyn std::error::Error>> {
 
 /// Every way an unprivileged holder of the descriptor could try to change the region.
 fn attacks(view: &RegionView) -> Vec<(&'static str, Result<(), Errno>)> {
-    let fd = view.as_fd();
+    let Some(fd) = view.fd() else {
+        return vec![("the descriptor was kept", Err(Errno::BADF))];
+    };
     vec![
         ("write(2)", rustix::io::write(fd, b"x").map(drop)),
         (

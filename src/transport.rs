@@ -443,9 +443,21 @@ impl Channel {
             policy,
             || self.hung_up(),
         )?;
-        let lens = (0..header.region_count)
+        let lens: Vec<u64> = (0..header.region_count)
             .map(|i| wire::region_len(msg, i))
             .collect();
+        // Before anything is mapped. A region over the per-region limit is left to
+        // verification, which names it (`RegionTooLarge`).
+        let total = lens.iter().fold(0u64, |sum, &len| sum.saturating_add(len));
+        if total > policy.message_len_limit()
+            && lens.iter().all(|&len| len <= policy.region_len_limit())
+        {
+            return Err(Error::PolicyLimit {
+                what: "total region bytes",
+                got: total,
+                max: policy.message_len_limit(),
+            });
+        }
         Ok((msg[wire::payload_range(&header)].to_vec(), fds, lens))
     }
 

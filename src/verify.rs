@@ -36,6 +36,8 @@ pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy, index: usize) -> 
     let len = declared_len as usize; // fits: it equals st_size of a file we can map
     let map =
         map_read_only(fd.as_fd(), len, seals).map_err(|source| Error::Map { index, source })?;
+    // The mapping keeps the region alive; the descriptor only costs a table slot.
+    let fd = policy.keeps_descriptors().then_some(fd);
     Ok(RegionView { map, seals, fd })
 }
 
@@ -123,11 +125,24 @@ fn map_read_only(fd: BorrowedFd<'_>, len: usize, seals: Seals) -> std::io::Resul
 /// `&[u8]`. Otherwise (`F_SEAL_FUTURE_WRITE`) its producer can still write at any moment:
 /// read it with [`read_at`](RegionView::read_at) or [`read_value`](RegionView::read_value),
 /// which copy each byte exactly once into your memory, and validate the copy.
+///
+/// # What a retained view costs
+///
+/// A view holds a read-only mapping for as long as it lives: the region's length in
+/// address space and one entry of the process's mappings (`vm.max_map_count`, 65 530 by
+/// default; when it is reached, mapping fails with [`Error::Map`]). It holds the region's
+/// descriptor too only if the receiving [`Policy`] asked to
+/// ([`Policy::keep_descriptors`]); by default the descriptor is closed once the region is
+/// mapped, so keeping messages does not fill the descriptor table. The pages are the
+/// sender's memfd's: they stay allocated while any process maps or holds the region.
+/// Bound what you keep with [`Policy::max_region_len`] and [`Policy::max_message_len`], and
+/// drop views (or copy out what you need) rather than keeping them indefinitely.
 #[derive(Debug)]
 pub struct RegionView {
     map: ReadMap,
     seals: Seals,
-    fd: OwnedFd,
+    /// Kept only where the policy said so ([`Policy::keep_descriptors`]).
+    fd: Option<OwnedFd>,
 }
 
 impl RegionView {
@@ -229,15 +244,24 @@ impl RegionView {
         self.map.ptr()
     }
 
-    /// Gives up the mapping and returns the descriptor.
-    pub fn into_fd(self) -> OwnedFd {
+    /// The region's descriptor, if the receiving policy kept it
+    /// ([`Policy::keep_descriptors`]); `None` by default.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Gives up the mapping and returns the descriptor, if the receiving policy kept it
+    /// ([`Policy::keep_descriptors`]); `None` by default (the view is then just unmapped).
+    pub fn into_fd(self) -> Option<OwnedFd> {
         self.fd
     }
-}
 
-impl AsFd for RegionView {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// [`into_fd`](RegionView::into_fd), handing the view back if it has no descriptor.
+    pub(crate) fn try_into_fd(mut self) -> std::result::Result<OwnedFd, RegionView> {
+        match self.fd.take() {
+            Some(fd) => Ok(fd),
+            None => Err(self),
+        }
     }
 }
 

@@ -43,6 +43,20 @@ fn connect_two_then_drop_privileges() -> (Channel, Channel) {
 }
 
 fn sender(role: &str, ctl: Channel) -> i32 {
+    if role == "three_regions" {
+        // Three 1 MiB regions in one message (over a 2 MiB total limit), then the same
+        // three regions again, and an honest small message.
+        let regions: Vec<_> = (0..3)
+            .map(|_| Region::new(1 << 20).unwrap().seal().unwrap())
+            .collect();
+        let refs: Vec<_> = regions.iter().collect();
+        ctl.send_timeout(b"big", &refs, T).unwrap();
+        ctl.send_timeout(b"kept", &refs, T).unwrap();
+        let small = Region::new(4096).unwrap().seal().unwrap();
+        ctl.send_timeout(b"honest", &[&small], T).unwrap();
+        let _ = ctl.recv_timeout(&Policy::immutable(), T);
+        return 0;
+    }
     let (a, b) = connect_two_then_drop_privileges();
     let region = Region::new(4096).unwrap().seal().unwrap();
     let ten = [&region; 10];
@@ -192,5 +206,52 @@ fn without_a_bound_one_stalled_peer_fails_every_channel() {
         read_report(&peer.channel),
         "B TooManyInFlight; A Err(TooManyInFlight)"
     );
+    assert_eq!(peer.wait(), 0);
+}
+
+#[test]
+fn message_size_limit_and_views_without_descriptors() {
+    common::peer_main(sender);
+    let _serial = common::serial();
+    let peer = common::spawn_peer(
+        "message_size_limit_and_views_without_descriptors",
+        "three_regions",
+    );
+    let baseline = common::fd_count();
+    let maps = common::map_count();
+    let policy = Policy::immutable().max_message_len(2 << 20);
+    let err = peer.channel.recv_timeout(&policy, T).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PolicyLimit {
+                what: "total region bytes",
+                got: 3145728,
+                max: 2097152
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_peer_fault());
+    assert_eq!(common::fd_count(), baseline, "rejected descriptors closed");
+    assert_eq!(common::map_count(), maps, "nothing mapped");
+    // Accepted views hold a mapping each, no descriptor, unless the policy keeps them.
+    let kept = peer
+        .channel
+        .recv_timeout(&Policy::immutable().keep_descriptors(true), T)
+        .unwrap();
+    assert_eq!(common::fd_count(), baseline + 3);
+    assert!(kept.regions().iter().all(|r| r.fd().is_some()));
+    let honest = peer.channel.recv_timeout(&policy, T).unwrap();
+    assert_eq!(honest.payload(), b"honest");
+    assert!(honest.regions()[0].fd().is_none());
+    assert_eq!(
+        common::fd_count(),
+        baseline + 3,
+        "the honest view pins no descriptor"
+    );
+    assert!(common::map_count() > maps);
+    drop((kept, honest));
+    assert_eq!(common::fd_count(), baseline);
     assert_eq!(peer.wait(), 0);
 }
