@@ -105,7 +105,7 @@ pub mod wire;
 struct ReadmeDoctests;
 
 pub use error::{Error, Result};
-pub use guard::GuardedMap;
+pub use guard::{GuardOptions, GuardedMap};
 pub use handshake::{HandshakeConfig, PeerCredentials, PeerPolicy, RefusalReason, Secret};
 pub use listener::{default_path, Listener};
 pub use positional::PositionalFile;

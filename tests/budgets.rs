@@ -43,6 +43,26 @@ fn connect_two_then_drop_privileges() -> (Channel, Channel) {
 }
 
 fn sender(role: &str, ctl: Channel) -> i32 {
+    if role == "guard_files" {
+        // A sparse 100 TiB memfd and a regular file, sent raw (no sealpipe message).
+        let huge = rustix::fs::memfd_create("huge", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&huge, 100 << 40).unwrap();
+        let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        use std::os::fd::AsFd;
+        let fds = [huge.as_fd(), file.as_fd()];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(
+            &ctl,
+            &[std::io::IoSlice::new(b"fds")],
+            &mut control,
+            rustix::net::SendFlags::NOSIGNAL,
+        )
+        .unwrap();
+        let _ = ctl.recv_timeout(&Policy::immutable(), T);
+        return 0;
+    }
     if role == "three_regions" {
         // Three 1 MiB regions in one message (over a 2 MiB total limit), then the same
         // three regions again, and an honest small message.
@@ -253,5 +273,63 @@ fn message_size_limit_and_views_without_descriptors() {
     assert!(common::map_count() > maps);
     drop((kept, honest));
     assert_eq!(common::fd_count(), baseline);
+    assert_eq!(peer.wait(), 0);
+}
+
+#[test]
+fn guarded_map_refuses_huge_and_non_shared_memory_files() {
+    use sealpipe::{GuardOptions, GuardedMap};
+    use std::os::fd::OwnedFd;
+    common::peer_main(sender);
+    let _serial = common::serial();
+    let peer = common::spawn_peer(
+        "guarded_map_refuses_huge_and_non_shared_memory_files",
+        "guard_files",
+    );
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut buf = [0u8; 16];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+    rustix::net::recvmsg(
+        &peer.channel,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut control,
+        rustix::net::RecvFlags::CMSG_CLOEXEC,
+    )
+    .unwrap();
+    for msg in control.drain() {
+        if let rustix::net::RecvAncillaryMessage::ScmRights(iter) = msg {
+            fds.extend(iter);
+        }
+    }
+    let (huge, file) = {
+        let mut it = fds.into_iter();
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    let huge2 = rustix::io::fcntl_dupfd_cloexec(&huge, 0).unwrap();
+    let err = GuardedMap::new(huge).unwrap_err();
+    assert!(
+        matches!(err, Error::RegionTooLarge { len, max, .. } if len == 100 << 40 && max == 1 << 30),
+        "{err:?}"
+    );
+    let err = GuardedMap::with_options(huge2, &GuardOptions::new().max_len(1 << 40)).unwrap_err();
+    assert!(matches!(err, Error::RegionTooLarge { .. }), "{err:?}");
+    let file2 = rustix::io::fcntl_dupfd_cloexec(&file, 0).unwrap();
+    let err = GuardedMap::new(file).unwrap_err();
+    assert!(
+        matches!(&err, Error::NotMemfd { reason, .. } if reason.contains("regular file")),
+        "{err:?}"
+    );
+    let maps_now = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(
+        !maps_now.contains("memfd:huge"),
+        "the sparse file was not mapped"
+    );
+    // Asked for explicitly, any file is mapped.
+    let map = GuardedMap::with_options(file2, &GuardOptions::new().any_file(true)).unwrap();
+    let mut elf = [0u8; 4];
+    map.read_at(0, &mut elf).unwrap();
+    assert_eq!(&elf, b"\x7fELF");
+    drop(map);
     assert_eq!(peer.wait(), 0);
 }
