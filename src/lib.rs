@@ -68,6 +68,26 @@
 //! close-on-exec; every blocking call has a timeout variant. sealpipe does not protect
 //! against a peer that sends well-formed but wrong *data*: validate what you read.
 //!
+//! Descriptors and budgets:
+//!
+//! - **Descriptors whose close blocks** (a TCP socket lingering with unsent data, a file on
+//!   FUSE): refused where none are expected (`SO_PASSRIGHTS` on Linux 6.16+, during
+//!   handshakes and on ring channels after setup); every receive has room for the kernel's
+//!   253, so the kernel never drops surplus ones in your thread; rejected descriptors are
+//!   classified without `fstat` and, unless their close cannot wait, closed on a background
+//!   thread; dropping a [`Channel`], [`Listener`] or ring drains its socket first. Every
+//!   call keeps its deadline, `try_` calls and `Drop` do not block; a backlog at the
+//!   background closer shows as [`Error::DisposalBacklog`], not as growth. See [`Channel`].
+//! - **Descriptors in flight**: each channel bounds its own
+//!   ([`Channel::with_in_flight_limit`]), so a peer that stops reading stalls only its
+//!   channel instead of spending the sending user's kernel budget for all of them.
+//! - **Pinned views**: a [`RegionView`] keeps its mapping, not its descriptor, unless
+//!   [`Policy::keep_descriptors`]; [`Policy::max_message_len`] bounds a message. See
+//!   [what a retained view costs](RegionView#what-a-retained-view-costs).
+//! - **Files to map or read**: [`GuardedMap`] maps shared memory of at most 1 GiB unless
+//!   [`GuardOptions`] say otherwise; [`PositionalFile`] I/O on a peer's FUSE or network
+//!   file can block without bound.
+//!
 //! # Platform
 //!
 //! Linux only. Kernel features are probed at run time ([`capabilities`]) and missing ones
