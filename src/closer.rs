@@ -223,7 +223,13 @@ pub(crate) fn accept_descriptors(sock: impl AsFd) {
 /// Closes a unix socket of ours without letting a peer's queued descriptors block us: see
 /// the module docs, point 4.
 pub(crate) fn close_socket(sock: OwnedFd) {
-    if !refuse_descriptors(&sock) {
+    let refused = refuse_descriptors(&sock);
+    close_socket_with(sock, refused)
+}
+
+/// [`close_socket`], given whether `SO_PASSRIGHTS` could be turned off.
+fn close_socket_with(sock: OwnedFd, refused: bool) {
+    if !refused {
         return closer().push(sock);
     }
     // No descriptor can be queued from here on: what is queued now is all there is.
@@ -443,6 +449,54 @@ mod tests {
         )
         .unwrap();
         assert_eq!(kind(p.as_fd()), Kind::Path);
+    }
+
+    /// A TCP socket whose close would linger 5 s, and the accepting end (keep it open).
+    fn lingering_socket() -> (OwnedFd, std::net::TcpStream) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        sockopt::set_socket_recv_buffer_size(&listener, 4096).unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        sockopt::set_socket_send_buffer_size(&client, 4096).unwrap();
+        sockopt::set_socket_linger(&client, Some(std::time::Duration::from_secs(5))).unwrap();
+        client.set_nonblocking(true).unwrap();
+        while client.write(&[0u8; 4096]).is_ok() {}
+        (OwnedFd::from(client), server)
+    }
+
+    /// Queues `fd` on `to` in a 0-byte datagram (the hardest kind to drain).
+    fn queue(from: &crate::Channel, fd: OwnedFd) {
+        let fds = [fd.as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(from, &[], &mut control, rustix::net::SendFlags::NOSIGNAL).unwrap();
+    }
+
+    #[test]
+    fn closing_a_socket_with_lingering_sockets_queued_does_not_block() {
+        // Both paths: with SO_PASSRIGHTS (drain here, then close) and without (the
+        // closer drains and closes), and with the peer gone or still there.
+        for (refused, peer_gone) in [(true, false), (true, true), (false, false), (false, true)] {
+            let (a, b) = crate::Channel::pair().unwrap();
+            let (sock, _server) = lingering_socket();
+            queue(&a, sock);
+            if peer_gone {
+                drop(a);
+            }
+            let b = b.into_fd();
+            if refused {
+                assert!(refuse_descriptors(&b), "this kernel has SO_PASSRIGHTS");
+            }
+            let start = std::time::Instant::now();
+            close_socket_with(b, refused);
+            let took = start.elapsed();
+            assert!(
+                took < std::time::Duration::from_millis(500),
+                "refused {refused}, peer gone {peer_gone}: {took:?}"
+            );
+        }
     }
 
     #[test]

@@ -47,9 +47,10 @@ impl Ledger {
         }
     }
 
-    /// Whether sends must be measured: descriptors are sent, or some may be in flight.
+    /// Whether sends must be measured: the budget is on, and descriptors are sent or some
+    /// may be in flight.
     pub(crate) fn tracking(&self, fds: usize) -> bool {
-        fds > 0 || !self.sent.is_empty()
+        self.limit != usize::MAX && (fds > 0 || !self.sent.is_empty())
     }
 
     /// Forgets the datagrams the peer has read, given the bytes still queued.

@@ -264,7 +264,7 @@ impl Channel {
     /// that user would fail with [`Error::TooManyInFlight`]. With per-channel limits whose
     /// sum stays below `RLIMIT_NOFILE`, a stalled peer stalls only its own channel. The
     /// default is [`DEFAULT_IN_FLIGHT_LIMIT`](Channel::DEFAULT_IN_FLIGHT_LIMIT) (256);
-    /// `usize::MAX` turns the bound off.
+    /// `usize::MAX` turns the bound, and its bookkeeping, off.
     ///
     /// The count is kept from `SIOCOUTQ` (bytes of our messages the peer has not read);
     /// see `PROTOCOL.md`, "Descriptors in flight". It costs two `ioctl`s per message while
