@@ -276,6 +276,11 @@ pub struct Capabilities {
     /// stable kernels). Without it, immutable regions are mapped `MAP_PRIVATE` read-only,
     /// which shows the same (unchangeable) bytes.
     pub shared_map_of_write_sealed: bool,
+    /// Unix sockets can refuse descriptors (`SO_PASSRIGHTS`, Linux 6.16+). Without it, a
+    /// peer can queue descriptors during a handshake or on a ring's channel; they are
+    /// received and closed without blocking instead, and dropped sockets are closed on a
+    /// background thread (see [`crate::Channel`]).
+    pub pass_rights: bool,
 }
 
 /// The kernel capabilities sealpipe probed and the fallbacks it chose.
@@ -284,6 +289,8 @@ pub fn capabilities() -> Capabilities {
     *CAPS.get_or_init(|| Capabilities {
         noexec_seal: crate::region::capabilities_noexec_seal(),
         shared_map_of_write_sealed: probe_shared_map_of_write_sealed(),
+        pass_rights: crate::Channel::pair()
+            .is_ok_and(|(a, _b)| crate::closer::refuse_descriptors(&a)),
     })
 }
 
@@ -335,6 +342,8 @@ mod tests {
     fn this_kernel_maps_write_sealed_memfds_shared() {
         // kernel-facts: 6.18 allows it; the fallback is covered above.
         assert!(capabilities().shared_map_of_write_sealed);
+        // 6.18 has SO_PASSRIGHTS (6.16+); the fallback is covered in `closer`.
+        assert!(capabilities().pass_rights);
     }
 
     #[test]
