@@ -606,3 +606,56 @@ fn async_recv_keeps_its_deadline_with_a_lingering_socket() {
     drop(channel);
     assert_eq!(peer.wait(), 0);
 }
+
+/// In a child started by the test below, in place of `worker_channel`: before any
+/// handshake, sends a lingering socket on the inherited channel; if that is refused, sends
+/// 7 bytes of garbage instead. Then exits.
+#[allow(unsafe_code)]
+fn hostile_spawn_child() -> ! {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `spawn` put the child's end of the pair on this number for this process
+    // (named in SEALPIPE_FD), and nothing else in this process owns it.
+    let ch = unsafe { OwnedFd::from_raw_fd(sealpipe::spawn::CHILD_FD) };
+    let (sock, _server) = lingering_socket();
+    let sent = send_raw(ch.as_fd(), &message(&[4096]), &[sock.as_fd()]);
+    disarm(sock);
+    if sent.is_err() {
+        let _ = send_raw(ch.as_fd(), b"refused", &[]);
+    }
+    std::process::exit(0)
+}
+
+#[test]
+fn spawn_handshake_with_a_hostile_child_keeps_its_deadline() {
+    use sealpipe::handshake::HandshakeFailure;
+    const NAME: &str = "spawn_handshake_with_a_hostile_child_keeps_its_deadline";
+    if std::env::var(common::ROLE_ENV).as_deref() == Ok("hostile_spawn_child") {
+        hostile_spawn_child();
+    }
+    let _serial = common::serial();
+    let baseline = common::fd_count();
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([NAME, "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env(common::ROLE_ENV, "hostile_spawn_child")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let start = Instant::now();
+    let err = sealpipe::spawn::spawn(&mut cmd).unwrap_err();
+    let took = start.elapsed();
+    eprintln!("spawn with a child sending a lingering socket first: {took:?}, {err}");
+    let Error::Handshake {
+        failure: HandshakeFailure::Protocol(reason),
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    if sealpipe::capabilities().pass_rights {
+        // Refused at the socket: what arrived is the garbage sent instead.
+        assert_ne!(*reason, "descriptors sent during the handshake");
+    } else {
+        assert_eq!(*reason, "descriptors sent during the handshake");
+    }
+    // The child starts (a test binary) and exits at once; no 5 s linger in between.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_fds_settle(baseline, "spawn");
+}
