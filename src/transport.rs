@@ -267,9 +267,9 @@ impl Channel {
     /// `usize::MAX` turns the bound, and its bookkeeping, off.
     ///
     /// The count is kept from `SIOCOUTQ` (bytes of our messages the peer has not read);
-    /// see `PROTOCOL.md`, "Descriptors in flight". It costs two `ioctl`s per message while
-    /// descriptors are in flight; messages without regions sent while none are cost
-    /// nothing.
+    /// see `PROTOCOL.md`, "Descriptors in flight". It costs one `ioctl` per message while
+    /// descriptors are in flight (and one more now and then to learn what the peer has
+    /// read); messages without regions sent while none are in flight cost nothing.
     pub fn with_in_flight_limit(self, descriptors: usize) -> Channel {
         self.ledger().limit = descriptors;
         self
@@ -308,13 +308,12 @@ impl Channel {
         // Held across the sendmsg, so that the growth of SIOCOUTQ is this message's.
         let mut ledger = self.ledger();
         let tracking = ledger.tracking(fds.len());
+        let unsent = || crate::sys::unsent_bytes(&*self.sock).unwrap_or(0);
         let before = if tracking {
-            let unread = crate::sys::unsent_bytes(&*self.sock).unwrap_or(0);
-            ledger.settle(unread);
-            if !ledger.has_room(fds.len()) {
-                return Ok(Sent::BudgetSpent);
+            match ledger.prepare(fds.len(), unsent) {
+                Some(before) => before,
+                None => return Ok(Sent::BudgetSpent),
             }
-            unread
         } else {
             0
         };
@@ -336,8 +335,9 @@ impl Channel {
             }
         }
         if tracking {
-            let after = crate::sys::unsent_bytes(&*self.sock).unwrap_or(0);
-            ledger.push(after.saturating_sub(before), fds.len());
+            ledger.sent(before, unsent(), fds.len());
+        } else {
+            ledger.sent_untracked();
         }
         Ok(Sent::Yes)
     }
