@@ -335,6 +335,42 @@ pub enum Error {
         /// The capacity asked for.
         capacity: u64,
     },
+
+    /// The running kernel cannot enforce a sandbox layer at the level the
+    /// [`crate::sandbox::Sandbox`] requires (a Landlock ABI, user namespaces, Landlock for
+    /// listed paths). Nothing was applied.
+    #[error("the kernel cannot enforce {layer} at level {required} (it offers {available})")]
+    SandboxUnavailable {
+        /// The layer, e.g. `"Landlock"` or `"user namespaces"`.
+        layer: &'static str,
+        /// The level required (a Landlock ABI version; 1 for a layer that is on or off).
+        required: u32,
+        /// The level the kernel offers (0: not at all).
+        available: u32,
+    },
+
+    /// [`crate::sandbox::Sandbox::enter`] was called while other threads run: Landlock and
+    /// namespaces apply only to the calling thread, so those threads would escape. Nothing
+    /// was applied.
+    #[error(
+        "cannot enter the sandbox with {threads} threads running: enter it before spawning threads"
+    )]
+    SandboxThreads {
+        /// Threads in the process, the caller included.
+        threads: usize,
+    },
+
+    /// Building a sandbox failed before anything was applied: a listed path cannot be
+    /// opened, a Landlock rule or the seccomp filter cannot be built (e.g. an unknown
+    /// system call number was added).
+    #[error("cannot build the sandbox's {layer} layer")]
+    SandboxSetup {
+        /// `"Landlock"`, `"seccomp"` or `"spawn"`.
+        layer: &'static str,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {

@@ -38,6 +38,7 @@
 //! | ring | [`ring`] | a single-producer single-consumer ring in two sealed memfds |
 //! | async | `asyncio` (feature `tokio`) | the same channels, awaited on a tokio runtime |
 //! | I/O safety | [`PositionalFile`], [`GuardedMap`] | descriptors shared with other processes; mapping files that are not shrink-sealed |
+//! | sandbox | [`sandbox`] | a worker that can receive, read and answer, and nothing else (Landlock, seccomp, limits, namespaces) |
 //!
 //! See [Sharing descriptors safely](positional#sharing-descriptors-safely) for what sharing a
 //! descriptor shares, why sealpipe trusts seals and not descriptor modes, and which tool to
@@ -88,11 +89,37 @@
 //!   [`GuardOptions`] say otherwise; [`PositionalFile`] I/O on a peer's FUSE or network
 //!   file can block without bound.
 //!
+//! # Sandboxing workers
+//!
+//! Seals make buffers safe from a worker; [`sandbox::Sandbox`] makes the machine safe from
+//! it. The default profile ([`sandbox::Sandbox::worker`]) sets `no_new_privs`, denies
+//! every filesystem right, TCP, abstract unix sockets and signals outside the sandbox with
+//! Landlock where the kernel has it, and installs a seccomp allow-list of exactly the calls
+//! a sealpipe worker makes (channel, verification, read-only mapping, the ring's futex and
+//! clocks, allocation, exit) — no `openat`, `socket`, `execve`, `ptrace`, `kill`, `fork` or
+//! `PROT_EXEC`; anything else fails with `EPERM` or kills the worker. The worker enters it
+//! itself ([`sandbox::Sandbox::enter`]) or the parent applies it before the program starts
+//! ([`spawn::spawn_sandboxed`]); both report what was enforced
+//! ([`sandbox::Enforcement`]) so you can log it or refuse to run weaker. See the
+//! [`sandbox`] module for the allow-list with reasons, how to extend it, and what it cannot
+//! stop.
+//!
+//! ```no_run
+//! # fn main() -> sealpipe::Result<()> {
+//! use sealpipe::sandbox::Sandbox;
+//!
+//! let channel = sealpipe::spawn::worker_channel()?; // setup first
+//! let enforced = Sandbox::worker().enter()?;         // then: receive, read, answer
+//! eprintln!("{enforced}");
+//! let msg = channel.recv(&sealpipe::Policy::immutable())?;
+//! # drop(msg); Ok(()) }
+//! ```
+//!
 //! # Platform
 //!
 //! Linux only. Kernel features are probed at run time ([`capabilities`]) and missing ones
 //! get a deliberate fallback, never a silent downgrade of the seal policy.
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 #[cfg(not(target_os = "linux"))]
@@ -113,6 +140,7 @@ mod listener;
 pub mod positional;
 mod region;
 pub mod ring;
+pub mod sandbox;
 mod seals;
 pub mod spawn;
 mod sys;

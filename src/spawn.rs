@@ -28,6 +28,7 @@ use rustix::process::{pidfd_open, Pid, PidfdFlags};
 
 use crate::error::{Error, Result};
 use crate::handshake::{self, PeerCredentials, ServerHandshake};
+use crate::sandbox::{Enforcement, Prepared, Sandbox, StartupPaths};
 use crate::transport::Channel;
 
 /// The environment variable that tells the child which descriptor holds its channel.
@@ -49,6 +50,40 @@ pub const CHILD_FD: RawFd = 3;
 /// out, or the handshake came from another process). On a handshake failure the child is
 /// killed and reaped.
 pub fn spawn(cmd: &mut Command) -> Result<(Child, Channel)> {
+    spawn_with(cmd, None)
+}
+
+/// [`spawn`], with the child sandboxed before its program starts: everything is built here,
+/// before `fork` (the Landlock ruleset, the seccomp programs, the limits), and the child
+/// applies it between `fork` and `exec` with raw system calls only. This process is never
+/// sandboxed. Returns what the child enforces.
+///
+/// The spawn-time filter also allows what loading the program needs
+/// ([`Enforcement::startup_allowance`]): the worker should call [`Sandbox::enter`] after
+/// [`worker_channel`] to drop it. See [`crate::sandbox`].
+///
+/// # Errors
+/// As [`spawn`]; [`Error::SandboxUnavailable`] or [`Error::SandboxSetup`] if the sandbox
+/// cannot be built (nothing is spawned); [`Error::Io`] with op `"spawn"` if the child
+/// could not apply it (e.g. namespaces refused).
+pub fn spawn_sandboxed(
+    cmd: &mut Command,
+    sandbox: &Sandbox,
+) -> Result<(Child, Channel, Enforcement)> {
+    let path_var = cmd
+        .get_envs()
+        .find(|(k, _)| *k == "PATH")
+        .and_then(|(_, v)| v);
+    let startup = StartupPaths::for_program(cmd.get_program(), path_var)?;
+    let mut prepared = sandbox.prepare(Some(&startup))?;
+    // The child's channel is dup2'ed onto CHILD_FD before the sandbox is applied.
+    prepared.move_fds_above(CHILD_FD)?;
+    let report = prepared.report.clone();
+    let (child, channel) = spawn_with(cmd, Some(prepared))?;
+    Ok((child, channel, report))
+}
+
+fn spawn_with(cmd: &mut Command, sandbox: Option<Prepared>) -> Result<(Child, Channel)> {
     let (parent, child_end) = Channel::pair()?;
     let parent = parent.into_socket();
     // No descriptors from the child until its handshake has succeeded (which turns them
@@ -80,6 +115,17 @@ pub fn spawn(cmd: &mut Command) -> Result<(Child, Channel)> {
             }
             Ok(())
         });
+    }
+    if let Some(prepared) = sandbox {
+        // SAFETY: runs in the child after the closure above, between fork and exec, where
+        // only async-signal-safe calls are allowed. `Prepared::apply` is written for
+        // exactly this: it allocates nothing and takes no lock; it makes only raw system
+        // calls (setrlimit, unshare, open/write/close of /proc/self/*_map, prctl,
+        // landlock_restrict_self, seccomp) on memory built before fork and owned by the
+        // closure; its error is an io::Error made from errno, which does not allocate.
+        unsafe {
+            cmd.pre_exec(move || prepared.apply(0).map_err(|(_, e)| e));
+        }
     }
     let mut child = cmd.spawn().map_err(|source| Error::Io {
         op: "spawn",

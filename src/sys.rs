@@ -170,7 +170,7 @@ pub(crate) fn map_writable(fd: impl AsFd, len: usize) -> io::Result<MmapMut> {
 
 /// `SO_PASSRIGHTS` (Linux 6.16+): whether a unix socket accepts `SCM_RIGHTS`. With it off,
 /// a peer's `sendmsg` with descriptors fails with `EPERM` and nothing is queued.
-const SO_PASSRIGHTS: libc::c_int = 83;
+pub(crate) const SO_PASSRIGHTS: libc::c_int = 83;
 
 /// Sets `SO_PASSRIGHTS` on a unix socket. `ENOPROTOOPT` means the kernel predates it.
 ///
