@@ -22,10 +22,10 @@
 //!    only come from a full descriptor table), and the async ring's signal drain reads with
 //!    one too.
 //! 3. **Close by kind** ([`dispose`]): a descriptor is classified without asking its
-//!    filesystem anything (no `fstat`, which a FUSE daemon answers): `fcntl` flags and seals,
-//!    `SO_TYPE`, and the `/proc/self/fd` link (built from the dentry). Shared memory,
-//!    `O_PATH` descriptors, pipes and the common anonymous inodes are closed at once: their
-//!    release never waits. A socket first has its lingering disarmed (`SO_LINGER` off, so
+//!    filesystem anything (no `fstat`, which a FUSE daemon answers, and no path lookup,
+//!    which a sandbox refuses): `fcntl` flags, seals and `F_GETPIPE_SZ`, and `SO_DOMAIN`.
+//!    Shared memory, `O_PATH` descriptors and pipes are closed at once: their release never
+//!    waits. A socket first has its lingering disarmed (`SO_LINGER` off, so
 //!    the kernel sends what is queued in the background). Everything else, sockets included,
 //!    goes to the **closer**: one background thread that closes descriptors in order
 //!    (draining a unix socket's queue before closing it, so what is queued there is closed
@@ -35,6 +35,12 @@
 //!    socket is closed with nothing left to release. Where `SO_PASSRIGHTS` is unavailable
 //!    a peer could queue another datagram between the drain and the close, so the socket
 //!    goes to the closer instead.
+//!
+//! In a sandbox that refuses threads ([`crate::sandbox::Sandbox::enter`] without
+//! `allow_threads`) no closer can start: sockets are then closed at once after being
+//! disarmed (and drained, for unix sockets), and other descriptors whose close may wait stay
+//! open in the queue, counted against the backlog below. Allow threads in a worker that may
+//! receive descriptors from a peer it does not trust.
 //!
 //! **Bounds under a flood.** One closer thread per process, started on first use (again in
 //! a forked child). Its queue holds descriptors; a receiving channel takes a message only
@@ -55,7 +61,7 @@ use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 use std::ops::Deref;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use rustix::fs::{self, OFlags};
@@ -63,6 +69,16 @@ use rustix::io::Errno;
 use rustix::net::{
     recvmsg, sockopt, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
 };
+
+/// Set when this process entered a sandbox that refuses new threads
+/// ([`crate::sandbox::Sandbox::enter`] without `allow_threads`): the closer is not started,
+/// see [`Closer::push`].
+static NO_THREADS: AtomicBool = AtomicBool::new(false);
+
+/// Records that no thread may be started from now on (a sandbox refuses them).
+pub(crate) fn forbid_threads() {
+    NO_THREADS.store(true, Ordering::Release);
+}
 
 /// Descriptors waiting for the closer beyond which channels stop taking messages.
 pub(crate) const MAX_BACKLOG: usize = 256;
@@ -78,20 +94,13 @@ pub(crate) enum Kind {
     SharedMemory,
     /// An `O_PATH` descriptor.
     Path,
-    /// A pipe or FIFO.
+    /// A pipe or FIFO (`F_GETPIPE_SZ` works).
     Pipe,
-    /// An anonymous inode whose release never waits (eventfd, pidfd, timerfd, signalfd,
-    /// epoll).
-    QuietAnonInode,
-    /// Another anonymous inode (io_uring, userfaultfd, perf events, ...).
-    AnonInode,
     /// A socket of the given family.
     Socket(AddressFamily),
-    /// A file with a path: a regular file, directory or device, possibly on FUSE or a
-    /// network filesystem.
-    File,
-    /// Nothing could be learned (no `/proc`).
-    Unknown,
+    /// Anything else: a regular file or directory (possibly on FUSE or a network
+    /// filesystem), a device, an anonymous inode (eventfd, epoll, pidfd, io_uring, ...).
+    Other,
 }
 
 impl Kind {
@@ -101,26 +110,23 @@ impl Kind {
             Kind::SharedMemory => "shared-memory file",
             Kind::Path => "O_PATH descriptor (no access to contents)",
             Kind::Pipe => "pipe",
-            Kind::QuietAnonInode | Kind::AnonInode => {
-                "anonymous inode (eventfd, epoll, pidfd, ...)"
-            }
             Kind::Socket(_) => "socket",
-            Kind::File => "regular file, directory or device (not shared memory)",
-            Kind::Unknown => "descriptor cannot be inspected",
+            Kind::Other => {
+                "not shared memory: a regular file, directory, device or anonymous inode \
+                 (eventfd, epoll, pidfd, ...)"
+            }
         }
     }
 
     /// Whether closing the last reference can wait on something outside this process.
     fn close_may_block(self) -> bool {
-        !matches!(
-            self,
-            Kind::SharedMemory | Kind::Path | Kind::Pipe | Kind::QuietAnonInode
-        )
+        !matches!(self, Kind::SharedMemory | Kind::Path | Kind::Pipe)
     }
 }
 
-/// Classifies `fd` with `fcntl`, `getsockopt` and `readlink("/proc/self/fd/N")`, none of
-/// which reaches the file's filesystem.
+/// Classifies `fd` with `fcntl` and `getsockopt` only: none of them reaches the file's
+/// filesystem (`fstat` would ask a FUSE daemon), and all are allowed in sealpipe's
+/// sandbox.
 pub(crate) fn kind(fd: BorrowedFd<'_>) -> Kind {
     if matches!(fs::fcntl_getfl(fd), Ok(f) if f.contains(OFlags::PATH)) {
         return Kind::Path;
@@ -131,29 +137,10 @@ pub(crate) fn kind(fd: BorrowedFd<'_>) -> Kind {
     if let Ok(family) = sockopt::socket_domain(fd) {
         return Kind::Socket(family);
     }
-    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    let Ok(target) = fs::readlink(link.as_str(), Vec::new()) else {
-        return Kind::Unknown;
-    };
-    let target = target.as_bytes();
-    const QUIET: [&[u8]; 5] = [
-        b"anon_inode:[eventfd]",
-        b"anon_inode:[pidfd]",
-        b"anon_inode:[timerfd]",
-        b"anon_inode:[signalfd]",
-        b"anon_inode:[eventpoll]",
-    ];
-    if target.starts_with(b"pipe:") {
-        Kind::Pipe
-    } else if QUIET.contains(&target) {
-        Kind::QuietAnonInode
-    } else if target.starts_with(b"anon_inode:") {
-        Kind::AnonInode
-    } else if target.starts_with(b"/") {
-        Kind::File
-    } else {
-        Kind::Unknown
+    if rustix::pipe::fcntl_getpipe_size(fd).is_ok() {
+        return Kind::Pipe;
     }
+    Kind::Other
 }
 
 /// Closes a descriptor a peer sent, without blocking: at once if its release cannot wait,
@@ -384,6 +371,21 @@ impl Closer {
     /// Queues `fd` and makes sure the thread runs. Never blocks beyond the queue's mutex,
     /// which is only held to push or pop.
     fn push(&'static self, fd: OwnedFd) {
+        if NO_THREADS.load(Ordering::Acquire) && self.lock().running_in == 0 {
+            // No closer can run here. A socket (its lingering already disarmed; a unix
+            // socket drained first) is closed at once; anything else stays open in the
+            // queue, counted against the backlog, so that receives report
+            // `DisposalBacklog` once it is full rather than block.
+            if let Ok(family) = sockopt::socket_domain(&fd) {
+                if family == AddressFamily::UNIX {
+                    let _ = drain(fd.as_fd());
+                }
+                return drop(fd);
+            }
+            self.backlog.fetch_add(1, Ordering::AcqRel);
+            self.lock().queue.push_back(fd);
+            return;
+        }
         self.backlog.fetch_add(1, Ordering::AcqRel);
         let mut state = self.lock();
         state.queue.push_back(fd);
@@ -437,11 +439,11 @@ mod tests {
         let (r, _w) = rustix::pipe::pipe().unwrap();
         assert_eq!(kind(r.as_fd()), Kind::Pipe);
         let ev = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
-        assert_eq!(kind(ev.as_fd()), Kind::QuietAnonInode);
+        assert_eq!(kind(ev.as_fd()), Kind::Other);
         let (a, _b) = crate::Channel::pair().unwrap();
         assert_eq!(kind(a.as_fd()), Kind::Socket(AddressFamily::UNIX));
         let f = std::fs::File::open("/proc/self/exe").unwrap();
-        assert_eq!(kind(f.as_fd()), Kind::File);
+        assert_eq!(kind(f.as_fd()), Kind::Other);
         let p = fs::open(
             "/proc/self/exe",
             OFlags::PATH | OFlags::CLOEXEC,

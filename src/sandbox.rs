@@ -297,7 +297,7 @@ impl fmt::Display for Enforcement {
 /// | `recvmsg`, `sendmsg`, `recvfrom`, `sendto`, `getsockopt` | the channel: messages with descriptors, the ring's wake byte, `SO_PEERCRED`/`SO_TYPE` checks |
 /// | `read`, `readv`, `pread64`, `preadv`, `preadv2`, `write`, `writev`, `pwrite64`, `pwritev`, `pwritev2`, `lseek` | I/O on descriptors the worker already holds (positional region I/O, stderr) |
 /// | `close` | dropping received regions and descriptors |
-/// | `fcntl` (`F_GETFD`, `F_SETFD`, `F_GETFL`, `F_SETFL`, `F_DUPFD_CLOEXEC`, `F_GET_SEALS`, `F_ADD_SEALS` only) | verifying seals, close-on-exec, non-blocking mode for async |
+/// | `fcntl` (`F_GETFD`, `F_SETFD`, `F_GETFL`, `F_SETFL`, `F_DUPFD_CLOEXEC`, `F_GET_SEALS`, `F_ADD_SEALS`, `F_GETPIPE_SZ` only) | verifying seals, close-on-exec, non-blocking mode for async, telling a rejected descriptor's kind |
 /// | `setsockopt` (`SOL_SOCKET` `SO_PASSRIGHTS`, `SO_LINGER` only), `ioctl` (`SIOCOUTQ`, `FIONREAD` only) | closing what a peer sent without blocking and bounding descriptors in flight (see [`crate::Channel`]) |
 /// | `fstat` | verifying a region's kind and size (`stat` by path, `newfstatat` and `statx`, is refused: Landlock does not govern metadata) |
 /// | `mmap`, `mprotect` (never `PROT_EXEC`), `munmap`, `mremap`, `madvise`, `brk` | mapping regions read-only, the allocator |
@@ -460,6 +460,10 @@ impl Sandbox {
                 }
                 _ => Error::Io { op, source },
             })?;
+        if !self.threads {
+            // The background closer of rejected descriptors must not be started now.
+            crate::closer::forbid_threads();
+        }
         Ok(prepared.report)
     }
 
@@ -768,6 +772,7 @@ impl Sandbox {
             F_DUPFD_CLOEXEC,
             F_GET_SEALS,
             F_ADD_SEALS,
+            F_GETPIPE_SZ,
         ] {
             fcntl.push(SeccompRule::new(vec![SeccompCondition::new(
                 1,

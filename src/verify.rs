@@ -112,7 +112,7 @@ fn map_read_only(fd: BorrowedFd<'_>, len: usize, seals: Seals) -> std::io::Resul
     // No MAP_POPULATE: it fills the page table one 4 KiB page at a time (get_user_pages),
     // measured slower than the 64 KiB fault-around of plain faults at 1 MiB and 64 MiB, and
     // it costs the whole region even when the consumer reads a part of it.
-    if seals.contains(Seals::WRITE) && !capabilities().shared_map_of_write_sealed {
+    if seals.contains(Seals::WRITE) && !probed().shared_map_of_write_sealed {
         return ReadMap::private(fd, len);
     }
     ReadMap::shared(fd, len)
@@ -285,12 +285,25 @@ pub struct Capabilities {
 
 /// The kernel capabilities sealpipe probed and the fallbacks it chose.
 pub fn capabilities() -> Capabilities {
+    // Probed only here, not on the receive path: it needs a socket pair, which a
+    // sandboxed worker may not create (sealpipe itself just tries the option where needed).
+    static PASS_RIGHTS: OnceLock<bool> = OnceLock::new();
+    Capabilities {
+        pass_rights: *PASS_RIGHTS.get_or_init(|| {
+            crate::Channel::pair().is_ok_and(|(a, _b)| crate::closer::refuse_descriptors(&a))
+        }),
+        ..probed()
+    }
+}
+
+/// The capabilities the receive path needs (`pass_rights` is left `false`: see
+/// [`capabilities`]).
+fn probed() -> Capabilities {
     static CAPS: OnceLock<Capabilities> = OnceLock::new();
     *CAPS.get_or_init(|| Capabilities {
         noexec_seal: crate::region::capabilities_noexec_seal(),
         shared_map_of_write_sealed: probe_shared_map_of_write_sealed(),
-        pass_rights: crate::Channel::pair()
-            .is_ok_and(|(a, _b)| crate::closer::refuse_descriptors(&a)),
+        pass_rights: false,
     })
 }
 
