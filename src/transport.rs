@@ -186,7 +186,9 @@ impl Channel {
     }
 
     /// Sends `payload` and `regions` as one message, waiting for room if the socket buffer
-    /// is full. The regions stay yours: send them again, to anyone.
+    /// is full or the channel's descriptors in flight are at its limit (see
+    /// [`with_in_flight_limit`](Channel::with_in_flight_limit)). The regions stay yours:
+    /// send them again, to anyone.
     ///
     /// # Errors
     /// [`Error::PeerClosed`] if the peer is gone (never `SIGPIPE`);
@@ -210,7 +212,8 @@ impl Channel {
         self.send_with(payload, regions, Wait::timeout(timeout))
     }
 
-    /// [`send`](Channel::send) without waiting: [`Error::WouldBlock`] if the socket is full.
+    /// [`send`](Channel::send) without waiting: [`Error::WouldBlock`] if the socket is full
+    /// or the channel's in-flight limit is reached.
     ///
     /// # Errors
     /// As [`send`](Channel::send), plus [`Error::WouldBlock`].
