@@ -659,3 +659,53 @@ fn spawn_handshake_with_a_hostile_child_keeps_its_deadline() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     assert_fds_settle(baseline, "spawn");
 }
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_connect_to_a_hostile_server_keeps_its_deadline() {
+    use sealpipe::asyncio::AsyncChannel;
+    use sealpipe::handshake::HandshakeFailure;
+    use sealpipe::HandshakeConfig;
+    common::peer_main(hostile_peer);
+    let _serial = common::serial();
+    let dir = TempPath::new("aconnect");
+    let path = dir.path();
+    let peer = common::spawn_peer_with(
+        "async_connect_to_a_hostile_server_keeps_its_deadline",
+        "hostile_server",
+        |c| {
+            c.env(PATH_ENV, &path);
+        },
+    );
+    let ready = peer.channel.recv_timeout(&Policy::immutable(), T).unwrap();
+    assert_eq!(ready.payload(), b"listening");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let err = rt
+        .block_on(AsyncChannel::connect(
+            &path,
+            &HandshakeConfig::new().timeout(DEADLINE),
+        ))
+        .unwrap_err();
+    let took = start.elapsed();
+    eprintln!("async connect(1 s) to a server sending a lingering socket: {took:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Handshake {
+                failure: HandshakeFailure::TimedOut
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(took < DEADLINE + MARGIN, "took {took:?}");
+    drop(rt);
+    assert_eq!(
+        peer.wait(),
+        refused_code(),
+        "the server's descriptors were not refused"
+    );
+}
