@@ -187,6 +187,17 @@ fn hostile_peer(role: &str, ch: Channel) -> i32 {
             linger_until_parent_closes(&ch);
             exit_code(refused)
         }
+        // A ring producer whose offer (the ring's data region) is a lingering socket.
+        "ring_offer_linger" => {
+            let (sock, _server) = lingering_socket();
+            let mut m = message(&[4096]);
+            m[12..16].copy_from_slice(&16u32.to_le_bytes());
+            m.extend_from_slice(b"sealpipe ring v1");
+            send_raw(ch.as_fd(), &m, &[sock.as_fd()]).unwrap();
+            drop(sock);
+            linger_until_parent_closes(&ch);
+            0
+        }
         // A ring producer that, after setup, sends a lingering socket on its ring channel.
         // Exit code 0: refused (EPERM), and the honest record was sent.
         "ring_producer" => {
@@ -708,4 +719,26 @@ fn async_connect_to_a_hostile_server_keeps_its_deadline() {
         refused_code(),
         "the server's descriptors were not refused"
     );
+}
+
+#[test]
+fn ring_setup_keeps_its_deadline_with_a_lingering_socket() {
+    use sealpipe::ring::{Consumer, RingOptions};
+    common::peer_main(hostile_peer);
+    let _serial = common::serial();
+    let mut peer = common::spawn_peer(
+        "ring_setup_keeps_its_deadline_with_a_lingering_socket",
+        "ring_offer_linger",
+    );
+    wait_until_queued(&peer.channel);
+    let (_spare, other) = Channel::pair().unwrap();
+    let channel = std::mem::replace(&mut peer.channel, other);
+    let start = Instant::now();
+    let err = Consumer::connect(channel, &RingOptions::new(1024).timeout(DEADLINE)).unwrap_err();
+    let took = start.elapsed();
+    eprintln!("ring setup (1 s), offer a socket lingering 5 s: {took:?}, {err}");
+    assert!(matches!(err, Error::NotMemfd { index: 0, .. }), "{err:?}");
+    assert!(took < DEADLINE + MARGIN, "took {took:?}");
+    drop(_spare);
+    assert_eq!(peer.wait(), 0);
 }
