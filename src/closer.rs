@@ -13,7 +13,7 @@
 //!
 //! 1. **Refuse descriptors where none are expected** ([`refuse_descriptors`]): sockets in
 //!    their handshake (the listening socket, so accepted ones inherit it; a client's socket
-//!    before `connect`; both ends of a spawned worker's pair) and ring channels after setup
+//!    before `connect`; the parent's end of a spawned worker's pair) and ring channels after setup
 //!    set `SO_PASSRIGHTS` to 0 (Linux 6.16+), so a peer's `sendmsg` with `SCM_RIGHTS` fails
 //!    with `EPERM` in the peer and nothing reaches us. On older kernels the option does not
 //!    exist (`ENOPROTOOPT`) and the defences below carry the load.
@@ -52,9 +52,9 @@
 //! Nothing is leaked: a descriptor waits in the queue until its close completes. What stays
 //! unbounded in time is a close that never completes (a FUSE daemon that never answers): it
 //! holds the closer, the backlog fills, and receives on every channel of the process report
-//! `DisposalBacklog` rather than block. A process facing such peers should not accept their
-//! descriptors at all (refuse them in the handshake, or run the receiver in a sandbox
-//! without FUSE mounts).
+//! `DisposalBacklog` rather than block. Only a peer that runs a FUSE daemon (or a
+//! filesystem server) can do that; a process that sees `DisposalBacklog` should stop
+//! talking to the peers whose messages were rejected.
 
 use std::collections::VecDeque;
 use std::io::IoSliceMut;
