@@ -20,7 +20,7 @@
 //! Run with `cargo run --release --example sandbox_worker`.
 #![allow(unsafe_code)] // raw escape attempts, and attacks on the worker's own mappings
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -160,7 +160,10 @@ fn worker() -> Result<bool, Box<dyn std::error::Error>> {
     let enforced = Sandbox::worker().enter()?;
     println!("worker: entered the sandbox: {enforced}");
     // Accept the producer-writable region too; the immutable one is checked by its seals.
-    let policy = Policy::read_only_view().max_region_len(BIG as u64);
+    // Keep the descriptors: the attacks below try them.
+    let policy = Policy::read_only_view()
+        .max_region_len(BIG as u64)
+        .keep_descriptors(true);
     let msg = channel.recv_timeout(&policy, TIMEOUT)?;
     let [big, small] = msg.regions() else {
         return Err("expected two regions".into());
@@ -352,7 +355,9 @@ fn map_exec(fd: Option<BorrowedFd<'_>>) -> Result<(), Errno> {
 
 /// Every way an unprivileged holder of the descriptor could try to change the region.
 fn attacks(view: &RegionView) -> Vec<(&'static str, Result<(), Errno>)> {
-    let fd = view.as_fd();
+    let Some(fd) = view.fd() else {
+        return vec![("the descriptor was kept", Err(Errno::BADF))];
+    };
     vec![
         ("write(2)", rustix::io::write(fd, b"x").map(drop)),
         (

@@ -50,7 +50,7 @@ use crate::handshake::{HandshakeConfig, HandshakeFailure};
 use crate::listener::{Connecting, Listener};
 use crate::region::SealedRegion;
 use crate::seals::Policy;
-use crate::transport::{Channel, Message};
+use crate::transport::{Channel, Message, Sent, READER_POLL};
 
 pub use crate::ring::async_ring::{
     AsyncConsumer, AsyncPodConsumer, AsyncPodProducer, AsyncProducer,
@@ -160,8 +160,17 @@ impl AsyncChannel {
             let Some(mut ready) = self.ready(Interest::WRITABLE).await? else {
                 return self.get_ref().try_send(payload, regions);
             };
-            match ready.try_io(|ch| would_block(ch.get_ref().try_send(payload, regions))) {
-                Ok(result) => return result.map_err(reactor_error)?,
+            let attempt = ready.try_io(|ch| match ch.get_ref().send_once(payload, regions) {
+                Ok(Sent::SocketFull) => Err(io::ErrorKind::WouldBlock.into()),
+                other => Ok(other),
+            });
+            match attempt {
+                Ok(Ok(Ok(Sent::Yes))) => return Ok(()),
+                // The in-flight budget is spent (see `Channel::with_in_flight_limit`): the
+                // socket stays writable, so wait for the peer to read by the clock.
+                Ok(Ok(Ok(_))) => tokio::time::sleep(READER_POLL).await,
+                Ok(Ok(Err(e))) => return Err(e),
+                Ok(Err(e)) => return Err(reactor_error(e)),
                 Err(_would_block) => continue,
             }
         }
@@ -305,6 +314,7 @@ pub(crate) trait OwnsItsFd {}
 impl OwnsItsFd for Channel {}
 impl OwnsItsFd for Listener {}
 impl OwnsItsFd for OwnedFd {}
+impl OwnsItsFd for crate::closer::PeerSocket {}
 
 /// Turns sealpipe's `WouldBlock` into the `io::ErrorKind::WouldBlock` that makes tokio clear
 /// the readiness flag; every other outcome is passed through.

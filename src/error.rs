@@ -18,7 +18,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///   caller decides whether to keep talking to that peer.
 /// - **the peer is gone** ([`Error::PeerClosed`]): reconnect or give up.
 /// - **try again later** ([`Error::WouldBlock`], [`Error::Timeout`],
-///   [`Error::TooManyInFlight`]): nothing was sent or received.
+///   [`Error::TooManyInFlight`], [`Error::DisposalBacklog`]): nothing was sent or received.
 /// - **local misuse or resource exhaustion**: bounds, casts, out of memory, syscalls.
 ///
 /// `Display` never repeats the source error; use [`std::error::Error::source`] for the
@@ -87,6 +87,17 @@ pub enum Error {
     /// in-flight descriptor budget is spent). Back-pressure: retry once the peer has read.
     #[error("too many descriptors in flight for this user; retry after the peer reads")]
     TooManyInFlight,
+
+    /// Descriptors peers sent are still being closed in the background (their close may
+    /// block, e.g. a lingering socket or a FUSE file; see `Channel`'s docs on descriptors
+    /// whose close blocks), and `pending` of them wait: this receive did not take a message,
+    /// so that a flood cannot grow the backlog without bound. The message stays queued;
+    /// retry later.
+    #[error("{pending} descriptors from peers are waiting to be closed; no message was taken")]
+    DisposalBacklog {
+        /// Descriptors waiting for the background closer.
+        pending: usize,
+    },
 
     /// The message does not fit the socket (`EMSGSIZE`).
     #[error("message of {len} bytes is too large for the socket")]

@@ -111,30 +111,128 @@ pub struct GuardedMap {
 
 const NOT_TRUNCATED: u64 = u64::MAX;
 
+/// What [`GuardedMap::with_options`] accepts.
+///
+/// ```
+/// let options = sealpipe::GuardOptions::new().max_len(64 << 20);
+/// assert_eq!(options.len_limit(), 64 << 20);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardOptions {
+    max_len: u64,
+    any_file: bool,
+}
+
+impl GuardOptions {
+    /// Default limit on the mapped length: 1 GiB.
+    pub const DEFAULT_MAX_LEN: u64 = 1 << 30;
+
+    /// Shared memory only (memfd, tmpfs, `/dev/shm`), at most
+    /// [`GuardOptions::DEFAULT_MAX_LEN`] bytes.
+    pub const fn new() -> GuardOptions {
+        GuardOptions {
+            max_len: Self::DEFAULT_MAX_LEN,
+            any_file: false,
+        }
+    }
+
+    /// Largest file mapped, in bytes. A file's size is whatever its owner made it (a sparse
+    /// file of 100 TiB costs nothing to create and exhausts the address space to map).
+    pub const fn max_len(mut self, len: u64) -> GuardOptions {
+        self.max_len = len;
+        self
+    }
+
+    /// Whether files that are not shared memory are mapped too (default `false`). Reading
+    /// a mapping of a file on a FUSE or network filesystem runs that filesystem's code on
+    /// each page fault, which can block without bound (a FUSE daemon that never answers),
+    /// and so can `fstat` here and the final `close`: accept them only from a trusted
+    /// source.
+    pub const fn any_file(mut self, yes: bool) -> GuardOptions {
+        self.any_file = yes;
+        self
+    }
+
+    /// The length limit.
+    pub const fn len_limit(&self) -> u64 {
+        self.max_len
+    }
+
+    /// Whether files that are not shared memory are accepted.
+    pub const fn accepts_any_file(&self) -> bool {
+        self.any_file
+    }
+}
+
+impl Default for GuardOptions {
+    /// [`GuardOptions::new`].
+    fn default() -> GuardOptions {
+        GuardOptions::new()
+    }
+}
+
 impl GuardedMap {
-    /// Maps the file behind `fd` read-only and shared, at its current size (`fstat`).
-    ///
-    /// Registers the process-wide `SIGBUS` hook on first use.
+    /// [`with_options`](GuardedMap::with_options) with [`GuardOptions::new`]: shared memory
+    /// only, at most 1 GiB.
     ///
     /// # Errors
-    /// [`Error::EmptyRegion`] (index 0) if the file is empty; [`Error::RegionTooLarge`] if
-    /// its size does not fit the address space; [`Error::Map`] if `mmap` fails (for
-    /// example a descriptor opened write-only, or one that cannot be mapped); [`Error::Io`]
-    /// if `fstat` fails.
+    /// As [`with_options`](GuardedMap::with_options).
     pub fn new(fd: OwnedFd) -> Result<GuardedMap> {
-        let st = rustix::fs::fstat(&fd).map_err(|e| Error::io("fstat", e))?;
+        GuardedMap::with_options(fd, &GuardOptions::new())
+    }
+
+    /// Maps the file behind `fd` read-only and shared, at its current size (`fstat`).
+    ///
+    /// Unless `options` accept any file, `fd` must be shared memory (`F_GET_SEALS` works:
+    /// memfd, tmpfs, `/dev/shm`), which is checked before anything can reach another
+    /// filesystem. Registers the process-wide `SIGBUS` hook on first use. On failure `fd`
+    /// is closed without blocking (see [`crate::Channel`] on descriptors whose close
+    /// blocks).
+    ///
+    /// # Errors
+    /// [`Error::NotMemfd`] (index 0) for a file that is not shared memory;
+    /// [`Error::EmptyRegion`] (index 0) if the file is empty; [`Error::RegionTooLarge`] if
+    /// it is longer than the options allow or than the address space; [`Error::Map`] if
+    /// `mmap` fails (for example a descriptor opened write-only, or one that cannot be
+    /// mapped); [`Error::Io`] if `fstat` fails.
+    pub fn with_options(fd: OwnedFd, options: &GuardOptions) -> Result<GuardedMap> {
+        match Self::check(fd.as_fd(), options) {
+            Ok(len) => Self::map(fd, len),
+            Err(e) => {
+                crate::closer::dispose(fd);
+                Err(e)
+            }
+        }
+    }
+
+    /// The length to map, or why not.
+    fn check(fd: BorrowedFd<'_>, options: &GuardOptions) -> Result<usize> {
+        if !options.any_file {
+            let kind = crate::closer::kind(fd);
+            if kind != crate::closer::Kind::SharedMemory {
+                return Err(Error::NotMemfd {
+                    index: 0,
+                    reason: kind.describe(),
+                });
+            }
+        }
+        let st = rustix::fs::fstat(fd).map_err(|e| Error::io("fstat", e))?;
         let size = u64::try_from(st.st_size).unwrap_or(0);
         if size == 0 {
             return Err(Error::EmptyRegion { index: 0 });
         }
-        let len = usize::try_from(size)
+        let max = options.max_len.min(isize::MAX as u64);
+        usize::try_from(size)
             .ok()
-            .filter(|&l| l <= isize::MAX as usize)
+            .filter(|&l| l as u64 <= max)
             .ok_or(Error::RegionTooLarge {
                 index: 0,
                 len: size,
-                max: isize::MAX as u64,
-            })?;
+                max,
+            })
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> Result<GuardedMap> {
         install_hook();
         let map = MmapOptions::new()
             .len(len)

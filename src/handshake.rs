@@ -619,12 +619,16 @@ fn verify_proof(
 }
 
 /// Receives one handshake message without waiting; `None` if none is queued. Any
-/// descriptor that arrives is closed and fails the handshake.
+/// descriptor that arrives fails the handshake and is disposed of without blocking (the
+/// control buffer holds the kernel's maximum, so the kernel never drops any in this
+/// thread). Descriptors can only arrive where `SO_PASSRIGHTS` is unavailable, or from a
+/// peer that has proved itself.
 fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred>)>> {
     let mut buf = [0u8; wire::MAX_HANDSHAKE_LEN + 1];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4), ScmCredentials(1))];
+    let mut space = [MaybeUninit::uninit();
+        rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS), ScmCredentials(1))];
     let mut creds = None;
-    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut fds = crate::closer::Received::default();
     let mut reset = false;
     let res = loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -636,7 +640,7 @@ fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred
         );
         for msg in control.drain() {
             match msg {
-                RecvAncillaryMessage::ScmRights(iter) => fds.extend(iter),
+                RecvAncillaryMessage::ScmRights(iter) => fds.0.extend(iter),
                 RecvAncillaryMessage::ScmCredentials(c) => creds = Some(c),
                 _ => {}
             }
@@ -651,7 +655,7 @@ fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred
             Err(e) => return Err(Error::io("recvmsg", e)),
         }
     };
-    if !fds.is_empty() || res.flags.contains(ReturnFlags::CTRUNC) {
+    if !fds.0.is_empty() || res.flags.contains(ReturnFlags::CTRUNC) {
         drop(fds);
         return Err(refuse(
             sock,
@@ -811,6 +815,9 @@ impl ClientHandshake {
                     check_features(sock, secret, theirs)?;
                     let t = transcript(ours, &nonce_c, theirs, &nonce_s, self.ends);
                     verify_proof(sock, secret, SERVER_LABEL, &t, &proof)?;
+                    // The server has proved itself: from here it may send regions (right
+                    // after its ACCEPT), so accept descriptors before it can.
+                    crate::closer::accept_descriptors(sock);
                     send_message(
                         sock,
                         &HandshakeMessage::Proof {
@@ -889,6 +896,8 @@ impl ServerHandshake {
                 (ServerState::AwaitProof { transcript }, HandshakeMessage::Proof { proof }) => {
                     let secret = self.secret.as_ref();
                     verify_proof(sock, secret, CLIENT_LABEL, &transcript, &proof)?;
+                    // The client may send regions as soon as it reads ACCEPT.
+                    crate::closer::accept_descriptors(sock);
                     send_message(sock, &HandshakeMessage::Accept, false)?;
                     ServerState::Done
                 }

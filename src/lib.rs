@@ -80,6 +80,25 @@
 //!   same-user process that takes over a listener's path and forwards messages fails on
 //!   both sides ([`handshake`]).
 //! - **Mapping failures** of verified regions are [`Error::Map`], a peer fault.
+//! Descriptors and budgets:
+//!
+//! - **Descriptors whose close blocks** (a TCP socket lingering with unsent data, a file on
+//!   FUSE): refused where none are expected (`SO_PASSRIGHTS` on Linux 6.16+, during
+//!   handshakes and on ring channels after setup); every receive has room for the kernel's
+//!   253, so the kernel never drops surplus ones in your thread; rejected descriptors are
+//!   classified without `fstat` and, unless their close cannot wait, closed on a background
+//!   thread; dropping a [`Channel`], [`Listener`] or ring drains its socket first. Every
+//!   call keeps its deadline, `try_` calls and `Drop` do not block; a backlog at the
+//!   background closer shows as [`Error::DisposalBacklog`], not as growth. See [`Channel`].
+//! - **Descriptors in flight**: each channel bounds its own
+//!   ([`Channel::with_in_flight_limit`]), so a peer that stops reading stalls only its
+//!   channel instead of spending the sending user's kernel budget for all of them.
+//! - **Pinned views**: a [`RegionView`] keeps its mapping, not its descriptor, unless
+//!   [`Policy::keep_descriptors`]; [`Policy::max_message_len`] bounds a message. See
+//!   [what a retained view costs](RegionView#what-a-retained-view-costs).
+//! - **Files to map or read**: [`GuardedMap`] maps shared memory of at most 1 GiB unless
+//!   [`GuardOptions`] say otherwise; [`PositionalFile`] I/O on a peer's FUSE or network
+//!   file can block without bound.
 //!
 //! # Sandboxing workers
 //!
@@ -120,6 +139,7 @@ compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM
 #[cfg(feature = "tokio")]
 pub mod asyncio;
 mod deadline;
+mod closer;
 mod error;
 #[cfg(fuzzing)]
 pub mod fuzz;
@@ -127,6 +147,7 @@ pub mod fuzz;
 mod fuzz;
 mod guard;
 pub mod handshake;
+mod in_flight;
 mod listener;
 pub mod positional;
 mod region;
@@ -144,7 +165,7 @@ pub mod wire;
 struct ReadmeDoctests;
 
 pub use error::{Error, Result};
-pub use guard::GuardedMap;
+pub use guard::{GuardOptions, GuardedMap};
 pub use handshake::{HandshakeConfig, PeerCredentials, PeerPolicy, RefusalReason, Secret};
 pub use listener::{default_path, Listener};
 pub use positional::PositionalFile;

@@ -13,6 +13,7 @@ use rustix::net::{
 };
 
 use crate::deadline::Deadline;
+use crate::closer::{self, PeerSocket};
 use crate::error::{Error, Result};
 use crate::handshake::{
     self, check_identity, HandshakeConfig, HandshakeFailure, PeerCredentials, ServerHandshake,
@@ -97,7 +98,7 @@ fn runtime_dir() -> Result<PathBuf> {
 
 /// A connection still in its handshake.
 struct Pending {
-    sock: OwnedFd,
+    sock: PeerSocket,
     peer: PeerCredentials,
     deadline: Deadline,
     handshake: ServerHandshake,
@@ -150,7 +151,8 @@ struct Pending {
 /// # Ok(()) }
 /// ```
 pub struct Listener {
-    sock: OwnedFd,
+    /// The listening socket, with `SO_PASSRIGHTS` off (inherited by accepted sockets).
+    sock: PeerSocket,
     path: PathBuf,
     /// `(st_dev, st_ino)` of the socket file we created.
     id: (u64, u64),
@@ -194,7 +196,7 @@ impl Listener {
         let (sock, id) = bind_socket(&path)?;
         // From here on, Drop removes the socket file.
         let mut listener = Listener {
-            sock,
+            sock: PeerSocket::new(sock),
             path,
             id,
             own,
@@ -300,7 +302,7 @@ impl Listener {
             epoll::EventFlags::empty()
         };
         // Swap first, so that Drop removes the new socket file even if registering fails.
-        self.sock = sock;
+        self.sock = PeerSocket::new(sock);
         self.id = id;
         self.own = own;
         self.lost = false;
@@ -403,7 +405,7 @@ impl Listener {
     fn accept_queued(&mut self) -> Result<()> {
         while self.pending.len() < Self::MAX_PENDING {
             let sock = match accept_with(&self.sock, SocketFlags::CLOEXEC) {
-                Ok(s) => s,
+                Ok(s) => PeerSocket::new(s),
                 Err(Errno::AGAIN) => break,
                 Err(Errno::INTR | Errno::CONNABORTED) => continue,
                 Err(e) => return Err(Error::io("accept", e)),
@@ -597,6 +599,9 @@ fn bind_socket(path: &Path) -> Result<(OwnedFd, (u64, u64))> {
     clear_path(path)?;
     let addr = unix_addr(path)?;
     let sock = new_socket()?;
+    // Connections inherit this from the listening socket: no client can queue descriptors
+    // before its handshake has succeeded (which turns it back on, see `handshake`).
+    closer::refuse_descriptors(&sock);
     // The socket file takes its mode from the socket inode (less the umask): set it first,
     // so the file is never open to others, not even for an instant.
     let _ = fs::fchmod(&sock, Mode::RUSR | Mode::WUSR);
@@ -659,7 +664,7 @@ impl Channel {
 /// both [`Channel::connect`] and the async `connect` drive.
 #[derive(Debug)]
 pub(crate) struct Connecting {
-    sock: OwnedFd,
+    sock: PeerSocket,
     addr: SocketAddrUnix,
     /// This process as it is when it calls `connect`: what the server's `SO_PEERCRED`
     /// reports.
@@ -668,9 +673,12 @@ pub(crate) struct Connecting {
 
 impl Connecting {
     pub(crate) fn new(path: &Path) -> Result<Connecting> {
+        let sock = new_socket()?;
+        // Until the listener has proved itself (see `handshake`), no descriptors.
+        closer::refuse_descriptors(&sock);
         Ok(Connecting {
             addr: unix_addr(path)?,
-            sock: new_socket()?,
+            sock: PeerSocket::new(sock),
             own: PeerCredentials::own(),
         })
     }
@@ -693,7 +701,7 @@ impl Connecting {
     pub(crate) fn start_handshake(
         self,
         config: &HandshakeConfig,
-    ) -> Result<(OwnedFd, PeerCredentials, handshake::ClientHandshake)> {
+    ) -> Result<(PeerSocket, PeerCredentials, handshake::ClientHandshake)> {
         let sock = self.sock;
         let peer = PeerCredentials::from_ucred(
             sockopt::socket_peercred(&sock).map_err(|e| Error::io("getsockopt(SO_PEERCRED)", e))?,

@@ -64,7 +64,16 @@
 //!   read into [`crate::Error::Truncated`].
 //! - **Any descriptor shared with another process**, sealed or not, that you read or write
 //!   as a stream: wrap it in a [`PositionalFile`] instead of a [`std::fs::File`]
-//!   ([`PositionalFile::from`] takes any [`OwnedFd`] or a received [`crate::RegionView`]).
+//!   ([`PositionalFile::from`] takes any [`OwnedFd`]; `PositionalFile::try_from` a received
+//!   [`crate::RegionView`] whose policy kept its descriptor, [`crate::Policy::keep_descriptors`]).
+//!
+//! **A peer's descriptor can block I/O without bound.** `pread`/`pwrite` on a descriptor
+//! another process sent you run that file's filesystem code: on a FUSE mount they wait for
+//! the peer's daemon, which may never answer (the thread then sleeps uninterruptibly); on a
+//! network filesystem they wait for the server. sealpipe's channels accept only shared
+//! memory as regions, but a [`PositionalFile`] or [`crate::GuardedMap`] over a descriptor of
+//! unknown origin inherits this: check what it is first (`F_GET_SEALS` succeeds only for
+//! shared memory), or do such I/O on a thread you can abandon.
 //!
 //! Every descriptor sealpipe creates or receives is close-on-exec (memfds, sockets,
 //! descriptors received with `MSG_CMSG_CLOEXEC`, duplicates made with `F_DUPFD_CLOEXEC`), so a
@@ -361,10 +370,13 @@ impl From<OwnedFd> for PositionalFile {
 }
 
 /// Unmaps a received region and keeps its descriptor, which shares its open file
-/// description with the sender's.
-impl From<RegionView> for PositionalFile {
-    fn from(view: RegionView) -> PositionalFile {
-        PositionalFile::new(view.into_fd())
+/// description with the sender's. Fails (handing the view back) unless the receiving
+/// policy kept descriptors ([`crate::Policy::keep_descriptors`]).
+impl TryFrom<RegionView> for PositionalFile {
+    type Error = RegionView;
+
+    fn try_from(view: RegionView) -> Result<PositionalFile, RegionView> {
+        view.try_into_fd().map(PositionalFile::new)
     }
 }
 

@@ -297,7 +297,8 @@ impl fmt::Display for Enforcement {
 /// | `recvmsg`, `sendmsg`, `recvfrom`, `sendto`, `getsockopt` | the channel: messages with descriptors, the ring's wake byte, `SO_PEERCRED`/`SO_TYPE` checks |
 /// | `read`, `readv`, `pread64`, `preadv`, `preadv2`, `write`, `writev`, `pwrite64`, `pwritev`, `pwritev2`, `lseek` | I/O on descriptors the worker already holds (positional region I/O, stderr) |
 /// | `close` | dropping received regions and descriptors |
-/// | `fcntl` (`F_GETFD`, `F_SETFD`, `F_GETFL`, `F_SETFL`, `F_DUPFD_CLOEXEC`, `F_GET_SEALS`, `F_ADD_SEALS` only) | verifying seals, close-on-exec, non-blocking mode for async |
+/// | `fcntl` (`F_GETFD`, `F_SETFD`, `F_GETFL`, `F_SETFL`, `F_DUPFD_CLOEXEC`, `F_GET_SEALS`, `F_ADD_SEALS`, `F_GETPIPE_SZ` only) | verifying seals, close-on-exec, non-blocking mode for async, telling a rejected descriptor's kind |
+/// | `setsockopt` (`SOL_SOCKET` `SO_PASSRIGHTS`, `SO_LINGER` only), `ioctl` (`SIOCOUTQ`, `FIONREAD` only) | closing what a peer sent without blocking and bounding descriptors in flight (see [`crate::Channel`]) |
 /// | `fstat`, `fstatfs`, `cachestat` | verifying a region's kind, size, backing (shmem or hugetlbfs) and committed pages (`stat` by path, `newfstatat` and `statx`, is refused: Landlock does not govern metadata) |
 /// | `mmap`, `mprotect` (never `PROT_EXEC`), `munmap`, `mremap`, `madvise`, `brk` | mapping regions read-only, the allocator |
 /// | `memfd_create`, `ftruncate`, `fallocate` | the worker's own regions and its half of a ring |
@@ -459,6 +460,10 @@ impl Sandbox {
                 }
                 _ => Error::Io { op, source },
             })?;
+        if !self.threads {
+            // The background closer of rejected descriptors must not be started now.
+            crate::closer::forbid_threads();
+        }
         Ok(prepared.report)
     }
 
@@ -769,6 +774,7 @@ impl Sandbox {
             F_DUPFD_CLOEXEC,
             F_GET_SEALS,
             F_ADD_SEALS,
+            F_GETPIPE_SZ,
         ] {
             fcntl.push(SeccompRule::new(vec![SeccompCondition::new(
                 1,
@@ -778,6 +784,34 @@ impl Sandbox {
             )?])?);
         }
         rules.insert(SYS_fcntl, fcntl);
+
+        // The channel's descriptor hygiene (`crate::closer`): `SO_PASSRIGHTS` refuses
+        // descriptors on a socket about to be closed or in a ring after setup, `SO_LINGER`
+        // disarms a received socket before it is closed; `SIOCOUTQ` counts the channel's
+        // descriptors in flight, `FIONREAD` tells a drained socket's queue empty.
+        let mut setsockopt = Vec::new();
+        for opt in [SO_LINGER, crate::sys::SO_PASSRIGHTS] {
+            setsockopt.push(SeccompRule::new(vec![
+                SeccompCondition::new(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    SOL_SOCKET as u64,
+                )?,
+                SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, opt as u64)?,
+            ])?);
+        }
+        rules.insert(SYS_setsockopt, setsockopt);
+        let mut ioctl = Vec::new();
+        for request in [TIOCOUTQ, FIONREAD] {
+            ioctl.push(SeccompRule::new(vec![SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                request,
+            )?])?);
+        }
+        rules.insert(SYS_ioctl, ioctl);
 
         if self.threads || startup {
             rules.insert(
@@ -859,15 +893,15 @@ impl Sandbox {
             )?])?);
             rules.insert(SYS_prctl, prctl);
             // TCGETS: isatty() on the standard streams.
-            rules.insert(
-                SYS_ioctl,
-                vec![SeccompRule::new(vec![SeccompCondition::new(
+            rules
+                .entry(SYS_ioctl)
+                .or_default()
+                .push(SeccompRule::new(vec![SeccompCondition::new(
                     1,
                     SeccompCmpArgLen::Dword,
                     SeccompCmpOp::Eq,
                     TCGETS,
-                )?])?],
-            );
+                )?])?);
         }
         for &nr in &self.extra_syscalls {
             rules.insert(nr, vec![]);

@@ -132,13 +132,18 @@ pub struct Policy {
     accept_future_write: bool,
     accept_huge_pages: bool,
     max_region_len: u64,
+    max_message_len: u64,
     max_regions: usize,
     max_payload: usize,
+    keep_descriptors: bool,
 }
 
 impl Policy {
     /// Default limit on a single region: 1 GiB.
     pub const DEFAULT_MAX_REGION_LEN: u64 = 1 << 30;
+
+    /// Default limit on the regions of one message together: 4 GiB.
+    pub const DEFAULT_MAX_MESSAGE_LEN: u64 = 4 << 30;
 
     /// Only immutable regions: `WRITE | SHRINK | GROW` required. Every received region can be
     /// read as `&[u8]`.
@@ -147,8 +152,10 @@ impl Policy {
             accept_future_write: false,
             accept_huge_pages: false,
             max_region_len: Self::DEFAULT_MAX_REGION_LEN,
+            max_message_len: Self::DEFAULT_MAX_MESSAGE_LEN,
             max_regions: crate::wire::MAX_REGIONS,
             max_payload: crate::wire::MAX_PAYLOAD,
+            keep_descriptors: false,
         }
     }
 
@@ -182,8 +189,34 @@ impl Policy {
         self
     }
 
+    /// Largest total length of the regions of one message, in bytes (default
+    /// [`Policy::DEFAULT_MAX_MESSAGE_LEN`]). Checked on the declared lengths, before any
+    /// region is verified or mapped: a larger message is rejected with
+    /// [`crate::Error::PolicyLimit`] (`what: "total region bytes"`).
+    pub const fn max_message_len(mut self, len: u64) -> Policy {
+        self.max_message_len = len;
+        self
+    }
+
+    /// Whether each received [`crate::RegionView`] keeps its region's descriptor (default
+    /// `false`: the descriptor is closed as soon as the region is mapped).
+    ///
+    /// A view needs only its mapping to be read. Keeping the descriptor as well costs one
+    /// slot of the process's descriptor table per retained view; an application that keeps
+    /// many messages would fill the table (`RLIMIT_NOFILE`), after which every message
+    /// arrives with its descriptors dropped ([`crate::Error::ControlTruncated`]). Ask for
+    /// it only to use the descriptor: [`crate::RegionView::fd`],
+    /// [`crate::RegionView::into_fd`], forwarding the region to another process, or
+    /// turning it into a [`crate::PositionalFile`].
+    pub const fn keep_descriptors(mut self, keep: bool) -> Policy {
+        self.keep_descriptors = keep;
+        self
+    }
+
     /// Most regions accepted in one message (default and upper bound: 253, the kernel's
-    /// limit). Descriptors beyond this are never installed in this process.
+    /// limit). Surplus descriptors are rejected ([`crate::Error::PolicyLimit`]): they are
+    /// received (the kernel would otherwise drop them in the receiving thread, where their
+    /// close may block) and closed without blocking.
     pub const fn max_regions(mut self, n: usize) -> Policy {
         self.max_regions = if n > crate::wire::MAX_REGIONS {
             crate::wire::MAX_REGIONS
@@ -227,6 +260,16 @@ impl Policy {
     /// The region length limit.
     pub const fn region_len_limit(&self) -> u64 {
         self.max_region_len
+    }
+
+    /// The limit on the regions of one message together, in bytes.
+    pub const fn message_len_limit(&self) -> u64 {
+        self.max_message_len
+    }
+
+    /// Whether received views keep their descriptors.
+    pub const fn keeps_descriptors(&self) -> bool {
+        self.keep_descriptors
     }
 
     /// The per-message region count limit.

@@ -92,7 +92,10 @@ pub fn spawn_sandboxed(
 
 fn spawn_with(cmd: &mut Command, sandbox: Option<Prepared>) -> Result<(Child, Channel)> {
     let (parent, child_end) = Channel::pair()?;
-    let parent = parent.into_fd();
+    let parent = parent.into_socket();
+    // No descriptors from the child until its handshake has succeeded (which turns them
+    // back on, see `handshake`). The child's end stays open to them: only we send there.
+    crate::closer::refuse_descriptors(&parent);
     // Receive the child's SCM_CREDENTIALS with its HELLO; set before the child can send.
     sockopt::set_socket_passcred(&parent, true)
         .map_err(|e| Error::io("setsockopt(SO_PASSCRED)", e))?;
@@ -267,7 +270,11 @@ pub fn worker_channel() -> Result<Channel> {
             let pidfd = parent
                 .and_then(|p| Pid::from_raw(i32::try_from(p.pid).ok()?))
                 .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
-            Ok(Channel::new(sock, parent, pidfd))
+            Ok(Channel::new(
+                crate::closer::PeerSocket::new(sock),
+                parent,
+                pidfd,
+            ))
         }
     }
 }

@@ -229,6 +229,53 @@ pub(crate) fn map_writable(fd: impl AsFd, len: usize) -> io::Result<MmapMut> {
     unsafe { MmapOptions::new().len(len).map_mut(fd.as_fd().as_raw_fd()) }
 }
 
+/// `SO_PASSRIGHTS` (Linux 6.16+): whether a unix socket accepts `SCM_RIGHTS`. With it off,
+/// a peer's `sendmsg` with descriptors fails with `EPERM` and nothing is queued.
+pub(crate) const SO_PASSRIGHTS: libc::c_int = 83;
+
+/// Sets `SO_PASSRIGHTS` on a unix socket. `ENOPROTOOPT` means the kernel predates it.
+///
+/// # References
+///  - [`socket(7)`](https://man7.org/linux/man-pages/man7/socket.7.html), commit
+///    77cbe1a6d873 "af_unix: Introduce SO_PASSRIGHTS" (Linux 6.16)
+pub(crate) fn set_pass_rights(fd: impl AsFd, on: bool) -> io::Result<()> {
+    let value: libc::c_int = on.into();
+    // SAFETY: setsockopt reads `optlen` bytes from `optval`, which points to a live c_int
+    // of exactly that size; the descriptor is borrowed for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSRIGHTS,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Bytes this socket has sent that its peer has not yet read (`SIOCOUTQ`; for a unix
+/// datagram socket, the memory of its queued datagrams, `sk_wmem_alloc`).
+///
+/// # References
+///  - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html), `SIOCOUTQ`
+pub(crate) fn unsent_bytes(fd: impl AsFd) -> io::Result<usize> {
+    // SIOCOUTQ = TIOCOUTQ.
+    const SIOCOUTQ: rustix::ioctl::Opcode = 0x5411;
+    // SAFETY: SIOCOUTQ writes one c_int through its argument, which `Getter` provides.
+    let n = unsafe {
+        rustix::ioctl::ioctl(
+            fd.as_fd(),
+            rustix::ioctl::Getter::<SIOCOUTQ, libc::c_int>::new(),
+        )
+    }?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

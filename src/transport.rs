@@ -4,6 +4,7 @@ use std::cell::RefCell;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -14,8 +15,10 @@ use rustix::net::{
     SendFlags, SocketFlags, SocketType,
 };
 
+use crate::closer::{self, PeerSocket, Received};
 use crate::error::{Error, Result};
 use crate::handshake::PeerCredentials;
+use crate::in_flight::Ledger;
 use crate::region::SealedRegion;
 use crate::seals::Policy;
 use crate::verify::{verify, RegionView};
@@ -42,9 +45,26 @@ use crate::wire;
 /// assert_eq!(&msg.regions()[0].as_bytes()?[..7], b"frame 1");
 /// # Ok(()) }
 /// ```
+///
+/// # Descriptors whose close blocks
+///
+/// Closing a descriptor can block: a peer may send a TCP socket that lingers in `close`
+/// with unsent data, or a file on a FUSE mount whose daemon never answers. A channel never
+/// closes such a descriptor in your thread: anything that is not shared memory (or another
+/// kind whose close cannot wait) is handed to a background closer thread, every receive has
+/// room for the kernel's maximum of 253 descriptors (so the kernel never drops surplus ones
+/// in your thread), and dropping a channel first refuses new descriptors (`SO_PASSRIGHTS`,
+/// Linux 6.16+) and takes out what is queued. So every receive keeps its deadline, `try_`
+/// calls return at once, and `Drop` does not block, whatever a peer sends. Dropping a
+/// channel discards the messages still queued on its socket, as closing the socket would,
+/// also for any duplicate of the socket you made. If descriptors pile up at the closer (a
+/// peer sends files whose close never completes), receives report
+/// [`Error::DisposalBacklog`] instead of taking more.
 #[derive(Debug)]
 pub struct Channel {
-    sock: OwnedFd,
+    sock: PeerSocket,
+    /// Descriptors sent that the peer may not have read (see `in_flight`).
+    in_flight: Mutex<Ledger>,
     /// Who the handshake established the peer to be (`None` for [`Channel::pair`] and
     /// [`Channel::from_fd`]).
     peer: Option<PeerCredentials>,
@@ -93,12 +113,13 @@ impl Wait {
 
 impl Channel {
     pub(crate) fn new(
-        sock: OwnedFd,
+        sock: PeerSocket,
         peer: Option<PeerCredentials>,
         peer_pidfd: Option<OwnedFd>,
     ) -> Channel {
         Channel {
             sock,
+            in_flight: Mutex::new(Ledger::new(Channel::DEFAULT_IN_FLIGHT_LIMIT)),
             peer,
             peer_pidfd,
         }
@@ -121,7 +142,10 @@ impl Channel {
             None,
         )
         .map_err(|e| Error::io("socketpair", e))?;
-        Ok((Channel::new(a, None, None), Channel::new(b, None, None)))
+        Ok((
+            Channel::new(PeerSocket::new(a), None, None),
+            Channel::new(PeerSocket::new(b), None, None),
+        ))
     }
 
     /// Wraps a connected unix `SOCK_SEQPACKET` socket.
@@ -131,7 +155,7 @@ impl Channel {
     pub fn from_fd(fd: OwnedFd) -> Result<Channel> {
         match (sockopt::socket_domain(&fd), sockopt::socket_type(&fd)) {
             (Ok(AddressFamily::UNIX), Ok(SocketType::SEQPACKET)) => {
-                Ok(Channel::new(fd, None, None))
+                Ok(Channel::new(PeerSocket::new(fd), None, None))
             }
             _ => Err(Error::NotSeqpacket),
         }
@@ -139,6 +163,11 @@ impl Channel {
 
     /// Gives up the socket (and closes the peer's pidfd, if any).
     pub fn into_fd(self) -> OwnedFd {
+        self.sock.into_inner()
+    }
+
+    /// Gives up the socket, still closed safely when dropped.
+    pub(crate) fn into_socket(self) -> PeerSocket {
         self.sock
     }
 
@@ -157,7 +186,9 @@ impl Channel {
     }
 
     /// Sends `payload` and `regions` as one message, waiting for room if the socket buffer
-    /// is full. The regions stay yours: send them again, to anyone.
+    /// is full or the channel's descriptors in flight are at its limit (see
+    /// [`with_in_flight_limit`](Channel::with_in_flight_limit)). The regions stay yours:
+    /// send them again, to anyone.
     ///
     /// # Errors
     /// [`Error::PeerClosed`] if the peer is gone (never `SIGPIPE`);
@@ -181,7 +212,8 @@ impl Channel {
         self.send_with(payload, regions, Wait::timeout(timeout))
     }
 
-    /// [`send`](Channel::send) without waiting: [`Error::WouldBlock`] if the socket is full.
+    /// [`send`](Channel::send) without waiting: [`Error::WouldBlock`] if the socket is full
+    /// or the channel's in-flight limit is reached.
     ///
     /// # Errors
     /// As [`send`](Channel::send), plus [`Error::WouldBlock`].
@@ -219,7 +251,54 @@ impl Channel {
         self.recv_with(policy, Wait::Never)
     }
 
+    /// Most descriptors a channel has in flight by default: sent, not yet read by the
+    /// peer. See [`with_in_flight_limit`](Channel::with_in_flight_limit).
+    pub const DEFAULT_IN_FLIGHT_LIMIT: usize = 256;
+
+    /// Sets the most descriptors this channel may have in flight (sent in messages its
+    /// peer has not read yet); a send that would exceed it waits (`send`, `send_timeout`:
+    /// [`Error::Timeout`]) or fails with [`Error::WouldBlock`] (`try_send`) until the peer
+    /// reads. A message always goes out when nothing is in flight, however many regions it
+    /// has.
+    ///
+    /// Why: the kernel limits descriptors in flight per sending **user**
+    /// (`RLIMIT_NOFILE` of the sender; root with `CAP_SYS_RESOURCE` is exempt), so without
+    /// a bound of its own one peer that stops reading would exhaust it and every channel of
+    /// that user would fail with [`Error::TooManyInFlight`]. With per-channel limits whose
+    /// sum stays below `RLIMIT_NOFILE`, a stalled peer stalls only its own channel. The
+    /// default is [`DEFAULT_IN_FLIGHT_LIMIT`](Channel::DEFAULT_IN_FLIGHT_LIMIT) (256);
+    /// `usize::MAX` turns the bound, and its bookkeeping, off.
+    ///
+    /// The count is kept from `SIOCOUTQ` (bytes of our messages the peer has not read);
+    /// see `PROTOCOL.md`, "Descriptors in flight". It costs one `ioctl` per message while
+    /// descriptors are in flight (and one more now and then to learn what the peer has
+    /// read); messages without regions sent while none are in flight cost nothing.
+    pub fn with_in_flight_limit(self, descriptors: usize) -> Channel {
+        self.ledger().limit = descriptors;
+        self
+    }
+
+    /// The limit set by [`with_in_flight_limit`](Channel::with_in_flight_limit).
+    pub fn in_flight_limit(&self) -> usize {
+        self.ledger().limit
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn send_with(&self, payload: &[u8], regions: &[&SealedRegion], wait: Wait) -> Result<()> {
+        loop {
+            match self.send_once(payload, regions)? {
+                Sent::Yes => return Ok(()),
+                Sent::SocketFull => self.wait(PollFlags::OUT, wait)?,
+                Sent::BudgetSpent => self.wait_for_reader(wait)?,
+            }
+        }
+    }
+
+    /// Sends one message if it can without waiting.
+    pub(crate) fn send_once(&self, payload: &[u8], regions: &[&SealedRegion]) -> Result<Sent> {
         let mut header = [0u8; wire::HEADER_LEN + wire::REGION_DESC_LEN * wire::MAX_REGIONS];
         let n = wire::encode(
             &mut header,
@@ -229,36 +308,87 @@ impl Channel {
         let fds: Vec<BorrowedFd<'_>> = regions.iter().map(|r| r.as_fd()).collect();
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
         let iov = [IoSlice::new(&header[..n]), IoSlice::new(payload)];
+        // Held across the sendmsg, so that the growth of SIOCOUTQ is this message's.
+        let mut ledger = self.ledger();
+        let tracking = ledger.tracking(fds.len());
+        let unsent = || crate::sys::unsent_bytes(&*self.sock).unwrap_or(0);
+        let before = if tracking {
+            match ledger.prepare(fds.len(), unsent) {
+                Some(before) => before,
+                None => return Ok(Sent::BudgetSpent),
+            }
+        } else {
+            0
+        };
         loop {
             let mut control = SendAncillaryBuffer::new(&mut space);
             if !fds.is_empty() {
                 control.push(SendAncillaryMessage::ScmRights(&fds));
             }
             match sendmsg(
-                &self.sock,
+                &*self.sock,
                 &iov,
                 &mut control,
                 SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => break,
                 Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => self.wait(PollFlags::OUT, wait)?,
+                Err(Errno::AGAIN) => return Ok(Sent::SocketFull),
                 Err(e) => return Err(send_error(e, n + payload.len())),
             }
         }
+        if tracking {
+            ledger.sent(before, unsent(), fds.len());
+        } else {
+            ledger.sent_untracked();
+        }
+        Ok(Sent::Yes)
+    }
+
+    /// Waits a little, as `wait` allows, for the peer to read (it gives no readiness event
+    /// for that): [`Error::WouldBlock`], [`Error::Timeout`] or [`Error::PeerClosed`] when
+    /// the waiting is over.
+    fn wait_for_reader(&self, wait: Wait) -> Result<()> {
+        let pause = match wait {
+            Wait::Never => {
+                return Err(if self.peer_exited() {
+                    Error::PeerClosed
+                } else {
+                    Error::WouldBlock
+                })
+            }
+            Wait::Forever => READER_POLL,
+            Wait::Until(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout);
+                }
+                left.min(READER_POLL)
+            }
+        };
+        // A peer that closes its end (readable: POLLHUP/POLLRDHUP) ends the pause early;
+        // the next send then reports it.
+        let mut fds = [PollFd::new(&*self.sock, PollFlags::RDHUP)];
+        let _ = poll(&mut fds, Timespec::try_from(pause).ok().as_ref());
+        Ok(())
     }
 
     fn recv_with(&self, policy: &Policy, wait: Wait) -> Result<Message> {
         let (payload, fds, lens) =
             RECV_BUF.with(|buf| self.recv_raw(&mut buf.borrow_mut(), policy, wait))?;
-        // Verify in order; on the first failure the remaining descriptors are dropped
-        // (closed) with the iterator, and the views mapped so far are unmapped.
-        let regions = fds
-            .into_iter()
-            .zip(lens)
-            .enumerate()
-            .map(|(i, (fd, len))| verify(fd, len, policy, i))
-            .collect::<Result<Vec<_>>>()?;
+        // Verify in order; on the first failure the remaining descriptors are disposed of
+        // and the views mapped so far are unmapped.
+        let mut regions = Vec::with_capacity(lens.len());
+        let mut fds = fds.take().into_iter();
+        for (i, (fd, len)) in fds.by_ref().zip(lens).enumerate() {
+            match verify(fd, len, policy, i) {
+                Ok(view) => regions.push(view),
+                Err(e) => {
+                    closer::dispose_all(fds);
+                    return Err(e);
+                }
+            }
+        }
         Ok(Message { payload, regions })
     }
 
@@ -269,15 +399,19 @@ impl Channel {
         buf: &mut [u8],
         policy: &Policy,
         wait: Wait,
-    ) -> Result<(Vec<u8>, Vec<OwnedFd>, Vec<u64>)> {
+    ) -> Result<(Vec<u8>, Received, Vec<u64>)> {
+        self.admit(wait)?;
+        // Room for the kernel's maximum whatever the policy allows: descriptors that do not
+        // fit would be dropped by the kernel in this thread, where their close may block.
+        // Surplus ones fail the policy check below and are disposed of.
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
-        let space_len = rustix::cmsg_space!(ScmRights(policy.regions_limit()));
-        let mut fds = Vec::new();
+        // Disposed of on every early return.
+        let mut fds = Received::default();
         let mut reset = false;
         let res = loop {
-            let mut control = RecvAncillaryBuffer::new(&mut space[..space_len]);
+            let mut control = RecvAncillaryBuffer::new(&mut space);
             let res = recvmsg(
-                &self.sock,
+                &*self.sock,
                 &mut [IoSliceMut::new(buf)],
                 &mut control,
                 RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
@@ -285,7 +419,7 @@ impl Channel {
             // Take ownership of every descriptor that arrived, whatever happens next.
             for msg in control.drain() {
                 if let RecvAncillaryMessage::ScmRights(iter) = msg {
-                    fds.extend(iter);
+                    fds.0.extend(iter);
                 }
             }
             match res {
@@ -305,17 +439,52 @@ impl Channel {
         let header = wire::check_received(
             wire::Received {
                 msg,
-                fds: fds.len(),
+                fds: fds.0.len(),
                 ctrunc: res.flags.contains(ReturnFlags::CTRUNC),
                 trunc: res.flags.contains(ReturnFlags::TRUNC),
             },
             policy,
             || self.hung_up(),
         )?;
-        let lens = (0..header.region_count)
+        let lens: Vec<u64> = (0..header.region_count)
             .map(|i| wire::region_len(msg, i))
             .collect();
+        // Before anything is mapped. A region over the per-region limit is left to
+        // verification, which names it (`RegionTooLarge`).
+        let total = lens.iter().fold(0u64, |sum, &len| sum.saturating_add(len));
+        if total > policy.message_len_limit()
+            && lens.iter().all(|&len| len <= policy.region_len_limit())
+        {
+            return Err(Error::PolicyLimit {
+                what: "total region bytes",
+                got: total,
+                max: policy.message_len_limit(),
+            });
+        }
         Ok((msg[wire::payload_range(&header)].to_vec(), fds, lens))
+    }
+
+    /// Waits, as `wait` allows, until the background closer has room for the descriptors a
+    /// message may bring (see [`Error::DisposalBacklog`]).
+    fn admit(&self, wait: Wait) -> Result<()> {
+        loop {
+            let pending = match closer::admit() {
+                Ok(()) => return Ok(()),
+                Err(pending) => pending,
+            };
+            let pause = match wait {
+                Wait::Never => return Err(Error::DisposalBacklog { pending }),
+                Wait::Forever => ADMIT_POLL,
+                Wait::Until(t) => {
+                    let left = t.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::DisposalBacklog { pending });
+                    }
+                    left.min(ADMIT_POLL)
+                }
+            };
+            std::thread::sleep(pause);
+        }
     }
 
     /// Waits until the socket is ready for `events`, honouring `wait`. Fails with
@@ -343,8 +512,8 @@ impl Channel {
                 }
             };
             let mut fds = [
-                PollFd::new(&self.sock, events),
-                PollFd::new(&self.sock, events),
+                PollFd::new(&*self.sock, events),
+                PollFd::new(&*self.sock, events),
             ];
             let n = match &self.peer_pidfd {
                 Some(pidfd) => {
@@ -379,7 +548,7 @@ impl Channel {
 
     /// Whether the peer has shut down its end (distinguishes EOF from an empty datagram).
     fn hung_up(&self) -> bool {
-        let mut fds = [PollFd::new(&self.sock, PollFlags::RDHUP)];
+        let mut fds = [PollFd::new(&*self.sock, PollFlags::RDHUP)];
         let zero = Timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -408,6 +577,23 @@ thread_local! {
     /// that an over-long one is detected. Reused to keep `recv` from zeroing 70 KiB per call.
     static RECV_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; wire::MAX_MESSAGE_LEN + 1].into_boxed_slice());
 }
+
+/// What one non-waiting send attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// The message went out.
+    Yes,
+    /// The socket's buffer is full: wait for it to be writable.
+    SocketFull,
+    /// The channel's in-flight budget is spent: wait for the peer to read.
+    BudgetSpent,
+}
+
+/// How often a send waiting for the peer to read its descriptors looks again.
+pub(crate) const READER_POLL: Duration = Duration::from_millis(1);
+
+/// How often a receive that waits for the closer's backlog looks again.
+const ADMIT_POLL: Duration = Duration::from_millis(5);
 
 fn send_error(e: Errno, len: usize) -> Error {
     match e {

@@ -18,7 +18,9 @@ use crate::sys::ReadMap;
 /// seals are a superset of what the policy requires; `declared_len` is non-zero and within
 /// the policy's limit; `fstat` reports exactly `declared_len` bytes; it is not backed by
 /// huge pages unless the policy accepts them; and every page of it is allocated
-/// ([committed](#committed-pages)). On any failure `fd` is closed.
+/// ([committed](#committed-pages)). On any failure `fd` is
+/// closed, without blocking: a descriptor whose close may wait (a lingering socket, a file
+/// on FUSE) is closed on a background thread.
 ///
 /// `index` is only used to label errors (the region's position within its message).
 ///
@@ -51,10 +53,18 @@ use crate::sys::ReadMap;
 /// [`Error::RegionTooLarge`], [`Error::SizeMismatch`], [`Error::HugePages`],
 /// [`Error::Uncommitted`], or [`Error::Map`] (all peer faults), or [`Error::Io`].
 pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy, index: usize) -> Result<RegionView> {
-    let seals = check(fd.as_fd(), declared_len, policy, index)?;
+    let seals = match check(fd.as_fd(), declared_len, policy, index) {
+        Ok(seals) => seals,
+        Err(e) => {
+            crate::closer::dispose(fd);
+            return Err(e);
+        }
+    };
     let len = declared_len as usize; // fits: it equals st_size of a file we can map
     let map =
         map_read_only(fd.as_fd(), len, seals).map_err(|source| Error::Map { index, source })?;
+    // The mapping keeps the region alive; the descriptor only costs a table slot.
+    let fd = policy.keeps_descriptors().then_some(fd);
     Ok(RegionView { map, seals, fd })
 }
 
@@ -80,10 +90,11 @@ pub(crate) fn check(
     }
     let seals = match fs::fcntl_get_seals(fd) {
         Ok(s) => Seals::from_bits(s.bits()),
+        // Described without fstat, which a FUSE daemon would answer (or never answer).
         Err(Errno::INVAL) => {
             return Err(Error::NotMemfd {
                 index,
-                reason: file_kind(fd),
+                reason: crate::closer::kind(fd).describe(),
             })
         }
         Err(Errno::BADF) => {
@@ -163,27 +174,11 @@ pub(crate) fn check(
 /// `f_type` of hugetlbfs (`statfs(2)`).
 const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
 
-fn file_kind(fd: BorrowedFd<'_>) -> &'static str {
-    match fs::fstat(fd) {
-        Ok(st) => match fs::FileType::from_raw_mode(st.st_mode) {
-            fs::FileType::RegularFile => "regular file (not shared memory)",
-            fs::FileType::Directory => "directory",
-            fs::FileType::Fifo => "pipe",
-            fs::FileType::Socket => "socket",
-            fs::FileType::CharacterDevice => "character device",
-            fs::FileType::BlockDevice => "block device",
-            fs::FileType::Symlink => "symbolic link",
-            fs::FileType::Unknown => "anonymous inode (eventfd, epoll, pidfd, ...)",
-        },
-        Err(_) => "descriptor cannot be inspected",
-    }
-}
-
 fn map_read_only(fd: BorrowedFd<'_>, len: usize, seals: Seals) -> std::io::Result<ReadMap> {
     // No MAP_POPULATE: it fills the page table one 4 KiB page at a time (get_user_pages),
     // measured slower than the 64 KiB fault-around of plain faults at 1 MiB and 64 MiB, and
     // it costs the whole region even when the consumer reads a part of it.
-    if seals.contains(Seals::WRITE) && !capabilities().shared_map_of_write_sealed {
+    if seals.contains(Seals::WRITE) && !probed().shared_map_of_write_sealed {
         return ReadMap::private(fd, len);
     }
     ReadMap::shared(fd, len)
@@ -196,11 +191,24 @@ fn map_read_only(fd: BorrowedFd<'_>, len: usize, seals: Seals) -> std::io::Resul
 /// `&[u8]`. Otherwise (`F_SEAL_FUTURE_WRITE`) its producer can still write at any moment:
 /// read it with [`read_at`](RegionView::read_at) or [`read_value`](RegionView::read_value),
 /// which copy each byte exactly once into your memory, and validate the copy.
+///
+/// # What a retained view costs
+///
+/// A view holds a read-only mapping for as long as it lives: the region's length in
+/// address space and one entry of the process's mappings (`vm.max_map_count`, 65 530 by
+/// default; when it is reached, mapping fails with [`Error::Map`]). It holds the region's
+/// descriptor too only if the receiving [`Policy`] asked to
+/// ([`Policy::keep_descriptors`]); by default the descriptor is closed once the region is
+/// mapped, so keeping messages does not fill the descriptor table. The pages are the
+/// sender's memfd's: they stay allocated while any process maps or holds the region.
+/// Bound what you keep with [`Policy::max_region_len`] and [`Policy::max_message_len`], and
+/// drop views (or copy out what you need) rather than keeping them indefinitely.
 #[derive(Debug)]
 pub struct RegionView {
     map: ReadMap,
     seals: Seals,
-    fd: OwnedFd,
+    /// Kept only where the policy said so ([`Policy::keep_descriptors`]).
+    fd: Option<OwnedFd>,
 }
 
 impl RegionView {
@@ -302,15 +310,24 @@ impl RegionView {
         self.map.ptr()
     }
 
-    /// Gives up the mapping and returns the descriptor.
-    pub fn into_fd(self) -> OwnedFd {
+    /// The region's descriptor, if the receiving policy kept it
+    /// ([`Policy::keep_descriptors`]); `None` by default.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Gives up the mapping and returns the descriptor, if the receiving policy kept it
+    /// ([`Policy::keep_descriptors`]); `None` by default (the view is then just unmapped).
+    pub fn into_fd(self) -> Option<OwnedFd> {
         self.fd
     }
-}
 
-impl AsFd for RegionView {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// [`into_fd`](RegionView::into_fd), handing the view back if it has no descriptor.
+    pub(crate) fn try_into_fd(mut self) -> std::result::Result<OwnedFd, RegionView> {
+        match self.fd.take() {
+            Some(fd) => Ok(fd),
+            None => Err(self),
+        }
     }
 }
 
@@ -330,10 +347,29 @@ pub struct Capabilities {
     /// peer can satisfy with pages allocated past the end of the file (see
     /// [Committed pages](verify#committed-pages)).
     pub counts_committed_pages: bool,
+    /// Unix sockets can refuse descriptors (`SO_PASSRIGHTS`, Linux 6.16+). Without it, a
+    /// peer can queue descriptors during a handshake or on a ring's channel; they are
+    /// received and closed without blocking instead, and dropped sockets are closed on a
+    /// background thread (see [`crate::Channel`]).
+    pub pass_rights: bool,
 }
 
 /// The kernel capabilities sealpipe probed and the fallbacks it chose.
 pub fn capabilities() -> Capabilities {
+    // Probed only here, not on the receive path: it needs a socket pair, which a
+    // sandboxed worker may not create (sealpipe itself just tries the option where needed).
+    static PASS_RIGHTS: OnceLock<bool> = OnceLock::new();
+    Capabilities {
+        pass_rights: *PASS_RIGHTS.get_or_init(|| {
+            crate::Channel::pair().is_ok_and(|(a, _b)| crate::closer::refuse_descriptors(&a))
+        }),
+        ..probed()
+    }
+}
+
+/// The capabilities the receive path needs (`pass_rights` is left `false`: see
+/// [`capabilities`]).
+fn probed() -> Capabilities {
     static CAPS: OnceLock<Capabilities> = OnceLock::new();
     *CAPS.get_or_init(|| Capabilities {
         noexec_seal: crate::region::capabilities_noexec_seal(),
@@ -341,6 +377,7 @@ pub fn capabilities() -> Capabilities {
         counts_committed_pages: crate::Region::new(4096)
             .and_then(crate::Region::seal)
             .is_ok_and(|r| matches!(crate::sys::pages_from(&r, 0), Ok(Some(1)))),
+        pass_rights: false,
     })
 }
 
@@ -398,6 +435,8 @@ mod tests {
     fn this_kernel_maps_write_sealed_memfds_shared() {
         // kernel-facts: 6.18 allows it; the fallback is covered above.
         assert!(capabilities().shared_map_of_write_sealed);
+        // 6.18 has SO_PASSRIGHTS (6.16+); the fallback is covered in `closer`.
+        assert!(capabilities().pass_rights);
     }
 
     #[test]

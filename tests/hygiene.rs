@@ -85,11 +85,13 @@ fn a_spawned_child_inherits_only_its_channel() {
     let (a, b) = Channel::pair().unwrap();
     a.send_timeout(b"x", &[&sealed, shared.region()], T)
         .unwrap();
-    let received = b.recv_timeout(&Policy::read_only_view(), T).unwrap();
+    let received = b
+        .recv_timeout(&Policy::read_only_view().keep_descriptors(true), T)
+        .unwrap();
     let (_, views) = received.into_parts();
     let mut views = views.into_iter();
     let view = views.next().unwrap();
-    let positional = PositionalFile::from(views.next().unwrap());
+    let positional = PositionalFile::try_from(views.next().unwrap()).unwrap();
     let positional_clone = positional.try_clone().unwrap();
     let from_fd = Channel::from_fd(a.into_fd()).unwrap();
     let guarded = GuardedMap::new(sealed_clone.try_clone().unwrap().into_fd()).unwrap();
@@ -100,7 +102,7 @@ fn a_spawned_child_inherits_only_its_channel() {
         ("shared region", shared.region().as_fd()),
         ("channel end", b.as_fd()),
         ("channel from_fd", from_fd.as_fd()),
-        ("received region view", view.as_fd()),
+        ("received region view", view.fd().unwrap()),
         ("PositionalFile from a received region", positional.as_fd()),
         ("PositionalFile::try_clone", positional_clone.as_fd()),
         ("GuardedMap", guarded.as_fd()),

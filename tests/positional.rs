@@ -37,14 +37,16 @@ fn open(kind: &str, fd: OwnedFd) -> Box<dyn Handle> {
 fn peer(role: &str, ch: Channel) -> i32 {
     let (kind, source) = role.split_once('-').unwrap_or((role, ""));
     let fd = if source == "region" {
-        let msg = ch.recv_timeout(&Policy::immutable(), T).unwrap();
+        let msg = ch
+            .recv_timeout(&Policy::immutable().keep_descriptors(true), T)
+            .unwrap();
         let (_, mut regions) = msg.into_parts();
         let view = regions.pop().unwrap();
         if kind == "positional" {
             // The conversion under test: a received region straight into a PositionalFile.
-            PositionalFile::from(view).into_fd()
+            PositionalFile::try_from(view).unwrap().into_fd()
         } else {
-            view.into_fd()
+            view.into_fd().unwrap()
         }
     } else {
         common::shared_fd()

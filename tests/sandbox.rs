@@ -16,7 +16,7 @@
 mod common;
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -216,6 +216,28 @@ fn decode(payload: &[u8]) -> Vec<(String, i32)> {
 fn peer(role: &str, ch: Channel) -> i32 {
     let policy = Policy::immutable().max_region_len(1 << 26);
     match role {
+        // Rejecting what a hostile peer sends (a socket, an eventfd, a pipe) uses only
+        // calls the profile allows, even with violations killing the worker and no threads.
+        "hostile_descriptors" => {
+            enter(Sandbox::worker().on_violation(Violation::Kill));
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                let start = std::time::Instant::now();
+                let err = ch.recv_timeout(&policy, TIMEOUT).expect_err("accepted");
+                out.push(format!(
+                    "{} {}",
+                    matches!(err, Error::NotMemfd { .. }),
+                    start.elapsed() < Duration::from_secs(1)
+                ));
+            }
+            let honest = ch.recv_timeout(&policy, TIMEOUT).expect("honest");
+            out.push(String::from_utf8_lossy(honest.payload()).into_owned());
+            drop(honest);
+            ch.send(out.join(",").as_bytes(), &[]).expect("send");
+            // Dropping the channel (SO_PASSRIGHTS off, drain) is allowed too.
+            drop(ch);
+            0
+        }
         "escapes" => {
             enter(Sandbox::worker());
             ch.send(&encode(&escapes(&ch)), &[]).expect("send");
@@ -311,8 +333,13 @@ fn peer(role: &str, ch: Channel) -> i32 {
             let outside = std::fs::File::open("/etc/passwd").map(|_| 0);
             let create = std::fs::File::create(format!("{dir}/new")).map(|_| 0);
             // A region the parent sent: reopening it read-write must not give a way to write.
-            let msg = ch.recv_timeout(&policy, TIMEOUT).expect("recv");
-            let region_fd = msg.regions()[0].as_fd().as_raw_fd();
+            let msg = ch
+                .recv_timeout(&policy.keep_descriptors(true), TIMEOUT)
+                .expect("recv");
+            let region_fd = msg.regions()[0]
+                .fd()
+                .expect("the policy keeps descriptors")
+                .as_raw_fd();
             // Landlock does not govern memfds (an internal mount): with paths granted the
             // reopen itself may succeed, and the seal must then refuse the write.
             let reopened = std::fs::OpenOptions::new()
@@ -603,6 +630,54 @@ fn required_level_the_kernel_lacks_is_a_clear_error() {
     assert!(status.contains("Seccomp:\t0"), "{status}");
 }
 
+fn hostile_descriptors_are_refused_inside_without_a_violation() {
+    use std::os::fd::AsFd;
+    let peer = common::spawn_peer(
+        "hostile_descriptors_are_refused_inside_without_a_violation",
+        "hostile_descriptors",
+    );
+    let send = |fd: std::os::fd::BorrowedFd<'_>| {
+        let mut m = Vec::new();
+        m.extend_from_slice(b"SPIP");
+        m.extend_from_slice(&1u16.to_le_bytes());
+        m.extend_from_slice(&1u16.to_le_bytes());
+        m.extend_from_slice(&1u16.to_le_bytes());
+        m.extend_from_slice(&0u16.to_le_bytes());
+        m.extend_from_slice(&0u32.to_le_bytes());
+        m.extend_from_slice(&4096u64.to_le_bytes());
+        let fds = [fd];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(
+            &peer.channel,
+            &[std::io::IoSlice::new(&m)],
+            &mut control,
+            rustix::net::SendFlags::NOSIGNAL,
+        )
+        .unwrap();
+    };
+    let (sock, _other) = Channel::pair().unwrap();
+    let ev = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    let (pipe, _w) = rustix::pipe::pipe().unwrap();
+    send(sock.as_fd());
+    send(ev.as_fd());
+    send(pipe.as_fd());
+    let honest = Region::new(4096).unwrap().seal().unwrap();
+    peer.channel.send(b"honest", &[&honest]).unwrap();
+    let got = peer.channel.recv_timeout(&Policy::immutable(), TIMEOUT);
+    let mut peer = peer;
+    if got.is_err() {
+        panic!("worker died: {}", peer.exit_code());
+    }
+    assert_eq!(
+        got.unwrap().payload(),
+        b"true true,true true,true true,honest",
+        "every rejection was specific and prompt"
+    );
+    assert_eq!(peer.wait(), 0, "the worker was not killed");
+}
+
 fn forbidden_call_gets_eperm_and_the_worker_goes_on() {
     let peer = common::spawn_peer(
         "forbidden_call_gets_eperm_and_the_worker_goes_on",
@@ -816,6 +891,11 @@ fn tests() -> Vec<Test> {
     #[allow(unused_mut)] // pushed to with the tokio feature
     let mut t: Vec<Test> = vec![
         ("every_escape_is_refused", every_escape_is_refused, None),
+        (
+            "hostile_descriptors_are_refused_inside_without_a_violation",
+            hostile_descriptors_are_refused_inside_without_a_violation,
+            None,
+        ),
         (
             "regions_are_received_verified_and_answered_inside",
             regions_are_received_verified_and_answered_inside,

@@ -15,8 +15,11 @@
 //! of the open file description, which the peer shares and can clear, so a hostile peer
 //! could hang the publisher. `send(MSG_DONTWAIT)` on a socket never blocks whatever the peer
 //! does, needs no extra descriptor, and bytes the waiter has not yet read only keep it
-//! readable (a full queue means a wake is already pending). Signal bytes are read with no
-//! control buffer, so descriptors a hostile peer attaches to them are closed by the kernel.
+//! readable (a full queue means a wake is already pending). The channel refuses descriptors
+//! after setup (`SO_PASSRIGHTS`, Linux 6.16+); where that is unavailable, signal bytes are
+//! read with a control buffer anyway, so that descriptors a hostile peer attaches to them
+//! are disposed of without blocking rather than dropped by the kernel in this thread (where
+//! a lingering socket's close would block the runtime).
 //!
 //! Timeouts: wrap a call in `tokio::time::timeout`; every call is cancel safe.
 use std::future::Future;
@@ -25,8 +28,11 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
+use std::io::IoSliceMut;
+use std::mem::MaybeUninit;
+
 use rustix::io::Errno;
-use rustix::net::RecvFlags;
+use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -34,6 +40,7 @@ use super::api::*;
 use super::core;
 use super::wait::peer_gone;
 use crate::asyncio::{ready_or_exit, register, watch_exit, AsyncChannel};
+use crate::closer::{PeerSocket, Received};
 use crate::error::{Error, Result};
 use crate::Channel;
 
@@ -47,7 +54,7 @@ const MAX_DRAIN: usize = 64;
 /// and of the peer's pidfd when the channel has one (a spawned worker's).
 #[derive(Debug)]
 struct Reactor {
-    fd: AsyncFd<OwnedFd>,
+    fd: AsyncFd<PeerSocket>,
     peer_exit: Option<AsyncFd<OwnedFd>>,
 }
 
@@ -56,7 +63,7 @@ impl Reactor {
         let fd = rustix::io::fcntl_dupfd_cloexec(channel, 0)
             .map_err(|e| Error::io("duplicate the ring channel", e))?;
         Ok(Reactor {
-            fd: register(fd)?,
+            fd: register(PeerSocket::new(fd))?,
             peer_exit: watch_exit(channel)?,
         })
     }
@@ -162,12 +169,29 @@ enum Drained {
 
 /// Reads and discards signal bytes until the socket is empty (`WouldBlock`, which clears
 /// the runtime's readiness), the peer's end is closed, or [`MAX_DRAIN`] were read.
+/// Descriptors that come with them are disposed of (see `crate::closer`).
 fn drain(sock: &OwnedFd) -> io::Result<Drained> {
     let mut buf = [0u8; 16];
+    let mut space =
+        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(crate::wire::MAX_REGIONS))];
     for _ in 0..MAX_DRAIN {
-        match rustix::net::recv(sock, &mut buf[..], RecvFlags::DONTWAIT) {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let res = recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+        );
+        let mut fds = Received::default();
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(iter) = msg {
+                fds.0.extend(iter);
+            }
+        }
+        drop(fds);
+        match res.map(|r| r.bytes) {
             // End of stream, or an empty datagram from a hostile peer.
-            Ok((_, 0)) if peer_gone(sock) => return Ok(Drained::Closed),
+            Ok(0) if peer_gone(sock) => return Ok(Drained::Closed),
             Ok(_) | Err(Errno::INTR) => {}
             Err(Errno::AGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
             Err(Errno::CONNRESET) => return Ok(Drained::Closed),
@@ -213,6 +237,7 @@ async fn consumer_setup_async(
     let deadline = crate::deadline::Deadline::after(options.timeout).instant();
     let channel = AsyncChannel::new(channel)?;
     let offer = within(deadline, channel.recv(&consumer_policy(options))).await?;
+    crate::closer::refuse_descriptors(channel.get_ref()); // as in consumer_setup
     let (peer, cap, peer_flags) = consumer_accept(offer, kind)?;
     let own = consumer_offer(options)?;
     within(deadline, channel.send(SETUP_PAYLOAD, &[own.region()])).await?;

@@ -241,6 +241,10 @@ mod api {
             channel: Channel,
             spin: SpinPolicy,
         ) -> Link {
+            // After setup the channel carries only one-byte wake signals: no descriptor
+            // may arrive on it (one queued before this is drained with the signals, or on
+            // drop, and disposed of without blocking).
+            crate::closer::refuse_descriptors(&channel);
             Link {
                 own,
                 peer,
@@ -388,6 +392,9 @@ mod api {
     ) -> Result<(Link, u32, u32)> {
         let end = crate::deadline::Deadline::after(options.timeout).instant();
         let offer = channel.recv_timeout(&consumer_policy(options), options.timeout)?;
+        // Nothing more may bring descriptors: refuse them before the producer learns we
+        // are ready (see `Link::new`).
+        crate::closer::refuse_descriptors(&channel);
         let (peer, cap, peer_flags) = consumer_accept(offer, kind)?;
         let own = consumer_offer(options)?;
         let left = time_left(end, options.timeout);
