@@ -118,13 +118,15 @@ pub mod loom_api {
     use super::sync::{AtomicU32, AtomicU64};
 
     /// See `core::publish`: whether a wake is needed, and whether it is a channel signal.
+    /// `woken`: the wait word last woken (0 at first), kept by the caller across calls.
     pub fn publish(
         own_index: &AtomicU32,
         new: u32,
         peer_wait: &AtomicU64,
         peer_parks: bool,
+        woken: &mut u64,
     ) -> Option<bool> {
-        match super::core::publish(own_index, new, peer_wait, peer_parks) {
+        match super::core::publish(own_index, new, peer_wait, peer_parks, woken) {
             super::core::Wake::None => None,
             super::core::Wake::Futex => Some(false),
             super::core::Wake::Signal => Some(true),
@@ -142,6 +144,10 @@ pub mod loom_api {
     /// See `core::end_park`.
     pub fn end_park(own_wait: &AtomicU64) {
         super::core::end_park(own_wait)
+    }
+    /// See `core::load_peer`: a `Relaxed` load of the peer's index, then `fence(Acquire)`.
+    pub fn load_peer(peer_index: &AtomicU32) -> u32 {
+        super::core::load_peer(peer_index)
     }
 }
 

@@ -43,7 +43,7 @@ pub enum SpinPolicy {
     /// The default: spin for a time budget measured on the running machine, then park.
     ///
     /// The budget is twice the measured latency of a cross-thread futex wake (the cost of
-    /// parking and being woken), within 20–200 µs. It is measured once per process, the
+    /// parking and being woken), within 50–200 µs. It is measured once per process, the
     /// first time a ring is connected with this policy (about 1 ms, in a short-lived helper
     /// thread; 60 µs if that thread cannot be started). Spinning for as long as a park and
     /// wake would cost keeps a busy stream free of system calls while an idle side still
@@ -62,7 +62,7 @@ impl Default for SpinPolicy {
 ///
 /// ```
 /// let budget = sealpipe::ring::calibrated_spin_budget();
-/// assert!(budget >= std::time::Duration::from_micros(20));
+/// assert!(budget >= std::time::Duration::from_micros(50));
 /// assert!(budget <= std::time::Duration::from_micros(200));
 /// ```
 pub fn calibrated_spin_budget() -> Duration {
@@ -74,7 +74,7 @@ pub fn calibrated_spin_budget() -> Duration {
 }
 
 /// Bounds of the calibrated spin budget.
-const MIN_BUDGET: Duration = Duration::from_micros(20);
+const MIN_BUDGET: Duration = Duration::from_micros(50);
 const MAX_BUDGET: Duration = Duration::from_micros(200);
 /// Wake latency assumed when it cannot be measured (a cross-CPU wake costs 25–100 µs on
 /// the project's VMs).
