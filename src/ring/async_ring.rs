@@ -323,6 +323,9 @@ impl AsyncProducer {
     /// Cancel safe: the record is copied and published within one poll, so a dropped
     /// future sent it whole or not at all.
     pub async fn send(&mut self, record: &[u8]) -> Result<()> {
+        if self.inner.send_cached(record, true) {
+            return Ok(());
+        }
         self.reserve(record.len()).await?.write(record).commit();
         Ok(())
     }
@@ -406,6 +409,9 @@ impl AsyncConsumer {
     /// Cancel safe: a record is taken from the ring only in the poll that returns it, so a
     /// dropped future took none; the next call gets it.
     pub async fn recv(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        if self.inner.recv_cached(out, true) {
+            return Ok(());
+        }
         loop {
             match self.inner.attempt_next()? {
                 Ok(rec) => {

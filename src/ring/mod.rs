@@ -762,7 +762,38 @@ mod api {
         /// Copies `record` into the ring and commits it; publishes it if `publish`.
         #[inline]
         fn send(&mut self, record: &[u8], wait: Patience, publish: bool) -> Result<()> {
-            let place = self.reserve(record.len(), wait)?;
+            if self.send_cached(record, publish) {
+                return Ok(());
+            }
+            self.send_slow(record, wait, publish)
+        }
+
+        /// The fast path of a send: only if the cached read index shows room (no shared
+        /// load, no error). Returns whether the record was sent.
+        #[inline]
+        pub(super) fn send_cached(&mut self, record: &[u8], publish: bool) -> bool {
+            if !self.link.ok() || record.len() > self.max_record_len() {
+                return false;
+            }
+            match self.engine.reserve_cached(record.len()) {
+                Some(place) => {
+                    self.put(place, record, publish);
+                    true
+                }
+                None => false,
+            }
+        }
+
+        #[cold]
+        fn send_slow(&mut self, record: &[u8], wait: Patience, publish: bool) -> Result<()> {
+            let place = self.reserve_slow(record.len(), wait)?;
+            self.put(place, record, publish);
+            Ok(())
+        }
+
+        /// Copies `record` into its placement and commits it; publishes it if `publish`.
+        #[inline]
+        fn put(&mut self, place: Placement, record: &[u8], publish: bool) {
             // SAFETY: the placement holds `record.len()` bytes in our own mapping, which
             // nobody else writes and the consumer does not read before publication.
             unsafe {
@@ -776,7 +807,6 @@ mod api {
             if publish {
                 self.publish();
             }
-            Ok(())
         }
 
         /// Reserves room for a record of `len` bytes, to be written in place and then
@@ -1087,17 +1117,30 @@ mod api {
 
         #[inline]
         fn recv(&mut self, out: &mut Vec<u8>, wait: Patience, publish: bool) -> Result<()> {
-            if self.link.ok() {
-                if let Some(rec) = self.engine.next_cached() {
+            if self.recv_cached(out, publish) {
+                return Ok(());
+            }
+            self.recv_slow(out, wait, publish)
+        }
+
+        /// The fast path of a receive: only if the cached write index shows a record (no
+        /// shared index load, no error). Returns whether a record was received.
+        #[inline]
+        pub(super) fn recv_cached(&mut self, out: &mut Vec<u8>, publish: bool) -> bool {
+            if !self.link.ok() {
+                return false;
+            }
+            match self.engine.next_cached() {
+                Some(rec) => {
                     self.engine.copy_into(rec, out);
                     self.engine.consume(rec);
                     if publish && self.engine.unpublished() >= self.cap / 4 {
                         self.publish();
                     }
-                    return Ok(());
+                    true
                 }
+                None => false,
             }
-            self.recv_slow(out, wait, publish)
         }
 
         #[cold]
