@@ -41,14 +41,23 @@
 //! with no per-item header. Each side caches the peer's index and reloads it only when the
 //! ring looks full (producer) or empty (consumer); the consumer publishes its read index
 //! lazily (every quarter of the ring, and whenever it finds the ring empty).
+//! [`WaitStats`] counts those reloads and how often they found the ring full or empty.
 //!
-//! Waiting follows [`SpinPolicy`]: spin, then park with a non-private `FUTEX_WAIT` on the
-//! peer's index word, through this side's *read-only* mapping of the peer's memfd (a futex
+//! Batches: [`Producer::batch`] publishes many records with one index store,
+//! [`Consumer::batch`] releases many with one; [`PodProducer::try_reserve_slice`] lends
+//! free slots of a typed ring to be written in place and published together, and
+//! [`PodConsumer::try_pop_slice`] takes many items at once.
+//!
+//! Waiting follows [`SpinPolicy`] (by default [`SpinPolicy::Calibrated`]: spin for a time
+//! budget set by the measured cost of a futex wake on the running machine), then park
+//! with a non-private `FUTEX_WAIT` on the peer's index word, through this side's *read-only* mapping of the peer's memfd (a futex
 //! wait only reads the word, and the futex key of a shared mapping is the page, not the
 //! address; the peer wakes it with `FUTEX_WAKE` through its own writable mapping — verified
 //! on Linux 6.18 by the park/wake tests in `tests/ring.rs`). A side records in its wait word that it is parked *and the index
 //! value it saw*; the peer issues a `FUTEX_WAKE` only when that word says someone waits on a
-//! value other than the one just published, so a busy stream makes no system calls. Every
+//! value other than the one just published (and only once per such announcement), so a
+//! busy stream makes no system calls. Non-waiting calls (`try_*`) that keep finding the
+//! ring blocked also notice a dead peer, with one `poll` per 20 ms at most. Every
 //! wait has a deadline and checks every 20 ms whether the peer's end of the channel is still
 //! open (and, for a spawned worker's channel, whether the peer process is still alive).
 //!
@@ -742,7 +751,8 @@ mod api {
         /// Copies `record` into the ring and publishes it, if there is room now.
         ///
         /// # Errors
-        /// [`Error::WouldBlock`] if the ring is full; [`Error::RecordTooLarge`];
+        /// [`Error::WouldBlock`] if the ring is full; [`Error::PeerClosed`] if it has stayed
+        /// full and the consumer is gone; [`Error::RecordTooLarge`];
         /// [`Error::PeerCorrupt`] if the consumer's read index is impossible.
         #[inline]
         pub fn try_send(&mut self, record: &[u8]) -> Result<()> {
@@ -1314,7 +1324,8 @@ mod api {
         /// Pushes `item` and publishes it, if there is room now.
         ///
         /// # Errors
-        /// [`Error::WouldBlock`] if the ring is full; [`Error::PeerCorrupt`].
+        /// [`Error::WouldBlock`] if the ring is full; [`Error::PeerClosed`] if it has stayed
+        /// full and the consumer is gone; [`Error::PeerCorrupt`].
         #[inline]
         pub fn try_push(&mut self, item: T) -> Result<()> {
             self.push_one(item, Patience::Never)
@@ -1585,7 +1596,8 @@ mod api {
         /// Takes the next item, if one is published.
         ///
         /// # Errors
-        /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerCorrupt`].
+        /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerClosed`] if it has stayed
+        /// empty and the producer is gone; [`Error::PeerCorrupt`].
         #[inline]
         pub fn try_pop(&mut self) -> Result<T> {
             self.pop_one(Patience::Never)
