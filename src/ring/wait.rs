@@ -47,7 +47,9 @@ pub enum SpinPolicy {
     /// first time a ring is connected with this policy (about 1 ms, in a short-lived helper
     /// thread; 60 µs if that thread cannot be started). Spinning for as long as a park and
     /// wake would cost keeps a busy stream free of system calls while an idle side still
-    /// sleeps. [`calibrated_spin_budget`] tells the value.
+    /// sleeps. [`calibrated_spin_budget`] tells the value (and measures it, if called
+    /// first: a process that will forbid itself new threads, with a seccomp filter for
+    /// example, should call it before, or choose another policy).
     Calibrated,
 }
 
