@@ -383,7 +383,12 @@ pub fn ring_ops(data: &[u8]) {
                 let len = usize::from(input.u16()) % (max_len + 1);
                 let fill = input.byte().unwrap_or(0);
                 let msg: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
+                // The fast path (cached read index only) may decline, never disagree.
+                let cached = p.reserve_cached(len);
                 let result = p.reserve(len);
+                if let Some(place) = cached {
+                    assert_eq!(result, Ok(Ok(place)), "fast path of reserve({len})");
+                }
                 let expect = model.as_ref().map(|m| m.place(len));
                 match result {
                     Ok(Ok(place)) => {
@@ -425,7 +430,14 @@ pub fn ring_ops(data: &[u8]) {
             }
             1 | 13..=15 | 8 => {
                 let between = op % 16 == 8;
-                match c.next() {
+                // The fast path (cached write index, ordinary record) may decline, never
+                // accept what the full parser rejects or read it differently.
+                let cached = c.next_cached();
+                let next = c.next();
+                if let Some(rec) = cached {
+                    assert_eq!(next, Ok(Ok(rec)), "fast path of next()");
+                }
+                match next {
                     Ok(Ok(rec)) => {
                         let (offset, len) = (rec.offset as usize, rec.len as usize);
                         assert!(offset % 8 == 0 && offset >= ring::RECORD_HEADER as usize);
@@ -609,12 +621,27 @@ where
                 }
                 if let Ok(Ok(free)) = result {
                     assert!(free <= cap, "free {free} of {cap}");
-                    let items: Vec<T> = (next..next + u64::from(free.min(n))).map(make).collect();
+                    let mut items: Vec<T> =
+                        (next..next + u64::from(free.min(n))).map(make).collect();
+                    if op % 16 == 10 {
+                        // In place (`PodProducer::try_reserve_slice`): the free slots up to
+                        // the end of the ring, written through the engine's pointer.
+                        let (slots, k) = p.contiguous(free.min(n));
+                        assert!(k <= free.min(n), "{k} contiguous of {free}");
+                        items.truncate(k as usize);
+                        for (i, item) in items.iter().enumerate() {
+                            // SAFETY: slot i < k lies inside the free run `contiguous`
+                            // returned, in `area`.
+                            unsafe { slots.add(i).write(*item) };
+                        }
+                        p.advance(k);
+                    } else {
+                        p.write(&items);
+                    }
                     next += items.len() as u64;
-                    p.write(&items);
                     if let Some(m) = model.as_mut() {
+                        m.write += items.len() as u64;
                         m.items.extend(items);
-                        m.write += u64::from(free.min(n));
                     }
                 }
             }

@@ -16,7 +16,7 @@
 
 use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
-use sealpipe::ring::loom_api::{end_park, prepare_park, publish};
+use sealpipe::ring::loom_api::{end_park, load_peer, prepare_park, publish};
 
 #[derive(Default)]
 struct Futex {
@@ -71,7 +71,7 @@ struct Ring {
 /// The waiter's side of `wait::wait_change` in park mode (no spinning, no time slices).
 fn wait_until(ring: &Ring, target: u32) {
     loop {
-        let seen = ring.index.load(Ordering::Acquire);
+        let seen = load_peer(&ring.index);
         if seen >= target {
             return;
         }
@@ -85,7 +85,7 @@ fn wait_until(ring: &Ring, target: u32) {
 /// The async waiter (`ring::asyncio::wait_signal`): park on the socket's readiness.
 fn await_until(ring: &Ring, target: u32) {
     loop {
-        let seen = ring.index.load(Ordering::Acquire);
+        let seen = load_peer(&ring.index);
         if seen >= target {
             return;
         }
@@ -97,9 +97,11 @@ fn await_until(ring: &Ring, target: u32) {
 }
 
 /// Publishes `values`, waking the waiter the way its wait word asks.
+/// (At most one wake per announcement: the wait word last woken is remembered.)
 fn publisher(ring: &Ring, values: &[u32]) {
+    let mut woken = 0;
     for &v in values {
-        match publish(&ring.index, v, &ring.wait, true) {
+        match publish(&ring.index, v, &ring.wait, true, &mut woken) {
             Some(true) => ring.socket.signal(),
             Some(false) => ring.futex.wake(),
             None => {}
@@ -114,6 +116,25 @@ fn one_publication_always_wakes_a_parked_waiter() {
         let r = ring.clone();
         let t = loom::thread::spawn(move || publisher(&r, &[1]));
         wait_until(&ring, 1);
+        t.join().unwrap();
+    });
+}
+
+/// The peer's index is loaded `Relaxed` (its page is read-only here) and followed by
+/// `fence(Acquire)`: data written before the `Release` publication is visible once the new
+/// index is seen, in every interleaving.
+#[test]
+fn a_relaxed_load_and_acquire_fence_see_the_published_data() {
+    loom::model(|| {
+        let ring = Arc::new(Ring::default());
+        let data = Arc::new(AtomicU64::new(0));
+        let (r, d) = (ring.clone(), data.clone());
+        let t = loom::thread::spawn(move || {
+            d.store(42, Ordering::Relaxed); // the record, written before publication
+            publisher(&r, &[1]);
+        });
+        wait_until(&ring, 1);
+        assert_eq!(data.load(Ordering::Relaxed), 42);
         t.join().unwrap();
     });
 }

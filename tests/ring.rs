@@ -104,7 +104,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
             }
             0
         }
-        // pod-producer:<spin>:<count>:<capacity>:<batch>
+        // pod-producer:<spin>:<count>:<capacity>:<batch>[:inplace]
         "pod-producer" => {
             let opts = RingOptions::new(num(3) as usize).spin(spin_policy(arg(1)));
             let mut tx = PodProducer::<u64>::connect(ch, &opts).expect("connect");
@@ -113,7 +113,18 @@ fn peer(role: &str, ch: Channel) -> i32 {
             let mut i = 0;
             let n = num(2);
             while i < n {
-                if batch == 1 {
+                if arg(5) == "inplace" {
+                    // Written straight into reserved slots, one publication per batch.
+                    let want = batch.min(n - i) as usize;
+                    let mut slots = tx.reserve_slice_timeout(want, T).expect("reserve");
+                    let k = slots.len();
+                    assert!((1..=want).contains(&k), "reserved {k} of {want}");
+                    for (j, slot) in slots.as_mut_slice().iter_mut().enumerate() {
+                        *slot = i + j as u64;
+                    }
+                    slots.commit(k);
+                    i += k as u64;
+                } else if batch == 1 {
                     tx.push_timeout(i, T).expect("push");
                     i += 1;
                 } else {
@@ -209,6 +220,12 @@ fn run_peer() {
 }
 
 fn stream_bytes(test: &str, spin: &str, count: u64) {
+    stream_bytes_with(test, spin, count, false);
+}
+
+/// `batched`: the consumer takes what is published with batch reads (one publication of
+/// its read index per batch), and waits only when the ring is empty.
+fn stream_bytes_with(test: &str, spin: &str, count: u64, batched: bool) {
     run_peer();
     let _serial = common::serial();
     let fds = common::fd_count();
@@ -220,7 +237,25 @@ fn stream_bytes(test: &str, spin: &str, count: u64) {
     let mut rx = Consumer::connect(channel, &opts).unwrap();
     assert_eq!(rx.capacity(), cap);
     let mut buf = Vec::new();
-    for i in 0..count {
+    let mut i = 0;
+    while i < count {
+        if batched {
+            let mut batch = rx.batch();
+            while i < count {
+                match batch.try_recv(&mut buf) {
+                    Ok(()) => {
+                        assert!(is_record(i, &buf), "record {i} is wrong (batch)");
+                        i += 1;
+                    }
+                    Err(Error::WouldBlock) => break,
+                    Err(e) => panic!("record {i}: {e}"),
+                }
+            }
+            batch.finish();
+            if i == count {
+                break;
+            }
+        }
         rx.recv_timeout(&mut buf, T)
             .unwrap_or_else(|e| panic!("record {i}: {e}"));
         assert!(
@@ -228,6 +263,7 @@ fn stream_bytes(test: &str, spin: &str, count: u64) {
             "record {i} (len {}) is wrong",
             buf.len()
         );
+        i += 1;
     }
     assert!(matches!(
         rx.recv_timeout(&mut buf, T),
@@ -240,9 +276,17 @@ fn stream_bytes(test: &str, spin: &str, count: u64) {
 }
 
 fn stream_pod(test: &str, spin: &str, count: u64, batch: u64) {
+    stream_pod_with(test, spin, count, batch, "");
+}
+
+/// `mode` "inplace": the producer writes items into reserved slots.
+fn stream_pod_with(test: &str, spin: &str, count: u64, batch: u64, mode: &str) {
     run_peer();
     let _serial = common::serial();
-    let p = common::spawn_peer(test, &format!("pod-producer:{spin}:{count}:4096:{batch}"));
+    let p = common::spawn_peer(
+        test,
+        &format!("pod-producer:{spin}:{count}:4096:{batch}:{mode}"),
+    );
     let Peer2 { peer, channel } = split(p);
     let opts = RingOptions::default().spin(spin_policy(spin));
     let mut rx = PodConsumer::<u64>::connect(channel, &opts).unwrap();
@@ -337,6 +381,27 @@ fn variable_records_stream_across_processes_parking() {
         "variable_records_stream_across_processes_parking",
         "park",
         count(60_000, 10_000_000),
+    );
+}
+
+#[test]
+fn variable_records_stream_to_batch_reads() {
+    stream_bytes_with(
+        "variable_records_stream_to_batch_reads",
+        "default",
+        count(60_000, 10_000_000),
+        true,
+    );
+}
+
+#[test]
+fn pod_items_stream_from_in_place_batches() {
+    stream_pod_with(
+        "pod_items_stream_from_in_place_batches",
+        "default",
+        count(1_000_000, 100_000_000),
+        32,
+        "inplace",
     );
 }
 
@@ -454,6 +519,106 @@ fn consumer_survives_producer_killed_mid_stream() {
     drop(rx);
     assert_eq!(common::fd_count(), fds, "descriptors leaked");
     assert_eq!(memfd_maps(), maps, "mappings leaked");
+}
+
+/// The non-waiting calls notice a dead peer too, once the ring has stayed empty (full)
+/// for a while: without a system call while records flow, and whether they are called in a
+/// tight loop (consumer here) or now and then (producer here, once per millisecond).
+#[test]
+fn try_calls_notice_a_dead_peer() {
+    run_peer();
+    let _serial = common::serial();
+    let p = split(common::spawn_peer(
+        "try_calls_notice_a_dead_peer",
+        "endless-producer",
+    ));
+    let mut rx = Consumer::connect(p.channel, &RingOptions::default()).unwrap();
+    let mut buf = Vec::new();
+    rx.recv_timeout(&mut buf, T).unwrap();
+    p.peer.kill();
+    let start = Instant::now();
+    let err = loop {
+        match rx.try_recv(&mut buf) {
+            Ok(()) | Err(Error::WouldBlock) => {
+                assert!(
+                    start.elapsed() < T,
+                    "try_recv never noticed the dead producer"
+                );
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::PeerClosed), "{err:?}");
+
+    let p = split(common::spawn_peer(
+        "try_calls_notice_a_dead_peer",
+        "sleepy-consumer",
+    ));
+    let mut tx = Producer::connect(p.channel, &RingOptions::new(4096)).unwrap();
+    while tx.try_send(&[7u8; 100]).is_ok() {}
+    p.peer.kill();
+    let start = Instant::now();
+    let err = loop {
+        match tx.try_send(&[7u8; 100]) {
+            Err(Error::WouldBlock) => {
+                assert!(
+                    start.elapsed() < T,
+                    "try_send never noticed the dead consumer"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            other => break other,
+        }
+    };
+    assert!(matches!(err, Err(Error::PeerClosed)), "{err:?}");
+}
+
+/// Each side caches the peer's index and loads it again only when the cached copy shows
+/// the ring full (producer) or empty (consumer): the counters in `WaitStats` show exactly
+/// how often.
+#[test]
+fn the_peer_index_is_reloaded_only_when_the_cached_copy_runs_out() {
+    let _serial = common::serial();
+    let (a, b) = Channel::pair().unwrap();
+    let spin = SpinPolicy::Spin;
+    let t = std::thread::spawn(move || {
+        Consumer::connect(b, &RingOptions::default().spin(spin)).unwrap()
+    });
+    let mut tx = Producer::connect(a, &RingOptions::new(1024).spin(spin)).unwrap();
+    let mut rx = t.join().unwrap();
+    for i in 0..10u8 {
+        tx.try_send(&[i; 24]).unwrap(); // 32 bytes each with the header
+    }
+    assert_eq!(tx.stats().index_loads, 0, "room was known without a load");
+    let mut buf = Vec::new();
+    for i in 0..10u8 {
+        rx.try_recv(&mut buf).unwrap();
+        assert_eq!(buf, [i; 24]);
+    }
+    let s = rx.stats();
+    assert_eq!(
+        (s.index_loads, s.found_blocked),
+        (1, 0),
+        "one load showed all ten"
+    );
+    assert!(matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock)));
+    let s = rx.stats();
+    assert_eq!((s.index_loads, s.found_blocked), (2, 1));
+    // The producer's cached copy (read index 0) still shows 704 bytes free: no load.
+    for _ in 0..22 {
+        tx.try_send(&[9; 24]).unwrap();
+    }
+    assert_eq!(tx.stats().index_loads, 0);
+    // Then one load shows the 320 bytes the consumer freed (and published when it found
+    // the ring empty), and one more finds the ring full.
+    for _ in 0..10 {
+        tx.try_send(&[9; 24]).unwrap();
+    }
+    assert_eq!(tx.stats().index_loads, 1);
+    assert!(matches!(tx.try_send(&[9; 24]), Err(Error::WouldBlock)));
+    let s = tx.stats();
+    assert_eq!((s.index_loads, s.found_blocked), (2, 1));
+    assert_eq!((s.parks, s.wakes), (0, 0));
 }
 
 #[test]

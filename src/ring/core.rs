@@ -190,41 +190,89 @@ pub(crate) fn pad_header() -> u64 {
     u64::from(KIND_PAD) << 32
 }
 
-/// Copies `dst.len()` bytes out of the ring with volatile 8-byte loads (each byte read once,
-/// no reference to the shared memory is ever made).
+/// Copies `len` bytes out of the ring into `dst` with volatile loads (each byte read once,
+/// no reference to the shared memory is ever made): from 16 bytes on, 16-byte SSE2 loads
+/// (four per step while 64 bytes remain) after at most one 8-byte load that aligns the
+/// source to 16; then 8-byte loads.
 ///
 /// Records use this rather than the general [`crate::sys::volatile_copy`]: a payload starts
-/// 8-aligned and is padded to 8, so there is no byte-wise head or tail to handle, which
-/// measured faster for 64 B records and for 1 MiB records alike (BENCHMARKS.md, Ring,
-/// runs D and E against A–C).
+/// 8-aligned and is padded to 8, so there is no byte-wise head or tail to handle.
 ///
 /// # Safety
-/// `src` must be 8-aligned and `src .. src + dst.len()` rounded up to 8 must be readable.
+/// `src` must be 8-aligned and `src .. src + len` rounded up to 8 must be readable; `dst`
+/// must be valid for writes of `len` bytes and not overlap the source.
 #[cfg(not(loom))]
 #[inline]
-unsafe fn copy_words(src: *const u8, dst: &mut [u8]) {
-    let words = dst.len() / 8;
-    let d = dst.as_mut_ptr();
-    let s = src.cast::<u64>();
-    for i in 0..words {
-        // SAFETY: word i lies in the readable, 8-aligned source (caller); dst has
-        // `words * 8` bytes.
-        unsafe {
-            d.add(i * 8)
-                .cast::<u64>()
-                .write_unaligned(s.add(i).read_volatile())
-        };
+pub(crate) unsafe fn copy_words(src: *const u8, dst: *mut u8, len: usize) {
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if len >= 16 {
+        use std::arch::x86_64::{__m128i, _mm_storeu_si128};
+        if src as usize % 16 != 0 {
+            // SAFETY: the first word is readable (len >= 16) and dst has room for it.
+            unsafe {
+                dst.cast::<u64>()
+                    .write_unaligned(src.cast::<u64>().read_volatile())
+            };
+            i = 8;
+        }
+        while i + 64 <= len {
+            // SAFETY: src + i is 16-aligned and src + i + 64 <= src + len is readable;
+            // `__m128i` has no invalid bit patterns; SSE2 is baseline on x86_64; the
+            // unaligned stores stay inside dst[..len].
+            unsafe {
+                let s = src.add(i).cast::<__m128i>();
+                let d = dst.add(i).cast::<__m128i>();
+                let (a, b) = (s.read_volatile(), s.add(1).read_volatile());
+                let (c, e) = (s.add(2).read_volatile(), s.add(3).read_volatile());
+                _mm_storeu_si128(d, a);
+                _mm_storeu_si128(d.add(1), b);
+                _mm_storeu_si128(d.add(2), c);
+                _mm_storeu_si128(d.add(3), e);
+            }
+            i += 64;
+        }
+        while i + 16 <= len {
+            // SAFETY: as above, for 16 bytes.
+            unsafe {
+                let v = src.add(i).cast::<__m128i>().read_volatile();
+                _mm_storeu_si128(dst.add(i).cast::<__m128i>(), v);
+            }
+            i += 16;
+        }
     }
-    let tail = dst.len() % 8;
-    if tail != 0 {
-        // SAFETY: the last, partial word is readable in full (length rounded up to 8).
-        let w = unsafe { s.add(words).read_volatile() }.to_ne_bytes();
-        dst[words * 8..].copy_from_slice(&w[..tail]);
+    while i + 8 <= len {
+        // SAFETY: the word at i is inside the readable, 8-aligned source; dst has room.
+        unsafe {
+            dst.add(i)
+                .cast::<u64>()
+                .write_unaligned(src.add(i).cast::<u64>().read_volatile())
+        };
+        i += 8;
+    }
+    if i < len {
+        // SAFETY: the last, partial word is readable in full (length rounded up to 8), and
+        // dst has `len - i` bytes left.
+        unsafe {
+            let w = src.add(i).cast::<u64>().read_volatile().to_ne_bytes();
+            std::ptr::copy_nonoverlapping(w.as_ptr(), dst.add(i), len - i);
+        }
     }
 }
 
 /// Publishes `new` as this side's index. Returns whether the peer may be parked waiting for
 /// it, so that the caller must wake it.
+///
+/// `woken` is the wait word this side last sent a wake for (0: none); a wait word equal to
+/// it gets no second wake. Without that, every publication between a wake and the moment
+/// the woken peer actually runs and withdraws its announcement (microseconds, or a whole
+/// time slice on a busy machine) would make another `FUTEX_WAKE` system call: measured,
+/// about 200 wakes per park on a loaded 2-vCPU machine. One wake per announcement is
+/// enough: after it the waiter is runnable (or its `FUTEX_WAIT` returns at once, the word
+/// having changed) and looks at the index again before it can park again, and it parks
+/// again only with another `seen` value (the index cannot come back to the same value while
+/// it waits: the peer can move it at most the capacity, < 2^32, ahead). Any other word seen
+/// in between resets `woken`.
 ///
 /// With `peer_parks`, a `SeqCst` fence separates the store from the load of the peer's wait
 /// word; it pairs with the fence in [`prepare_park`] (Dekker): either the parking peer sees
@@ -237,17 +285,30 @@ pub(crate) fn publish(
     new: u32,
     peer_wait: &AtomicU64,
     peer_parks: bool,
+    woken: &mut u64,
 ) -> Wake {
-    // Pairs with the Acquire load of the peer's engine (`refresh_*`) and `wait_change`.
+    // Pairs with the fence in the peer's `load_peer`.
     own_index.store(new, Ordering::Release);
     if !peer_parks {
         return Wake::None;
     }
     fence(Ordering::SeqCst);
     let wait = peer_wait.load(Ordering::Relaxed);
+    if wait == *woken {
+        return Wake::None;
+    }
+    *woken = 0;
     if wait & WAITING == 0 || wait as u32 == new {
         Wake::None
-    } else if wait & SIGNAL != 0 {
+    } else {
+        *woken = wait;
+        wake_kind(wait)
+    }
+}
+
+/// The wake a parked waiter's wait word asks for.
+fn wake_kind(wait: u64) -> Wake {
+    if wait & SIGNAL != 0 {
         Wake::Signal
     } else {
         Wake::Futex
@@ -268,7 +329,9 @@ pub(crate) fn prepare_park(
     own_wait.store(how | u64::from(seen), Ordering::Relaxed);
     // Pairs with the fence in `publish`.
     fence(Ordering::SeqCst);
-    if peer_index.load(Ordering::Acquire) == seen {
+    // Relaxed (the peer's page is read-only here): a `false` only sends the caller back to
+    // its engine, which loads the index again with `load_peer`.
+    if peer_index.load(Ordering::Relaxed) == seen {
         return true;
     }
     own_wait.store(0, Ordering::Relaxed);
@@ -280,6 +343,19 @@ pub(crate) fn end_park(own_wait: &AtomicU64) {
     own_wait.store(0, Ordering::Relaxed);
 }
 
+/// Loads the peer's index word, which lives in the peer's memory, mapped `PROT_READ` here,
+/// with acquire semantics: a `Relaxed` load followed by `fence(Acquire)`. `std` guarantees
+/// only `Relaxed` atomic loads (of at most 8 bytes) on read-only memory ("Atomic accesses
+/// to read-only memory" in `core::sync::atomic`); the fence gives the same synchronisation
+/// as an `Acquire` load with the peer's `Release` store (on x86 both compile to a plain
+/// `mov`).
+#[inline]
+pub(crate) fn load_peer(peer_index: &AtomicU32) -> u32 {
+    let v = peer_index.load(Ordering::Relaxed);
+    fence(Ordering::Acquire);
+    v
+}
+
 #[cfg(not(loom))]
 pub(crate) use engines::*;
 
@@ -287,7 +363,7 @@ pub(crate) use engines::*;
 mod engines {
     use std::marker::PhantomData;
     use std::ptr::NonNull;
-    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU32, AtomicU64};
 
     use super::*;
 
@@ -302,6 +378,8 @@ mod engines {
         own_wait: NonNull<AtomicU64>,
         peer_index: NonNull<AtomicU32>,
         peer_wait: NonNull<AtomicU64>,
+        /// The peer's wait word this side last woke (see [`publish`]).
+        pub(crate) woken: u64,
     }
 
     impl Words {
@@ -319,6 +397,7 @@ mod engines {
                 own_wait: NonNull::new(own_wait.cast_mut())?,
                 peer_index: NonNull::new(peer_index.cast_mut())?,
                 peer_wait: NonNull::new(peer_wait.cast_mut())?,
+                woken: 0,
             })
         }
 
@@ -364,6 +443,19 @@ mod engines {
         cached_read: u32,
         pub(crate) words: Words,
         pub(crate) peer_parks: bool,
+        pub(crate) counters: Counters,
+    }
+
+    /// Per-engine counters of the shared-memory traffic outside waits (plain increments on
+    /// the engine's slow paths only).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub(crate) struct Counters {
+        /// Loads of the peer's index word by the engine (each one is a cache-line transfer
+        /// if the peer stored to it since).
+        pub(crate) index_loads: u64,
+        /// Times the engine found the ring full (producer) or empty (consumer) after
+        /// loading the peer's index.
+        pub(crate) blocked: u64,
     }
 
     // SAFETY: the engine owns its side of the ring; the pointers are valid for its life
@@ -389,6 +481,7 @@ mod engines {
                 cached_read: 0,
                 words,
                 peer_parks,
+                counters: Counters::default(),
             }
         }
 
@@ -398,14 +491,35 @@ mod engines {
 
         /// Loads, validates and caches the consumer's read index.
         fn refresh_read(&mut self) -> Result<u32, Corrupt> {
-            // Pairs with the Release/SeqCst store in the consumer's `publish`.
-            let r = self.words.peer_index().load(Ordering::Acquire);
+            self.counters.index_loads += 1;
+            // Pairs with the Release store in the consumer's `publish`.
+            let r = load_peer(self.words.peer_index());
             check_read(self.published, self.cached_read, r)?;
             if r % 8 != 0 {
                 return Err(Corrupt("read index not 8-aligned"));
             }
             self.cached_read = r;
             Ok(r)
+        }
+
+        /// Finds room for `len` bytes using only the cached read index (no shared load):
+        /// the fast path of [`reserve`](Self::reserve). `len` must be at most
+        /// `max_record_len(cap)`.
+        #[inline]
+        pub(crate) fn reserve_cached(&self, len: usize) -> Option<Placement> {
+            debug_assert!(len <= max_record_len(self.cap));
+            // len <= 2^30: cannot overflow.
+            let span = ((len as u32 + 7) & !7) + RECORD_HEADER;
+            let pos = self.write & (self.cap - 1);
+            let used = self.write.wrapping_sub(self.cached_read);
+            if span <= self.cap - pos && used + span <= self.cap {
+                return Some(Placement {
+                    pad: 0,
+                    offset: pos,
+                    span,
+                });
+            }
+            None
         }
 
         /// Finds room for `len` bytes. `Ok(Err(blocked))` if the ring is too full now.
@@ -422,7 +536,11 @@ mod engines {
             }
             let r = self.refresh_read()?;
             let free = self.cap - self.write.wrapping_sub(r);
-            Ok(place(self.cap, self.write, free, span).ok_or(Blocked { seen: r }))
+            let placed = place(self.cap, self.write, free, span).ok_or(Blocked { seen: r });
+            if placed.is_err() {
+                self.counters.blocked += 1;
+            }
+            Ok(placed)
         }
 
         /// Pointer to the payload of a reserved record.
@@ -433,6 +551,7 @@ mod engines {
 
         /// Writes the headers of a reserved record of `len` bytes and advances the local
         /// write position; the record becomes visible at the next [`publish`](Self::publish).
+        #[inline]
         pub(crate) fn commit(&mut self, p: Placement, len: usize) {
             if p.pad != 0 {
                 let at = self.write & (self.cap - 1);
@@ -457,17 +576,22 @@ mod engines {
         }
 
         /// Publishes every committed record. Returns how to wake the consumer.
+        #[inline]
         pub(crate) fn publish(&mut self) -> Wake {
             if self.write == self.published {
                 return Wake::None;
             }
             self.published = self.write;
-            publish(
+            let mut woken = self.words.woken;
+            let wake = publish(
                 self.words.own_index(),
                 self.write,
                 self.words.peer_wait(),
                 self.peer_parks,
-            )
+                &mut woken,
+            );
+            self.words.woken = woken;
+            wake
         }
     }
 
@@ -485,6 +609,7 @@ mod engines {
         cached_write: u32,
         pub(crate) words: Words,
         pub(crate) peer_parks: bool,
+        pub(crate) counters: Counters,
     }
 
     // SAFETY: see ByteProducer.
@@ -517,18 +642,64 @@ mod engines {
                 cached_write: 0,
                 words,
                 peer_parks,
+                counters: Counters::default(),
             }
         }
 
         fn refresh_write(&mut self) -> Result<u32, Corrupt> {
-            // Pairs with the Release/SeqCst store in the producer's `publish`.
-            let w = self.words.peer_index().load(Ordering::Acquire);
+            self.counters.index_loads += 1;
+            // Pairs with the Release store in the producer's `publish`.
+            let w = load_peer(self.words.peer_index());
             check_write(self.cap, self.read, self.cached_write, w)?;
             if w % 8 != 0 {
                 return Err(Corrupt("write index not 8-aligned"));
             }
             self.cached_write = w;
             Ok(w)
+        }
+
+        /// The header word at `pos` (8-aligned, `pos + 8 <= cap`), loaded once.
+        #[inline]
+        fn header_at(&self, pos: u32) -> u64 {
+            debug_assert!(pos % 8 == 0 && pos + 8 <= self.cap);
+            // SAFETY: pos is 8-aligned and pos + 8 <= cap (caller), inside the mapping; a
+            // volatile load reads the word once, and any value is a valid u64.
+            u64::from_le(unsafe {
+                self.data
+                    .as_ptr()
+                    .add(pos as usize)
+                    .cast::<u64>()
+                    .read_volatile()
+            })
+        }
+
+        /// The next record if the cached write index shows one and its header is an
+        /// ordinary record (no shared index load): the fast path of [`next`](Self::next).
+        /// `None` sends the caller to `next`, which loads the header again and handles
+        /// padding, an empty ring and corruption (this load's value is not used).
+        #[inline]
+        pub(crate) fn next_cached(&self) -> Option<Record> {
+            let avail = self.cached_write.wrapping_sub(self.read);
+            if avail == 0 {
+                return None;
+            }
+            let pos = self.read & (self.cap - 1);
+            let header = self.header_at(pos);
+            // Kind KIND_RECORD (0) and a length within the ring's limit, in one compare.
+            if header > max_record_len(self.cap) as u64 {
+                return None;
+            }
+            let len = header as u32;
+            // Cannot overflow: len <= cap / 2 - 8.
+            let span = ((len + 7) & !7) + RECORD_HEADER;
+            if span > avail || span > self.cap - pos {
+                return None;
+            }
+            Some(Record {
+                offset: pos + RECORD_HEADER,
+                len,
+                span,
+            })
         }
 
         /// The next record, validated; `Ok(Err(blocked))` if none is published.
@@ -539,16 +710,13 @@ mod engines {
                     let w = self.refresh_write()?;
                     avail = w.wrapping_sub(self.read);
                     if avail == 0 {
+                        self.counters.blocked += 1;
                         return Ok(Err(Blocked { seen: w }));
                     }
                 }
                 let pos = self.read & (self.cap - 1);
-                let mut word = [0u8; 8];
-                // SAFETY: pos is 8-aligned and avail >= 8 (multiples of 8), so pos + 8 <= cap.
-                unsafe {
-                    crate::sys::volatile_copy(self.data.as_ptr().add(pos as usize), &mut word)
-                };
-                match parse(self.cap, self.read, avail, u64::from_le_bytes(word))? {
+                // avail >= 8 (multiples of 8), so pos + 8 <= cap.
+                match parse(self.cap, self.read, avail, self.header_at(pos))? {
                     Parsed::Pad(skip) => self.read = self.read.wrapping_add(skip),
                     Parsed::Record { offset, len, span } => {
                         return Ok(Ok(Record {
@@ -563,12 +731,28 @@ mod engines {
 
         /// Copies the payload of `rec` (from [`next`](Self::next)) into `dst`
         /// (`dst.len() == rec.len`).
+        #[cfg(any(test, fuzzing))]
         pub(crate) fn copy_out(&self, rec: Record, dst: &mut [u8]) {
             debug_assert_eq!(dst.len(), rec.len as usize);
             let len = dst.len().min(rec.len as usize);
             // SAFETY: parse() checked offset - 8 + span <= cap, and span - 8 is len rounded
-            // up to 8; the payload starts 8-aligned.
-            unsafe { copy_words(self.data.as_ptr().add(rec.offset as usize), &mut dst[..len]) };
+            // up to 8; the payload starts 8-aligned; dst has `len` bytes.
+            unsafe { copy_words(self.payload_ptr(rec), dst.as_mut_ptr(), len) };
+        }
+
+        /// Replaces the contents of `out` by the payload of `rec`, without zero-filling it
+        /// first.
+        #[inline]
+        pub(crate) fn copy_into(&self, rec: Record, out: &mut Vec<u8>) {
+            let len = rec.len as usize;
+            out.clear();
+            out.reserve(len);
+            // SAFETY: as in copy_out, the source is in bounds; `out` has capacity for
+            // `len` bytes, all of which copy_words writes before `set_len` exposes them.
+            unsafe {
+                copy_words(self.payload_ptr(rec), out.as_mut_ptr(), len);
+                out.set_len(len);
+            }
         }
 
         /// Pointer to the payload of `rec`.
@@ -578,8 +762,15 @@ mod engines {
         }
 
         /// Marks `rec` consumed (visible to the producer at the next publish).
+        #[inline]
         pub(crate) fn consume(&mut self, rec: Record) {
             self.read = self.read.wrapping_add(rec.span);
+        }
+
+        /// Bytes consumed since the last publication.
+        #[inline]
+        pub(crate) fn unpublished(&self) -> u32 {
+            self.read.wrapping_sub(self.published)
         }
 
         /// Publishes the read index. Returns how to wake the producer.
@@ -588,12 +779,16 @@ mod engines {
                 return Wake::None;
             }
             self.published = self.read;
-            publish(
+            let mut woken = self.words.woken;
+            let wake = publish(
                 self.words.own_index(),
                 self.read,
                 self.words.peer_wait(),
                 self.peer_parks,
-            )
+                &mut woken,
+            );
+            self.words.woken = woken;
+            wake
         }
     }
 
@@ -610,6 +805,7 @@ mod engines {
         cached_read: u32,
         pub(crate) words: Words,
         pub(crate) peer_parks: bool,
+        pub(crate) counters: Counters,
         _t: PhantomData<T>,
     }
 
@@ -634,8 +830,13 @@ mod engines {
                 cached_read: 0,
                 words,
                 peer_parks,
+                counters: Counters::default(),
                 _t: PhantomData,
             }
+        }
+
+        pub(crate) fn capacity(&self) -> u32 {
+            self.cap
         }
 
         /// Free slots; refreshes the cached read index only if fewer than `want` are free.
@@ -644,12 +845,14 @@ mod engines {
             if free >= want {
                 return Ok(Ok(free));
             }
-            // Pairs with the Release/SeqCst store in the consumer's `publish`.
-            let r = self.words.peer_index().load(Ordering::Acquire);
+            self.counters.index_loads += 1;
+            // Pairs with the Release store in the consumer's `publish`.
+            let r = load_peer(self.words.peer_index());
             check_read(self.published, self.cached_read, r)?;
             self.cached_read = r;
             let free = self.cap - self.write.wrapping_sub(r);
             Ok(if free == 0 {
+                self.counters.blocked += 1;
                 Err(Blocked { seen: r })
             } else {
                 Ok(free)
@@ -669,6 +872,23 @@ mod engines {
             true
         }
 
+        /// The slot at the write position and how many free slots follow it without
+        /// crossing the end of the ring, at most `max` (by the cached read index).
+        pub(crate) fn contiguous(&self, max: u32) -> (*mut T, u32) {
+            let pos = self.write & (self.cap - 1);
+            let free = self.cap - self.write.wrapping_sub(self.cached_read);
+            let n = max.min(free).min(self.cap - pos);
+            // SAFETY: pos < cap, inside the data area.
+            (unsafe { self.data.as_ptr().add(pos as usize) }, n)
+        }
+
+        /// Advances the local write index over `n` slots written in place (at most what
+        /// [`contiguous`](Self::contiguous) returned).
+        pub(crate) fn advance(&mut self, n: u32) {
+            debug_assert!(n <= self.cap - self.write.wrapping_sub(self.cached_read));
+            self.write = self.write.wrapping_add(n);
+        }
+
         /// Writes `items` (at most the free slots) and advances the local write index.
         pub(crate) fn write(&mut self, items: &[T]) {
             for item in items {
@@ -686,12 +906,16 @@ mod engines {
                 return Wake::None;
             }
             self.published = self.write;
-            publish(
+            let mut woken = self.words.woken;
+            let wake = publish(
                 self.words.own_index(),
                 self.write,
                 self.words.peer_wait(),
                 self.peer_parks,
-            )
+                &mut woken,
+            );
+            self.words.woken = woken;
+            wake
         }
     }
 
@@ -708,6 +932,7 @@ mod engines {
         cached_write: u32,
         pub(crate) words: Words,
         pub(crate) peer_parks: bool,
+        pub(crate) counters: Counters,
         _t: PhantomData<T>,
     }
 
@@ -732,6 +957,7 @@ mod engines {
                 cached_write: 0,
                 words,
                 peer_parks,
+                counters: Counters::default(),
                 _t: PhantomData,
             }
         }
@@ -742,12 +968,14 @@ mod engines {
             if avail != 0 {
                 return Ok(Ok(avail));
             }
-            // Pairs with the Release/SeqCst store in the producer's `publish`.
-            let w = self.words.peer_index().load(Ordering::Acquire);
+            self.counters.index_loads += 1;
+            // Pairs with the Release store in the producer's `publish`.
+            let w = load_peer(self.words.peer_index());
             check_write(self.cap, self.read, self.cached_write, w)?;
             self.cached_write = w;
             let avail = w.wrapping_sub(self.read);
             Ok(if avail == 0 {
+                self.counters.blocked += 1;
                 Err(Blocked { seen: w })
             } else {
                 Ok(avail)
@@ -766,6 +994,12 @@ mod engines {
             let item = unsafe { self.data.as_ptr().add(pos as usize).read_volatile() };
             self.read = self.read.wrapping_add(1);
             Some(item)
+        }
+
+        /// Items consumed since the last publication.
+        #[inline]
+        pub(crate) fn unpublished(&self) -> u32 {
+            self.read.wrapping_sub(self.published)
         }
 
         /// Copies `out.len()` items (at most the available ones) out and consumes them.
@@ -790,12 +1024,16 @@ mod engines {
                 return Wake::None;
             }
             self.published = self.read;
-            publish(
+            let mut woken = self.words.woken;
+            let wake = publish(
                 self.words.own_index(),
                 self.read,
                 self.words.peer_wait(),
                 self.peer_parks,
-            )
+                &mut woken,
+            );
+            self.words.woken = woken;
+            wake
         }
     }
 }
@@ -890,17 +1128,29 @@ mod tests {
     fn a_waiter_is_woken_only_if_it_waits_on_another_value() {
         let index = AtomicU32::new(5);
         let wait = AtomicU64::new(0);
-        assert_eq!(publish(&index, 6, &wait, true), Wake::None, "nobody waits");
+        let mut woken = 0;
+        let mut publish = |new, peer_parks| publish(&index, new, &wait, peer_parks, &mut woken);
+        assert_eq!(publish(6, true), Wake::None, "nobody waits");
         wait.store(WAITING | 6, Ordering::Relaxed);
-        let stale = publish(&index, 6, &wait, true);
-        assert_eq!(stale, Wake::None, "waiter already saw 6");
-        assert_eq!(publish(&index, 7, &wait, true), Wake::Futex);
-        wait.store(WAITING | SIGNAL | 6, Ordering::Relaxed);
-        assert_eq!(publish(&index, 7, &wait, true), Wake::Signal);
+        assert_eq!(publish(6, true), Wake::None, "waiter already saw 6");
+        assert_eq!(publish(7, true), Wake::Futex);
+        assert_eq!(publish(8, true), Wake::None, "already woken for this park");
+        wait.store(WAITING | 8, Ordering::Relaxed);
+        assert_eq!(publish(9, true), Wake::Futex, "a new park is woken");
+        wait.store(WAITING | SIGNAL | 9, Ordering::Relaxed);
+        assert_eq!(publish(10, true), Wake::Signal);
+        assert_eq!(publish(11, true), Wake::None, "already signalled");
         wait.store(SIGNAL | 6, Ordering::Relaxed);
-        assert_eq!(publish(&index, 7, &wait, true), Wake::None, "not parked");
-        let never = publish(&index, 8, &wait, false);
-        assert_eq!(never, Wake::None, "peer never parks");
+        assert_eq!(publish(12, true), Wake::None, "not parked");
+        wait.store(WAITING | SIGNAL | 9, Ordering::Relaxed);
+        assert_eq!(
+            publish(13, true),
+            Wake::Signal,
+            "another word was seen in between"
+        );
+        wait.store(WAITING | 13, Ordering::Relaxed);
+        assert_eq!(publish(14, false), Wake::None, "peer never parks");
+        index.store(8, Ordering::Relaxed);
         let own = AtomicU64::new(0);
         let moved = prepare_park(&own, &index, 7, false);
         assert!(!moved, "index moved: do not sleep");

@@ -41,14 +41,23 @@
 //! with no per-item header. Each side caches the peer's index and reloads it only when the
 //! ring looks full (producer) or empty (consumer); the consumer publishes its read index
 //! lazily (every quarter of the ring, and whenever it finds the ring empty).
+//! [`WaitStats`] counts those reloads and how often they found the ring full or empty.
 //!
-//! Waiting follows [`SpinPolicy`]: spin, then park with a non-private `FUTEX_WAIT` on the
-//! peer's index word, through this side's *read-only* mapping of the peer's memfd (a futex
+//! Batches: [`Producer::batch`] publishes many records with one index store,
+//! [`Consumer::batch`] releases many with one; [`PodProducer::try_reserve_slice`] lends
+//! free slots of a typed ring to be written in place and published together, and
+//! [`PodConsumer::try_pop_slice`] takes many items at once.
+//!
+//! Waiting follows [`SpinPolicy`] (by default [`SpinPolicy::Calibrated`]: spin for a time
+//! budget set by the measured cost of a futex wake on the running machine), then park
+//! with a non-private `FUTEX_WAIT` on the peer's index word, through this side's *read-only* mapping of the peer's memfd (a futex
 //! wait only reads the word, and the futex key of a shared mapping is the page, not the
 //! address; the peer wakes it with `FUTEX_WAKE` through its own writable mapping — verified
 //! on Linux 6.18 by the park/wake tests in `tests/ring.rs`). A side records in its wait word that it is parked *and the index
 //! value it saw*; the peer issues a `FUTEX_WAKE` only when that word says someone waits on a
-//! value other than the one just published, so a busy stream makes no system calls. Every
+//! value other than the one just published (and only once per such announcement), so a
+//! busy stream makes no system calls. Non-waiting calls (`try_*`) that keep finding the
+//! ring blocked also notice a dead peer, with one `poll` per 20 ms at most. Every
 //! wait has a deadline and checks every 20 ms whether the peer's end of the channel is still
 //! open (and, for a spawned worker's channel, whether the peer process is still alive).
 //!
@@ -118,13 +127,15 @@ pub mod loom_api {
     use super::sync::{AtomicU32, AtomicU64};
 
     /// See `core::publish`: whether a wake is needed, and whether it is a channel signal.
+    /// `woken`: the wait word last woken (0 at first), kept by the caller across calls.
     pub fn publish(
         own_index: &AtomicU32,
         new: u32,
         peer_wait: &AtomicU64,
         peer_parks: bool,
+        woken: &mut u64,
     ) -> Option<bool> {
-        match super::core::publish(own_index, new, peer_wait, peer_parks) {
+        match super::core::publish(own_index, new, peer_wait, peer_parks, woken) {
             super::core::Wake::None => None,
             super::core::Wake::Futex => Some(false),
             super::core::Wake::Signal => Some(true),
@@ -143,6 +154,10 @@ pub mod loom_api {
     pub fn end_park(own_wait: &AtomicU64) {
         super::core::end_park(own_wait)
     }
+    /// See `core::load_peer`: a `Relaxed` load of the peer's index, then `fence(Acquire)`.
+    pub fn load_peer(peer_index: &AtomicU32) -> u32 {
+        super::core::load_peer(peer_index)
+    }
 }
 
 #[cfg(all(any(fuzzing, test), not(loom)))]
@@ -160,7 +175,7 @@ mod api {
     use super::core::{self, Blocked, Corrupt, Placement, Words};
     use super::layout::*;
     use super::wait;
-    pub use super::wait::{SpinPolicy, WaitStats};
+    pub use super::wait::{calibrated_spin_budget, SpinPolicy, WaitStats};
     use crate::error::{Error, Result};
     use crate::{Channel, Message, Policy, Region, RegionView, SharedRegion};
 
@@ -192,13 +207,13 @@ mod api {
         pub const fn new(capacity: usize) -> RingOptions {
             RingOptions {
                 capacity,
-                spin: SpinPolicy::SpinThenPark(10),
+                spin: SpinPolicy::Calibrated,
                 timeout: Duration::from_secs(10),
                 max_data_len: 1 << 30,
             }
         }
 
-        /// How this side waits (default [`SpinPolicy::SpinThenPark`]`(10)`).
+        /// How this side waits (default [`SpinPolicy::Calibrated`]).
         pub const fn spin(mut self, spin: SpinPolicy) -> RingOptions {
             self.spin = spin;
             self
@@ -232,6 +247,10 @@ mod api {
         pub(super) spin: SpinPolicy,
         pub(super) stats: WaitStats,
         failed: Option<&'static str>,
+        /// Consecutive non-waiting calls that found the ring blocked, and when the clock was
+        /// first read during this run of them (see `blocked_try`).
+        blocked_tries: u32,
+        blocked_since: Option<Instant>,
     }
 
     impl Link {
@@ -245,6 +264,8 @@ mod api {
             // may arrive on it (one queued before this is drained with the signals, or on
             // drop, and disposed of without blocking).
             crate::closer::refuse_descriptors(&channel);
+            // Measure the spin budget now, during setup, rather than in the first wait.
+            let _ = spin.budget();
             Link {
                 own,
                 peer,
@@ -252,7 +273,58 @@ mod api {
                 spin,
                 stats: WaitStats::default(),
                 failed: None,
+                blocked_tries: 0,
+                blocked_since: None,
             }
+        }
+
+        /// Whether the ring has failed (a cheap test for the fast paths).
+        #[inline]
+        fn ok(&self) -> bool {
+            self.failed.is_none()
+        }
+
+        /// The wait counters with an engine's counters.
+        fn stats(&self, c: core::Counters) -> WaitStats {
+            WaitStats {
+                index_loads: c.index_loads,
+                found_blocked: c.blocked,
+                ..self.stats
+            }
+        }
+
+        /// A non-waiting call found the ring blocked: [`Error::WouldBlock`], or
+        /// [`Error::PeerClosed`] once the ring has stayed blocked for [`wait::PEER_CHECK`]
+        /// and the peer is gone. The clock is read only from the 8th blocked call in a row,
+        /// at powers of two and then every 1024 calls, and the peer is polled (a system call)
+        /// at most once per `PEER_CHECK`: a busy ring, which only now and then finds itself
+        /// blocked, never pays either.
+        #[cold]
+        fn blocked_try(&mut self) -> Error {
+            self.blocked_tries = self.blocked_tries.saturating_add(1);
+            let n = self.blocked_tries;
+            if n < 8 || !(n.is_power_of_two() || n % 1024 == 0) {
+                return Error::WouldBlock;
+            }
+            let now = Instant::now();
+            match self.blocked_since {
+                None => self.blocked_since = Some(now),
+                Some(since) if now.saturating_duration_since(since) >= wait::PEER_CHECK => {
+                    self.blocked_since = Some(now);
+                    if wait::peer_gone(&self.channel) || self.channel.peer_exited() {
+                        return Error::PeerClosed;
+                    }
+                }
+                Some(_) => {}
+            }
+            Error::WouldBlock
+        }
+
+        /// The ring moved again: restart the count of blocked calls.
+        #[inline]
+        fn unblocked(&mut self) {
+            self.blocked_tries = 0;
+            self.blocked_since = None;
         }
 
         fn corrupt(&mut self, c: Corrupt) -> Error {
@@ -267,11 +339,17 @@ mod api {
             }
         }
 
+        #[inline]
         fn wake(&mut self, how: core::Wake, own_index: &AtomicU32) {
             if how != core::Wake::None {
-                self.stats.wakes += 1;
-                wait::wake(how, own_index, &self.channel);
+                self.wake_slow(how, own_index);
             }
+        }
+
+        #[cold]
+        fn wake_slow(&mut self, how: core::Wake, own_index: &AtomicU32) {
+            self.stats.wakes += 1;
+            wait::wake(how, own_index, &self.channel);
         }
 
         fn wait(&mut self, words: &Words, seen: u32, deadline: Option<Instant>) -> Result<()> {
@@ -320,10 +398,11 @@ mod api {
     }
 
     impl Patience {
-        /// The deadline to wait for (`None`: forever), or [`Error::WouldBlock`].
-        fn deadline(&mut self) -> Result<Option<Instant>> {
+        /// The deadline to wait for (`None`: forever), or the error of a call that does not
+        /// wait ([`Link::blocked_try`]).
+        fn deadline(&mut self, link: &mut Link) -> Result<Option<Instant>> {
             match *self {
-                Patience::Never => Err(Error::WouldBlock),
+                Patience::Never => Err(link.blocked_try()),
                 Patience::For(d) => {
                     let at = crate::deadline::Deadline::after(d).instant();
                     *self = Patience::Until(at);
@@ -671,19 +750,20 @@ mod api {
             core::max_record_len(self.engine.capacity())
         }
 
-        /// This side's wait counters.
+        /// This side's wait and index-traffic counters.
         pub fn stats(&self) -> WaitStats {
-            self.link.stats
+            self.link.stats(self.engine.counters)
         }
 
         /// Copies `record` into the ring and publishes it, if there is room now.
         ///
         /// # Errors
-        /// [`Error::WouldBlock`] if the ring is full; [`Error::RecordTooLarge`];
+        /// [`Error::WouldBlock`] if the ring is full; [`Error::PeerClosed`] if it has stayed
+        /// full and the consumer is gone; [`Error::RecordTooLarge`];
         /// [`Error::PeerCorrupt`] if the consumer's read index is impossible.
+        #[inline]
         pub fn try_send(&mut self, record: &[u8]) -> Result<()> {
-            self.try_reserve(record.len())?.write(record).commit();
-            Ok(())
+            self.send(record, Patience::Never, true)
         }
 
         /// Copies `record` into the ring and publishes it, waiting up to `timeout` for room.
@@ -691,11 +771,59 @@ mod api {
         /// # Errors
         /// As [`try_send`](Producer::try_send), with [`Error::Timeout`] instead of
         /// [`Error::WouldBlock`], and [`Error::PeerClosed`] if the consumer is gone.
+        #[inline]
         pub fn send_timeout(&mut self, record: &[u8], timeout: Duration) -> Result<()> {
-            self.reserve_timeout(record.len(), timeout)?
-                .write(record)
-                .commit();
+            self.send(record, Patience::For(timeout), true)
+        }
+
+        /// Copies `record` into the ring and commits it; publishes it if `publish`.
+        #[inline]
+        fn send(&mut self, record: &[u8], wait: Patience, publish: bool) -> Result<()> {
+            if self.send_cached(record, publish) {
+                return Ok(());
+            }
+            self.send_slow(record, wait, publish)
+        }
+
+        /// The fast path of a send: only if the cached read index shows room (no shared
+        /// load, no error). Returns whether the record was sent.
+        #[inline]
+        pub(super) fn send_cached(&mut self, record: &[u8], publish: bool) -> bool {
+            if !self.link.ok() || record.len() > self.max_record_len() {
+                return false;
+            }
+            match self.engine.reserve_cached(record.len()) {
+                Some(place) => {
+                    self.put(place, record, publish);
+                    true
+                }
+                None => false,
+            }
+        }
+
+        #[cold]
+        fn send_slow(&mut self, record: &[u8], wait: Patience, publish: bool) -> Result<()> {
+            let place = self.reserve_slow(record.len(), wait)?;
+            self.put(place, record, publish);
             Ok(())
+        }
+
+        /// Copies `record` into its placement and commits it; publishes it if `publish`.
+        #[inline]
+        fn put(&mut self, place: Placement, record: &[u8], publish: bool) {
+            // SAFETY: the placement holds `record.len()` bytes in our own mapping, which
+            // nobody else writes and the consumer does not read before publication.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    record.as_ptr(),
+                    self.engine.payload_ptr(place),
+                    record.len(),
+                )
+            };
+            self.engine.commit(place, record.len());
+            if publish {
+                self.publish();
+            }
         }
 
         /// Reserves room for a record of `len` bytes, to be written in place and then
@@ -727,12 +855,25 @@ mod api {
             Batch { producer: self }
         }
 
-        fn reserve(&mut self, len: usize, mut wait: Patience) -> Result<Placement> {
+        /// Room for `len` bytes: from the cached read index if it shows room (the fast
+        /// path: no shared load), or by [`reserve_slow`](Self::reserve_slow).
+        #[inline]
+        fn reserve(&mut self, len: usize, wait: Patience) -> Result<Placement> {
+            if self.link.ok() && len <= self.max_record_len() {
+                if let Some(place) = self.engine.reserve_cached(len) {
+                    return Ok(place);
+                }
+            }
+            self.reserve_slow(len, wait)
+        }
+
+        #[cold]
+        fn reserve_slow(&mut self, len: usize, mut wait: Patience) -> Result<Placement> {
             loop {
                 match self.attempt_reserve(len)? {
                     Ok(place) => return Ok(place),
                     Err(blocked) => {
-                        let deadline = wait.deadline()?;
+                        let deadline = wait.deadline(&mut self.link)?;
                         self.link.wait(&self.engine.words, blocked.seen, deadline)?;
                     }
                 }
@@ -747,7 +888,10 @@ mod api {
                 return Err(Error::RecordTooLarge { len, max });
             }
             match self.engine.reserve(len) {
-                Ok(Ok(place)) => Ok(Ok(place)),
+                Ok(Ok(place)) => {
+                    self.link.unblocked();
+                    Ok(Ok(place))
+                }
                 Ok(Err(blocked)) => {
                     // Never wait on a consumer that cannot see what we committed.
                     self.publish();
@@ -757,6 +901,7 @@ mod api {
             }
         }
 
+        #[inline]
         fn publish(&mut self) {
             let wake = self.engine.publish();
             self.link.wake(wake, self.engine.words.own_index());
@@ -800,6 +945,7 @@ mod api {
         }
 
         /// Copies `data` (of exactly the reserved length) into the record.
+        #[cfg(feature = "tokio")]
         pub(super) fn write(mut self, data: &[u8]) -> Self {
             self.as_mut_slice().copy_from_slice(data);
             self
@@ -829,20 +975,18 @@ mod api {
         /// # Errors
         /// As [`Producer::try_send`]. Before reporting a full ring, the records committed so
         /// far are published (the consumer could not free room otherwise).
+        #[inline]
         pub fn try_send(&mut self, record: &[u8]) -> Result<()> {
-            self.try_reserve(record.len())?.write(record).commit();
-            Ok(())
+            self.producer.send(record, Patience::Never, false)
         }
 
         /// As [`Producer::send_timeout`], without publishing (unless it has to wait).
         ///
         /// # Errors
         /// As [`Producer::send_timeout`].
+        #[inline]
         pub fn send_timeout(&mut self, record: &[u8], timeout: Duration) -> Result<()> {
-            self.reserve_timeout(record.len(), timeout)?
-                .write(record)
-                .commit();
-            Ok(())
+            self.producer.send(record, Patience::For(timeout), false)
         }
 
         /// As [`Producer::try_reserve`]; the committed record is published with the batch.
@@ -894,7 +1038,6 @@ mod api {
         pub(super) engine: core::ByteConsumer,
         pub(super) link: Link,
         cap: u32,
-        unpublished: u32,
     }
 
     impl Consumer {
@@ -924,12 +1067,7 @@ mod api {
                     peer_flags & FLAG_PARKS != 0,
                 )
             };
-            Consumer {
-                engine,
-                link,
-                cap,
-                unpublished: 0,
-            }
+            Consumer { engine, link, cap }
         }
 
         /// Capacity in bytes.
@@ -937,21 +1075,24 @@ mod api {
             self.cap as usize
         }
 
-        /// This side's wait counters.
+        /// This side's wait and index-traffic counters.
         pub fn stats(&self) -> WaitStats {
-            self.link.stats
+            self.link.stats(self.engine.counters)
         }
 
         /// Copies the next record into `out` (replacing its contents), if one is published.
         /// `out` keeps its allocation, so a reused buffer makes receiving allocation-free.
-        /// Makes no system call, so it does not notice a producer that went away: the
-        /// waiting calls do.
+        /// Makes no system call while records flow; once the ring has been found empty
+        /// by many calls in a row for 20 ms, it checks (one `poll`) whether the producer
+        /// is still there.
         ///
         /// # Errors
-        /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerCorrupt`] if the
-        /// producer wrote an impossible index or record header.
+        /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerClosed`] if it has
+        /// stayed empty and the producer is gone; [`Error::PeerCorrupt`] if the producer
+        /// wrote an impossible index or record header.
+        #[inline]
         pub fn try_recv(&mut self, out: &mut Vec<u8>) -> Result<()> {
-            self.recv(out, Patience::Never)
+            self.recv(out, Patience::Never, true)
         }
 
         /// [`try_recv`](Consumer::try_recv), waiting up to `timeout` for a record.
@@ -960,20 +1101,80 @@ mod api {
         /// As [`try_recv`](Consumer::try_recv), with [`Error::Timeout`] instead of
         /// [`Error::WouldBlock`], and [`Error::PeerClosed`] once the producer is gone and
         /// every record it published has been received.
+        #[inline]
         pub fn recv_timeout(&mut self, out: &mut Vec<u8>, timeout: Duration) -> Result<()> {
-            self.recv(out, Patience::For(timeout))
+            self.recv(out, Patience::For(timeout), true)
         }
 
-        fn recv(&mut self, out: &mut Vec<u8>, wait: Patience) -> Result<()> {
+        /// Starts a batch read: records taken through it are released to the producer
+        /// (its read index published) together, once, when the batch is
+        /// [finished](RecvBatch::finish) or dropped — or earlier if the ring runs empty,
+        /// since the producer could not refill it otherwise.
+        ///
+        /// Outside a batch the read index is already published lazily (every quarter of
+        /// the ring, and whenever the ring is found empty); a batch makes that one
+        /// publication per batch.
+        ///
+        /// ```no_run
+        /// # fn main() -> sealpipe::Result<()> {
+        /// # let (a, b) = sealpipe::Channel::pair()?;
+        /// use sealpipe::ring::{Consumer, RingOptions};
+        /// let mut rx = Consumer::connect(b, &RingOptions::default())?;
+        /// let mut record = Vec::new();
+        /// let mut batch = rx.batch();
+        /// while batch.try_recv(&mut record).is_ok() {
+        ///     // use `record`
+        /// }
+        /// batch.finish(); // one publication of the read index
+        /// # Ok(()) }
+        /// ```
+        pub fn batch(&mut self) -> RecvBatch<'_> {
+            RecvBatch { consumer: self }
+        }
+
+        #[inline]
+        fn recv(&mut self, out: &mut Vec<u8>, wait: Patience, publish: bool) -> Result<()> {
+            if self.recv_cached(out, publish) {
+                return Ok(());
+            }
+            self.recv_slow(out, wait, publish)
+        }
+
+        /// The fast path of a receive: only if the cached write index shows a record (no
+        /// shared index load, no error). Returns whether a record was received.
+        #[inline]
+        pub(super) fn recv_cached(&mut self, out: &mut Vec<u8>, publish: bool) -> bool {
+            if !self.link.ok() {
+                return false;
+            }
+            match self.engine.next_cached() {
+                Some(rec) => {
+                    self.engine.copy_into(rec, out);
+                    self.engine.consume(rec);
+                    if publish && self.engine.unpublished() >= self.cap / 4 {
+                        self.publish();
+                    }
+                    true
+                }
+                None => false,
+            }
+        }
+
+        #[cold]
+        fn recv_slow(&mut self, out: &mut Vec<u8>, wait: Patience, publish: bool) -> Result<()> {
             let rec = self.next(wait)?;
-            self.take(rec, out);
+            self.engine.copy_into(rec, out);
+            self.engine.consume(rec);
+            if publish {
+                self.consumed();
+            }
             Ok(())
         }
 
         /// Copies `rec` into `out` and consumes it.
+        #[cfg(feature = "tokio")]
         pub(super) fn take(&mut self, rec: core::Record, out: &mut Vec<u8>) {
-            out.resize(rec.len as usize, 0);
-            self.engine.copy_out(rec, out);
+            self.engine.copy_into(rec, out);
             self.consume(rec);
         }
 
@@ -1005,7 +1206,7 @@ mod api {
                 match self.attempt_next()? {
                     Ok(rec) => return Ok(rec),
                     Err(blocked) => {
-                        let deadline = wait.deadline()?;
+                        let deadline = wait.deadline(&mut self.link)?;
                         self.link.wait(&self.engine.words, blocked.seen, deadline)?;
                     }
                 }
@@ -1016,7 +1217,10 @@ mod api {
         pub(super) fn attempt_next(&mut self) -> Result<Attempt<core::Record>> {
             self.link.check_failed()?;
             match self.engine.next() {
-                Ok(Ok(rec)) => Ok(Ok(rec)),
+                Ok(Ok(rec)) => {
+                    self.link.unblocked();
+                    Ok(Ok(rec))
+                }
                 Ok(Err(blocked)) => {
                     self.publish();
                     Ok(Err(blocked))
@@ -1027,18 +1231,58 @@ mod api {
 
         fn consume(&mut self, rec: core::Record) {
             self.engine.consume(rec);
-            self.unpublished = self
-                .unpublished
-                .saturating_add(rec.len + core::RECORD_HEADER);
-            if self.unpublished >= self.cap / 4 {
+            self.consumed();
+        }
+
+        /// Publishes the read index once a quarter of the ring has been consumed.
+        #[inline]
+        fn consumed(&mut self) {
+            if self.engine.unpublished() >= self.cap / 4 {
                 self.publish();
             }
         }
 
         fn publish(&mut self) {
-            self.unpublished = 0;
             let wake = self.engine.publish();
             self.link.wake(wake, self.engine.words.own_index());
+        }
+    }
+
+    /// Records taken together and released to the producer with one publication of the
+    /// read index; see [`Consumer::batch`]. Publishes on drop.
+    #[derive(Debug)]
+    pub struct RecvBatch<'a> {
+        consumer: &'a mut Consumer,
+    }
+
+    impl RecvBatch<'_> {
+        /// As [`Consumer::try_recv`], without publishing the read index (unless the ring
+        /// is found empty).
+        ///
+        /// # Errors
+        /// As [`Consumer::try_recv`].
+        #[inline]
+        pub fn try_recv(&mut self, out: &mut Vec<u8>) -> Result<()> {
+            self.consumer.recv(out, Patience::Never, false)
+        }
+
+        /// As [`Consumer::recv_timeout`], without publishing the read index (unless it has
+        /// to wait).
+        ///
+        /// # Errors
+        /// As [`Consumer::recv_timeout`].
+        #[inline]
+        pub fn recv_timeout(&mut self, out: &mut Vec<u8>, timeout: Duration) -> Result<()> {
+            self.consumer.recv(out, Patience::For(timeout), false)
+        }
+
+        /// Releases every record taken in the batch to the producer (also done on drop).
+        pub fn finish(self) {}
+    }
+
+    impl Drop for RecvBatch<'_> {
+        fn drop(&mut self) {
+            self.consumer.publish();
         }
     }
 
@@ -1079,15 +1323,17 @@ mod api {
             PodProducer { engine, link }
         }
 
-        /// This side's wait counters.
+        /// This side's wait and index-traffic counters.
         pub fn stats(&self) -> WaitStats {
-            self.link.stats
+            self.link.stats(self.engine.counters)
         }
 
         /// Pushes `item` and publishes it, if there is room now.
         ///
         /// # Errors
-        /// [`Error::WouldBlock`] if the ring is full; [`Error::PeerCorrupt`].
+        /// [`Error::WouldBlock`] if the ring is full; [`Error::PeerClosed`] if it has stayed
+        /// full and the consumer is gone; [`Error::PeerCorrupt`].
+        #[inline]
         pub fn try_push(&mut self, item: T) -> Result<()> {
             self.push_one(item, Patience::Never)
         }
@@ -1096,17 +1342,29 @@ mod api {
         ///
         /// # Errors
         /// [`Error::Timeout`], [`Error::PeerClosed`], [`Error::PeerCorrupt`].
+        #[inline]
         pub fn push_timeout(&mut self, item: T, timeout: Duration) -> Result<()> {
             self.push_one(item, Patience::For(timeout))
         }
 
+        /// Pushes into a free slot the cached read index shows (the fast path: no shared
+        /// load), or goes the slow way.
         #[inline]
-        fn push_one(&mut self, item: T, mut wait: Patience) -> Result<()> {
+        fn push_one(&mut self, item: T, wait: Patience) -> Result<()> {
+            if self.link.ok() && self.engine.push_cached(item) {
+                self.publish();
+                return Ok(());
+            }
+            self.push_slow(item, wait)
+        }
+
+        #[cold]
+        fn push_slow(&mut self, item: T, mut wait: Patience) -> Result<()> {
             loop {
                 match self.attempt_push(item)? {
                     Ok(()) => return Ok(()),
                     Err(blocked) => {
-                        let deadline = wait.deadline()?;
+                        let deadline = wait.deadline(&mut self.link)?;
                         self.link.wait(&self.engine.words, blocked.seen, deadline)?;
                     }
                 }
@@ -1119,12 +1377,11 @@ mod api {
             self.link.check_failed()?;
             loop {
                 if self.engine.push_cached(item) {
-                    let wake = self.engine.publish();
-                    self.link.wake(wake, self.engine.words.own_index());
+                    self.publish();
                     return Ok(Ok(()));
                 }
                 match self.engine.free(1) {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => self.link.unblocked(),
                     Ok(Err(blocked)) => return Ok(Err(blocked)),
                     Err(c) => return Err(self.link.corrupt(c)),
                 }
@@ -1144,7 +1401,7 @@ mod api {
                 match self.attempt_push_slice(items)? {
                     Ok(n) => return Ok(n),
                     Err(blocked) => {
-                        let deadline = wait.deadline()?;
+                        let deadline = wait.deadline(&mut self.link)?;
                         self.link.wait(&self.engine.words, blocked.seen, deadline)?;
                     }
                 }
@@ -1160,15 +1417,135 @@ mod api {
             }
             match self.engine.free(items.len().min(u32::MAX as usize) as u32) {
                 Ok(Ok(free)) => {
+                    self.link.unblocked();
                     let n = items.len().min(free as usize);
                     self.engine.write(&items[..n]);
-                    let wake = self.engine.publish();
-                    self.link.wake(wake, self.engine.words.own_index());
+                    self.publish();
                     Ok(Ok(n))
                 }
                 Ok(Err(blocked)) => Ok(Err(blocked)),
                 Err(c) => Err(self.link.corrupt(c)),
             }
+        }
+
+        /// Reserves up to `max` consecutive free slots, to be written in place and then
+        /// [committed](PodReservation::commit) with one publication, if any slot is free
+        /// now. The reservation may be shorter than `max`: it holds the free slots up to the
+        /// end of the ring (the next reservation continues at the start).
+        ///
+        /// ```no_run
+        /// # fn main() -> sealpipe::Result<()> {
+        /// # let (a, _b) = sealpipe::Channel::pair()?;
+        /// use sealpipe::ring::{PodProducer, RingOptions};
+        /// let mut tx = PodProducer::<u64>::connect(a, &RingOptions::new(1024))?;
+        /// let mut slots = tx.try_reserve_slice(32)?;
+        /// let n = slots.len();
+        /// for (i, slot) in slots.as_mut_slice().iter_mut().enumerate() {
+        ///     *slot = i as u64; // written straight into the ring
+        /// }
+        /// slots.commit(n); // one index publication for all of them
+        /// # Ok(()) }
+        /// ```
+        ///
+        /// # Errors
+        /// [`Error::WouldBlock`] if the ring is full (and `max` is not 0);
+        /// [`Error::PeerClosed`] if it stays full and the consumer is gone;
+        /// [`Error::PeerCorrupt`].
+        pub fn try_reserve_slice(&mut self, max: usize) -> Result<PodReservation<'_, T>> {
+            self.reserve_slice(max, Patience::Never)
+        }
+
+        /// [`try_reserve_slice`](Self::try_reserve_slice), waiting up to `timeout` for a
+        /// free slot.
+        ///
+        /// # Errors
+        /// [`Error::Timeout`], [`Error::PeerClosed`], [`Error::PeerCorrupt`].
+        pub fn reserve_slice_timeout(
+            &mut self,
+            max: usize,
+            timeout: Duration,
+        ) -> Result<PodReservation<'_, T>> {
+            self.reserve_slice(max, Patience::For(timeout))
+        }
+
+        fn reserve_slice(
+            &mut self,
+            max: usize,
+            mut wait: Patience,
+        ) -> Result<PodReservation<'_, T>> {
+            // At most the capacity: asking for more would reload the consumer's index on
+            // every call.
+            let want = max.min(self.engine.capacity() as usize) as u32;
+            loop {
+                self.link.check_failed()?;
+                if want == 0 {
+                    break;
+                }
+                match self.engine.free(want) {
+                    Ok(Ok(_)) => {
+                        self.link.unblocked();
+                        break;
+                    }
+                    Ok(Err(blocked)) => {
+                        let deadline = wait.deadline(&mut self.link)?;
+                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                    }
+                    Err(c) => return Err(self.link.corrupt(c)),
+                }
+            }
+            let (slots, len) = self.engine.contiguous(want);
+            Ok(PodReservation {
+                producer: self,
+                slots,
+                len: len as usize,
+            })
+        }
+
+        #[inline]
+        fn publish(&mut self) {
+            let wake = self.engine.publish();
+            self.link.wake(wake, self.engine.words.own_index());
+        }
+    }
+
+    /// Consecutive free slots of a typed ring, written in place; see
+    /// [`PodProducer::try_reserve_slice`].
+    ///
+    /// Dropping it without [`commit`](PodReservation::commit) abandons it.
+    #[derive(Debug)]
+    pub struct PodReservation<'a, T: bytemuck::Pod> {
+        producer: &'a mut PodProducer<T>,
+        slots: *mut T,
+        len: usize,
+    }
+
+    impl<T: bytemuck::Pod> PodReservation<'_, T> {
+        /// How many slots are reserved.
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        /// Whether no slot is reserved (only when asked for 0).
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+
+        /// The reserved slots, in the ring (initially whatever the ring held there).
+        pub fn as_mut_slice(&mut self) -> &mut [T] {
+            // SAFETY: the reservation covers `len` free slots from `slots`, inside the data
+            // area of the producer's own mapping, aligned for T; no other process writes it
+            // (FUTURE_WRITE seal), the consumer does not read free slots before they are
+            // published, and the `&mut self` borrow keeps the producer from handing them
+            // out again while the slice lives. Any bit pattern is a valid T (Pod).
+            unsafe { std::slice::from_raw_parts_mut(self.slots, self.len) }
+        }
+
+        /// Publishes the first `n` reserved slots (at most [`len`](Self::len); the rest are
+        /// abandoned), with one index publication.
+        pub fn commit(self, n: usize) {
+            let p = self.producer;
+            p.engine.advance(n.min(self.len) as u32);
+            p.publish();
         }
     }
 
@@ -1178,7 +1555,6 @@ mod api {
         pub(super) engine: core::PodConsumer<T>,
         pub(super) link: Link,
         cap: u32,
-        unpublished: u32,
         _t: PhantomData<T>,
     }
 
@@ -1210,14 +1586,13 @@ mod api {
                 engine,
                 link,
                 cap,
-                unpublished: 0,
                 _t: PhantomData,
             }
         }
 
-        /// This side's wait counters.
+        /// This side's wait and index-traffic counters.
         pub fn stats(&self) -> WaitStats {
-            self.link.stats
+            self.link.stats(self.engine.counters)
         }
 
         /// Capacity in items.
@@ -1228,7 +1603,9 @@ mod api {
         /// Takes the next item, if one is published.
         ///
         /// # Errors
-        /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerCorrupt`].
+        /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerClosed`] if it has stayed
+        /// empty and the producer is gone; [`Error::PeerCorrupt`].
+        #[inline]
         pub fn try_pop(&mut self) -> Result<T> {
             self.pop_one(Patience::Never)
         }
@@ -1238,6 +1615,7 @@ mod api {
         /// # Errors
         /// [`Error::Timeout`], [`Error::PeerClosed`] (once the producer is gone and the ring
         /// is empty), [`Error::PeerCorrupt`].
+        #[inline]
         pub fn pop_timeout(&mut self, timeout: Duration) -> Result<T> {
             self.pop_one(Patience::For(timeout))
         }
@@ -1250,13 +1628,26 @@ mod api {
             self.pop_slice(out, Patience::Never)
         }
 
+        /// Takes an item the cached write index shows (the fast path: no shared load), or
+        /// goes the slow way.
         #[inline]
-        fn pop_one(&mut self, mut wait: Patience) -> Result<T> {
+        fn pop_one(&mut self, wait: Patience) -> Result<T> {
+            if self.link.ok() {
+                if let Some(item) = self.engine.pop_cached() {
+                    self.consumed();
+                    return Ok(item);
+                }
+            }
+            self.pop_slow(wait)
+        }
+
+        #[cold]
+        fn pop_slow(&mut self, mut wait: Patience) -> Result<T> {
             loop {
                 match self.attempt_pop()? {
                     Ok(item) => return Ok(item),
                     Err(blocked) => {
-                        let deadline = wait.deadline()?;
+                        let deadline = wait.deadline(&mut self.link)?;
                         self.link.wait(&self.engine.words, blocked.seen, deadline)?;
                     }
                 }
@@ -1269,14 +1660,11 @@ mod api {
             self.link.check_failed()?;
             loop {
                 if let Some(item) = self.engine.pop_cached() {
-                    self.unpublished += 1;
-                    if self.unpublished >= self.cap / 4 {
-                        self.publish();
-                    }
+                    self.consumed();
                     return Ok(Ok(item));
                 }
                 match self.engine.available() {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => self.link.unblocked(),
                     Ok(Err(blocked)) => {
                         self.publish();
                         return Ok(Err(blocked));
@@ -1291,7 +1679,7 @@ mod api {
                 match self.attempt_pop_slice(out)? {
                     Ok(n) => return Ok(n),
                     Err(blocked) => {
-                        let deadline = wait.deadline()?;
+                        let deadline = wait.deadline(&mut self.link)?;
                         self.link.wait(&self.engine.words, blocked.seen, deadline)?;
                     }
                 }
@@ -1307,12 +1695,10 @@ mod api {
             }
             match self.engine.available() {
                 Ok(Ok(avail)) => {
+                    self.link.unblocked();
                     let n = out.len().min(avail as usize);
                     self.engine.read(&mut out[..n]);
-                    self.unpublished += n as u32;
-                    if self.unpublished >= self.cap / 4 {
-                        self.publish();
-                    }
+                    self.consumed();
                     Ok(Ok(n))
                 }
                 Ok(Err(blocked)) => {
@@ -1323,8 +1709,15 @@ mod api {
             }
         }
 
+        /// Publishes the read index once a quarter of the ring has been consumed.
+        #[inline]
+        fn consumed(&mut self) {
+            if self.engine.unpublished() >= self.cap / 4 {
+                self.publish();
+            }
+        }
+
         fn publish(&mut self) {
-            self.unpublished = 0;
             let wake = self.engine.publish();
             self.link.wake(wake, self.engine.words.own_index());
         }

@@ -14,6 +14,7 @@
 //! sent on the setup channel, which makes its end readable and wakes its task.
 
 use std::os::fd::AsFd;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
@@ -33,23 +34,127 @@ pub enum SpinPolicy {
     /// The deadline and the peer's liveness are still checked every few microseconds.
     Spin,
     /// Spin and yield for up to this many backoff steps (`crossbeam_utils::Backoff`: steps
-    /// 0–6 spin 2^step times, later steps yield), then park on a futex.
+    /// 0–6 spin 2^step times, later steps yield), then park on a futex. How long that is
+    /// depends on the machine (a `pause` costs 8–28 ns on x86 CPUs of one kind): prefer
+    /// [`SpinPolicy::Calibrated`].
     SpinThenPark(u32),
     /// Park at once (idle-friendly; every wait is a system call).
     Park,
+    /// The default: spin for a time budget measured on the running machine, then park.
+    ///
+    /// The budget is twice the measured latency of a cross-thread futex wake (the cost of
+    /// parking and being woken), within 50–200 µs. It is measured once per process, the
+    /// first time a ring is connected with this policy (about 1 ms, in a short-lived helper
+    /// thread; 60 µs if that thread cannot be started). Spinning for as long as a park and
+    /// wake would cost keeps a busy stream free of system calls while an idle side still
+    /// sleeps. [`calibrated_spin_budget`] tells the value (and measures it, if called
+    /// first: a process that will forbid itself new threads, with a seccomp filter for
+    /// example, should call it before, or choose another policy).
+    Calibrated,
 }
 
 impl Default for SpinPolicy {
-    /// `SpinThenPark(10)`: about 10 µs of spinning and yielding, then park.
+    /// [`SpinPolicy::Calibrated`].
     fn default() -> Self {
-        SpinPolicy::SpinThenPark(10)
+        SpinPolicy::Calibrated
     }
+}
+
+/// The spin budget of [`SpinPolicy::Calibrated`] on this machine (measured on first use).
+///
+/// ```
+/// let budget = sealpipe::ring::calibrated_spin_budget();
+/// assert!(budget >= std::time::Duration::from_micros(50));
+/// assert!(budget <= std::time::Duration::from_micros(200));
+/// ```
+pub fn calibrated_spin_budget() -> Duration {
+    static BUDGET: OnceLock<Duration> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let wake = measure_wake_latency().unwrap_or(FALLBACK_WAKE);
+        (wake * 2).clamp(MIN_BUDGET, MAX_BUDGET)
+    })
+}
+
+/// Bounds of the calibrated spin budget.
+const MIN_BUDGET: Duration = Duration::from_micros(50);
+const MAX_BUDGET: Duration = Duration::from_micros(200);
+/// Wake latency assumed when it cannot be measured (a cross-CPU wake costs 25–100 µs on
+/// the project's VMs).
+const FALLBACK_WAKE: Duration = Duration::from_micros(30);
+
+/// Median latency of a cross-thread futex wake: from just before `FUTEX_WAKE` to the moment
+/// the parked thread runs again. `None` if the helper thread cannot be started.
+fn measure_wake_latency() -> Option<Duration> {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    const ROUNDS: u32 = 5;
+    struct Shared {
+        word: AtomicU32,
+        parked: AtomicBool,
+        t0: std::sync::Mutex<Option<Instant>>,
+    }
+    let shared = Arc::new(Shared {
+        word: AtomicU32::new(0),
+        parked: AtomicBool::new(false),
+        t0: std::sync::Mutex::new(None),
+    });
+    let theirs = shared.clone();
+    let waiter = std::thread::Builder::new()
+        .name("sealpipe-calibrate".into())
+        .spawn(move || {
+            let mut samples = Vec::with_capacity(ROUNDS as usize);
+            for round in 1..=ROUNDS {
+                theirs.parked.store(true, Ordering::Release);
+                let deadline = Instant::now() + Duration::from_millis(50);
+                while theirs.word.load(Ordering::Acquire) != round {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return samples;
+                    }
+                    futex_wait(&theirs.word, round - 1, left);
+                }
+                let woke = Instant::now();
+                let t0 = theirs.t0.lock().ok().and_then(|g| *g);
+                if let Some(t0) = t0 {
+                    samples.push(woke.saturating_duration_since(t0));
+                }
+            }
+            samples
+        })
+        .ok()?;
+    for round in 1..=ROUNDS {
+        if waiter.is_finished() {
+            break; // it gave up (this thread was too slow): use what it measured
+        }
+        let give_up = Instant::now() + Duration::from_millis(50);
+        while !shared.parked.swap(false, Ordering::AcqRel) && Instant::now() < give_up {
+            std::thread::yield_now();
+        }
+        // Give it time to fall asleep in FUTEX_WAIT.
+        std::thread::sleep(Duration::from_micros(200));
+        if let Ok(mut t0) = shared.t0.lock() {
+            *t0 = Some(Instant::now());
+        }
+        shared.word.store(round, Ordering::Release);
+        let _ = futex::wake(&shared.word, futex::Flags::empty(), 1);
+    }
+    let mut samples = waiter.join().ok()?;
+    samples.sort();
+    samples.get(samples.len() / 2).copied()
 }
 
 impl SpinPolicy {
     /// Whether this side ever parks (the peer must then check its wait word when publishing).
     pub(crate) fn parks(self) -> bool {
         self != SpinPolicy::Spin
+    }
+
+    /// How long to spin before parking, for the time-based policies.
+    pub(crate) fn budget(self) -> Option<Duration> {
+        match self {
+            SpinPolicy::Calibrated => Some(calibrated_spin_budget()),
+            _ => None,
+        }
     }
 }
 
@@ -66,6 +171,13 @@ pub struct WaitStats {
     /// its index: a wakeup that was due but did not come. Stays 0 unless the protocol is
     /// broken (or the peer is hostile, or was descheduled between publishing and waking).
     pub missed_wakes: u64,
+    /// Loads of the peer's index word outside waits: the ring caches the peer's index and
+    /// reloads it only when the cached copy shows the ring full (producer) or empty
+    /// (consumer), so this stays far below the record count on a busy stream.
+    pub index_loads: u64,
+    /// Times a reload of the peer's index still found the ring full (producer) or empty
+    /// (consumer): the calls that then waited or returned [`Error::WouldBlock`].
+    pub found_blocked: u64,
 }
 
 /// Longest single park: how often a parked side looks at its deadline and at whether the
@@ -89,7 +201,9 @@ pub(crate) fn wait_change(
     deadline: Option<Instant>,
     channel: &Channel,
 ) -> Result<()> {
-    let moved = || peer_index.load(Ordering::Acquire) != seen;
+    // Relaxed (the word is in the peer's read-only mapping): on return the engine loads it
+    // again with acquire semantics (`core::load_peer`).
+    let moved = || peer_index.load(Ordering::Relaxed) != seen;
     let backoff = Backoff::new();
     match policy {
         // One pause per look: an exponential backoff would add up to 64 pauses (several
@@ -114,6 +228,27 @@ pub(crate) fn wait_change(
                 backoff.snooze();
                 if i % 16 == 15 {
                     check(deadline, channel)?;
+                }
+            }
+        }
+        SpinPolicy::Calibrated => {
+            let start = Instant::now();
+            let budget = policy.budget().unwrap_or(MIN_BUDGET);
+            let end = match deadline {
+                Some(d) => d.min(start + budget),
+                None => start + budget,
+            };
+            // The clock is read once per 64 looks (0.5–2 µs), so the budget holds in time
+            // whatever a `pause` costs on this CPU.
+            loop {
+                for _ in 0..64 {
+                    if moved() {
+                        return Ok(());
+                    }
+                    std::hint::spin_loop();
+                }
+                if Instant::now() >= end {
+                    break;
                 }
             }
         }
@@ -186,14 +321,15 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> 
     )
 }
 
-/// Wakes the peer as its wait word asked: `FUTEX_WAKE` (shared) of every waiter on
-/// `own_index`, or one signal byte on `channel` for a peer parked in an async runtime.
+/// Wakes the peer as its wait word asked: `FUTEX_WAKE` (shared) of one waiter on
+/// `own_index` (an SPSC ring has one legitimate waiter per word), or one signal byte on
+/// `channel` for a peer parked in an async runtime.
 pub(crate) fn wake(how: core::Wake, own_index: &AtomicU32, channel: &Channel) {
     match how {
         core::Wake::None => {}
         // Errors are impossible for a valid mapped word; a lost wake is bounded by PEER_CHECK.
         core::Wake::Futex => {
-            let _ = futex::wake(own_index, futex::Flags::empty(), i32::MAX as u32);
+            let _ = futex::wake(own_index, futex::Flags::empty(), 1);
         }
         // Never blocks, whatever the peer does (MSG_DONTWAIT is per call, unlike O_NONBLOCK
         // on a shared file description). EAGAIN means the peer's queue is full of unread

@@ -370,11 +370,26 @@ def ring_record(i):
 
 
 def u32_at(m, at):
-    return struct.unpack_from("<I", m, at)[0]
+    """One 4-byte load of the aligned word at `at`. Through a memoryview cast the item is
+    copied with one machine load; `struct.unpack_from` reads byte by byte, which can tear
+    against the peer's concurrent store (an index read half old, half new)."""
+    return memoryview(m)[at : at + 4].cast("I")[0]
 
 
 def u64_at(m, at):
-    return struct.unpack_from("<Q", m, at)[0]
+    """One 8-byte load of the aligned word at `at` (see u32_at)."""
+    return memoryview(m)[at : at + 8].cast("Q")[0]
+
+
+def store_u32(m, at, value):
+    """One 4-byte store to the aligned word at `at`: the peer never sees it half written
+    (`struct.pack_into` stores byte by byte)."""
+    memoryview(m)[at : at + 4].cast("I")[0] = value
+
+
+def store_u64(m, at, value):
+    """One 8-byte store to the aligned word at `at` (see store_u32)."""
+    memoryview(m)[at : at + 8].cast("Q")[0] = value
 
 
 def ring_memfd(size, header):
@@ -445,7 +460,7 @@ def ring_consumer(sock):
             # Park: announce the value seen and ask for a signal, look again, then wait
             # for the socket (a byte, or end of file). Python has no fence, so a wake can
             # be missed: the timeout bounds the cost of that.
-            struct.pack_into("<Q", own, WAIT_AT, PARKED | SIGNAL | write)
+            store_u64(own, WAIT_AT, PARKED | SIGNAL | write)
             if u32_at(peer, INDEX_AT) == write:
                 ready, _, _ = select.select([sock], [], [], 0.05)
                 if ready:
@@ -457,7 +472,7 @@ def ring_consumer(sock):
                         pass
                     except ConnectionResetError:
                         eof = True
-            struct.pack_into("<Q", own, WAIT_AT, 0)
+            store_u64(own, WAIT_AT, 0)
             continue
         while avail:
             pos = read & (cap - 1)
@@ -502,7 +517,7 @@ def ring_publish(sock, own, value, peer, peer_flags):
     another value: with a byte on the channel if it asked for a signal, else a futex wake.
     (Python has no fence between the store and the load: a wake can be missed, which costs
     the peer at most its time slice, never correctness.)"""
-    struct.pack_into("<I", own, INDEX_AT, value)
+    store_u32(own, INDEX_AT, value)
     if not peer_flags & 1:
         return
     wait = u64_at(peer, WAIT_AT)
@@ -547,11 +562,11 @@ def ring_producer(sock):
                 raise Fail("the consumer stopped reading")
             time.sleep(0.0002)
         if pad:
-            struct.pack_into("<Q", own, CONTROL_LEN + pos, KIND_PAD << 32)
+            store_u64(own, CONTROL_LEN + pos, KIND_PAD << 32)
             write = (write + pad) & 0xFFFFFFFF
             pos = 0
         own[CONTROL_LEN + pos + 8 : CONTROL_LEN + pos + 8 + len(rec)] = rec
-        struct.pack_into("<Q", own, CONTROL_LEN + pos, KIND_RECORD << 32 | len(rec))
+        store_u64(own, CONTROL_LEN + pos, KIND_RECORD << 32 | len(rec))
         write = (write + span) & 0xFFFFFFFF
         ring_publish(sock, own, write, peer, peer_flags)
         if i % 100 == 99:

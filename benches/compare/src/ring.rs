@@ -30,18 +30,21 @@ where
     let mut tx =
         PodProducer::<[u64; W]>::connect(ch, &opts(RING, SpinPolicy::Spin)).expect("ring connect");
     let count = p.count;
-    let mut buf = [[0u64; W]; BATCH];
     let d = timed(&mut peer, p.rounds, |peer, r| {
         let mut i = 0;
         let mut spins = 0u32;
         while i < count {
             let base = (r * count + i) as u64;
             let res = if batched {
-                let n = BATCH.min(count - i);
-                for (j, m) in buf[..n].iter_mut().enumerate() {
-                    *m = small::<W>(base + j as u64);
-                }
-                tx.try_push_slice(&buf[..n])
+                // Written in place: up to BATCH free slots, one index publication.
+                tx.try_reserve_slice(BATCH.min(count - i)).map(|mut slots| {
+                    let n = slots.len();
+                    for (j, m) in slots.as_mut_slice().iter_mut().enumerate() {
+                        *m = small::<W>(base + j as u64);
+                    }
+                    slots.commit(n);
+                    n
+                })
             } else {
                 tx.try_push(small::<W>(base)).map(|()| 1)
             };
