@@ -234,6 +234,63 @@ pub enum Error {
         source: io::Error,
     },
 
+    // ----- region pools (`crate::pool`) -----
+    /// No buffer of a [`crate::pool::Pool`] became free for a lease of `len` bytes before the
+    /// deadline (or at once, for `try_lease`): consumers hold the buffers and the pool is at
+    /// its limits. Back-pressure: release, retire stalled buffers, or raise the limits.
+    #[error("no free pool buffer for {len} bytes: {held} buffers are held by consumers")]
+    PoolExhausted {
+        /// The lease length asked for.
+        len: usize,
+        /// Buffers sent and not yet released by every consumer.
+        held: usize,
+    },
+
+    /// A pool consumer sent a release that does not match a buffer it holds: forged,
+    /// duplicated, late (after retirement), for a buffer never sent to it, or with a stale
+    /// generation. Nothing was freed for it; the other entries of its message were applied.
+    #[error("consumer {consumer} sent a bad release of memfd {memfd_id} offset {offset} generation {generation}: {reason}")]
+    BadRelease {
+        /// The consumer ([`crate::pool::PoolSender::id`]).
+        consumer: usize,
+        /// What was wrong, for humans.
+        reason: &'static str,
+        /// The memfd id in the release.
+        memfd_id: u32,
+        /// The offset in the release.
+        offset: u64,
+        /// The generation in the release.
+        generation: u64,
+    },
+
+    /// A pool producer announced a memfd that this receiver refuses (an id announced
+    /// before, or over this receiver's memfd or byte limits; a memfd that fails
+    /// verification gets the verification's own error). The descriptor was closed.
+    #[error("pool producer announced memfd {memfd_id} badly: {reason}")]
+    BadAnnounce {
+        /// The memfd id in the announcement.
+        memfd_id: u32,
+        /// What was wrong, for humans.
+        reason: &'static str,
+    },
+
+    /// A pool producer sent a notice that names no valid buffer: an unknown memfd id, a
+    /// range outside the memfd, an empty buffer, or a generation not above the last one.
+    /// Nothing was read.
+    #[error("pool producer sent a bad notice for memfd {memfd_id} range {offset}+{len} generation {generation}: {reason}")]
+    BadNotice {
+        /// What was wrong, for humans.
+        reason: &'static str,
+        /// The memfd id in the notice.
+        memfd_id: u32,
+        /// The offset in the notice.
+        offset: u64,
+        /// The length in the notice.
+        len: u64,
+        /// The generation in the notice.
+        generation: u64,
+    },
+
     // ----- channels (handshake, listener, spawn) -----
     /// The handshake failed and the connection was closed; `failure` says why. From a
     /// [`crate::Listener`]'s `accept` this concerns one connection only: the listener goes
@@ -348,6 +405,9 @@ impl Error {
                 | Error::Truncated { .. }
                 | Error::PeerCorrupt { .. }
                 | Error::RingMismatch { .. }
+                | Error::BadRelease { .. }
+                | Error::BadAnnounce { .. }
+                | Error::BadNotice { .. }
         )
     }
 

@@ -76,15 +76,16 @@ impl Message {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Wait {
+/// How long a call may wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
     Forever,
     Never,
     Until(Instant),
 }
 
 impl Wait {
-    fn timeout(d: Duration) -> Wait {
+    pub(crate) fn timeout(d: Duration) -> Wait {
         Instant::now()
             .checked_add(d)
             .map_or(Wait::Forever, Wait::Until)
@@ -318,9 +319,96 @@ impl Channel {
         Ok((msg[wire::payload_range(&header)].to_vec(), fds, lens))
     }
 
+    /// Sends one encoded message (a region pool's, see `crate::pool`) with `fds`, waiting
+    /// for room as `wait` allows. The same `sendmsg` rules as [`Channel::send`].
+    pub(crate) fn send_encoded(
+        &self,
+        msg: &[u8],
+        fds: &[BorrowedFd<'_>],
+        wait: Wait,
+    ) -> Result<()> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let iov = [IoSlice::new(msg)];
+        loop {
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(Error::LimitExceeded {
+                    what: "regions",
+                    got: fds.len(),
+                    max: 1,
+                });
+            }
+            match sendmsg(
+                &self.sock,
+                &iov,
+                &mut control,
+                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => self.wait(PollFlags::OUT, wait)?,
+                Err(e) => return Err(send_error(e, msg.len())),
+            }
+        }
+    }
+
+    /// Receives one region pool message into `buf` (at least one byte longer than
+    /// [`wire::POOL_MAX_MESSAGE_LEN`]), moving its descriptors (at most `max_fds`, 0 or 1;
+    /// more are never installed) into `fds`, and checks its framing
+    /// ([`wire::check_pool_received`]) for the kinds in `accept`.
+    pub(crate) fn recv_pool<'b>(
+        &self,
+        buf: &'b mut [u8],
+        fds: &mut Vec<OwnedFd>,
+        accept: &[u16],
+        max_fds: usize,
+        wait: Wait,
+    ) -> Result<wire::PoolMessage<'b>> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let space_len = if max_fds == 0 {
+            0
+        } else {
+            rustix::cmsg_space!(ScmRights(1))
+        };
+        let mut reset = false;
+        let res = loop {
+            let mut control = RecvAncillaryBuffer::new(&mut space[..space_len]);
+            let res = recvmsg(
+                &self.sock,
+                &mut [IoSliceMut::new(buf)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+            );
+            for msg in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(iter) = msg {
+                    fds.extend(iter);
+                }
+            }
+            match res {
+                Ok(r) => break r,
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => self.wait(PollFlags::IN, wait)?,
+                Err(Errno::CONNRESET) if !reset => reset = true,
+                Err(Errno::CONNRESET) => return Err(Error::PeerClosed),
+                Err(e) => return Err(Error::io("recvmsg", e)),
+            }
+        };
+        let msg = &buf[..res.bytes.min(buf.len())];
+        wire::check_pool_received(
+            wire::Received {
+                msg,
+                fds: fds.len(),
+                ctrunc: res.flags.contains(ReturnFlags::CTRUNC),
+                trunc: res.flags.contains(ReturnFlags::TRUNC),
+            },
+            accept,
+            || self.hung_up(),
+        )
+    }
+
     /// Waits until the socket is ready for `events`, honouring `wait`. Fails with
     /// [`Error::PeerClosed`] if the peer's pidfd says it exited and the socket is not ready.
-    fn wait(&self, events: PollFlags, wait: Wait) -> Result<()> {
+    pub(crate) fn wait(&self, events: PollFlags, wait: Wait) -> Result<()> {
         loop {
             let timeout = match wait {
                 Wait::Never => {
