@@ -820,4 +820,38 @@ mod tests {
         .is_err());
         assert!(pool_received(&message(&[], b""), 0).is_err());
     }
+
+    #[test]
+    fn pool_example_of_protocol_md_is_byte_exact() {
+        let hex = |s: &str| -> Vec<u8> {
+            s.split_whitespace()
+                .map(|b| u8::from_str_radix(b, 16).unwrap())
+                .collect()
+        };
+        assert_eq!(
+            encode_pool_announce(0, 0x40_0000).to_vec(),
+            hex("53 50 49 50 01 00 10 00 01 00 00 00 10 00 00 00
+                 00 00 00 00 00 00 00 00 00 00 40 00 00 00 00 00")
+        );
+        let b = PoolBufferRef {
+            memfd_id: 0,
+            offset: 0,
+            generation: 1,
+        };
+        assert_eq!(
+            encode_pool_notice(b, 0x10_0000).to_vec(),
+            hex("53 50 49 50 01 00 11 00 00 00 00 00 20 00 00 00
+                 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+                 00 00 10 00 00 00 00 00 01 00 00 00 00 00 00 00")
+        );
+        let mut r = [0u8; HEADER_LEN + POOL_RELEASE_ENTRY_LEN];
+        encode_pool_release_header(&mut r, 1);
+        encode_pool_release_entry(&mut r[HEADER_LEN..], b);
+        assert_eq!(
+            r.to_vec(),
+            hex("53 50 49 50 01 00 12 00 00 00 00 00 18 00 00 00
+                 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+                 01 00 00 00 00 00 00 00")
+        );
+    }
 }

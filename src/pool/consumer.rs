@@ -13,6 +13,9 @@ use crate::wire::{self, PoolBufferRef, PoolMessage};
 
 /// Default number of releases sent in one message.
 const DEFAULT_RELEASE_BATCH: usize = 32;
+/// Releases are sent once the queued buffers hold this many bytes, whatever their number:
+/// a producer of large buffers has few of them, and should not wait for 32.
+const RELEASE_BYTES: usize = 256 << 10;
 
 /// Longest message a consumer accepts: an announcement or a notice (anything longer is
 /// truncated by the kernel and rejected).
@@ -42,6 +45,8 @@ struct RxShared {
 #[derive(Debug)]
 struct Releases {
     queue: Vec<PoolBufferRef>,
+    /// Bytes of the buffers in `queue`.
+    bytes: usize,
     batch: usize,
     /// The encoded message being sent (kept to reuse its memory).
     msg: Vec<u8>,
@@ -66,18 +71,21 @@ impl RxShared {
                 }
                 Err(Error::PeerClosed) => {
                     r.queue.clear();
+                    r.bytes = 0;
                     return Err(Error::PeerClosed);
                 }
                 Err(e) => return Err(e),
             }
         }
+        r.bytes = 0;
         Ok(())
     }
 
-    fn release(&self, b: PoolBufferRef) {
+    fn release(&self, b: PoolBufferRef, len: usize) {
         let mut r = lock(&self.releases);
         r.queue.push(b);
-        if r.queue.len() >= r.batch {
+        r.bytes = r.bytes.saturating_add(len);
+        if r.queue.len() >= r.batch || r.bytes >= RELEASE_BYTES {
             // Never blocks: a full socket keeps the releases queued for the next flush.
             let _ = self.flush(&mut r);
         }
@@ -98,6 +106,7 @@ impl PoolReceiver {
                 channel,
                 releases: Mutex::new(Releases {
                     queue: Vec::with_capacity(DEFAULT_RELEASE_BATCH),
+                    bytes: 0,
                     batch: DEFAULT_RELEASE_BATCH,
                     msg: Vec::with_capacity(
                         wire::HEADER_LEN + DEFAULT_RELEASE_BATCH * wire::POOL_RELEASE_ENTRY_LEN,
@@ -112,7 +121,8 @@ impl PoolReceiver {
         })
     }
 
-    /// Releases are sent in messages of `n` (1 to [`wire::POOL_MAX_RELEASES`]; default 32).
+    /// Releases are sent once `n` are queued (1 to [`wire::POOL_MAX_RELEASES`]; default 32)
+    /// or the queued buffers hold 256 KiB, whichever comes first.
     pub fn set_release_batch(&mut self, n: usize) {
         let n = n.clamp(1, wire::POOL_MAX_RELEASES);
         let mut r = lock(&self.shared.releases);
@@ -383,6 +393,6 @@ impl PoolBuffer {
 
 impl Drop for PoolBuffer {
     fn drop(&mut self) {
-        self.shared.release(self.buffer);
+        self.shared.release(self.buffer, self.len);
     }
 }

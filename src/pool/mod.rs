@@ -82,7 +82,7 @@
 //!
 //! **Releases never block.** Dropping a `PoolBuffer` queues its release. The queue is sent
 //! with one non-blocking `sendmsg` when it holds [`PoolReceiver::set_release_batch`]
-//! entries (default 32), and before `recv` waits for the next notice; if the socket is full
+//! entries (default 32) or 256 KiB of buffers, and before `recv` waits for the next notice; if the socket is full
 //! the releases stay queued for the next attempt. [`PoolReceiver::flush_releases`] sends
 //! them now.
 //!
