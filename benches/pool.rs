@@ -289,7 +289,9 @@ impl Bench {
 
     fn fanout(&self, c: &mut Criterion) {
         let pool = pool_for(FANOUT_LEN, FANOUT);
-        let mut ws: Vec<Worker> = (0..FANOUT).map(|_| self.spawn_worker(&pool, None)).collect();
+        let mut ws: Vec<Worker> = (0..FANOUT)
+            .map(|_| self.spawn_worker(&pool, None))
+            .collect();
         let mut g = c.benchmark_group("pool-fanout-8x64MiB");
         g.throughput(Throughput::Bytes((FANOUT * FANOUT_LEN) as u64))
             .sampling_mode(SamplingMode::Flat)
@@ -387,7 +389,9 @@ impl Bench {
         }
         self.unpin();
         let pool = pool_for(FANOUT_LEN, FANOUT);
-        let mut ws: Vec<Worker> = (0..FANOUT).map(|_| self.spawn_worker(&pool, None)).collect();
+        let mut ws: Vec<Worker> = (0..FANOUT)
+            .map(|_| self.spawn_worker(&pool, None))
+            .collect();
         let (rounds, iters) = FANOUT_ROUNDS;
         let (t, cpu) = self.interleave(&pool, &mut ws, FANOUT_LEN, rounds, iters);
         let [s, c, p] = t.map(|t| gbps(FANOUT * FANOUT_LEN, t));
@@ -397,7 +401,9 @@ impl Bench {
             p / s
         ));
         let [s, c, p] = cpu.map(median_us);
-        cpu_table.push_str(&format!("| fan-out {FANOUT} × 64MiB | {s:.0} | {c:.0} | {p:.0} |\n"));
+        cpu_table.push_str(&format!(
+            "| fan-out {FANOUT} × 64MiB | {s:.0} | {c:.0} | {p:.0} |\n"
+        ));
         ws.into_iter().for_each(finish);
         out.push_str(&format!(
             "\nGB/s = 10^9 bytes delivered per second (fan-out: to all consumers), median batch of an \

@@ -588,3 +588,53 @@ fn leases_write_typed_and_by_io_write_and_truncate() {
     drop(pool.lease(4096).unwrap());
     assert_eq!(pool.stats().free, free);
 }
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_lease_awaits_releases_and_both_sides_are_cancel_safe() {
+    use sealpipe::asyncio::{AsyncPool, AsyncPoolReceiver};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (a, b) = Channel::pair().unwrap();
+        let pool = Pool::new(PoolOptions::new().max_bytes(128 << 10).slab_len(128 << 10)).unwrap();
+        let tx = pool.attach(a).unwrap();
+        let apool = AsyncPool::new(pool.clone()).unwrap();
+        let mut arx = AsyncPoolReceiver::new(PoolReceiver::new(b, &policy()).unwrap()).unwrap();
+        let short = Duration::from_millis(50);
+        // Nothing sent yet: a cancelled receive takes nothing.
+        assert!(tokio::time::timeout(short, arx.recv()).await.is_err());
+        for i in 0..2 {
+            let mut lease = apool.lease(64 << 10).await.unwrap();
+            fill(&mut lease, i);
+            lease.try_send(&[&tx]).unwrap();
+        }
+        // Both buffers are held: the lease waits, and a cancelled wait holds nothing.
+        assert!(tokio::time::timeout(short, apool.lease(64 << 10))
+            .await
+            .is_err());
+        let first = arx.recv().await.unwrap();
+        assert_eq!(check(&first.to_vec()), 0);
+        // A task awaiting a lease is woken by the release that dropping `first` sends.
+        let waiter = async {
+            let mut lease = apool.lease(64 << 10).await.unwrap();
+            fill(&mut lease, 2);
+            lease.try_send(&[&tx]).unwrap();
+        };
+        let consumer = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(first);
+            let second = arx.recv().await.unwrap(); // flushes the release before waiting
+            assert_eq!(check(&second.to_vec()), 1);
+            drop(second);
+            let third = arx.recv().await.unwrap();
+            assert_eq!(check(&third.to_vec()), 2);
+        };
+        tokio::time::timeout(T, async { tokio::join!(waiter, consumer) })
+            .await
+            .expect("the lease was woken");
+        assert_eq!(pool.stats().memfds, 1);
+    });
+}

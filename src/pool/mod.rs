@@ -98,9 +98,13 @@
 //! Three message kinds (16 announce, 17 notice, 18 release), specified in `PROTOCOL.md`
 //! (section "Region pools"). A pool's channel carries only these.
 
+#[cfg(feature = "tokio")]
+mod async_pool;
 mod consumer;
 mod producer;
 
+#[cfg(feature = "tokio")]
+pub use async_pool::{AsyncPool, AsyncPoolReceiver};
 pub use consumer::{PoolBuffer, PoolReceiver};
 pub use producer::{Lease, Pool, PoolOptions, PoolSender, PoolStats};
 

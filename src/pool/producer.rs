@@ -524,6 +524,27 @@ impl Pool {
         Ok(retired)
     }
 
+    /// The epoll descriptor a waiting lease sleeps on (for the async pool).
+    #[cfg(feature = "tokio")]
+    pub(super) fn epoll_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.shared.epoll.as_fd()
+    }
+
+    /// Registers a waiter until the guard is dropped: buffers freed meanwhile write the
+    /// wake-up eventfd.
+    #[cfg(feature = "tokio")]
+    pub(super) fn waiting(&self) -> Waiting<'_> {
+        self.shared.waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(&self.shared)
+    }
+
+    /// Consumes one wake-up token, if there is one.
+    #[cfg(feature = "tokio")]
+    pub(super) fn take_wake_token(&self) {
+        let mut word = [0u8; 8];
+        let _ = rustix::io::read(&self.shared.wake, &mut word);
+    }
+
     /// Counters of the pool, for monitoring and tests.
     pub fn stats(&self) -> PoolStats {
         let st = lock(&self.shared.state);
@@ -534,6 +555,17 @@ impl Pool {
             free: st.classes.iter().map(|c| c.free.len()).sum(),
             retired_bytes: st.retired_bytes,
         }
+    }
+}
+
+/// A registered waiter (see [`Pool::waiting`]).
+#[cfg(feature = "tokio")]
+pub(super) struct Waiting<'a>(&'a PoolShared);
+
+#[cfg(feature = "tokio")]
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -641,6 +673,16 @@ impl Lease {
     /// sent to every other consumer; it returns to the pool once those release it.
     pub fn send_timeout(self, to: &[&PoolSender], timeout: Duration) -> Result<()> {
         self.send_with(to, Wait::timeout(timeout))
+    }
+
+    /// [`send`](Lease::send) without waiting (for async code): a consumer whose socket is
+    /// full gets [`Error::WouldBlock`] and not the buffer; the others do.
+    ///
+    /// # Errors
+    /// As [`send_timeout`](Lease::send_timeout), with [`Error::WouldBlock`] instead of
+    /// [`Error::Timeout`].
+    pub fn try_send(self, to: &[&PoolSender]) -> Result<()> {
+        self.send_with(to, Wait::Never)
     }
 
     fn send_with(mut self, to: &[&PoolSender], wait: Wait) -> Result<()> {
