@@ -194,10 +194,14 @@ struct Bench {
     affinity: Option<rustix::thread::CpuSet>,
 }
 
-/// A pool for a stream of `len`-byte messages: a few buffers of 64 MiB, 1 MiB, else one
-/// 4 MiB slab.
+/// A pool for a stream of `len`-byte messages: 4 buffers of 64 MiB, 16 of 1 MiB, else
+/// one 4 MiB slab.
 fn pool_for(len: usize, consumers: usize) -> Pool {
-    let buffers = if len >= 64 << 20 { 4 } else { (4 << 20) / len };
+    let buffers = match len {
+        l if l >= 64 << 20 => 4,
+        l if l >= 1 << 20 => 16,
+        l => (4 << 20) / l,
+    };
     let max = (buffers * len).max(4 << 20) + (64 << 20) * usize::from(consumers > 1);
     Pool::new(PoolOptions::new().max_bytes(max).slab_len(4 << 20)).expect("pool")
 }
@@ -405,6 +409,7 @@ impl Bench {
             "| fan-out {FANOUT} × 64MiB | {s:.0} | {c:.0} | {p:.0} |\n"
         ));
         ws.into_iter().for_each(finish);
+        out.push_str(&self.fanout_memory());
         out.push_str(&format!(
             "\nGB/s = 10^9 bytes delivered per second (fan-out: to all consumers), median batch of an \
              interleaved pass (rounds × messages per batch: {}; fan-out {}×{}); {}.\n",
@@ -426,6 +431,39 @@ impl Bench {
                 println!("written to {}", path.display());
             }
         }
+    }
+
+    /// Memory of a fan-out: a pool of one 64 MiB buffer sent to 8 consumers that read it in
+    /// place; the growth of the sum of every process's PSS, against one copy of the data.
+    fn fanout_memory(&self) -> String {
+        let pool = Pool::new(
+            PoolOptions::new()
+                .max_bytes(FANOUT_LEN)
+                .slab_len(FANOUT_LEN),
+        )
+        .expect("pool");
+        let mut ws: Vec<Worker> = (0..FANOUT)
+            .map(|_| self.spawn_worker(&pool, None))
+            .collect();
+        let pss = |ws: &[Worker]| {
+            pss_of(std::process::id()) + ws.iter().map(|w| pss_of(w.child.id())).sum::<u64>()
+        };
+        let data = &self.payload[..FANOUT_LEN];
+        for w in ws.iter_mut() {
+            w.cpu(); // the worker is up and idle
+        }
+        let before = pss(&ws);
+        let sum = batch(&pool, &mut ws, Op::PoolInPlace, data, 3);
+        assert_eq!(sum, self.expected(FANOUT_LEN).wrapping_mul(3));
+        let after = pss(&ws);
+        ws.into_iter().for_each(finish);
+        let grown = after.saturating_sub(before) as f64;
+        format!(
+            "\nfan-out memory: one 64 MiB pool buffer read in place by {FANOUT} consumers: sum of PSS \
+             (producer + consumers) grew by {:.1} MiB = {:.3}× one copy of the data\n",
+            grown / f64::from(1 << 20),
+            grown / FANOUT_LEN as f64
+        )
     }
 
     /// Rounds of one batch per case (rotating who goes first); per case the time and the
@@ -477,6 +515,16 @@ fn machine(load_before: &str) -> String {
         uname.release().to_string_lossy(),
         read_trimmed("/proc/loadavg"),
     )
+}
+
+/// Proportional set size of process `pid`, in bytes (`/proc/<pid>/smaps_rollup`).
+fn pss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 fn read_trimmed(path: &str) -> String {

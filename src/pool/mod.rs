@@ -45,7 +45,9 @@
 //! Buffers come in size classes (4 steps per doubling, at least one 4 KiB page); each
 //! memfd is a slab of one class ([`PoolOptions::slab_len`], one buffer per memfd for larger
 //! classes), created on first need within [`PoolOptions::max_bytes`] and
-//! [`PoolOptions::max_memfds`] and kept for the pool's life.
+//! [`PoolOptions::max_memfds`] and kept for the pool's life: memory a class has made stays
+//! with that class (consumers have it mapped), so use one pool per kind of buffer (frames,
+//! tensors of one shape) rather than one pool for every length.
 //!
 //! **Where releases are read.** The producer reads releases only (a) in `lease` when the
 //! class has no free buffer, before it makes a new memfd or waits, and (b) in

@@ -19,6 +19,9 @@ use crate::wire::{self, PoolBufferRef, PoolMessage};
 
 /// Buffers are multiples of this many bytes (and page-aligned within their memfd).
 const GRANULE: usize = 4096;
+/// Most messages one drain reads from one consumer: a consumer that sends releases
+/// without end cannot keep a lease in its drain loop.
+const MAX_DRAIN: usize = 64;
 
 /// Limits and layout of a [`Pool`]. A builder: `PoolOptions::new().max_bytes(..)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -973,7 +976,7 @@ impl Link {
         let mut released = 0;
         let mut freed = 0;
         let mut no_fds = Vec::new();
-        loop {
+        for _ in 0..MAX_DRAIN {
             let LinkState {
                 buf,
                 outstanding,
