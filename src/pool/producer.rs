@@ -338,7 +338,7 @@ impl Pool {
             if let Some(lease) = self.grow(class, len)? {
                 return Ok(lease);
             }
-            self.wait_for_release(len, wait)?;
+            self.wait_for_release(class, len, wait)?;
         }
     }
 
@@ -440,7 +440,7 @@ impl Pool {
 
     /// Sleeps until a consumer's channel is readable, a buffer is freed elsewhere, or the
     /// deadline passes.
-    fn wait_for_release(&self, len: usize, wait: Wait) -> Result<()> {
+    fn wait_for_release(&self, class: usize, len: usize, wait: Wait) -> Result<()> {
         let exhausted = || Error::PoolExhausted {
             len,
             held: lock(&self.shared.state).held,
@@ -462,10 +462,10 @@ impl Pool {
         self.shared.waiters.fetch_add(1, Ordering::SeqCst);
         // A buffer freed between our last look and the increment above did not write
         // `wake`: look once more before sleeping.
-        let freed = {
-            let st = lock(&self.shared.state);
-            st.classes.iter().any(|c| !c.free.is_empty())
-        };
+        let freed = lock(&self.shared.state)
+            .classes
+            .iter()
+            .any(|c| c.buffer_len == class && !c.free.is_empty());
         let mut events = [MaybeUninit::<epoll::Event>::uninit(); 8];
         let r = if freed {
             Ok(())
