@@ -88,6 +88,12 @@
 //! the releases stay queued for the next attempt. [`PoolReceiver::flush_releases`] sends
 //! them now.
 //!
+//! # Async
+//!
+//! With the `tokio` feature, `asyncio::AsyncPool` awaits a free buffer and `AsyncPoolReceiver`
+//! awaits the next buffer on a tokio runtime (no helper thread, cancel safe); send with
+//! [`Lease::try_send`], which never blocks.
+//!
 //! # What a consumer can see
 //!
 //! A consumer that was sent one buffer of a memfd has the whole memfd mapped: it can read
