@@ -170,31 +170,48 @@ fn steady_state_makes_no_system_call_per_message_but_the_notice() {
         .spawn()
         .unwrap();
     let pid = child.id() as libc::pid_t;
-    // Attach to every thread the child has (it is blocked reading stdin), and to the
-    // threads it makes later.
-    let tids: Vec<libc::pid_t> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
-        .collect();
-    for &tid in &tids {
-        // SAFETY: plain ptrace requests on our own child's threads.
-        let r = unsafe {
-            libc::ptrace(
-                libc::PTRACE_SEIZE,
-                tid,
+    // Attach to every thread the child has (it is starting up, or blocked reading stdin),
+    // again until no new one appears: threads made after their parent was attached are
+    // attached by the kernel (PTRACE_O_TRACECLONE), one made just before is found here.
+    let mut seized = std::collections::HashSet::new();
+    loop {
+        let tids: Vec<libc::pid_t> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .filter(|tid| !seized.contains(tid))
+            .collect();
+        if tids.is_empty() {
+            break;
+        }
+        for tid in tids {
+            seized.insert(tid);
+            // SAFETY: plain ptrace requests on our own child's threads.
+            let r = unsafe {
+                libc::ptrace(
+                    libc::PTRACE_SEIZE,
+                    tid,
+                    0,
+                    libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
+                )
+            };
+            if r != 0 {
+                // Already attached through its parent's clone, or gone.
+                let e = std::io::Error::last_os_error().raw_os_error();
+                assert!(
+                    e == Some(libc::EPERM) || e == Some(libc::ESRCH),
+                    "PTRACE_SEIZE: {e:?}"
+                );
+                continue;
+            }
+            // SAFETY: as above.
+            let r = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) };
+            assert_eq!(
+                r,
                 0,
-                libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
-            )
-        };
-        assert_eq!(r, 0, "PTRACE_SEIZE: {}", std::io::Error::last_os_error());
-        // SAFETY: as above.
-        let r = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) };
-        assert_eq!(
-            r,
-            0,
-            "PTRACE_INTERRUPT: {}",
-            std::io::Error::last_os_error()
-        );
+                "PTRACE_INTERRUPT: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
     child.stdin.take().unwrap().write_all(b"g").unwrap();
 
@@ -265,7 +282,15 @@ fn steady_state_makes_no_system_call_per_message_but_the_notice() {
     };
     assert_eq!(exit_code, 0, "the traced child failed");
     let measured: Vec<&Thread> = threads.values().filter(|t| t.phase >= 2).collect();
-    assert_eq!(measured.len(), 1, "one thread ran the measured rounds");
+    assert_eq!(
+        measured.len(),
+        1,
+        "one thread ran the measured rounds; threads (tid, phase, calls): {:?}",
+        threads
+            .iter()
+            .map(|(tid, t)| (*tid, t.phase, t.calls.values().sum::<u64>()))
+            .collect::<Vec<_>>()
+    );
     let t = measured[0];
     let messages = (MEASURED_ROUNDS * ROUND) as u64;
     let sendmsg = t
