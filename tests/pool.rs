@@ -638,3 +638,24 @@ fn async_lease_awaits_releases_and_both_sides_are_cancel_safe() {
         assert_eq!(pool.stats().memfds, 1);
     });
 }
+
+#[test]
+fn receiver_caps_the_bytes_one_producer_makes_it_map() {
+    let (a, b) = Channel::pair().unwrap();
+    let mut rx = PoolReceiver::new(b, &policy().max_pool_bytes(96 << 10)).unwrap();
+    let first = memfd(64 << 10, PRODUCER_WRITABLE);
+    let second = memfd(64 << 10, PRODUCER_WRITABLE);
+    announce(a.as_fd(), 0, 64 << 10, first.as_fd());
+    announce(a.as_fd(), 1, 64 << 10, second.as_fd()); // 128 KiB in all: over the cap
+    notice(a.as_fd(), 0, 0, 100, 1);
+    assert!(matches!(
+        rx.recv_timeout(T),
+        Err(Error::PolicyLimit {
+            what: "pool bytes",
+            got,
+            max,
+        }) if got == 128 << 10 && max == 96 << 10
+    ));
+    assert_eq!(rx.recv_timeout(T).unwrap().len(), 100);
+    assert_eq!(rx.memfds(), 1);
+}
