@@ -659,3 +659,51 @@ fn receiver_caps_the_bytes_one_producer_makes_it_map() {
     assert_eq!(rx.recv_timeout(T).unwrap().len(), 100);
     assert_eq!(rx.memfds(), 1);
 }
+
+#[test]
+fn a_release_after_retirement_is_refused_and_frees_nothing() {
+    common::peer_main(consumer_roles);
+    let peer = common::spawn_peer(
+        "a_release_after_retirement_is_refused_and_frees_nothing",
+        "slow",
+    );
+    let pool = Pool::new(PoolOptions::new().max_bytes(128 << 10).slab_len(128 << 10)).unwrap();
+    let tx = pool.attach(peer.channel).unwrap();
+    let mut lease = pool.lease(64 << 10).unwrap();
+    fill(&mut lease, 0);
+    lease.send(&[&tx]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        pool.retire_held_longer_than(Duration::from_millis(10))
+            .unwrap(),
+        1
+    );
+    // The slow consumer releases it after 300 ms: too late, refused, and never reused.
+    let end = Instant::now() + T;
+    let err = loop {
+        match tx.poll_releases() {
+            Ok(0) => {}
+            Err(e) => break e,
+            Ok(n) => panic!("{n} buffers released after retirement"),
+        }
+        assert!(Instant::now() < end, "no late release arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(
+        matches!(err, Error::BadRelease { reason, .. } if reason.contains("retired")),
+        "{err:?}"
+    );
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.held, stats.retired_bytes, stats.free),
+        (0, 64 << 10, 1)
+    );
+    // The consumer goes on working with the rest of the pool.
+    let mut lease = pool.lease(64 << 10).unwrap();
+    fill(&mut lease, 1);
+    lease.send(&[&tx]).unwrap();
+    poll_until("released", &tx, || tx.held() == 0);
+    drop(tx);
+    let mut child = peer.child;
+    assert!(child.wait().unwrap().success());
+}
