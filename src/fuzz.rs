@@ -990,7 +990,6 @@ pub fn ring_header(data: &[u8]) {
     }
 }
 
-#[cfg(test)]
 /// Checks the framing of a pool message: byte 0 chooses the descriptors that "arrived"
 /// (bits 0-1: 0..=3), the kernel flags (bit 2 `MSG_CTRUNC`, bit 3 `MSG_TRUNC`) and which side
 /// receives (bit 4: the producer, which accepts only releases); the rest is the datagram. An
@@ -1047,6 +1046,7 @@ pub fn pool_framing(data: &[u8]) {
     }
 }
 
+#[cfg(test)]
 mod replay {
     //! Feeds every committed corpus and regression file through its entry point.
 
