@@ -1028,7 +1028,7 @@ pub fn pool_framing(data: &[u8]) {
         wire::PoolMessage::Release { entries } => {
             assert!(producer && fds == 0);
             let n = entries.len() / wire::POOL_RELEASE_ENTRY_LEN;
-            assert!(n >= 1 && n <= wire::POOL_MAX_RELEASES);
+            assert!((1..=wire::POOL_MAX_RELEASES).contains(&n));
             assert_eq!(n * wire::POOL_RELEASE_ENTRY_LEN, entries.len());
             let mut out = vec![0u8; wire::HEADER_LEN + entries.len()];
             wire::encode_pool_release_header(&mut out, n);
