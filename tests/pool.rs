@@ -707,3 +707,24 @@ fn a_release_after_retirement_is_refused_and_frees_nothing() {
     let mut child = peer.child;
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_waiting_lease_is_woken_by_a_buffer_freed_in_another_thread() {
+    let pool = Pool::new(PoolOptions::new().max_bytes(64 << 10).slab_len(64 << 10)).unwrap();
+    let held = pool.lease(64 << 10).unwrap();
+    let p2 = pool.clone();
+    let waiter = std::thread::spawn(move || {
+        let start = Instant::now();
+        let lease = p2.lease_timeout(64 << 10, T).map(drop);
+        (lease, start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    drop(held); // unsent: straight back to the pool, waking the waiter
+    let (lease, waited) = waiter.join().unwrap();
+    lease.unwrap();
+    assert!(waited < Duration::from_secs(10), "woken after {waited:?}");
+    assert!(matches!(
+        pool.try_lease(128 << 10),
+        Err(Error::LimitExceeded { .. })
+    ));
+}
