@@ -110,7 +110,8 @@ pub enum Error {
     /// The caller asked to send more regions or payload than the protocol allows.
     #[error("message exceeds protocol limits: {what} is {got}, the limit is {max}")]
     LimitExceeded {
-        /// Which limit (`"regions"` or `"payload"`).
+        /// Which limit (`"regions"`, `"payload"`; for pools `"lease length"`,
+        /// `"retired bytes"`, `"sender of another pool"`).
         what: &'static str,
         /// What was asked for.
         got: usize,
@@ -165,7 +166,7 @@ pub enum Error {
     /// The message carries more regions or payload than the receiving policy accepts.
     #[error("peer exceeded this receiver's limit: {what} is {got}, the limit is {max}")]
     PolicyLimit {
-        /// Which limit (`"regions"` or `"payload"`).
+        /// Which limit (`"regions"`, `"payload"`; for pools `"pool memfds"`, `"pool bytes"`).
         what: &'static str,
         /// What the peer sent.
         got: u64,
