@@ -107,8 +107,10 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The caller asked to send more regions or payload than the protocol allows.
-    #[error("message exceeds protocol limits: {what} is {got}, the limit is {max}")]
+    /// The caller asked for more than a limit allows: more regions or payload than the
+    /// protocol carries, or (pools) a lease longer than the pool, a retirement over its
+    /// budget.
+    #[error("over a limit: {what} is {got}, the limit is {max}")]
     LimitExceeded {
         /// Which limit (`"regions"`, `"payload"`; for pools `"lease length"`,
         /// `"retired bytes"`, `"sender of another pool"`).
