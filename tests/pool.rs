@@ -728,3 +728,48 @@ fn a_waiting_lease_is_woken_by_a_buffer_freed_in_another_thread() {
         Err(Error::LimitExceeded { .. })
     ));
 }
+
+#[test]
+fn a_release_flood_cannot_hold_a_lease_in_its_drain() {
+    let (a, b) = Channel::pair().unwrap();
+    let pool = Pool::new(PoolOptions::new().max_bytes(64 << 10).slab_len(64 << 10)).unwrap();
+    let tx = pool.attach(a).unwrap();
+    let mut lease = pool.lease(4096).unwrap();
+    fill(&mut lease, 0);
+    lease.send(&[&tx]).unwrap();
+    // The consumer end floods the producer with forged releases from another thread.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let msg = release_msg(&[r(0, 0, 99); 100]);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = rustix::net::send(&b, &msg, SendFlags::DONTWAIT);
+            }
+            b
+        })
+    };
+    // Every buffer but the sent one is free: leases keep working, each drain is bounded.
+    let start = Instant::now();
+    for _ in 0..100 {
+        drop(pool.lease_timeout(4096, T).unwrap());
+    }
+    let err = pool
+        .lease_timeout(64 << 10, Duration::from_millis(100))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LimitExceeded { .. } | Error::PoolExhausted { .. }
+        ),
+        "{err:?}"
+    );
+    assert!(start.elapsed() < T);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _b = flood.join().unwrap();
+    assert!(matches!(
+        tx.poll_releases(),
+        Err(Error::BadRelease { reason, .. }) if reason.contains("stale or forged")
+    ));
+    assert_eq!(tx.held(), 1, "forged releases freed nothing");
+}
