@@ -2,6 +2,8 @@
 //! thread and without polling.
 //!
 //! - [`AsyncChannel`], [`AsyncListener`]: channels, connections and handshakes;
+//! - [`AsyncPool`], [`AsyncPoolReceiver`]: a [region pool](crate::pool), awaiting free
+//!   buffers and received ones;
 //! - [`AsyncProducer`], [`AsyncConsumer`], [`AsyncPodProducer`], [`AsyncPodConsumer`]: the
 //!   ring of [`crate::ring`], each side awaiting records or room. An async side parks in
 //!   the reactor on the ring's channel and asks the peer, through its wait word, to wake it
@@ -52,6 +54,7 @@ use crate::region::SealedRegion;
 use crate::seals::Policy;
 use crate::transport::{Channel, Message, Sent, READER_POLL};
 
+pub use crate::pool::{AsyncPool, AsyncPoolReceiver};
 pub use crate::ring::async_ring::{
     AsyncConsumer, AsyncPodConsumer, AsyncPodProducer, AsyncProducer,
 };

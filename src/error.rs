@@ -118,10 +118,13 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The caller asked to send more regions or payload than the protocol allows.
-    #[error("message exceeds protocol limits: {what} is {got}, the limit is {max}")]
+    /// The caller asked for more than a limit allows: more regions or payload than the
+    /// protocol carries, or (pools) a lease longer than the pool, a retirement over its
+    /// budget.
+    #[error("over a limit: {what} is {got}, the limit is {max}")]
     LimitExceeded {
-        /// Which limit (`"regions"` or `"payload"`).
+        /// Which limit (`"regions"`, `"payload"`; for pools `"lease length"`,
+        /// `"retired bytes"`, `"sender of another pool"`).
         what: &'static str,
         /// What was asked for.
         got: usize,
@@ -176,7 +179,7 @@ pub enum Error {
     /// The message carries more regions or payload than the receiving policy accepts.
     #[error("peer exceeded this receiver's limit: {what} is {got}, the limit is {max}")]
     PolicyLimit {
-        /// Which limit (`"regions"` or `"payload"`).
+        /// Which limit (`"regions"`, `"payload"`; for pools `"pool memfds"`, `"pool bytes"`).
         what: &'static str,
         /// What the peer sent.
         got: u64,
@@ -269,6 +272,63 @@ pub enum Error {
         /// The underlying OS error.
         #[source]
         source: io::Error,
+    },
+
+    // ----- region pools (`crate::pool`) -----
+    /// No buffer of a [`crate::pool::Pool`] became free for a lease of `len` bytes before the
+    /// deadline (or at once, for `try_lease`): consumers hold the buffers and the pool is at
+    /// its limits. Back-pressure: release, retire stalled buffers, or raise the limits.
+    #[error("no free pool buffer for {len} bytes: {held} buffers are held by consumers")]
+    PoolExhausted {
+        /// The lease length asked for.
+        len: usize,
+        /// Buffers sent and not yet released by every consumer.
+        held: usize,
+    },
+
+    /// A pool consumer sent a release that does not match a buffer it holds: forged,
+    /// duplicated, late (after retirement), for a buffer never sent to it, or with a stale
+    /// generation. Nothing was freed for it; the other entries of its message were applied.
+    #[error("consumer {consumer} sent a bad release of memfd {memfd_id} offset {offset} generation {generation}: {reason}")]
+    BadRelease {
+        /// The consumer ([`crate::pool::PoolSender::id`]).
+        consumer: usize,
+        /// What was wrong, for humans.
+        reason: &'static str,
+        /// The memfd id in the release.
+        memfd_id: u32,
+        /// The offset in the release.
+        offset: u64,
+        /// The generation in the release.
+        generation: u64,
+    },
+
+    /// A pool producer announced a memfd that this receiver refuses (an id announced
+    /// before, or over this receiver's memfd or byte limits; a memfd that fails
+    /// verification gets the verification's own error). The descriptor was closed.
+    #[error("pool producer announced memfd {memfd_id} badly: {reason}")]
+    BadAnnounce {
+        /// The memfd id in the announcement.
+        memfd_id: u32,
+        /// What was wrong, for humans.
+        reason: &'static str,
+    },
+
+    /// A pool producer sent a notice that names no valid buffer: an unknown memfd id, a
+    /// range outside the memfd, an empty buffer, or a generation not above the last one.
+    /// Nothing was read.
+    #[error("pool producer sent a bad notice for memfd {memfd_id} range {offset}+{len} generation {generation}: {reason}")]
+    BadNotice {
+        /// What was wrong, for humans.
+        reason: &'static str,
+        /// The memfd id in the notice.
+        memfd_id: u32,
+        /// The offset in the notice.
+        offset: u64,
+        /// The length in the notice.
+        len: u64,
+        /// The generation in the notice.
+        generation: u64,
     },
 
     // ----- channels (handshake, listener, spawn) -----
@@ -426,6 +486,9 @@ impl Error {
                 | Error::Truncated { .. }
                 | Error::PeerCorrupt { .. }
                 | Error::RingMismatch { .. }
+                | Error::BadRelease { .. }
+                | Error::BadAnnounce { .. }
+                | Error::BadNotice { .. }
         )
     }
 

@@ -1027,6 +1027,62 @@ pub fn ring_header(data: &[u8]) {
     }
 }
 
+/// Checks the framing of a pool message: byte 0 chooses the descriptors that "arrived"
+/// (bits 0-1: 0..=3), the kernel flags (bit 2 `MSG_CTRUNC`, bit 3 `MSG_TRUNC`) and which side
+/// receives (bit 4: the producer, which accepts only releases); the rest is the datagram. An
+/// accepted message must re-encode to exactly the input, with the descriptor count its kind
+/// requires and every release entry decodable.
+pub fn pool_framing(data: &[u8]) {
+    let Some((&ctl, msg)) = data.split_first() else {
+        return;
+    };
+    let fds = usize::from(ctl & 3);
+    let producer = ctl & 16 != 0;
+    let accept: &[u16] = if producer {
+        &[wire::KIND_POOL_RELEASE]
+    } else {
+        &[wire::KIND_POOL_ANNOUNCE, wire::KIND_POOL_NOTICE]
+    };
+    let r = wire::Received {
+        msg,
+        fds,
+        ctrunc: ctl & 4 != 0,
+        trunc: ctl & 8 != 0,
+    };
+    let Ok(m) = wire::check_pool_received(r, accept, || false) else {
+        return;
+    };
+    assert!(ctl & 12 == 0, "accepted a truncated message");
+    match m {
+        wire::PoolMessage::Announce { memfd_id, len } => {
+            assert!(!producer && fds == 1);
+            assert_eq!(wire::encode_pool_announce(memfd_id, len)[..], msg[..]);
+        }
+        wire::PoolMessage::Notice { buffer, len } => {
+            assert!(!producer && fds == 0);
+            assert_eq!(wire::encode_pool_notice(buffer, len)[..], msg[..]);
+        }
+        wire::PoolMessage::Release { entries } => {
+            assert!(producer && fds == 0);
+            let n = entries.len() / wire::POOL_RELEASE_ENTRY_LEN;
+            assert!((1..=wire::POOL_MAX_RELEASES).contains(&n));
+            assert_eq!(n * wire::POOL_RELEASE_ENTRY_LEN, entries.len());
+            let mut out = vec![0u8; wire::HEADER_LEN + entries.len()];
+            wire::encode_pool_release_header(&mut out, n);
+            for i in 0..n {
+                // A reserved word that is not zero shows as `None` (the producer reports it).
+                if let Some(b) = wire::pool_release_entry(entries, i) {
+                    let at = wire::HEADER_LEN + i * wire::POOL_RELEASE_ENTRY_LEN;
+                    wire::encode_pool_release_entry(&mut out[at..], b);
+                } else {
+                    return;
+                }
+            }
+            assert_eq!(out[..], msg[..]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod replay {
     //! Feeds every committed corpus and regression file through its entry point.
@@ -1075,6 +1131,11 @@ mod replay {
     #[test]
     fn ring_ops_corpus() {
         replay("ring_ops", super::ring_ops);
+    }
+
+    #[test]
+    fn pool_framing_corpus() {
+        replay("pool_framing", super::pool_framing);
     }
 
     #[test]

@@ -36,6 +36,7 @@
 //! | verification | [`verify()`], [`RegionView`], [`Policy`] | check seals and sizes, then map read-only |
 //! | channels | [`spawn`], [`Listener`], [`handshake`] | authenticated connections: spawned workers, named endpoints |
 //! | ring | [`ring`] | a single-producer single-consumer ring in two sealed memfds |
+//! | pools | [`pool`] | reusable sealed buffers, each memfd sent once, fan-out with release tracking |
 //! | async | `asyncio` (feature `tokio`) | the same channels, awaited on a tokio runtime |
 //! | I/O safety | [`PositionalFile`], [`GuardedMap`] | descriptors shared with other processes; mapping files that are not shrink-sealed |
 //! | sandbox | [`sandbox`] | a worker that can receive, read and answer, and nothing else (Landlock, seccomp, limits, namespaces) |
@@ -149,6 +150,7 @@ mod guard;
 pub mod handshake;
 mod in_flight;
 mod listener;
+pub mod pool;
 pub mod positional;
 mod region;
 pub mod ring;

@@ -301,6 +301,11 @@ impl SharedRegion {
     pub fn region(&self) -> &SealedRegion {
         &self.region
     }
+
+    /// The producer's writable mapping and the sealed region (for `crate::pool`).
+    pub(crate) fn into_parts(self) -> (MmapMut, SealedRegion) {
+        (self.map, self.region)
+    }
 }
 
 fn check_range(offset: usize, len: usize, region_len: usize) -> Result<()> {

@@ -136,11 +136,19 @@ pub struct Policy {
     max_regions: usize,
     max_payload: usize,
     keep_descriptors: bool,
+    max_pool_memfds: usize,
+    max_pool_bytes: u64,
 }
 
 impl Policy {
     /// Default limit on a single region: 1 GiB.
     pub const DEFAULT_MAX_REGION_LEN: u64 = 1 << 30;
+    /// Default limit on the memfds one pool producer may make a
+    /// [`crate::pool::PoolReceiver`] hold: 64.
+    pub const DEFAULT_MAX_POOL_MEMFDS: usize = 64;
+    /// Default limit on the bytes of all memfds one pool producer may make a
+    /// [`crate::pool::PoolReceiver`] map: 1 GiB.
+    pub const DEFAULT_MAX_POOL_BYTES: u64 = 1 << 30;
 
     /// Default limit on the regions of one message together: 4 GiB.
     pub const DEFAULT_MAX_MESSAGE_LEN: u64 = 4 << 30;
@@ -156,6 +164,8 @@ impl Policy {
             max_regions: crate::wire::MAX_REGIONS,
             max_payload: crate::wire::MAX_PAYLOAD,
             keep_descriptors: false,
+            max_pool_memfds: Self::DEFAULT_MAX_POOL_MEMFDS,
+            max_pool_bytes: Self::DEFAULT_MAX_POOL_BYTES,
         }
     }
 
@@ -235,6 +245,31 @@ impl Policy {
             n
         };
         self
+    }
+
+    /// Most memfds a pool producer may make a [`crate::pool::PoolReceiver`] hold (default
+    /// [`Policy::DEFAULT_MAX_POOL_MEMFDS`]). Each one costs a descriptor and a mapping for
+    /// the receiver's life.
+    pub const fn max_pool_memfds(mut self, n: usize) -> Policy {
+        self.max_pool_memfds = n;
+        self
+    }
+
+    /// Most bytes, over all its memfds, a pool producer may make a
+    /// [`crate::pool::PoolReceiver`] map (default [`Policy::DEFAULT_MAX_POOL_BYTES`]).
+    pub const fn max_pool_bytes(mut self, n: u64) -> Policy {
+        self.max_pool_bytes = n;
+        self
+    }
+
+    /// The pool memfd count limit.
+    pub const fn pool_memfds_limit(&self) -> usize {
+        self.max_pool_memfds
+    }
+
+    /// The pool byte limit.
+    pub const fn pool_bytes_limit(&self) -> u64 {
+        self.max_pool_bytes
     }
 
     /// Seals every region must have. For [`Policy::read_only_view`] this is `SHRINK | GROW`,

@@ -96,15 +96,16 @@ impl Message {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Wait {
+/// How long a call may wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
     Forever,
     Never,
     Until(Instant),
 }
 
 impl Wait {
-    fn timeout(d: Duration) -> Wait {
+    pub(crate) fn timeout(d: Duration) -> Wait {
         crate::deadline::Deadline::after(d)
             .instant()
             .map_or(Wait::Forever, Wait::Until)
@@ -487,9 +488,94 @@ impl Channel {
         }
     }
 
+    /// Sends one encoded message (a region pool's, see `crate::pool`) with `fds`, waiting
+    /// for room as `wait` allows. The same `sendmsg` rules as [`Channel::send`].
+    pub(crate) fn send_encoded(
+        &self,
+        msg: &[u8],
+        fds: &[BorrowedFd<'_>],
+        wait: Wait,
+    ) -> Result<()> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let iov = [IoSlice::new(msg)];
+        loop {
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(Error::LimitExceeded {
+                    what: "regions",
+                    got: fds.len(),
+                    max: 1,
+                });
+            }
+            match sendmsg(
+                &self.sock,
+                &iov,
+                &mut control,
+                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => self.wait(PollFlags::OUT, wait)?,
+                Err(e) => return Err(send_error(e, msg.len())),
+            }
+        }
+    }
+
+    /// Receives one region pool message into `buf` (at least one byte longer than
+    /// [`wire::POOL_MAX_MESSAGE_LEN`]), moving every descriptor that arrived into `fds`
+    /// (the caller disposes of them with `closer`), and checks its framing
+    /// ([`wire::check_pool_received`]) for the kinds in `accept`.
+    pub(crate) fn recv_pool<'b>(
+        &self,
+        buf: &'b mut [u8],
+        fds: &mut Vec<OwnedFd>,
+        accept: &[u16],
+        wait: Wait,
+    ) -> Result<wire::PoolMessage<'b>> {
+        self.admit(wait)?;
+        // Room for the kernel's maximum, as in `recv_raw`: descriptors that do not fit would
+        // be dropped by the kernel in this thread, where their close may block. Surplus ones
+        // fail the framing check and the caller disposes of them.
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
+        let mut reset = false;
+        let res = loop {
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let res = recvmsg(
+                &self.sock,
+                &mut [IoSliceMut::new(buf)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+            );
+            for msg in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(iter) = msg {
+                    fds.extend(iter);
+                }
+            }
+            match res {
+                Ok(r) => break r,
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => self.wait(PollFlags::IN, wait)?,
+                Err(Errno::CONNRESET) if !reset => reset = true,
+                Err(Errno::CONNRESET) => return Err(Error::PeerClosed),
+                Err(e) => return Err(Error::io("recvmsg", e)),
+            }
+        };
+        let msg = &buf[..res.bytes.min(buf.len())];
+        wire::check_pool_received(
+            wire::Received {
+                msg,
+                fds: fds.len(),
+                ctrunc: res.flags.contains(ReturnFlags::CTRUNC),
+                trunc: res.flags.contains(ReturnFlags::TRUNC),
+            },
+            accept,
+            || self.hung_up(),
+        )
+    }
+
     /// Waits until the socket is ready for `events`, honouring `wait`. Fails with
     /// [`Error::PeerClosed`] if the peer's pidfd says it exited and the socket is not ready.
-    fn wait(&self, events: PollFlags, wait: Wait) -> Result<()> {
+    pub(crate) fn wait(&self, events: PollFlags, wait: Wait) -> Result<()> {
         loop {
             let timeout = match wait {
                 Wait::Never => {

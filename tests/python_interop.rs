@@ -355,3 +355,64 @@ fn python_ring_producer_signals_an_async_consumer() {
     assert!(parks > 0, "the producer's pauses must make us park");
     assert_eq!(exit_code(child), Some(0));
 }
+
+#[test]
+fn python_takes_the_consumer_side_of_a_pool() {
+    use sealpipe::pool::{Pool, PoolOptions};
+    let _serial = common::serial();
+    let peer = spawn_python("pool-consumer");
+    let pool = Pool::new(PoolOptions::new().max_bytes(16 << 20).slab_len(2 << 20)).unwrap();
+    let common::Peer { mut child, channel } = peer;
+    let tx = pool.attach(channel).unwrap();
+    let sizes = [4096, 100, 70_000, 1 << 20];
+    for i in 0..40 {
+        let len = sizes[i % sizes.len()];
+        let mut lease = pool.lease_timeout(len, T).unwrap();
+        lease.copy_from_slice(&pattern(i, len));
+        lease.send_timeout(&[&tx], T).unwrap();
+    }
+    let end = std::time::Instant::now() + T;
+    while tx.held() > 0 {
+        assert!(
+            std::time::Instant::now() < end,
+            "python released too little"
+        );
+        tx.poll_releases()
+            .expect("the Python consumer's releases are valid");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(pool.stats().held, 0);
+    drop(tx);
+    assert!(
+        child.wait().unwrap().success(),
+        "python peer failed (see its stderr)"
+    );
+}
+
+#[test]
+fn python_takes_the_producer_side_of_a_pool() {
+    use sealpipe::pool::PoolReceiver;
+    let _serial = common::serial();
+    let peer = spawn_python("pool-producer");
+    let common::Peer { mut child, channel } = peer;
+    let mut rx = PoolReceiver::new(channel, &Policy::read_only_view()).unwrap();
+    let mut n = 0;
+    loop {
+        match rx.recv_timeout(T) {
+            Ok(buf) => {
+                let i = buf.generation() as usize - 1;
+                assert_eq!(buf.len(), 256 * 1024 - 1000 * i);
+                assert!(buf.to_vec() == pattern(i, buf.len()), "buffer {i} differs");
+                n += 1;
+            }
+            Err(Error::PeerClosed) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(n, 40);
+    assert_eq!(rx.memfds(), 1, "one memfd, announced once");
+    assert!(
+        child.wait().unwrap().success(),
+        "python peer failed (see its stderr)"
+    );
+}

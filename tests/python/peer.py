@@ -19,6 +19,11 @@ Modes:
                           RING_RECORDS records, parking with the signal bit when empty
     ring-producer         take the producer side of a byte ring: write RING_RECORDS
                           records, waking a parked Rust consumer by futex or signal byte
+    pool-consumer         take the consumer side of a region pool (PROTOCOL.md, Region
+                          pools): verify each announced memfd once, check every notice and
+                          buffer (pattern generation - 1), release in batches of 5
+    pool-producer         take the producer side of a region pool: one memfd of 4 buffers,
+                          POOL_MESSAGES notices, reusing a buffer only once it is released
 
 Every mode exits 0 on success, 1 on failure (reason on stderr), after the Rust side closes.
 Note: Python 3.11's socket.send_fds/recv_fds ignore their `flags` argument, so this peer
@@ -574,6 +579,141 @@ def ring_producer(sock):
     del own  # closing the socket (on exit) tells the consumer the stream is over
 
 
+# ----- region pools (PROTOCOL.md, Region pools) -----
+
+KIND_POOL_ANNOUNCE = 16
+KIND_POOL_NOTICE = 17
+KIND_POOL_RELEASE = 18
+POOL_ANNOUNCE = struct.Struct("<IIQ")  # memfd_id, reserved, len
+POOL_NOTICE = struct.Struct("<IIQQQ")  # memfd_id, reserved, offset, len, generation
+POOL_RELEASE = struct.Struct("<IIQQ")  # memfd_id, reserved, offset, generation
+POOL_MESSAGES = 40
+POOL_BUFFER = 256 * 1024
+
+
+def pool_decode(data, nfds, kinds):
+    """Framing of a pool message, as a sealpipe receiver checks it; returns (kind, body)."""
+    if len(data) < HEADER.size:
+        raise Fail("pool message shorter than the header")
+    magic, version, kind, count, flags, plen = HEADER.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        raise Fail("bad magic or version")
+    if kind not in kinds:
+        raise Fail("unexpected pool message kind %d" % kind)
+    if count != nfds or flags != 0 or len(data) != HEADER.size + plen:
+        raise Fail("pool header does not match the message")
+    want_fds = 1 if kind == KIND_POOL_ANNOUNCE else 0
+    if nfds != want_fds:
+        raise Fail("kind %d with %d descriptors" % (kind, nfds))
+    body = data[HEADER.size :]
+    size = {KIND_POOL_ANNOUNCE: POOL_ANNOUNCE.size, KIND_POOL_NOTICE: POOL_NOTICE.size}
+    if kind in size and len(body) != size[kind]:
+        raise Fail("kind %d body of %d bytes" % (kind, len(body)))
+    if kind == KIND_POOL_RELEASE and (not body or len(body) % POOL_RELEASE.size):
+        raise Fail("release body of %d bytes" % len(body))
+    return kind, body
+
+
+def pool_release_message(entries):
+    body = b"".join(POOL_RELEASE.pack(i, 0, off, gen) for i, off, gen in entries)
+    return HEADER.pack(MAGIC, VERSION, KIND_POOL_RELEASE, 0, 0, len(body)) + body
+
+
+def pool_consumer(sock):
+    memfds = {}  # id -> read-only mapping
+    last_gen = 0
+    pending = []
+    received = 0
+    while True:
+        got = recv_raw(sock)
+        if got is None:
+            break
+        data, fds = got
+        try:
+            kind, body = pool_decode(data, len(fds), (KIND_POOL_ANNOUNCE, KIND_POOL_NOTICE))
+        except Fail:
+            close_all(fds)
+            raise
+        if kind == KIND_POOL_ANNOUNCE:
+            memfd_id, reserved, size = POOL_ANNOUNCE.unpack(body)
+            fd = fds[0]
+            try:
+                if reserved != 0 or memfd_id in memfds:
+                    raise Fail("bad announcement of memfd %d" % memfd_id)
+                seals = fcntl.fcntl(fd, F_GET_SEALS)
+                need = F_SEAL_SHRINK | F_SEAL_GROW
+                if seals & need != need or not seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE):
+                    raise Fail("announced memfd has seals %#x" % seals)
+                st = os.fstat(fd)
+                if st.st_size != size or st.st_blocks * 512 < size:
+                    raise Fail("announced memfd: size or committed pages wrong")
+                memfds[memfd_id] = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            continue
+        memfd_id, reserved, offset, length, gen = POOL_NOTICE.unpack(body)
+        m = memfds.get(memfd_id)
+        if m is None or reserved or length == 0 or offset + length > len(m):
+            raise Fail("bad notice %r" % ((memfd_id, offset, length, gen),))
+        if gen <= last_gen:
+            raise Fail("generation %d not above %d" % (gen, last_gen))
+        last_gen = gen
+        copy = m[offset : offset + length]  # copy out, then validate the copy
+        if copy != pattern(gen - 1, length):
+            raise Fail("buffer of generation %d differs from its pattern" % gen)
+        received += 1
+        pending.append((memfd_id, offset, gen))
+        if len(pending) == 5:
+            send(sock, pool_release_message(pending))
+            pending = []
+        if received == POOL_MESSAGES:
+            if pending:
+                send(sock, pool_release_message(pending))
+                pending = []
+    if received != POOL_MESSAGES:
+        raise Fail("received %d buffers, expected %d" % (received, POOL_MESSAGES))
+
+
+def pool_producer(sock):
+    memfd_id = 7
+    size = 4 * POOL_BUFFER
+    fd = new_memfd(size)
+    m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    fcntl.fcntl(fd, F_ADD_SEALS, PRODUCER_WRITABLE)
+    body = POOL_ANNOUNCE.pack(memfd_id, 0, size)
+    send(sock, HEADER.pack(MAGIC, VERSION, KIND_POOL_ANNOUNCE, 1, 0, len(body)) + body, [fd])
+    os.close(fd)
+    free = [3 * POOL_BUFFER, 2 * POOL_BUFFER, POOL_BUFFER, 0]
+    held = {}  # offset -> generation the consumer holds it under
+
+    def take_releases():
+        got = recv_raw(sock)
+        if got is None:
+            raise Fail("consumer closed before releasing everything")
+        data, fds = got
+        close_all(fds)
+        _, body = pool_decode(data, len(fds), (KIND_POOL_RELEASE,))
+        for k in range(0, len(body), POOL_RELEASE.size):
+            rid, reserved, off, gen = POOL_RELEASE.unpack_from(body, k)
+            if rid != memfd_id or reserved or held.get(off) != gen:
+                raise Fail("bad release %r" % ((rid, off, gen),))
+            del held[off]
+            free.append(off)
+
+    for i in range(POOL_MESSAGES):
+        while not free:
+            take_releases()
+        off = free.pop()
+        length = POOL_BUFFER - 1000 * i
+        gen = i + 1
+        m[off : off + length] = pattern(i, length)
+        held[off] = gen
+        body = POOL_NOTICE.pack(memfd_id, 0, off, length, gen)
+        send(sock, HEADER.pack(MAGIC, VERSION, KIND_POOL_NOTICE, 0, 0, len(body)) + body)
+    while held:
+        take_releases()
+
+
 MODES = {
     "send-immutable": send_immutable,
     "send-producer-writable": send_producer_writable,
@@ -582,6 +722,8 @@ MODES = {
     "hostile": hostile,
     "ring-consumer": ring_consumer,
     "ring-producer": ring_producer,
+    "pool-consumer": pool_consumer,
+    "pool-producer": pool_producer,
 }
 
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 /// Contenders in the bulk case, and the sizes each runs at (`None`: every size).
 pub const CONTENDERS: &[(&str, Option<&[usize]>)] = &[
     ("sealpipe", None),
+    ("pool", None),
     ("ring", None),
     ("stream", None),
     ("ipc-bytes", None),
@@ -59,6 +60,32 @@ pub fn run(contender: &str, size: usize, count: usize, rounds: usize) -> Duratio
                     region.write_at(0, &src.bytes).expect("write_at");
                     let sealed = region.seal().expect("seal");
                     tx.send(&[], &[&sealed]).expect("send");
+                }
+            });
+            peer.finish();
+            d
+        }
+        "pool" => {
+            // A pool of 16 buffers (4 at 64 MiB), each memfd sent once; the consumer copies
+            // every buffer out (the safe read) and releases it.
+            let (tx, rx) = sealpipe::Channel::pair().expect("channel");
+            let buffers = if size >= 64 << 20 { 4 } else { 16 };
+            let pool = sealpipe::pool::Pool::new(
+                sealpipe::pool::PoolOptions::new()
+                    .max_bytes(buffers * size)
+                    .slab_len((4 << 20).max(size)),
+            )
+            .expect("pool");
+            let tx = pool.attach(tx).expect("attach");
+            let mut peer = Peer::spawn(&p, consumer_cpu(0), vec![rx.into_fd()]);
+            let d = timed(&mut peer, rounds, |_, r| {
+                for i in 0..count {
+                    src.stamp((r * count + i) as u64);
+                    let mut lease = pool
+                        .lease_timeout(size, Duration::from_secs(60))
+                        .expect("lease");
+                    lease.copy_from_slice(&src.bytes);
+                    lease.send(&[&tx]).expect("send");
                 }
             });
             peer.finish();
@@ -167,6 +194,24 @@ pub fn consume(kind: &str, p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
                     drop(msg);
                     after_recv(ctl, i);
                 }
+                ctl.done();
+            }
+        }
+        "pool" => {
+            let ch = sealpipe::Channel::from_fd(fds.remove(0)).expect("channel");
+            let policy = sealpipe::Policy::read_only_view().max_region_len(64 << 20);
+            let mut rx = sealpipe::pool::PoolReceiver::new(ch, &policy).expect("receiver");
+            let mut buf = vec![0u8; p.size];
+            ctl.ready();
+            for r in 0..p.rounds {
+                for i in 0..p.count {
+                    let b = rx.recv().expect("pool recv");
+                    b.read_at(0, &mut buf).expect("read_at");
+                    drop(b);
+                    check.check(&buf, seq(r, i));
+                }
+                // About to block on the control socket: give back what is queued.
+                rx.flush_releases().expect("flush releases");
                 ctl.done();
             }
         }

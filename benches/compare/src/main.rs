@@ -32,6 +32,7 @@ pub const COLUMNS: &[(&str, &str, bool)] = &[
     ("ring", "sealpipe ring", false),
     ("ring-park", "sealpipe ring (park)", false),
     ("ring-async", "sealpipe ring (async, park)", false),
+    ("pool", "sealpipe pool", false),
     ("seqpacket", "unix seqpacket", true),
     ("stream", "unix stream", true),
     ("pipe", "pipe", true),
@@ -448,7 +449,7 @@ fn table(rows: &[Row]) -> String {
             .filter(|(_, _, alt)| *alt)
             .filter_map(|(k, t, _)| r.figs.get(k).and_then(Fig::speed).map(|v| (v, *t)))
             .max_by(|a, b| a.0.total_cmp(&b.0));
-        let ours = ["sealpipe", "ring", "ring-park", "ring-async"]
+        let ours = ["sealpipe", "ring", "ring-park", "ring-async", "pool"]
             .iter()
             .filter_map(|k| r.figs.get(k).and_then(Fig::speed))
             .max_by(f64::total_cmp);
