@@ -81,6 +81,7 @@
 //!   same-user process that takes over a listener's path and forwards messages fails on
 //!   both sides ([`handshake`]).
 //! - **Mapping failures** of verified regions are [`Error::Map`], a peer fault.
+//!
 //! Descriptors and budgets:
 //!
 //! - **Descriptors whose close blocks** (a TCP socket lingering with unsent data, a file on
@@ -139,8 +140,8 @@ compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM
 
 #[cfg(feature = "tokio")]
 pub mod asyncio;
-mod deadline;
 mod closer;
+mod deadline;
 mod error;
 #[cfg(fuzzing)]
 pub mod fuzz;

@@ -12,8 +12,8 @@ use rustix::net::{
     SocketFlags, SocketType,
 };
 
-use crate::deadline::Deadline;
 use crate::closer::{self, PeerSocket};
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handshake::{
     self, check_identity, HandshakeConfig, HandshakeFailure, PeerCredentials, ServerHandshake,

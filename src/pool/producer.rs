@@ -986,12 +986,9 @@ impl Link {
                 fault,
                 ..
             } = &mut *st;
-            let r = self.channel.recv_pool(
-                buf,
-                &mut no_fds,
-                &[wire::KIND_POOL_RELEASE],
-                Wait::Never,
-            );
+            let r =
+                self.channel
+                    .recv_pool(buf, &mut no_fds, &[wire::KIND_POOL_RELEASE], Wait::Never);
             crate::closer::dispose_all(no_fds.drain(..));
             match r {
                 Ok(PoolMessage::Release { entries }) => {
