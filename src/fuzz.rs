@@ -164,6 +164,7 @@ fn framing_model(
     match field(6, 2) {
         1 => {}
         2..=15 => return malformed("handshake message after the handshake"),
+        16..=18 => return malformed("pool message on a regions channel"),
         _ => return malformed("unknown message kind"),
     }
     let (count, payload) = (field(8, 2), field(12, 4));
