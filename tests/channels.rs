@@ -350,6 +350,7 @@ fn replayed_handshake_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root: runs a peer as uid 65534 (.ci/run runs it as root)"]
 fn peer_of_another_uid_is_judged_by_policy() {
     common::peer_main(|_role, ctl| {
         // Runs as uid 65534 and listens; admits root only where its policy says so.
@@ -382,10 +383,7 @@ fn peer_of_another_uid_is_judged_by_policy() {
         0
     });
     let _serial = common::serial();
-    if !common::is_root() {
-        eprintln!("skipped: needs root to run a peer as uid 65534");
-        return;
-    }
+    common::require_root("to run a peer as uid 65534");
     let dir = TempDir::new("uid");
     std::os::unix::fs::chown(&dir.0, Some(65534), Some(65534)).unwrap();
     let before = common::fd_count();
@@ -464,17 +462,6 @@ fn unsafe_paths_are_refused_and_stale_sockets_replaced() {
         fs::create_dir(dir.join("subdir")).unwrap();
         assert!(unsafe_path(&dir.join("subdir")).contains("not a socket"));
 
-        // Someone else's socket.
-        let foreign = dir.join("foreign");
-        drop(raw_listen(&foreign));
-        if common::is_root() {
-            std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
-            assert!(unsafe_path(&foreign).contains("another user"));
-            assert!(foreign.exists());
-        } else {
-            eprintln!("part skipped: needs root to create a socket owned by another user");
-        }
-
         // Our own stale socket (nobody listening) is replaced.
         let stale = dir.join("stale");
         drop(raw_listen(&stale));
@@ -518,6 +505,26 @@ fn unsafe_paths_are_refused_and_stale_sockets_replaced() {
             Some(v) => std::env::set_var("XDG_RUNTIME_DIR", v),
             None => std::env::remove_var("XDG_RUNTIME_DIR"),
         }
+    }
+    assert_eq!(common::fd_count(), before);
+}
+
+#[test]
+#[ignore = "needs root: creates a socket owned by another user (.ci/run runs it as root)"]
+fn socket_of_another_user_is_refused() {
+    let _serial = common::serial();
+    common::require_root("to create a socket owned by another user");
+    let dir = TempDir::new("foreign");
+    let before = common::fd_count();
+    {
+        let foreign = dir.join("foreign");
+        drop(raw_listen(&foreign));
+        std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+        match Listener::bind(&foreign, HandshakeConfig::new()) {
+            Err(Error::UnsafePath { reason, .. }) => assert!(reason.contains("another user")),
+            other => panic!("{}: {other:?}", foreign.display()),
+        }
+        assert!(foreign.exists());
     }
     assert_eq!(common::fd_count(), before);
 }

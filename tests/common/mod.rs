@@ -175,6 +175,16 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Fails the test unless this process runs as root. For tests marked
+/// `#[ignore = "needs root: ..."]`: run with `--ignored` by an unprivileged user they fail,
+/// they never pass without having run. `.ci/run` runs them as root.
+pub fn require_root(why: &str) {
+    assert!(
+        is_root(),
+        "this test needs root ({why}); run it as root, as .ci/run does"
+    );
+}
+
 /// Environment variable naming the descriptor [`spawn_peer_sharing`] hands to a peer.
 pub const SHARED_FD_ENV: &str = "SEALPIPE_TEST_SHARED_FD";
 
