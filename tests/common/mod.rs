@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use sealpipe::Channel;
 
+pub mod endpoints;
+
 /// Environment variable carrying the role of a spawned peer.
 pub const ROLE_ENV: &str = "SEALPIPE_TEST_ROLE";
 
