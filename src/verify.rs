@@ -388,6 +388,9 @@ fn probe_shared_map_of_write_sealed() -> bool {
     ReadMap::shared(region.as_fd(), 4096).is_ok()
 }
 
+#[cfg(any(test, fuzzing))]
+pub(crate) mod model;
+
 #[cfg(test)]
 mod tests {
     use super::*;
