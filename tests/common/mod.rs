@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use sealpipe::Channel;
 
 pub mod endpoints;
+pub mod ring_peers;
 
 /// Environment variable carrying the role of a spawned peer.
 pub const ROLE_ENV: &str = "SEALPIPE_TEST_ROLE";
