@@ -28,6 +28,7 @@ use sealpipe::Channel;
 
 pub mod endpoints;
 pub mod ring_peers;
+pub mod sandboxed;
 
 /// Environment variable carrying the role of a spawned peer.
 pub const ROLE_ENV: &str = "SEALPIPE_TEST_ROLE";
