@@ -295,7 +295,7 @@ pub fn ring_ops(data: &[u8]) {
 /// access outside the `Vec`. Throughout: a `Corrupt` verdict leaves the engine as it was,
 /// so asking again with the peer's memory unchanged gives the same verdict (the engine
 /// never adopts an index it rejected; that `Link` then stays failed is `ring/mod.rs`'s
-/// part, tested in `tests/ring.rs`).
+/// part, tested in `tests/ring_hostile.rs`).
 pub fn ring_pod_ops(data: &[u8]) {
     let mut input = Input(data);
     let Some(b) = input.byte() else { return };
