@@ -22,9 +22,11 @@ use crate::sys;
 /// [`seal`](Region::seal) it immutable, or [`share_read_only`](Region::share_read_only)
 /// to keep writing while others read.
 ///
-/// The memfd is close-on-exec, created with `MFD_NOEXEC_SEAL` where the kernel has it,
-/// and its pages are allocated up front with `fallocate`, so running out of memory is an
-/// error here rather than a `SIGBUS` in a consumer later.
+/// The memfd (a [`MemFile`]) is close-on-exec, created with `MFD_NOEXEC_SEAL` where the
+/// kernel has it, and its pages are allocated up front with `fallocate`, so running out of
+/// memory is an error here rather than a `SIGBUS` in a consumer later. To start from a
+/// memfd you made yourself, see [`SealedRegion::from_memfile`] and
+/// [`SharedRegion::from_memfile`].
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -491,15 +493,10 @@ fn pwrite_all(file: &MemFile, data: &[u8], offset: u64) -> Result<()> {
     })
 }
 
-/// The file's size (`fstat`).
+/// The file's size, with rustix's `fstat` (std's `metadata`, under memfile's, tries
+/// `statx` first, which sealpipe's sandbox does not allow).
 fn file_len(file: &MemFile) -> Result<u64> {
-    Ok(file
-        .metadata()
-        .map_err(|source| Error::Io {
-            op: "fstat",
-            source,
-        })?
-        .len())
+    Ok(fs::fstat(file).map_err(|e| Error::io("fstat", e))?.st_size as u64)
 }
 
 /// Every seal the kernel reports, with rustix: memfile's `get_seals` drops the bits it does
