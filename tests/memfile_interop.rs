@@ -248,7 +248,7 @@ fn a_received_view_becomes_a_memfile() {
         .unwrap()
         .into_parts();
     let view = views.remove(0);
-    assert_eq!(view.region().map(|r| inode(r)), Some(ino));
+    assert_eq!(view.region().map(inode), Some(ino));
     let mut file = view.into_memfile().unwrap();
     assert_eq!(inode(&file), ino);
     assert_eq!(raw_seals(&file), region.seals().bits());
