@@ -267,6 +267,26 @@ fn a_received_view_becomes_a_memfile() {
     assert_eq!(&view.as_bytes().unwrap()[..4], b"view");
 }
 
+#[test]
+fn a_forwarded_region_is_verified_again_by_each_receiver() {
+    let (producer, broker_in) = Channel::pair().unwrap();
+    let (broker_out, strict) = Channel::pair().unwrap();
+    let shared = Region::new(4096).unwrap().share_read_only().unwrap();
+    producer.send(b"", &[shared.region()]).unwrap();
+    let msg = broker_in
+        .recv(&Policy::read_only_view().keep_descriptors(true))
+        .unwrap();
+    let region = msg.regions()[0].region().unwrap();
+    assert_eq!(region.seals(), shared.region().seals());
+    broker_out.send(b"", &[region]).unwrap();
+    // A receiver that demands immutable regions refuses the forwarded producer-writable one.
+    let err = strict.recv(&Policy::immutable()).unwrap_err();
+    assert!(
+        matches!(err, Error::MissingSeals { missing, .. } if missing == Seals::WRITE),
+        "{err:?}"
+    );
+}
+
 // ---- forwarding through a broker process ----
 
 const BROKER_TEST_IMMUTABLE: &str = "a_broker_forwards_an_immutable_region_to_its_workers";
