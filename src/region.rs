@@ -47,7 +47,7 @@ impl Region {
     /// Creates a region of `len` bytes (zero-filled), with every page allocated.
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] if `len` is 0, [`Error::OutOfMemory`] if the memory cannot be
+    /// [`Error::ZeroLength`] if `len` is 0, [`Error::OutOfMemory`] if the memory cannot be
     /// committed, [`Error::Io`] if `memfd_create` or `ftruncate` fails.
     ///
     /// Inside a memory cgroup whose limit is reached and whose OOM killer is on, the kernel
@@ -59,11 +59,7 @@ impl Region {
 
     fn create(len: usize, noexec_seal: bool) -> Result<Region> {
         if len == 0 {
-            return Err(Error::OutOfBounds {
-                offset: 0,
-                len: 0,
-                region_len: 0,
-            });
+            return Err(Error::ZeroLength { what: "region" });
         }
         // Refuse what the machine can never hold: fallocate on a memfd is not bounded by any
         // filesystem size, and would otherwise eat all memory before failing.
@@ -93,13 +89,12 @@ impl Region {
     }
 
     /// Length in bytes.
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a region is never empty: `Region::new(0)` is refused"
+    )]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// Always `false`: regions are never empty.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Copies `data` into the region at `offset` (with `pwrite`, no mapping needed).
@@ -132,7 +127,9 @@ impl Region {
     /// [`Error::Cast`] if the region's length is not a multiple of `size_of::<T>()` (the
     /// mapping is page-aligned, so alignment always fits); [`Error::Io`] if `mmap` fails.
     pub fn as_mut_slice_of<T: bytemuck::Pod>(&mut self) -> Result<&mut [T]> {
-        bytemuck::try_cast_slice_mut(self.as_mut_slice()?).map_err(Error::Cast)
+        let bytes = self.as_mut_slice()?;
+        let len = bytes.len();
+        bytemuck::try_cast_slice_mut(bytes).map_err(|e| Error::cast::<T>(e, len))
     }
 
     /// Seals the region immutable: `WRITE | SHRINK | GROW | SEAL`. The writable mapping is
@@ -235,13 +232,12 @@ impl SealedRegion {
     }
 
     /// Length in bytes.
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a region is never empty: `Region::new(0)` is refused"
+    )]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// Always `false`: regions are never empty.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// The seals the kernel reports for this region.
@@ -294,7 +290,8 @@ impl ProducerWritableRegion {
     /// # Errors
     /// [`Error::Cast`] if the length is not a multiple of `size_of::<T>()`.
     pub fn as_mut_slice_of<T: bytemuck::Pod>(&mut self) -> Result<&mut [T]> {
-        bytemuck::try_cast_slice_mut(&mut self.map[..]).map_err(Error::Cast)
+        let len = self.map.len();
+        bytemuck::try_cast_slice_mut(&mut self.map[..]).map_err(|e| Error::cast::<T>(e, len))
     }
 
     /// The sealed region to send to readers.
@@ -396,7 +393,10 @@ mod tests {
             r.write_at(usize::MAX, b"a"),
             Err(Error::OutOfBounds { .. })
         ));
-        assert!(matches!(Region::new(0), Err(Error::OutOfBounds { .. })));
+        assert!(matches!(
+            Region::new(0),
+            Err(Error::ZeroLength { what: "region" })
+        ));
         r.seek(SeekFrom::Start(8)).unwrap();
         assert!(
             r.write_all(b"abc").is_err(),

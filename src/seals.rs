@@ -237,7 +237,7 @@ impl Policy {
     }
 
     /// Largest application payload accepted, in bytes (default and upper bound:
-    /// [`crate::wire::MAX_PAYLOAD`]).
+    /// [`Channel::MAX_PAYLOAD`](crate::Channel::MAX_PAYLOAD)).
     pub const fn max_payload(mut self, n: usize) -> Policy {
         self.max_payload = if n > crate::wire::MAX_PAYLOAD {
             crate::wire::MAX_PAYLOAD

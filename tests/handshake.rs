@@ -87,7 +87,7 @@ fn python_client_handshakes_with_rust_listener() {
     let before = common::fd_count();
     {
         let config = HandshakeConfig::new().secret(Secret::new(&key).unwrap());
-        let mut l = Listener::bind(&path, config).unwrap();
+        let mut l = Listener::bind(&path, &config).unwrap();
 
         // Right secret: handshake, then a sealed memfd region made by Python.
         let child = start(py, "client", &path, &hex(&key));
@@ -252,7 +252,7 @@ fn a_relay_between_client_and_listener_fails_on_both_sides() {
     let path = dir.join("ep");
     let key = secret_bytes(3);
     let config = HandshakeConfig::new().secret(Secret::new(&key).unwrap());
-    let mut l = Listener::bind(&path, config.clone()).unwrap();
+    let mut l = Listener::bind(&path, &config).unwrap();
 
     // A Rust client: it finds the server's proof wrong (the relay's pid is in its view of
     // the server), refuses, and the listener hears why.
@@ -301,7 +301,7 @@ fn rebind_refuses_a_path_someone_else_holds() {
     let _serial = common::serial();
     let dir = private_dir("rebind");
     let path = dir.join("ep");
-    let mut l = Listener::bind(&path, HandshakeConfig::new()).unwrap();
+    let mut l = Listener::bind(&path, &HandshakeConfig::new()).unwrap();
     fs::rename(&path, dir.join("moved")).unwrap();
     let squatter = socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
     bind(&squatter, &SocketAddrUnix::new(&path).unwrap()).unwrap();
@@ -330,7 +330,7 @@ fn a_peer_without_bound_proofs_is_refused_as_unbound() {
     let _serial = common::serial();
     let dir = private_dir("unbound");
     let path = dir.join("ep");
-    let mut l = Listener::bind(&path, HandshakeConfig::new()).unwrap();
+    let mut l = Listener::bind(&path, &HandshakeConfig::new()).unwrap();
     let sock = socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
     connect(&sock, &SocketAddrUnix::new(&path).unwrap()).unwrap();
     // An older revision's HELLO: features without BOUND.

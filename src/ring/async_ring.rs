@@ -498,14 +498,14 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
         self.inner
     }
 
-    /// Pushes `item` and publishes it, awaiting room.
+    /// Sends `item` (publishes it), awaiting room.
     ///
     /// # Errors
     /// [`Error::PeerClosed`], [`Error::PeerCorrupt`].
     ///
     /// # Cancel safety
-    /// Cancel safe: a dropped future pushed nothing.
-    pub async fn push(&mut self, item: T) -> Result<()> {
+    /// Cancel safe: a dropped future sent nothing.
+    pub async fn send(&mut self, item: T) -> Result<()> {
         loop {
             match self.inner.attempt_push(item)? {
                 Ok(()) => return Ok(()),
@@ -520,14 +520,14 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
         }
     }
 
-    /// Pushes as many of `items` as fit, awaiting room for at least one, with one
+    /// Sends as many of `items` as fit, awaiting room for at least one, with one
     /// publication; returns how many.
     ///
     /// # Errors
-    /// As [`push`](AsyncPodProducer::push).
+    /// As [`send`](AsyncPodProducer::send).
     ///
     /// # Cancel safety
-    /// Cancel safe: a dropped future pushed nothing.
+    /// Cancel safe: a dropped future sent nothing.
     pub async fn send_slice(&mut self, items: &[T]) -> Result<usize> {
         loop {
             match self.inner.attempt_push_slice(items)? {
@@ -595,7 +595,7 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
     ///
     /// # Cancel safety
     /// Cancel safe: an item is taken only in the poll that returns it.
-    pub async fn pop(&mut self) -> Result<T> {
+    pub async fn recv(&mut self) -> Result<T> {
         loop {
             match self.inner.attempt_pop()? {
                 Ok(item) => return Ok(item),
@@ -614,7 +614,7 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
     /// how many.
     ///
     /// # Errors
-    /// As [`pop`](AsyncPodConsumer::pop).
+    /// As [`recv`](AsyncPodConsumer::recv).
     ///
     /// # Cancel safety
     /// Cancel safe: items are taken only in the poll that returns them.
