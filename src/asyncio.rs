@@ -54,7 +54,7 @@ use crate::region::SealedRegion;
 use crate::seals::Policy;
 use crate::transport::{Channel, Message, Sent, READER_POLL};
 
-pub use crate::pool::{AsyncPool, AsyncPoolReceiver};
+pub use crate::pool::async_pool::{AsyncPool, AsyncPoolReceiver};
 pub use crate::ring::async_ring::{
     AsyncConsumer, AsyncPodConsumer, AsyncPodProducer, AsyncProducer,
 };

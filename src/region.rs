@@ -143,9 +143,10 @@ impl Region {
         SealedRegion::seal(self.fd, self.len, Seals::IMMUTABLE)
     }
 
-    /// Seals the region `FUTURE_WRITE | SHRINK | GROW | SEAL` and keeps this process's
-    /// writable mapping: the producer goes on writing, nobody else can write, resize or
-    /// punch holes. Receivers must treat the contents as changing under them.
+    /// Seals the region producer-writable ([`Seals::PRODUCER_WRITABLE`]:
+    /// `FUTURE_WRITE | SHRINK | GROW | SEAL`) and keeps this process's writable mapping: the
+    /// producer goes on writing, nobody else can write, resize or punch holes. Receivers
+    /// must treat the contents as changing under them.
     ///
     /// # Errors
     /// [`Error::Io`] if mapping or sealing fails.
@@ -270,8 +271,9 @@ impl AsFd for SealedRegion {
     }
 }
 
-/// A region sealed `FUTURE_WRITE | SHRINK | GROW | SEAL` whose producer keeps writing it
-/// through its own mapping, while receivers can only read.
+/// A producer-writable region ([`Seals::PRODUCER_WRITABLE`]: `FUTURE_WRITE | SHRINK | GROW |
+/// SEAL`) whose producer keeps writing it through its own mapping, while receivers can only
+/// read, by copying (they accept it with [`Policy::producer_writable`](crate::Policy::producer_writable)).
 #[derive(Debug)]
 pub struct ProducerWritableRegion {
     map: MmapMut,
@@ -416,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn shared_region_keeps_producer_writable() {
+    fn producer_writable_region_stays_writable_for_its_producer() {
         let mut r = Region::new(4096).unwrap().seal_producer_writable().unwrap();
         r.as_mut_slice()[0] = 42;
         assert!(r.region().seals().contains(Seals::PRODUCER_WRITABLE));

@@ -169,9 +169,11 @@ impl Policy {
         }
     }
 
-    /// Read-only views: `SHRINK | GROW` plus either `WRITE` or `FUTURE_WRITE` required. A
-    /// `FUTURE_WRITE` region can still be changed by its producer, so it can only be read
-    /// by copying ([`crate::RegionView::read_at`]).
+    /// Accepts producer-writable regions ([`Seals::PRODUCER_WRITABLE`], made by
+    /// [`Region::seal_producer_writable`](crate::Region::seal_producer_writable)) as well as
+    /// immutable ones: `SHRINK | GROW` plus either `WRITE` or `FUTURE_WRITE` required. A
+    /// producer-writable region can still be changed by its producer, so it can only be
+    /// read by copying ([`crate::RegionView::read_at`]).
     pub const fn producer_writable() -> Policy {
         Policy {
             accept_future_write: true,
