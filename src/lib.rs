@@ -172,7 +172,9 @@ struct ReadmeDoctests;
 
 pub use error::{Error, Result};
 pub use guard::{GuardOptions, GuardedMap};
-pub use handshake::{HandshakeConfig, PeerCredentials, PeerPolicy, RefusalReason, Secret};
+pub use handshake::{
+    HandshakeConfig, HandshakeFailure, PeerCredentials, PeerPolicy, RefusalReason, Secret,
+};
 pub use listener::{default_path, Listener};
 pub use positional::PositionalFile;
 pub use region::{ProducerWritableRegion, Region, SealedRegion};
