@@ -58,14 +58,17 @@ use crate::error::{Error, Result};
 use crate::wire::{self, HandshakeMessage, NONCE_LEN, PROOF_LEN};
 
 /// Feature bit: the sender is configured with a shared secret.
+#[doc(hidden)] // protocol detail (PROTOCOL.md "Handshake"), not public API; used by tests
 pub const FEATURE_SECRET: u32 = 1;
 
 /// Feature bit: the sender's proofs cover both ends' credentials (handshake revision 2).
 /// Every handshake sets it, and a peer whose first message lacks it is refused as
-/// [`HandshakeFailure::Unbound`].
+/// `HandshakeFailure::Unbound`.
+#[doc(hidden)] // protocol detail (PROTOCOL.md "Handshake"), not public API; used by tests
 pub const FEATURE_BOUND: u32 = 2;
 
 /// Key-derivation context for the shared secret (BLAKE3 `derive_key`).
+#[doc(hidden)] // protocol detail (PROTOCOL.md "Handshake"), not public API; used by tests
 pub const KEY_CONTEXT: &str = "sealpipe 2026-11 handshake v1 shared secret";
 
 /// Default time a handshake may take, from connect or accept to the last message.
@@ -400,7 +403,7 @@ pub enum HandshakeFailure {
         version: u16,
     },
     /// The peer's proofs do not cover the connection's two ends (it lacks
-    /// [`FEATURE_BOUND`]: an older handshake revision).
+    /// feature bit 2, `FEATURE_BOUND` in `PROTOCOL.md`: an older handshake revision).
     Unbound,
     /// An unexpected or malformed handshake message.
     Protocol(&'static str),

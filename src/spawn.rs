@@ -32,9 +32,12 @@ use crate::sandbox::{Enforcement, Prepared, Sandbox, StartupPaths};
 use crate::transport::Channel;
 
 /// The environment variable that tells the child which descriptor holds its channel.
+/// For workers written in other languages: the child reads it, then makes the handshake
+/// described in `PROTOCOL.md`; Rust workers call [`worker_channel`].
 pub const ENV_VAR: &str = "SEALPIPE_FD";
 
-/// The descriptor number the child's channel is placed on.
+/// The descriptor number the child's channel is placed on (what [`ENV_VAR`] names); for
+/// workers written in other languages, as [`ENV_VAR`].
 pub const CHILD_FD: RawFd = 3;
 
 /// How long [`spawn`]'s failure path waits for a killed child before it leaves the reaping

@@ -463,7 +463,12 @@ mod tests {
         assert_eq!(v.as_slice_of::<u64>().unwrap().len(), 512);
         assert!(matches!(
             v.as_slice_of::<[u8; 3]>(),
-            Err(Error::Cast { .. })
+            Err(Error::Cast {
+                reason: "the length is not a multiple of the type's size",
+                len: 4096,
+                size: 3,
+                align: 1,
+            })
         ));
         assert!(matches!(
             v.read_value::<u64>(4090),
