@@ -309,13 +309,13 @@ impl AsyncProducer {
     ///
     /// # Cancel safety
     /// Dropping the future abandons the setup: the channel is closed and the consumer's
-    /// `connect` fails.
+    /// `setup` fails.
     pub async fn setup(channel: Channel, options: &RingOptions) -> Result<AsyncProducer> {
         let (link, cap, flags) = producer_setup_async(channel, options, BYTES).await?;
         AsyncProducer::new(Producer::from_link(link, cap, flags))
     }
 
-    /// Drives a connected [`Producer`] on the current runtime.
+    /// Drives a set-up [`Producer`] on the current runtime.
     ///
     /// # Errors
     /// [`Error::Io`] outside a tokio runtime, or if the registration fails.
@@ -394,13 +394,13 @@ impl AsyncConsumer {
     ///
     /// # Cancel safety
     /// Dropping the future abandons the setup: the channel is closed and the producer's
-    /// `connect` fails.
+    /// `setup` fails.
     pub async fn setup(channel: Channel, options: &RingOptions) -> Result<AsyncConsumer> {
         let (link, cap, flags) = consumer_setup_async(channel, options, BYTES).await?;
         AsyncConsumer::new(Consumer::from_link(link, cap, flags))
     }
 
-    /// Drives a connected [`Consumer`] on the current runtime.
+    /// Drives a set-up [`Consumer`] on the current runtime.
     ///
     /// # Errors
     /// [`Error::Io`] outside a tokio runtime, or if the registration fails.
@@ -476,7 +476,7 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
         AsyncPodProducer::new(PodProducer::from_link(link, cap, flags))
     }
 
-    /// Drives a connected [`PodProducer`] on the current runtime.
+    /// Drives a set-up [`PodProducer`] on the current runtime.
     ///
     /// # Errors
     /// [`Error::Io`] outside a tokio runtime, or if the registration fails.
@@ -565,7 +565,7 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
         AsyncPodConsumer::new(PodConsumer::from_link(link, cap, flags))
     }
 
-    /// Drives a connected [`PodConsumer`] on the current runtime.
+    /// Drives a set-up [`PodConsumer`] on the current runtime.
     ///
     /// # Errors
     /// [`Error::Io`] outside a tokio runtime, or if the registration fails.

@@ -108,7 +108,7 @@
 //! # Memory and allocation
 //!
 //! Ring memory is the capacity plus one page for each side's control block. After
-//! [`connect`](Producer::setup), sending and receiving allocate nothing (a receive
+//! [`setup`](Producer::setup), sending and receiving allocate nothing (a receive
 //! buffer grows only when a record is longer than any before it).
 #![allow(unsafe_code)]
 
@@ -204,7 +204,7 @@ mod api {
     impl RingOptions {
         /// Options for a ring of `capacity` units: bytes for [`Producer`], items for
         /// [`PodProducer`]. It must be a power of two from 16 to 2^31 (checked at
-        /// `connect`). Consumers ignore it: the producer decides.
+        /// `setup`). Consumers ignore it: the producer decides.
         pub const fn new(capacity: usize) -> RingOptions {
             RingOptions {
                 capacity,
@@ -220,7 +220,7 @@ mod api {
             self
         }
 
-        /// How long `connect` waits for the peer (default 10 s).
+        /// How long `setup` waits for the peer (default 10 s).
         pub const fn timeout(mut self, timeout: Duration) -> RingOptions {
             self.timeout = timeout;
             self
