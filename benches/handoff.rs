@@ -361,7 +361,9 @@ fn round(w: &mut Worker, op: Op, data: &[u8], iters: u64) -> u64 {
                 w.region_ack()
             }
             Op::ReadOnly => {
-                let shared = fill(data).seal_producer_writable().expect("seal_producer_writable");
+                let shared = fill(data)
+                    .seal_producer_writable()
+                    .expect("seal_producer_writable");
                 w.ch.send_timeout(&[], &[shared.region()], T).expect("send");
                 drop(shared);
                 w.region_ack()

@@ -19,7 +19,7 @@ fn connect_accept(c: &mut Criterion) {
         ("handshake/secret", HandshakeConfig::new().secret(secret())),
     ] {
         let path = dir.join(name.replace('/', "_"));
-        let mut listener = Listener::bind(&path, config.clone()).unwrap();
+        let mut listener = Listener::bind(&path, &config).unwrap();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let server = thread::spawn(move || loop {
             match listener.accept_timeout(Duration::from_millis(50)) {

@@ -491,7 +491,7 @@ mod asynchronous {
             while rx.recv(&mut buf).await.is_ok() {
                 n += 1;
                 if buf.first() == Some(&ACK) {
-                    acks.push(n).await.unwrap();
+                    acks.send(n).await.unwrap();
                 }
             }
         });
@@ -502,9 +502,7 @@ mod asynchronous {
         runtime().block_on(async {
             let mut rx = AsyncConsumer::setup(ch1, &options(0)).await.unwrap();
             let ch2 = Channel::from_fd(raw2).unwrap();
-            let mut tx = AsyncProducer::setup(ch2, &options(1 << 16))
-                .await
-                .unwrap();
+            let mut tx = AsyncProducer::setup(ch2, &options(1 << 16)).await.unwrap();
             let mut buf = Vec::new();
             while rx.recv(&mut buf).await.is_ok() {
                 if tx.send(&buf).await.is_err() {
@@ -559,7 +557,7 @@ mod asynchronous {
                     tx.send(&rec).await.unwrap();
                 }
                 tx.send(&[ACK, 0, 0, 0, 0, 0, 0, 0]).await.unwrap();
-                acks.pop().await.unwrap();
+                acks.recv().await.unwrap();
                 start.elapsed()
             })
         }

@@ -32,7 +32,7 @@ fn config(secret: &str) -> sealpipe::Result<HandshakeConfig> {
 }
 
 fn server() -> Result<(), Box<dyn std::error::Error>> {
-    let mut listener = Listener::bind_default(ENDPOINT, config(SECRET)?)?;
+    let mut listener = Listener::bind(default_path(ENDPOINT)?, &config(SECRET)?)?;
     println!("server: listening at {}", listener.path().display());
 
     let exe = std::env::current_exe()?;
@@ -75,7 +75,12 @@ fn server() -> Result<(), Box<dyn std::error::Error>> {
                 channel.send_timeout(b"thanks", &[], Duration::from_secs(5))?;
                 served += 1;
             }
-            Err(e @ sealpipe::Error::Handshake { .. }) => {
+            // Errors about one client; the listener goes on serving.
+            Err(
+                e @ (sealpipe::Error::Handshake { .. }
+                | sealpipe::Error::PeerClosed
+                | sealpipe::Error::Timeout),
+            ) => {
                 println!("server: refused a client: {e}");
                 refused += 1;
             }

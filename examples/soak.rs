@@ -68,7 +68,7 @@ fn usage() -> (usize, usize, u64) {
 
 fn parent(secs: u64) -> Result<bool, Box<dyn std::error::Error>> {
     let path = std::env::temp_dir().join(format!("sealpipe-soak-{}.sock", std::process::id()));
-    let mut listener = Listener::bind(&path, config()?)?;
+    let mut listener = Listener::bind(&path, &config()?)?;
     let exe = std::env::current_exe()?;
     let end = Instant::now() + Duration::from_secs(secs);
     let mut baseline = None;

@@ -89,7 +89,7 @@ fn checksum(bytes: &[u8]) -> u64 {
 
 async fn server() -> Result<(), Box<dyn Error>> {
     let path = std::env::temp_dir().join(format!("sealpipe-fanout-{}.sock", std::process::id()));
-    let mut listener = AsyncListener::new(Listener::bind(&path, config())?)?;
+    let mut listener = AsyncListener::new(Listener::bind(&path, &config())?)?;
     println!("server: listening at {}", path.display());
 
     // One region for everyone: written once, sealed, then only its descriptor travels.

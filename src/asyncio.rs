@@ -48,13 +48,13 @@ use tokio::io::Interest;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::handshake::{HandshakeConfig, HandshakeFailure};
+use crate::handshake::HandshakeConfig;
 use crate::listener::{Connecting, Listener};
 use crate::region::SealedRegion;
 use crate::seals::Policy;
 use crate::transport::{Channel, Message, Sent, READER_POLL};
 
-pub use crate::pool::{AsyncPool, AsyncPoolReceiver};
+pub use crate::pool::async_pool::{AsyncPool, AsyncPoolReceiver};
 pub use crate::ring::async_ring::{
     AsyncConsumer, AsyncPodConsumer, AsyncPodProducer, AsyncProducer,
 };
@@ -116,9 +116,7 @@ impl AsyncChannel {
             let ready = match deadline.instant() {
                 Some(at) => tokio::time::timeout_at(at.into(), fd.readable())
                     .await
-                    .map_err(|_elapsed| Error::Handshake {
-                        failure: HandshakeFailure::TimedOut,
-                    })?,
+                    .map_err(|_elapsed| Error::Timeout)?,
                 None => fd.readable().await,
             };
             let mut ready = ready.map_err(reactor_error)?;

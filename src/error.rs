@@ -58,9 +58,30 @@ pub enum Error {
         region_len: u64,
     },
 
-    /// A typed view could not be made (alignment or size does not fit `T`).
-    #[error("cannot view region as the requested type: {0}")]
-    Cast(bytemuck::PodCastError),
+    /// A typed view (`as_slice_of::<T>`) could not be made: `reason` says whether the
+    /// length is not a whole number of `T`s or the memory is not aligned for `T`.
+    #[error(
+        "cannot view {len} bytes as a slice of a {size}-byte type aligned to {align}: {reason}"
+    )]
+    Cast {
+        /// What does not fit.
+        reason: &'static str,
+        /// Length of the memory in bytes.
+        len: usize,
+        /// `size_of::<T>()`.
+        size: usize,
+        /// `align_of::<T>()`.
+        align: usize,
+    },
+
+    /// A region of zero bytes was asked for ([`crate::Region::new`], a pool lease or its
+    /// truncation): memory of no bytes cannot be mapped, so no region, received or made
+    /// here, is ever empty.
+    #[error("a {what} cannot be empty")]
+    ZeroLength {
+        /// What was asked to be empty: `"region"`, `"lease"`.
+        what: &'static str,
+    },
 
     /// Direct `&[u8]` access was requested on a region that is not write-sealed: its
     /// producer can still change it, so only copying reads ([`crate::RegionView::read_at`])
@@ -71,7 +92,9 @@ pub enum Error {
         seals: Seals,
     },
 
-    /// The peer closed the connection (or exited). Nothing was sent or received.
+    /// The peer closed the connection (or exited). Nothing was sent or received. Also what
+    /// a handshake reports when the peer closes during it (from a [`crate::Listener`]'s
+    /// `accept`: one client closed; the listener goes on serving).
     #[error("peer closed the channel")]
     PeerClosed,
 
@@ -79,7 +102,10 @@ pub enum Error {
     #[error("operation would block")]
     WouldBlock,
 
-    /// The deadline of a blocking call passed. Nothing was sent or received.
+    /// The deadline of a blocking call passed. Nothing was sent or received. Also what a
+    /// handshake reports when it does not complete within its timeout (from a
+    /// [`crate::Listener`]'s `accept`: one connection's handshake; the listener goes on
+    /// serving).
     #[error("operation timed out")]
     Timeout,
 
@@ -490,6 +516,26 @@ impl Error {
                 | Error::BadAnnounce { .. }
                 | Error::BadNotice { .. }
         )
+    }
+
+    /// [`Error::Cast`] for a failed `bytemuck` slice cast of `len` bytes to `[T]`.
+    pub(crate) fn cast<T>(e: bytemuck::PodCastError, len: usize) -> Error {
+        let reason = match e {
+            bytemuck::PodCastError::TargetAlignmentGreaterAndInputNotAligned => {
+                "the memory is not aligned for the type"
+            }
+            bytemuck::PodCastError::OutputSliceWouldHaveSlop => {
+                "the length is not a multiple of the type's size"
+            }
+            bytemuck::PodCastError::SizeMismatch => "the length is not the type's size",
+            bytemuck::PodCastError::AlignmentMismatch => "the alignment is not the type's",
+        };
+        Error::Cast {
+            reason,
+            len,
+            size: std::mem::size_of::<T>(),
+            align: std::mem::align_of::<T>(),
+        }
     }
 
     pub(crate) fn io(op: &'static str, errno: rustix::io::Errno) -> Self {

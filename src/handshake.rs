@@ -58,14 +58,17 @@ use crate::error::{Error, Result};
 use crate::wire::{self, HandshakeMessage, NONCE_LEN, PROOF_LEN};
 
 /// Feature bit: the sender is configured with a shared secret.
+#[doc(hidden)] // protocol detail (PROTOCOL.md "Handshake"), not public API; used by tests
 pub const FEATURE_SECRET: u32 = 1;
 
 /// Feature bit: the sender's proofs cover both ends' credentials (handshake revision 2).
 /// Every handshake sets it, and a peer whose first message lacks it is refused as
-/// [`HandshakeFailure::Unbound`].
+/// `HandshakeFailure::Unbound`.
+#[doc(hidden)] // protocol detail (PROTOCOL.md "Handshake"), not public API; used by tests
 pub const FEATURE_BOUND: u32 = 2;
 
 /// Key-derivation context for the shared secret (BLAKE3 `derive_key`).
+#[doc(hidden)] // protocol detail (PROTOCOL.md "Handshake"), not public API; used by tests
 pub const KEY_CONTEXT: &str = "sealpipe 2026-11 handshake v1 shared secret";
 
 /// Default time a handshake may take, from connect or accept to the last message.
@@ -400,16 +403,12 @@ pub enum HandshakeFailure {
         version: u16,
     },
     /// The peer's proofs do not cover the connection's two ends (it lacks
-    /// [`FEATURE_BOUND`]: an older handshake revision).
+    /// feature bit 2, `FEATURE_BOUND` in `PROTOCOL.md`: an older handshake revision).
     Unbound,
     /// An unexpected or malformed handshake message.
     Protocol(&'static str),
     /// The peer refused this side and said why.
     Refused(RefusalReason),
-    /// The handshake did not complete in time.
-    TimedOut,
-    /// The peer closed the connection (or exited) during the handshake.
-    PeerClosed,
 }
 
 impl fmt::Display for HandshakeFailure {
@@ -449,8 +448,6 @@ impl fmt::Display for HandshakeFailure {
             ),
             HandshakeFailure::Protocol(what) => write!(f, "protocol violation: {what}"),
             HandshakeFailure::Refused(r) => write!(f, "the peer refused the connection: {r}"),
-            HandshakeFailure::TimedOut => f.write_str("it did not complete in time"),
-            HandshakeFailure::PeerClosed => f.write_str("the peer closed the connection"),
         }
     }
 }
@@ -562,9 +559,7 @@ fn send_message(sock: &OwnedFd, msg: &HandshakeMessage, with_credentials: bool) 
         ) {
             Ok(_) => return Ok(()),
             Err(Errno::INTR) => {}
-            Err(Errno::PIPE | Errno::CONNRESET | Errno::NOTCONN) => {
-                return Err(fail(HandshakeFailure::PeerClosed))
-            }
+            Err(Errno::PIPE | Errno::CONNRESET | Errno::NOTCONN) => return Err(Error::PeerClosed),
             Err(Errno::AGAIN) => {
                 return Err(fail(HandshakeFailure::Protocol(
                     "peer does not read its socket",
@@ -651,7 +646,7 @@ fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred
             Err(Errno::AGAIN) => return Ok(None),
             // Reported once, before any queued message (a REJECT, say): read on.
             Err(Errno::CONNRESET) if !reset => reset = true,
-            Err(Errno::CONNRESET) => return Err(fail(HandshakeFailure::PeerClosed)),
+            Err(Errno::CONNRESET) => return Err(Error::PeerClosed),
             Err(e) => return Err(Error::io("recvmsg", e)),
         }
     };
@@ -664,7 +659,7 @@ fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred
         ));
     }
     if res.bytes == 0 {
-        return Err(fail(HandshakeFailure::PeerClosed));
+        return Err(Error::PeerClosed);
     }
     if res.flags.contains(ReturnFlags::TRUNC) || res.bytes > wire::MAX_HANDSHAKE_LEN {
         return Err(refuse(
@@ -693,7 +688,7 @@ fn recv_message(sock: &OwnedFd) -> Result<Option<(HandshakeMessage, Option<UCred
 pub(crate) fn wait_readable(sock: &OwnedFd, deadline: Deadline) -> Result<()> {
     loop {
         if deadline.passed() {
-            return Err(fail(HandshakeFailure::TimedOut));
+            return Err(Error::Timeout);
         }
         let mut fds = [PollFd::new(sock, PollFlags::IN)];
         match poll(&mut fds, deadline.poll_timeout().as_ref()) {
@@ -719,10 +714,7 @@ fn unexpected(sock: &OwnedFd, msg: &HandshakeMessage, what: &'static str) -> Err
 
 /// A send failed because the peer closed: if it left a `REJECT` behind, that says why.
 fn refusal_behind(sock: &OwnedFd, e: Error) -> Error {
-    if let Error::Handshake {
-        failure: HandshakeFailure::PeerClosed,
-    } = e
-    {
+    if let Error::PeerClosed = e {
         if let Ok(Some((HandshakeMessage::Reject { reason }, _))) = recv_message(sock) {
             return fail(HandshakeFailure::Refused(RefusalReason::from_code(reason)));
         }

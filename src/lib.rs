@@ -32,7 +32,7 @@
 //! | layer | module | what it does |
 //! |---|---|---|
 //! | regions | [`Region`], [`SealedRegion`], [`ProducerWritableRegion`] | create, fill and seal memfds ([`memfile::MemFile`] underneath; interop both ways) |
-//! | transport | [`Channel`], [`wire`] | messages of descriptors + a header over `SOCK_SEQPACKET` |
+//! | transport | [`Channel`], [`Message`] | messages of descriptors + a header over `SOCK_SEQPACKET` (format: `PROTOCOL.md`) |
 //! | verification | [`verify()`], [`RegionView`], [`Policy`] | check seals and sizes, then map read-only |
 //! | channels | [`spawn`], [`Listener`], [`handshake`] | authenticated connections: spawned workers, named endpoints |
 //! | ring | [`ring`] | a single-producer single-consumer ring in two sealed memfds |
@@ -161,6 +161,9 @@ pub mod spawn;
 mod sys;
 mod transport;
 mod verify;
+// Not public API: hidden, exempt from semver. Public only so that this crate's integration
+// tests can play hostile peers byte by byte (see the module's docs).
+#[doc(hidden)]
 pub mod wire;
 
 #[cfg(doctest)]
@@ -174,10 +177,12 @@ pub use memfile;
 
 pub use error::{Error, Result};
 pub use guard::{GuardOptions, GuardedMap};
-pub use handshake::{HandshakeConfig, PeerCredentials, PeerPolicy, RefusalReason, Secret};
+pub use handshake::{
+    HandshakeConfig, HandshakeFailure, PeerCredentials, PeerPolicy, RefusalReason, Secret,
+};
 pub use listener::{default_path, Listener};
 pub use positional::PositionalFile;
-pub use region::{Region, SealedRegion, ProducerWritableRegion};
+pub use region::{ProducerWritableRegion, Region, SealedRegion};
 pub use seals::{Policy, Seals};
 pub use transport::{Channel, Message};
 pub use verify::{capabilities, verify, Capabilities, RegionView};

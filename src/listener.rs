@@ -15,9 +15,7 @@ use rustix::net::{
 use crate::closer::{self, PeerSocket};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::handshake::{
-    self, check_identity, HandshakeConfig, HandshakeFailure, PeerCredentials, ServerHandshake,
-};
+use crate::handshake::{self, check_identity, HandshakeConfig, PeerCredentials, ServerHandshake};
 use crate::transport::Channel;
 
 const TOKEN_LISTENER: u64 = u64::MAX;
@@ -127,8 +125,9 @@ struct Pending {
 /// end waits on a live connection. [`Channel::peer_credentials`] gives the pid for callers
 /// who know their peer's process structure.
 ///
-/// Errors from `accept` that concern one connection ([`Error::Handshake`]) leave the
-/// listener serving; call `accept` again. The listener's descriptor ([`AsFd`]) is the epoll
+/// Errors from `accept` that concern one connection ([`Error::Handshake`],
+/// [`Error::Timeout`], [`Error::PeerClosed`]) leave the listener serving; call `accept`
+/// again. The listener's descriptor ([`AsFd`]) is the epoll
 /// instance: it is readable whenever `accept` has work, so it fits the caller's own event
 /// loop (call [`Listener::try_accept`] when it is readable, and at
 /// [`Listener::next_deadline`] at the latest).
@@ -144,9 +143,10 @@ struct Pending {
 /// ```no_run
 /// # fn main() -> sealpipe::Result<()> {
 /// use sealpipe::{default_path, Channel, HandshakeConfig, Listener};
-/// let mut listener = Listener::bind_default("frames", HandshakeConfig::new())?;
+/// let config = HandshakeConfig::new();
+/// let mut listener = Listener::bind(default_path("frames")?, &config)?;
 /// // another process:
-/// let client = Channel::connect(default_path("frames")?, &HandshakeConfig::new())?;
+/// let client = Channel::connect(default_path("frames")?, &config)?;
 /// let server_end = listener.accept()?;
 /// # Ok(()) }
 /// ```
@@ -187,7 +187,7 @@ impl Listener {
     /// # Errors
     /// [`Error::UnsafePath`] (symlink, not a socket, another user's socket, path too long);
     /// [`Error::AddressInUse`] if a listener is live there; [`Error::Io`].
-    pub fn bind(path: impl AsRef<Path>, config: HandshakeConfig) -> Result<Listener> {
+    pub fn bind(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<Listener> {
         let path = path.as_ref().to_path_buf();
         let epoll =
             epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| Error::io("epoll_create", e))?;
@@ -200,7 +200,7 @@ impl Listener {
             path,
             id,
             own,
-            config,
+            config: config.clone(),
             epoll,
             inotify,
             pending: Vec::new(),
@@ -218,14 +218,6 @@ impl Listener {
         Ok(listener)
     }
 
-    /// [`bind`](Listener::bind) at [`default_path`]`(name)`.
-    ///
-    /// # Errors
-    /// As [`default_path`] and [`bind`](Listener::bind).
-    pub fn bind_default(name: &str, config: HandshakeConfig) -> Result<Listener> {
-        Listener::bind(default_path(name)?, config)
-    }
-
     /// The path this listener is bound to.
     pub fn path(&self) -> &Path {
         &self.path
@@ -234,8 +226,10 @@ impl Listener {
     /// Waits for the next connection whose handshake succeeds.
     ///
     /// # Errors
-    /// [`Error::Handshake`] when one connection fails its handshake (refused by the policy,
-    /// wrong secret, timed out, closed): the listener goes on serving. [`Error::PathLost`]
+    /// Errors about one connection leave the listener serving (call `accept` again):
+    /// [`Error::Handshake`] when it fails its handshake (refused by the policy, wrong
+    /// secret), [`Error::Timeout`] when its handshake did not complete within the
+    /// configured timeout, [`Error::PeerClosed`] when the client closed during it. [`Error::PathLost`]
     /// (once) when the socket file at the path was deleted, renamed or replaced:
     /// connections in progress are still served, and so are clients that connect to the
     /// file's new name if it was renamed; clients using the path reach nobody (deleted) or
@@ -326,9 +320,7 @@ impl Listener {
         loop {
             if let Some(i) = self.pending.iter().position(|p| p.deadline.passed()) {
                 self.remove_pending(i);
-                return Err(Error::Handshake {
-                    failure: HandshakeFailure::TimedOut,
-                });
+                return Err(Error::Timeout);
             }
             // Sleep until the caller's deadline or the first handshake deadline.
             let timeout = match wait {
@@ -640,7 +632,9 @@ impl Channel {
     /// # Errors
     /// [`Error::Io`] with `op: "connect"` if nobody listens there (`ENOENT`,
     /// `ECONNREFUSED`); [`Error::Timeout`] if the listener's backlog stays full;
-    /// [`Error::Handshake`] if the handshake fails (both sides learn why);
+    /// [`Error::Handshake`] if the handshake fails (both sides learn why); [`Error::Timeout`]
+    /// if it does not complete within the config's timeout; [`Error::PeerClosed`] if the
+    /// listener closes the connection during it;
     /// [`Error::UnsafePath`] for a path too long for a socket address.
     pub fn connect(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<Channel> {
         let deadline = Deadline::after(config.timeout);

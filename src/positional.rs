@@ -174,12 +174,15 @@ impl PositionalFile {
     }
 
     /// The open file description's status flags (`F_GETFL`), shared with every other
-    /// holder. Read only: this type never sets them.
+    /// holder, as the kernel's bits (the `O_*` constants of `libc`, e.g.
+    /// `flags & libc::O_APPEND != 0`; the same form as std's `OpenOptionsExt::custom_flags`).
+    /// Read only: this type never sets them.
     ///
     /// # Errors
     /// The error of `fcntl`.
-    pub fn status_flags(&self) -> io::Result<rustix::fs::OFlags> {
-        Ok(rustix::fs::fcntl_getfl(&self.fd)?)
+    pub fn status_flags(&self) -> io::Result<i32> {
+        // The bits are the kernel's `int` flags; rustix keeps them as `u32`.
+        Ok(rustix::fs::fcntl_getfl(&self.fd)?.bits() as i32)
     }
 
     /// Reads into `buf` from `offset`, with one `pread` (retried on `EINTR`). Returns the

@@ -51,7 +51,7 @@ impl Region {
     /// Creates a region of `len` bytes (zero-filled), with every page allocated.
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] if `len` is 0, [`Error::OutOfMemory`] if the memory cannot be
+    /// [`Error::ZeroLength`] if `len` is 0, [`Error::OutOfMemory`] if the memory cannot be
     /// committed, [`Error::Io`] if `memfd_create` or `ftruncate` fails.
     ///
     /// Inside a memory cgroup whose limit is reached and whose OOM killer is on, the kernel
@@ -63,11 +63,7 @@ impl Region {
 
     fn create(len: usize, noexec_seal: bool) -> Result<Region> {
         if len == 0 {
-            return Err(Error::OutOfBounds {
-                offset: 0,
-                len: 0,
-                region_len: 0,
-            });
+            return Err(Error::ZeroLength { what: "region" });
         }
         // Refuse what the machine can never hold: fallocate on a memfd is not bounded by any
         // filesystem size, and would otherwise eat all memory before failing.
@@ -101,13 +97,12 @@ impl Region {
     }
 
     /// Length in bytes.
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a region is never empty: `Region::new(0)` is refused"
+    )]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// Always `false`: regions are never empty.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Copies `data` into the region at `offset` (with `pwrite`, no mapping needed).
@@ -140,7 +135,9 @@ impl Region {
     /// [`Error::Cast`] if the region's length is not a multiple of `size_of::<T>()` (the
     /// mapping is page-aligned, so alignment always fits); [`Error::Io`] if `mmap` fails.
     pub fn as_mut_slice_of<T: bytemuck::Pod>(&mut self) -> Result<&mut [T]> {
-        bytemuck::try_cast_slice_mut(self.as_mut_slice()?).map_err(Error::Cast)
+        let bytes = self.as_mut_slice()?;
+        let len = bytes.len();
+        bytemuck::try_cast_slice_mut(bytes).map_err(|e| Error::cast::<T>(e, len))
     }
 
     /// Seals the region immutable: `WRITE | SHRINK | GROW | SEAL`. The writable mapping is
@@ -154,9 +151,10 @@ impl Region {
         SealedRegion::seal(self.file, self.len, Seals::IMMUTABLE).map_err(|(e, _)| e)
     }
 
-    /// Seals the region `FUTURE_WRITE | SHRINK | GROW | SEAL` and keeps this process's
-    /// writable mapping: the producer goes on writing, nobody else can write, resize or
-    /// punch holes. Receivers must treat the contents as changing under them.
+    /// Seals the region producer-writable ([`Seals::PRODUCER_WRITABLE`]:
+    /// `FUTURE_WRITE | SHRINK | GROW | SEAL`) and keeps this process's writable mapping: the
+    /// producer goes on writing, nobody else can write, resize or punch holes. Receivers
+    /// must treat the contents as changing under them.
     ///
     /// # Errors
     /// [`Error::Io`] if mapping or sealing fails.
@@ -321,13 +319,12 @@ impl SealedRegion {
     }
 
     /// Length in bytes.
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a region is never empty: `Region::new(0)` is refused"
+    )]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// Always `false`: regions are never empty.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// The seals the kernel reports for this region (every bit, `EXEC` included).
@@ -369,8 +366,9 @@ impl AsFd for SealedRegion {
     }
 }
 
-/// A region sealed `FUTURE_WRITE | SHRINK | GROW | SEAL` whose producer keeps writing it
-/// through its own mapping, while receivers can only read.
+/// A producer-writable region ([`Seals::PRODUCER_WRITABLE`]: `FUTURE_WRITE | SHRINK | GROW |
+/// SEAL`) whose producer keeps writing it through its own mapping, while receivers can only
+/// read, by copying (they accept it with [`Policy::producer_writable`](crate::Policy::producer_writable)).
 #[derive(Debug)]
 pub struct ProducerWritableRegion {
     map: MmapMut,
@@ -461,7 +459,8 @@ impl ProducerWritableRegion {
     /// # Errors
     /// [`Error::Cast`] if the length is not a multiple of `size_of::<T>()`.
     pub fn as_mut_slice_of<T: bytemuck::Pod>(&mut self) -> Result<&mut [T]> {
-        bytemuck::try_cast_slice_mut(&mut self.map[..]).map_err(Error::Cast)
+        let len = self.map.len();
+        bytemuck::try_cast_slice_mut(&mut self.map[..]).map_err(|e| Error::cast::<T>(e, len))
     }
 
     /// The sealed region to send to readers.
@@ -580,7 +579,10 @@ mod tests {
             r.write_at(usize::MAX, b"a"),
             Err(Error::OutOfBounds { .. })
         ));
-        assert!(matches!(Region::new(0), Err(Error::OutOfBounds { .. })));
+        assert!(matches!(
+            Region::new(0),
+            Err(Error::ZeroLength { what: "region" })
+        ));
         r.seek(SeekFrom::Start(8)).unwrap();
         assert!(
             r.write_all(b"abc").is_err(),
@@ -600,7 +602,7 @@ mod tests {
     }
 
     #[test]
-    fn shared_region_keeps_producer_writable() {
+    fn producer_writable_region_stays_writable_for_its_producer() {
         let mut r = Region::new(4096).unwrap().seal_producer_writable().unwrap();
         r.as_mut_slice()[0] = 42;
         assert!(r.region().seals().contains(Seals::PRODUCER_WRITABLE));

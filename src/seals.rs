@@ -169,9 +169,11 @@ impl Policy {
         }
     }
 
-    /// Read-only views: `SHRINK | GROW` plus either `WRITE` or `FUTURE_WRITE` required. A
-    /// `FUTURE_WRITE` region can still be changed by its producer, so it can only be read
-    /// by copying ([`crate::RegionView::read_at`]).
+    /// Accepts producer-writable regions ([`Seals::PRODUCER_WRITABLE`], made by
+    /// [`Region::seal_producer_writable`](crate::Region::seal_producer_writable)) as well as
+    /// immutable ones: `SHRINK | GROW` plus either `WRITE` or `FUTURE_WRITE` required. A
+    /// producer-writable region can still be changed by its producer, so it can only be
+    /// read by copying ([`crate::RegionView::read_at`]).
     pub const fn producer_writable() -> Policy {
         Policy {
             accept_future_write: true,
@@ -238,7 +240,7 @@ impl Policy {
     }
 
     /// Largest application payload accepted, in bytes (default and upper bound:
-    /// [`crate::wire::MAX_PAYLOAD`]).
+    /// [`Channel::MAX_PAYLOAD`](crate::Channel::MAX_PAYLOAD)).
     pub const fn max_payload(mut self, n: usize) -> Policy {
         self.max_payload = if n > crate::wire::MAX_PAYLOAD {
             crate::wire::MAX_PAYLOAD

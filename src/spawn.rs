@@ -32,9 +32,12 @@ use crate::sandbox::{Enforcement, Prepared, Sandbox, StartupPaths};
 use crate::transport::Channel;
 
 /// The environment variable that tells the child which descriptor holds its channel.
+/// For workers written in other languages: the child reads it, then makes the handshake
+/// described in `PROTOCOL.md`; Rust workers call [`worker_channel`].
 pub const ENV_VAR: &str = "SEALPIPE_FD";
 
-/// The descriptor number the child's channel is placed on.
+/// The descriptor number the child's channel is placed on (what [`ENV_VAR`] names); for
+/// workers written in other languages, as [`ENV_VAR`].
 pub const CHILD_FD: RawFd = 3;
 
 /// How long [`spawn`]'s failure path waits for a killed child before it leaves the reaping
@@ -50,8 +53,9 @@ pub const REAP_WAIT: Duration = Duration::from_millis(500);
 ///
 /// # Errors
 /// [`Error::Io`] if the pair cannot be created or the process cannot be spawned;
-/// [`Error::Handshake`] if the child does not complete the handshake (it exited, timed
-/// out, or the handshake came from another process). On a handshake failure the child is
+/// [`Error::PeerClosed`] if the child exits before completing the handshake,
+/// [`Error::Timeout`] if it does not complete it in time, [`Error::Handshake`] if the
+/// handshake fails (e.g. it came from another process). On a handshake failure the child is
 /// killed with `SIGKILL` and reaped: here if it exits within [`REAP_WAIT`] (it normally
 /// does within milliseconds), otherwise by a background thread, so that a child stuck in
 /// an uninterruptible sleep (say, on a hung FUSE mount) cannot hold `spawn` past its
@@ -211,8 +215,9 @@ fn authenticate_child(parent: &OwnedFd, child: &Child) -> Result<PeerCredentials
 /// # Errors
 /// [`Error::NoInheritedChannel`] if the variable is missing or invalid, the descriptor is
 /// not open or not inherited, or the channel was already claimed; [`Error::NotSeqpacket`];
-/// [`Error::Handshake`] if the parent does not complete the handshake within
-/// [`handshake::DEFAULT_TIMEOUT`].
+/// [`Error::Timeout`] if the parent does not complete the handshake within
+/// [`handshake::DEFAULT_TIMEOUT`], [`Error::PeerClosed`] if it closes the channel during
+/// it, [`Error::Handshake`] if the handshake fails.
 pub fn worker_channel() -> Result<Channel> {
     static CLAIMED: AtomicBool = AtomicBool::new(false);
     let value = std::env::var(ENV_VAR).map_err(|_| Error::NoInheritedChannel {
@@ -247,7 +252,7 @@ pub fn worker_channel() -> Result<Channel> {
             // this process creates at most one owner for it.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             fcntl_setfd(&owned, FdFlags::CLOEXEC).map_err(|e| Error::io("fcntl(F_SETFD)", e))?;
-            let sock = Channel::from_fd(owned)?.into_fd();
+            let sock = Channel::from_fd(owned).map_err(|(e, _)| e)?.into_fd();
             // On a socketpair SO_PEERCRED names its creator: the parent that spawned us.
             let parent = sockopt::socket_peercred(&sock)
                 .map(PeerCredentials::from_ucred)

@@ -80,7 +80,7 @@ pub struct Message {
 }
 
 impl Message {
-    /// The application payload (at most [`wire::MAX_PAYLOAD`] bytes).
+    /// The application payload (at most [`Channel::MAX_PAYLOAD`] bytes).
     pub fn payload(&self) -> &[u8] {
         &self.payload
     }
@@ -152,13 +152,25 @@ impl Channel {
     /// Wraps a connected unix `SOCK_SEQPACKET` socket.
     ///
     /// # Errors
-    /// [`Error::NotSeqpacket`] if `fd` is anything else (the descriptor is closed).
-    pub fn from_fd(fd: OwnedFd) -> Result<Channel> {
+    /// [`Error::NotSeqpacket`] if `fd` is anything else. The descriptor comes back with the
+    /// error, untouched and still open, so the caller can use it otherwise or report it:
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (a, _b) = std::os::unix::net::UnixStream::pair()?; // a stream, not SEQPACKET
+    /// let (err, fd) = sealpipe::Channel::from_fd(a.into()).unwrap_err();
+    /// assert!(matches!(err, sealpipe::Error::NotSeqpacket));
+    /// let a = std::os::unix::net::UnixStream::from(fd); // still ours
+    /// # drop(a); Ok(()) }
+    /// ```
+    ///
+    /// Where the input does not matter, `Channel::from_fd(fd).map_err(|(e, _)| e)?`.
+    pub fn from_fd(fd: OwnedFd) -> Result<Channel, (Error, OwnedFd)> {
         match (sockopt::socket_domain(&fd), sockopt::socket_type(&fd)) {
             (Ok(AddressFamily::UNIX), Ok(SocketType::SEQPACKET)) => {
                 Ok(Channel::new(PeerSocket::new(fd), None, None))
             }
-            _ => Err(Error::NotSeqpacket),
+            _ => Err((Error::NotSeqpacket, fd)),
         }
     }
 
@@ -255,6 +267,14 @@ impl Channel {
     /// Most descriptors a channel has in flight by default: sent, not yet read by the
     /// peer. See [`with_in_flight_limit`](Channel::with_in_flight_limit).
     pub const DEFAULT_IN_FLIGHT_LIMIT: usize = 256;
+
+    /// Largest application payload of one message, in bytes (64 KiB; a [`Policy`] may
+    /// accept less).
+    pub const MAX_PAYLOAD: usize = wire::MAX_PAYLOAD;
+
+    /// Most regions in one message (the kernel's `SCM_MAX_FD`; a [`Policy`] may accept
+    /// fewer).
+    pub const MAX_REGIONS: usize = wire::MAX_REGIONS;
 
     /// Sets the most descriptors this channel may have in flight (sent in messages its
     /// peer has not read yet); a send that would exceed it waits (`send`, `send_timeout`:

@@ -255,13 +255,12 @@ pub struct RegionView {
 
 impl RegionView {
     /// Length in bytes.
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a verified region is never empty: empty regions are refused"
+    )]
     pub fn len(&self) -> usize {
         self.map.len()
-    }
-
-    /// Always `false`: verified regions are never empty.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// The region's seals, as verified.
@@ -294,7 +293,8 @@ impl RegionView {
     /// [`Error::NotImmutable`] if the region is not write-sealed; [`Error::Cast`] if its
     /// length is not a multiple of `size_of::<T>()`.
     pub fn as_slice_of<T: bytemuck::Pod>(&self) -> Result<&[T]> {
-        bytemuck::try_cast_slice(self.as_bytes()?).map_err(Error::Cast)
+        let bytes = self.as_bytes()?;
+        bytemuck::try_cast_slice(bytes).map_err(|e| Error::cast::<T>(e, bytes.len()))
     }
 
     /// The region's bytes, whether or not it is immutable.
@@ -572,7 +572,15 @@ mod tests {
         let v = verify(sealed(4096).into_fd(), 4096, &Policy::immutable(), 0).unwrap();
         assert_eq!(&v.as_bytes().unwrap()[..7], b"sealed!");
         assert_eq!(v.as_slice_of::<u64>().unwrap().len(), 512);
-        assert!(matches!(v.as_slice_of::<[u8; 3]>(), Err(Error::Cast(_))));
+        assert!(matches!(
+            v.as_slice_of::<[u8; 3]>(),
+            Err(Error::Cast {
+                reason: "the length is not a multiple of the type's size",
+                len: 4096,
+                size: 3,
+                align: 1,
+            })
+        ));
         assert!(matches!(
             v.read_value::<u64>(4090),
             Err(Error::OutOfBounds { .. })

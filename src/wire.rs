@@ -16,6 +16,11 @@
 //!
 //! The datagram's length must be exactly `16 + 8 * region_count + payload_len`.
 //! See `PROTOCOL.md` for the full rules.
+//!
+//! **Not part of sealpipe's public API.** This module is hidden from the documentation and
+//! exempt from semver: it may change in any release. It is public only so that this
+//! crate's own integration tests can build hostile messages byte by byte. Implementers in
+//! other languages: `PROTOCOL.md` is the reference, not this module.
 
 use crate::error::{Error, Result};
 use crate::seals::Policy;

@@ -154,7 +154,7 @@ impl Drop for TempPath {
 /// them as (A, B).
 fn setup(test: &str, role: &str, dir: &TempPath) -> (common::Peer, Channel, Channel) {
     let path = dir.0.join("ep");
-    let mut listener = Listener::bind(&path, HandshakeConfig::new().timeout(T)).unwrap();
+    let mut listener = Listener::bind(&path, &HandshakeConfig::new().timeout(T)).unwrap();
     let peer = common::spawn_peer_with(test, role, |c| {
         c.env(PATH_ENV, &path);
     });

@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::endpoints::*;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{kill_process, Pid, Signal};
-use sealpipe::handshake::HandshakeFailure;
 use sealpipe::{Channel, Error, HandshakeConfig, Listener, Policy, Region};
 
 const T: Duration = Duration::from_secs(20);
@@ -165,7 +164,7 @@ fn sigkill_mid_handshake_fails_that_connection_only() {
     {
         // The client dies mid-handshake: accept reports it, then serves the next one.
         let path = dir.join("ep");
-        let mut l = Listener::bind(&path, HandshakeConfig::new().timeout(T)).unwrap();
+        let mut l = Listener::bind(&path, &HandshakeConfig::new().timeout(T)).unwrap();
         let client = spawn_at(test, "client", &path);
         let pid = client.pid();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -175,7 +174,7 @@ fn sigkill_mid_handshake_fails_that_connection_only() {
             tx.send(client.wait()).unwrap();
         });
         let e = l.accept_timeout(T).unwrap_err();
-        assert_eq!(failure(&e), Some(&HandshakeFailure::PeerClosed), "{e}");
+        assert!(matches!(e, Error::PeerClosed), "{e}");
         watcher.join().unwrap();
         assert_eq!(rx.recv().unwrap(), 128 + 9);
         let good = spawn_at(test, "good", &path);
@@ -190,7 +189,7 @@ fn sigkill_mid_handshake_fails_that_connection_only() {
         assert_eq!(read_report(&server.channel), "mid-handshake");
         kill_process(Pid::from_raw(server.pid() as i32).unwrap(), Signal::KILL).unwrap();
         let e = connector.join().unwrap().unwrap_err();
-        assert_eq!(failure(&e), Some(&HandshakeFailure::PeerClosed), "{e}");
+        assert!(matches!(e, Error::PeerClosed), "{e}");
         assert_eq!(server.wait(), 128 + 9);
 
         // A spawned worker that dies before its handshake: spawn fails, child reaped.
@@ -200,7 +199,7 @@ fn sigkill_mid_handshake_fails_that_connection_only() {
             .env("SEALPIPE_TEST_EXIT_EARLY", "1")
             .stdout(std::process::Stdio::null());
         let e = sealpipe::spawn::spawn(&mut cmd).unwrap_err();
-        assert_eq!(failure(&e), Some(&HandshakeFailure::PeerClosed), "{e}");
+        assert!(matches!(e, Error::PeerClosed), "{e}");
     }
     assert_eq!(common::fd_count(), before);
 }
@@ -231,7 +230,7 @@ fn restarted_producer_reconnects_without_loss_or_duplication() {
     let test = "restarted_producer_reconnects_without_loss_or_duplication";
     let before = common::fd_count();
     {
-        let mut l = Listener::bind(&path, HandshakeConfig::new()).unwrap();
+        let mut l = Listener::bind(&path, &HandshakeConfig::new()).unwrap();
         let mut received: Vec<u64> = Vec::new();
         let mut next = 0u64;
         let receive = |ch: &Channel, received: &mut Vec<u64>, next: &mut u64| loop {

@@ -102,7 +102,7 @@ fn python_client_handshakes_with_rust_listener() {
     let before = common::fd_count();
     {
         let config = HandshakeConfig::new().secret(Secret::new(&key).unwrap());
-        let mut l = Listener::bind(&path, config).unwrap();
+        let mut l = Listener::bind(&path, &config).unwrap();
 
         // Right secret: handshake, then a sealed memfd region made by Python.
         let child = start(py, "client", &path, &hex(&key));
@@ -260,7 +260,7 @@ fn a_relay_between_client_and_listener_fails_on_both_sides() {
     let path = dir.join("ep");
     let key = secret_bytes(3);
     let config = HandshakeConfig::new().secret(Secret::new(&key).unwrap());
-    let mut l = Listener::bind(&path, config.clone()).unwrap();
+    let mut l = Listener::bind(&path, &config).unwrap();
 
     // A Rust client: it finds the server's proof wrong (the relay's pid is in its view of
     // the server), refuses, and the listener hears why.
@@ -309,7 +309,7 @@ fn rebind_refuses_a_path_someone_else_holds() {
     let _serial = common::serial();
     let dir = private_dir("rebind");
     let path = dir.join("ep");
-    let mut l = Listener::bind(&path, HandshakeConfig::new()).unwrap();
+    let mut l = Listener::bind(&path, &HandshakeConfig::new()).unwrap();
     fs::rename(&path, dir.join("moved")).unwrap();
     let squatter = socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
     bind(&squatter, &SocketAddrUnix::new(&path).unwrap()).unwrap();
@@ -338,7 +338,7 @@ fn a_peer_without_bound_proofs_is_refused_as_unbound() {
     let _serial = common::serial();
     let dir = private_dir("unbound");
     let path = dir.join("ep");
-    let mut l = Listener::bind(&path, HandshakeConfig::new()).unwrap();
+    let mut l = Listener::bind(&path, &HandshakeConfig::new()).unwrap();
     let sock = socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
     connect(&sock, &SocketAddrUnix::new(&path).unwrap()).unwrap();
     // An older revision's HELLO: features without BOUND.
@@ -402,7 +402,7 @@ fn wrong_secret_is_refused_on_both_sides() {
     let path = dir.join("ep");
     let before = common::fd_count();
     {
-        let mut l = Listener::bind(&path, HandshakeConfig::new().secret(secret(RIGHT))).unwrap();
+        let mut l = Listener::bind(&path, &HandshakeConfig::new().secret(secret(RIGHT))).unwrap();
         let test = "wrong_secret_is_refused_on_both_sides";
 
         let wrong = spawn_at(test, "wrong", &path);
@@ -492,7 +492,7 @@ fn replayed_handshake_is_refused() {
     let test = "replayed_handshake_is_refused";
     let before = common::fd_count();
     {
-        let mut l = Listener::bind(&real, HandshakeConfig::new().secret(secret(RIGHT))).unwrap();
+        let mut l = Listener::bind(&real, &HandshakeConfig::new().secret(secret(RIGHT))).unwrap();
         let server = thread::spawn(move || {
             let relayed = l.accept_timeout(T).unwrap_err();
             assert_eq!(
@@ -567,10 +567,10 @@ fn peer_of_another_uid_is_judged_by_policy() {
         let dir = path_env();
         let mut admits_root = Listener::bind(
             dir.join("admits-root"),
-            HandshakeConfig::new().policy(PeerPolicy::allow(&[0], &[])),
+            &HandshakeConfig::new().policy(PeerPolicy::allow(&[0], &[])),
         )
         .unwrap();
-        let mut same_user = Listener::bind(dir.join("same-user"), HandshakeConfig::new()).unwrap();
+        let mut same_user = Listener::bind(dir.join("same-user"), &HandshakeConfig::new()).unwrap();
         report(&ctl, "ready");
         let mut out = Vec::new();
         // Root refuses us (its default policy): we hear why.
@@ -710,7 +710,7 @@ fn hostile_handshake_messages_are_refused_with_a_reason() {
     let path = dir.join("ep");
     let before = common::fd_count();
     {
-        let mut l = Listener::bind(&path, HandshakeConfig::new()).unwrap();
+        let mut l = Listener::bind(&path, &HandshakeConfig::new()).unwrap();
         let peer = spawn_at(
             "hostile_handshake_messages_are_refused_with_a_reason",
             "hostile",

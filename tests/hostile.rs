@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::fs::{self, MemfdFlags, OFlags, SealFlags};
@@ -412,12 +412,20 @@ fn non_seqpacket_descriptors_are_refused_as_channels() {
     let _serial = common::serial();
     let baseline = common::fd_count();
     let (r, _w) = rustix::pipe::pipe().unwrap();
-    assert!(matches!(Channel::from_fd(r), Err(Error::NotSeqpacket)));
+    let r_raw = r.as_raw_fd();
+    let Err((err, back)) = Channel::from_fd(r) else {
+        panic!("a pipe was taken as a channel");
+    };
+    assert!(matches!(err, Error::NotSeqpacket), "{err:?}");
+    // The refused descriptor comes back open, the same one.
+    assert_eq!(back.as_raw_fd(), r_raw);
+    assert!(rustix::io::fcntl_getfd(&back).is_ok());
+    drop(back);
     drop(_w);
     assert_eq!(
         common::fd_count(),
         baseline,
-        "refused descriptor must be closed"
+        "the descriptor given back, once dropped, is closed"
     );
 }
 

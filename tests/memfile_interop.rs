@@ -14,7 +14,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use memfile::{CreateOptions, MemFile, Seal};
-use sealpipe::{Channel, Error, Policy, Region, SealedRegion, Seals, ProducerWritableRegion};
+use sealpipe::{Channel, Error, Policy, ProducerWritableRegion, Region, SealedRegion, Seals};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -157,7 +157,8 @@ fn a_memfile_becomes_a_producer_writable_region_without_copying() {
     let data: Vec<u8> = (0..1 << 16).map(pattern).collect();
     file.write_all(&data).unwrap();
     let ino = inode(&file);
-    let mut shared = ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).unwrap();
+    let mut shared =
+        ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).unwrap();
     assert_eq!(inode(shared.region()), ino);
     assert!(shared.region().seals().contains(Seals::PRODUCER_WRITABLE));
     assert!(
@@ -194,7 +195,8 @@ fn a_memfile_refused_as_producer_writable_comes_back_unsealed() {
     // Uncommitted: refused before mapping or sealing.
     let file = sealable("holes");
     file.set_len(1 << 20).unwrap();
-    let (err, file) = ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).unwrap_err();
+    let (err, file) =
+        ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).unwrap_err();
     assert!(matches!(err, Error::Uncommitted { .. }), "{err:?}");
     assert_eq!(raw_seals(&file), 0, "no seal was added");
 
@@ -203,7 +205,8 @@ fn a_memfile_refused_as_producer_writable_comes_back_unsealed() {
     file.write_all(&[0u8; 4096]).unwrap();
     seal_immutable(&file);
     let before = raw_seals(&file);
-    let (err, file) = ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).unwrap_err();
+    let (err, file) =
+        ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).unwrap_err();
     assert!(matches!(err, Error::Io { op: "mmap", .. }), "{err:?}");
     assert_eq!(raw_seals(&file), before);
 
@@ -213,7 +216,8 @@ fn a_memfile_refused_as_producer_writable_comes_back_unsealed() {
     file.write_all(&[0u8; 4096]).unwrap();
     file.add_seal(Seal::Seal).unwrap();
     let before = raw_seals(&file);
-    let (err, mut file) = ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).unwrap_err();
+    let (err, mut file) =
+        ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).unwrap_err();
     assert!(
         matches!(
             err,

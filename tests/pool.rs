@@ -601,7 +601,10 @@ fn leases_write_typed_and_by_io_write_and_truncate() {
     // SAFETY: this test's producer writes nothing while the slice lives.
     let in_place = unsafe { buf.as_bytes_unchecked() };
     assert_eq!(&in_place[..3], b"hdr");
-    assert!(matches!(pool.lease(0), Err(Error::LimitExceeded { .. })));
+    assert!(matches!(
+        pool.lease(0),
+        Err(Error::ZeroLength { what: "lease" })
+    ));
     assert!(matches!(
         pool.lease(1 << 40),
         Err(Error::LimitExceeded { .. })

@@ -248,3 +248,16 @@ fn received_region_file_vs_positional() {
         }
     }
 }
+
+/// `status_flags` reports the description's flags as the kernel's bits (`libc::O_*`), and
+/// sees a flag the other holder of the description sets.
+#[test]
+fn status_flags_are_the_kernels_bits_shared_with_the_other_holder() {
+    let fd = rustix::fs::memfd_create("flags", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let other = fd.try_clone().unwrap(); // a dup: the same open file description
+    let pf = PositionalFile::new(fd);
+    assert_eq!(pf.status_flags().unwrap() & libc::O_APPEND, 0);
+    assert_eq!(pf.status_flags().unwrap() & libc::O_ACCMODE, libc::O_RDWR);
+    rustix::fs::fcntl_setfl(&other, rustix::fs::OFlags::APPEND).unwrap();
+    assert_ne!(pf.status_flags().unwrap() & libc::O_APPEND, 0);
+}

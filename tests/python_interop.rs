@@ -125,7 +125,10 @@ fn python_receives_and_verifies_rust_regions() {
     immutable.write_at(0, &pattern(11, 1 << 20)).unwrap();
     let immutable = immutable.seal().unwrap();
     let shared_len = 12288 + 5;
-    let mut shared = Region::new(shared_len).unwrap().seal_producer_writable().unwrap();
+    let mut shared = Region::new(shared_len)
+        .unwrap()
+        .seal_producer_writable()
+        .unwrap();
     shared
         .as_mut_slice()
         .copy_from_slice(&pattern(12, shared_len));

@@ -510,9 +510,8 @@ fn the_peer_index_is_reloaded_only_when_the_cached_copy_runs_out() {
     let _serial = common::serial();
     let (a, b) = Channel::pair().unwrap();
     let spin = SpinPolicy::Spin;
-    let t = std::thread::spawn(move || {
-        Consumer::setup(b, &RingOptions::default().spin(spin)).unwrap()
-    });
+    let t =
+        std::thread::spawn(move || Consumer::setup(b, &RingOptions::default().spin(spin)).unwrap());
     let mut tx = Producer::setup(a, &RingOptions::new(1024).spin(spin)).unwrap();
     let mut rx = t.join().unwrap();
     for i in 0..10u8 {

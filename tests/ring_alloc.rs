@@ -139,8 +139,7 @@ fn sending_allocates_nothing_per_record() {
                 }
             })
         } else {
-            let mut tx =
-                PodProducer::<u64>::setup(p.channel, &RingOptions::new(1 << 12)).unwrap();
+            let mut tx = PodProducer::<u64>::setup(p.channel, &RingOptions::new(1 << 12)).unwrap();
             for i in 0..N {
                 tx.send_timeout(i, T).unwrap();
             }

@@ -110,7 +110,10 @@ fn regions_are_received_verified_and_answered_inside() {
     let mut big = Region::new(data.len()).unwrap();
     big.write_at(0, &data).unwrap();
     let big = big.seal().unwrap();
-    let mut shared = Region::new(1 << 16).unwrap().seal_producer_writable().unwrap();
+    let mut shared = Region::new(1 << 16)
+        .unwrap()
+        .seal_producer_writable()
+        .unwrap();
     shared.as_mut_slice().fill(0x5a);
     let small = vec![0x5au8; 1 << 16];
     peer.channel

@@ -72,7 +72,7 @@ fn spawned_child_inherits_exactly_one_descriptor() {
                 .filter(|&fd| fd > 3 && !is_cloexec(fd)),
         );
         // Plenty of sealpipe descriptors open in the parent, and spawns racing on 4 threads.
-        let _listener = Listener::bind(dir.join("ep"), HandshakeConfig::new()).unwrap();
+        let _listener = Listener::bind(dir.join("ep"), &HandshakeConfig::new()).unwrap();
         let _region = Region::new(4096).unwrap().seal().unwrap();
         let _pair = Channel::pair().unwrap();
         let threads: Vec<_> = (0..4)

@@ -303,7 +303,7 @@ fn async_pod_ring_both_sides_async_in_one_runtime() {
                 let mut sent = 0;
                 while sent < items.len() {
                     if sent % 2 == 0 {
-                        tx.push(items[sent]).await.unwrap();
+                        tx.send(items[sent]).await.unwrap();
                         sent += 1;
                     } else {
                         sent += tx.send_slice(&items[sent..]).await.unwrap();
@@ -315,7 +315,7 @@ fn async_pod_ring_both_sides_async_in_one_runtime() {
             let mut buf = [0u64; 48];
             while next < 20_000 {
                 if next % 3 == 0 {
-                    assert_eq!(timeout(T, rx.pop()).await.unwrap().unwrap(), next);
+                    assert_eq!(timeout(T, rx.recv()).await.unwrap().unwrap(), next);
                     next += 1;
                 } else {
                     let n = timeout(T, rx.recv_slice(&mut buf)).await.unwrap().unwrap();
@@ -326,7 +326,7 @@ fn async_pod_ring_both_sides_async_in_one_runtime() {
                 }
             }
             let tx_stats = producer.await.unwrap();
-            let err = timeout(T, rx.pop()).await.unwrap().unwrap_err();
+            let err = timeout(T, rx.recv()).await.unwrap().unwrap_err();
             assert!(matches!(err, Error::PeerClosed), "{err:?}");
             (tx_stats, rx.get_mut().stats())
         });

@@ -38,7 +38,7 @@ impl AsyncPool {
     }
 
     /// The pool (to attach consumers, retire, read stats, or lease without waiting).
-    pub fn pool(&self) -> &Pool {
+    pub fn get_ref(&self) -> &Pool {
         &self.pool
     }
 

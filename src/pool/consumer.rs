@@ -121,7 +121,7 @@ impl PoolReceiver {
         })
     }
 
-    /// Releases are sent once `n` are queued (1 to [`wire::POOL_MAX_RELEASES`]; default 32)
+    /// Releases are sent once `n` are queued (1 to 2730, what one release message holds; default 32)
     /// or the queued buffers hold 256 KiB, whichever comes first.
     pub fn set_release_batch(&mut self, n: usize) {
         let n = n.clamp(1, wire::POOL_MAX_RELEASES);
@@ -326,13 +326,12 @@ pub struct PoolBuffer {
 
 impl PoolBuffer {
     /// Length in bytes.
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a pool buffer is never empty: empty notices are refused"
+    )]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// Always `false`: pool buffers are never empty.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// The buffer's generation: its notice's sequence number on this channel.

@@ -107,12 +107,10 @@
 //! (section "Region pools"). A pool's channel carries only these.
 
 #[cfg(feature = "tokio")]
-mod async_pool;
+pub(crate) mod async_pool; // its types are public as `sealpipe::asyncio::{AsyncPool, ..}`
 mod consumer;
 mod producer;
 
-#[cfg(feature = "tokio")]
-pub use async_pool::{AsyncPool, AsyncPoolReceiver};
 pub use consumer::{PoolBuffer, PoolReceiver};
 pub use producer::{Lease, Pool, PoolOptions, PoolSender, PoolStats};
 

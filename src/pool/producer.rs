@@ -303,8 +303,8 @@ impl Pool {
     ///
     /// # Errors
     /// [`Error::PoolExhausted`] at the deadline (back-pressure: consumers hold every
-    /// buffer); [`Error::LimitExceeded`] if `len` is 0 or more than
-    /// [`PoolOptions::max_bytes`]; [`Error::OutOfMemory`] or [`Error::Io`] if a new memfd
+    /// buffer); [`Error::ZeroLength`] if `len` is 0; [`Error::LimitExceeded`] if it is more
+    /// than [`PoolOptions::max_bytes`]; [`Error::OutOfMemory`] or [`Error::Io`] if a new memfd
     /// cannot be made.
     pub fn lease_timeout(&self, len: usize, timeout: Duration) -> Result<Lease> {
         self.lease_with(len, Wait::timeout(timeout))
@@ -320,6 +320,9 @@ impl Pool {
     }
 
     fn lease_with(&self, len: usize, wait: Wait) -> Result<Lease> {
+        if len == 0 {
+            return Err(Error::ZeroLength { what: "lease" });
+        }
         let class = match class_len(len) {
             Some(c) if c <= self.shared.options.max_bytes && c <= isize::MAX as usize => c,
             _ => {
@@ -380,7 +383,9 @@ impl Pool {
             return Ok(None);
         }
         let memfd_len = buffers * class;
-        let (map, region) = Region::new(memfd_len)?.seal_producer_writable()?.into_parts();
+        let (map, region) = Region::new(memfd_len)?
+            .seal_producer_writable()?
+            .into_parts();
         let id = st.memfds.len();
         let first_slot = st.slots.len();
         st.memfds.push(Arc::new(Memfd {
@@ -609,22 +614,25 @@ pub struct Lease {
 
 impl Lease {
     /// Length in bytes (what was asked for; what is sent).
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a lease is never empty: `lease(0)` and `truncate(0)` are refused"
+    )]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// Always `false`: leases are never empty.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Sends `len` bytes instead of [`len`](Lease::len) (to shrink a lease once the data's
     /// size is known).
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] if `len` is 0 or larger than the lease.
+    /// [`Error::ZeroLength`] if `len` is 0, [`Error::OutOfBounds`] if it is larger than the
+    /// lease.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len == 0 || len > self.len {
+        if len == 0 {
+            return Err(Error::ZeroLength { what: "lease" });
+        }
+        if len > self.len {
             return Err(Error::OutOfBounds {
                 offset: 0,
                 len: len as u64,
@@ -655,7 +663,9 @@ impl Lease {
     /// # Errors
     /// [`Error::Cast`] if the length is not a multiple of `size_of::<T>()`.
     pub fn as_mut_slice_of<T: bytemuck::Pod>(&mut self) -> Result<&mut [T]> {
-        bytemuck::try_cast_slice_mut(self.as_mut_slice()).map_err(Error::Cast)
+        let bytes = self.as_mut_slice();
+        let len = bytes.len();
+        bytemuck::try_cast_slice_mut(bytes).map_err(|e| Error::cast::<T>(e, len))
     }
 
     /// Sends the buffer to every consumer in `to` (each at most once; duplicates are

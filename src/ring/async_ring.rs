@@ -309,13 +309,13 @@ impl AsyncProducer {
     ///
     /// # Cancel safety
     /// Dropping the future abandons the setup: the channel is closed and the consumer's
-    /// `connect` fails.
+    /// `setup` fails.
     pub async fn setup(channel: Channel, options: &RingOptions) -> Result<AsyncProducer> {
         let (link, cap, flags) = producer_setup_async(channel, options, BYTES).await?;
         AsyncProducer::new(Producer::from_link(link, cap, flags))
     }
 
-    /// Drives a connected [`Producer`] on the current runtime.
+    /// Drives a set-up [`Producer`] on the current runtime.
     ///
     /// # Errors
     /// [`Error::Io`] outside a tokio runtime, or if the registration fails.
@@ -394,13 +394,13 @@ impl AsyncConsumer {
     ///
     /// # Cancel safety
     /// Dropping the future abandons the setup: the channel is closed and the producer's
-    /// `connect` fails.
+    /// `setup` fails.
     pub async fn setup(channel: Channel, options: &RingOptions) -> Result<AsyncConsumer> {
         let (link, cap, flags) = consumer_setup_async(channel, options, BYTES).await?;
         AsyncConsumer::new(Consumer::from_link(link, cap, flags))
     }
 
-    /// Drives a connected [`Consumer`] on the current runtime.
+    /// Drives a set-up [`Consumer`] on the current runtime.
     ///
     /// # Errors
     /// [`Error::Io`] outside a tokio runtime, or if the registration fails.
@@ -476,7 +476,7 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
         AsyncPodProducer::new(PodProducer::from_link(link, cap, flags))
     }
 
-    /// Drives a connected [`PodProducer`] on the current runtime.
+    /// Drives a set-up [`PodProducer`] on the current runtime.
     ///
     /// # Errors
     /// [`Error::Io`] outside a tokio runtime, or if the registration fails.
@@ -498,14 +498,14 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
         self.inner
     }
 
-    /// Pushes `item` and publishes it, awaiting room.
+    /// Sends `item` (publishes it), awaiting room.
     ///
     /// # Errors
     /// [`Error::PeerClosed`], [`Error::PeerCorrupt`].
     ///
     /// # Cancel safety
-    /// Cancel safe: a dropped future pushed nothing.
-    pub async fn push(&mut self, item: T) -> Result<()> {
+    /// Cancel safe: a dropped future sent nothing.
+    pub async fn send(&mut self, item: T) -> Result<()> {
         loop {
             match self.inner.attempt_push(item)? {
                 Ok(()) => return Ok(()),
@@ -520,14 +520,14 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
         }
     }
 
-    /// Pushes as many of `items` as fit, awaiting room for at least one, with one
+    /// Sends as many of `items` as fit, awaiting room for at least one, with one
     /// publication; returns how many.
     ///
     /// # Errors
-    /// As [`push`](AsyncPodProducer::push).
+    /// As [`send`](AsyncPodProducer::send).
     ///
     /// # Cancel safety
-    /// Cancel safe: a dropped future pushed nothing.
+    /// Cancel safe: a dropped future sent nothing.
     pub async fn send_slice(&mut self, items: &[T]) -> Result<usize> {
         loop {
             match self.inner.attempt_push_slice(items)? {
@@ -565,7 +565,7 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
         AsyncPodConsumer::new(PodConsumer::from_link(link, cap, flags))
     }
 
-    /// Drives a connected [`PodConsumer`] on the current runtime.
+    /// Drives a set-up [`PodConsumer`] on the current runtime.
     ///
     /// # Errors
     /// [`Error::Io`] outside a tokio runtime, or if the registration fails.
@@ -595,7 +595,7 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
     ///
     /// # Cancel safety
     /// Cancel safe: an item is taken only in the poll that returns it.
-    pub async fn pop(&mut self) -> Result<T> {
+    pub async fn recv(&mut self) -> Result<T> {
         loop {
             match self.inner.attempt_pop()? {
                 Ok(item) => return Ok(item),
@@ -614,7 +614,7 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
     /// how many.
     ///
     /// # Errors
-    /// As [`pop`](AsyncPodConsumer::pop).
+    /// As [`recv`](AsyncPodConsumer::recv).
     ///
     /// # Cancel safety
     /// Cancel safe: items are taken only in the poll that returns them.

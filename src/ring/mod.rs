@@ -108,7 +108,7 @@
 //! # Memory and allocation
 //!
 //! Ring memory is the capacity plus one page for each side's control block. After
-//! [`connect`](Producer::setup), sending and receiving allocate nothing (a receive
+//! [`setup`](Producer::setup), sending and receiving allocate nothing (a receive
 //! buffer grows only when a record is longer than any before it).
 #![allow(unsafe_code)]
 
@@ -125,7 +125,8 @@ mod wait;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod loom_api {
-    //! The protocol functions, exposed for `tests/loom_ring.rs` only.
+    //! The protocol functions, exposed for `tests/loom_ring.rs` only: exists only under
+    //! `--cfg loom` (never in a normal build), hidden, not public API.
     use super::sync::{AtomicU32, AtomicU64};
 
     /// See `core::publish`: whether a wake is needed, and whether it is a channel signal.
@@ -179,7 +180,7 @@ mod api {
     use super::wait;
     pub use super::wait::{calibrated_spin_budget, SpinPolicy, WaitStats};
     use crate::error::{Error, Result};
-    use crate::{Channel, Message, Policy, Region, RegionView, ProducerWritableRegion};
+    use crate::{Channel, Message, Policy, ProducerWritableRegion, Region, RegionView};
 
     /// How to build one side of a ring.
     ///
@@ -205,7 +206,7 @@ mod api {
     impl RingOptions {
         /// Options for a ring of `capacity` units: bytes for [`Producer`], items for
         /// [`PodProducer`]. It must be a power of two from 16 to 2^31 (checked at
-        /// `connect`). Consumers ignore it: the producer decides.
+        /// `setup`). Consumers ignore it: the producer decides.
         pub const fn new(capacity: usize) -> RingOptions {
             RingOptions {
                 capacity,
@@ -221,7 +222,7 @@ mod api {
             self
         }
 
-        /// How long `connect` waits for the peer (default 10 s).
+        /// How long `setup` waits for the peer (default 10 s).
         pub const fn timeout(mut self, timeout: Duration) -> RingOptions {
             self.timeout = timeout;
             self
@@ -488,7 +489,10 @@ mod api {
     }
 
     /// The producer's memfd with its header, sealed, ready to send.
-    pub(super) fn producer_offer(options: &RingOptions, kind: Kind) -> Result<ProducerWritableRegion> {
+    pub(super) fn producer_offer(
+        options: &RingOptions,
+        kind: Kind,
+    ) -> Result<ProducerWritableRegion> {
         let cap = options.capacity;
         let data_len = (cap as u64).checked_mul(u64::from(kind.unit));
         let (cap, data_len) = match data_len {
@@ -1330,7 +1334,7 @@ mod api {
             self.link.stats(self.engine.counters)
         }
 
-        /// Pushes `item` and publishes it, if there is room now.
+        /// Sends `item` (publishes it), if there is room now.
         ///
         /// # Errors
         /// [`Error::WouldBlock`] if the ring is full; [`Error::PeerClosed`] if it has stayed
@@ -1340,7 +1344,7 @@ mod api {
             self.push_one(item, Patience::Never)
         }
 
-        /// Pushes `item` and publishes it, waiting up to `timeout` for room.
+        /// Sends `item` (publishes it), waiting up to `timeout` for room.
         ///
         /// # Errors
         /// [`Error::Timeout`], [`Error::PeerClosed`], [`Error::PeerCorrupt`].
@@ -1390,7 +1394,7 @@ mod api {
             }
         }
 
-        /// Pushes as many of `items` as fit now, with one publication; returns how many.
+        /// Sends as many of `items` as fit now, with one publication; returns how many.
         ///
         /// # Errors
         /// [`Error::WouldBlock`] if none fit (and `items` is not empty); [`Error::PeerCorrupt`].
@@ -1728,10 +1732,15 @@ mod api {
 
 /// The ring's shared-memory layout: byte offsets in each side's control page.
 ///
+/// **Not part of sealpipe's public API**: hidden from the documentation and exempt from
+/// semver. It is public only so that this crate's integration tests can forge ring
+/// headers; implementers in other languages: `PROTOCOL.md` is the reference.
+///
 /// Both memfds start with a header of little-endian fields; the producer's data area
 /// follows its control page. Offsets of the index and wait words come from `repr(C)`
 /// structs of [`crossbeam_utils::CachePadded`] fields, so each word has a cache line (pair)
 /// of its own; the header records them and the peer checks they match its own.
+#[doc(hidden)]
 pub mod layout {
     use crossbeam_utils::CachePadded;
 

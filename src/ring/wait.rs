@@ -44,7 +44,7 @@ pub enum SpinPolicy {
     ///
     /// The budget is twice the measured latency of a cross-thread futex wake (the cost of
     /// parking and being woken), within 50–200 µs. It is measured once per process, the
-    /// first time a ring is connected with this policy (about 1 ms, in a short-lived helper
+    /// first time a ring is set up with this policy (about 1 ms, in a short-lived helper
     /// thread; 60 µs if that thread cannot be started). Spinning for as long as a park and
     /// wake would cost keeps a busy stream free of system calls while an idle side still
     /// sleeps. [`calibrated_spin_budget`] tells the value (and measures it, if called

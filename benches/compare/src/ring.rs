@@ -236,8 +236,8 @@ fn pingpong_run_async(p: &Params) -> Vec<Duration> {
         let mut rtts = Vec::with_capacity(p.count);
         for i in 0..p.count as u64 {
             let t = Instant::now();
-            tx.push(small::<8>(i)).await.expect("push");
-            let m = rx.pop().await.expect("pop");
+            tx.send(small::<8>(i)).await.expect("push");
+            let m = rx.recv().await.expect("pop");
             rtts.push(t.elapsed());
             check_small::<8>(&m, i);
         }
@@ -261,9 +261,9 @@ fn pingpong_consume_async(p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
             .await
             .expect("ring connect");
         for i in 0..p.count as u64 {
-            let m = rx.pop().await.expect("pop");
+            let m = rx.recv().await.expect("pop");
             check_small::<8>(&m, i);
-            tx.push(m).await.expect("push");
+            tx.send(m).await.expect("push");
         }
     });
     ctl.done();
