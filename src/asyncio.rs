@@ -138,6 +138,11 @@ impl AsyncChannel {
         AsyncChannel::new(Channel::new(fd.into_inner(), Some(peer), None))
     }
 
+    /// This channel's counters ([`Channel::stats`]).
+    pub fn stats(&self) -> crate::ChannelStats {
+        self.get_ref().stats()
+    }
+
     /// The blocking channel underneath (for example to [`Channel::try_send`] from
     /// synchronous code).
     pub fn get_ref(&self) -> &Channel {
@@ -217,6 +222,11 @@ impl AsyncListener {
         Ok(AsyncListener {
             fd: register(listener)?,
         })
+    }
+
+    /// This listener's counters ([`Listener::stats`]).
+    pub fn stats(&self) -> crate::ListenerStats {
+        self.fd.get_ref().stats()
     }
 
     /// The listener underneath (e.g. for [`Listener::rebind`]).

@@ -53,16 +53,28 @@ use crate::sys::ReadMap;
 /// [`Error::RegionTooLarge`], [`Error::SizeMismatch`], [`Error::HugePages`],
 /// [`Error::Uncommitted`], or [`Error::Map`] (all peer faults), or [`Error::Io`].
 pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy, index: usize) -> Result<RegionView> {
+    verify_or_return(fd, declared_len, policy, index).map_err(|(e, fd)| {
+        crate::closer::dispose(fd);
+        e
+    })
+}
+
+/// [`verify`], handing the descriptor back on failure (for the caller to dispose of).
+pub(crate) fn verify_or_return(
+    fd: OwnedFd,
+    declared_len: u64,
+    policy: &Policy,
+    index: usize,
+) -> Result<RegionView, (Error, OwnedFd)> {
     let seals = match check(fd.as_fd(), declared_len, policy, index) {
         Ok(seals) => seals,
-        Err(e) => {
-            crate::closer::dispose(fd);
-            return Err(e);
-        }
+        Err(e) => return Err((e, fd)),
     };
     let len = declared_len as usize; // fits: it equals st_size of a file we can map
-    let map =
-        map_read_only(fd.as_fd(), len, seals).map_err(|source| Error::Map { index, source })?;
+    let map = match map_read_only(fd.as_fd(), len, seals) {
+        Ok(map) => map,
+        Err(source) => return Err((Error::Map { index, source }, fd)),
+    };
     // The mapping keeps the region alive; the descriptor only costs a table slot.
     let fd = policy.keeps_descriptors().then_some(fd);
     Ok(RegionView { map, seals, fd })

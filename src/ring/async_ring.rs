@@ -327,6 +327,11 @@ impl AsyncProducer {
         })
     }
 
+    /// This side's counters ([`RingStats`]).
+    pub fn stats(&self) -> RingStats {
+        self.inner.stats()
+    }
+
     /// The producer underneath, for the calls that never wait (`try_send`, `batch`,
     /// `try_reserve`, `stats`, `capacity`).
     pub fn get_mut(&mut self) -> &mut Producer {
@@ -412,6 +417,11 @@ impl AsyncConsumer {
         })
     }
 
+    /// This side's counters ([`RingStats`]).
+    pub fn stats(&self) -> RingStats {
+        self.inner.stats()
+    }
+
     /// The consumer underneath, for the calls that never wait (`try_recv`, `stats`,
     /// `capacity`).
     pub fn get_mut(&mut self) -> &mut Consumer {
@@ -486,6 +496,11 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
             inner: producer,
             reactor,
         })
+    }
+
+    /// This side's counters ([`RingStats`]).
+    pub fn stats(&self) -> RingStats {
+        self.inner.stats()
     }
 
     /// The producer underneath, for the calls that never wait.
@@ -575,6 +590,11 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
             inner: consumer,
             reactor,
         })
+    }
+
+    /// This side's counters ([`RingStats`]).
+    pub fn stats(&self) -> RingStats {
+        self.inner.stats()
     }
 
     /// The consumer underneath, for the calls that never wait.

@@ -41,7 +41,7 @@
 //! with no per-item header. Each side caches the peer's index and reloads it only when the
 //! ring looks full (producer) or empty (consumer); the consumer publishes its read index
 //! lazily (every quarter of the ring, and whenever it finds the ring empty).
-//! [`WaitStats`] counts those reloads and how often they found the ring full or empty.
+//! [`RingStats`] counts those reloads and how often they found the ring full or empty.
 //!
 //! Batches: [`Producer::batch`] publishes many records with one index store,
 //! [`Consumer::batch`] releases many with one; [`PodProducer::try_reserve_slice`] lends
@@ -175,7 +175,7 @@ mod api {
     use super::core::{self, Blocked, Corrupt, Placement, Words};
     use super::layout::*;
     use super::wait;
-    pub use super::wait::{calibrated_spin_budget, SpinPolicy, WaitStats};
+    pub use super::wait::{calibrated_spin_budget, SpinPolicy, RingStats};
     use crate::error::{Error, Result};
     use crate::{Channel, Message, Policy, Region, RegionView, SharedRegion};
 
@@ -245,7 +245,7 @@ mod api {
         peer: RegionView,
         pub(super) channel: Channel,
         pub(super) spin: SpinPolicy,
-        pub(super) stats: WaitStats,
+        pub(super) stats: RingStats,
         failed: Option<&'static str>,
         /// Consecutive non-waiting calls that found the ring blocked, and when the clock was
         /// first read during this run of them (see `blocked_try`).
@@ -271,7 +271,7 @@ mod api {
                 peer,
                 channel,
                 spin,
-                stats: WaitStats::default(),
+                stats: RingStats::default(),
                 failed: None,
                 blocked_tries: 0,
                 blocked_since: None,
@@ -285,8 +285,9 @@ mod api {
         }
 
         /// The wait counters with an engine's counters.
-        fn stats(&self, c: core::Counters) -> WaitStats {
-            WaitStats {
+        fn stats(&self, c: core::Counters, units: u64) -> RingStats {
+            RingStats {
+                units,
                 index_loads: c.index_loads,
                 found_blocked: c.blocked,
                 ..self.stats
@@ -328,6 +329,15 @@ mod api {
         }
 
         fn corrupt(&mut self, c: Corrupt) -> Error {
+            if self.failed.is_none() {
+                self.stats.peer_corrupt += 1;
+                #[cfg(feature = "tracing")]
+                tracing::warn!(
+                    reason = crate::RejectReason::PeerCorrupt.as_str(),
+                    what = c.0,
+                    "sealpipe ring peer wrote an impossible value; the ring has failed"
+                );
+            }
             self.failed = Some(c.0);
             Error::PeerCorrupt { what: c.0 }
         }
@@ -750,9 +760,10 @@ mod api {
             core::max_record_len(self.engine.capacity())
         }
 
-        /// This side's wait and index-traffic counters.
-        pub fn stats(&self) -> WaitStats {
-            self.link.stats(self.engine.counters)
+        /// This side's counters: units moved, waits, parks, wakes, index loads, peer
+        /// corruption ([`RingStats`]).
+        pub fn stats(&self) -> RingStats {
+            self.link.stats(self.engine.counters, self.engine.units())
         }
 
         /// Copies `record` into the ring and publishes it, if there is room now.
@@ -1075,9 +1086,10 @@ mod api {
             self.cap as usize
         }
 
-        /// This side's wait and index-traffic counters.
-        pub fn stats(&self) -> WaitStats {
-            self.link.stats(self.engine.counters)
+        /// This side's counters: units moved, waits, parks, wakes, index loads, peer
+        /// corruption ([`RingStats`]).
+        pub fn stats(&self) -> RingStats {
+            self.link.stats(self.engine.counters, self.engine.units())
         }
 
         /// Copies the next record into `out` (replacing its contents), if one is published.
@@ -1323,9 +1335,10 @@ mod api {
             PodProducer { engine, link }
         }
 
-        /// This side's wait and index-traffic counters.
-        pub fn stats(&self) -> WaitStats {
-            self.link.stats(self.engine.counters)
+        /// This side's counters: units moved, waits, parks, wakes, index loads, peer
+        /// corruption ([`RingStats`]).
+        pub fn stats(&self) -> RingStats {
+            self.link.stats(self.engine.counters, self.engine.units())
         }
 
         /// Pushes `item` and publishes it, if there is room now.
@@ -1590,9 +1603,10 @@ mod api {
             }
         }
 
-        /// This side's wait and index-traffic counters.
-        pub fn stats(&self) -> WaitStats {
-            self.link.stats(self.engine.counters)
+        /// This side's counters: units moved, waits, parks, wakes, index loads, peer
+        /// corruption ([`RingStats`]).
+        pub fn stats(&self) -> RingStats {
+            self.link.stats(self.engine.counters, self.engine.units())
         }
 
         /// Capacity in items.

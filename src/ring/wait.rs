@@ -158,9 +158,21 @@ impl SpinPolicy {
     }
 }
 
-/// Counters of one side's waiting, for tests and benchmarks. Updated with plain increments.
+/// Counters of one side of a ring ([`Producer::stats`](super::Producer::stats) and the
+/// other sides' `stats`): its traffic, its waits, and whether its peer corrupted the ring.
+/// Updated with plain increments on the slow paths only (a busy ring's fast path counts
+/// nothing), so they are always on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WaitStats {
+#[non_exhaustive]
+pub struct RingStats {
+    /// Units this side moved through the ring: for a byte ring, bytes of ring space it
+    /// committed (producer) or consumed (consumer), records with their 8-byte headers
+    /// rounded up to 8 plus the padding skipped at the wrap; for a typed ring, items
+    /// (records). Exact, although counted only when the peer's index is loaded.
+    pub units: u64,
+    /// Times the peer wrote an impossible value (the ring failed; 0 or 1, since a failed
+    /// ring stays failed).
+    pub peer_corrupt: u64,
     /// Times this side parked: `FUTEX_WAIT` calls, or (async) waits for its runtime to
     /// report the channel readable.
     pub parks: u64,
@@ -194,7 +206,7 @@ const SPINS_PER_CHECK: u32 = 4096;
 /// peer's end of `channel` is closed (it exited or dropped its side).
 pub(crate) fn wait_change(
     policy: SpinPolicy,
-    stats: &mut WaitStats,
+    stats: &mut RingStats,
     peer_index: &AtomicU32,
     own_wait: &AtomicU64,
     seen: u32,
