@@ -201,6 +201,11 @@ impl Channel {
         self.counters.snapshot()
     }
 
+    /// The live counters, for the pool's messages (which bypass `recv`).
+    pub(crate) fn counters(&self) -> &ChannelCounters {
+        &self.counters
+    }
+
     /// The peer process's pidfd (readable once the peer has exited): set on both ends of a
     /// channel made by [`crate::spawn::spawn`] (the child's, and in the child the parent's),
     /// `None` otherwise. Blocking calls watch it too, so they return [`Error::PeerClosed`]

@@ -95,6 +95,11 @@ impl AsyncPoolReceiver {
         })
     }
 
+    /// The receiver's counters ([`PoolReceiver::stats`]).
+    pub fn stats(&self) -> crate::ChannelStats {
+        self.rx.stats()
+    }
+
     /// The receiver underneath.
     pub fn get_mut(&mut self) -> &mut PoolReceiver {
         &mut self.rx

@@ -204,8 +204,26 @@ impl PoolReceiver {
         }
     }
 
+    /// A snapshot of this receiver's counters (those of its channel): announcements and
+    /// notices received as messages (an announcement's memfd as a region and its bytes as
+    /// mapped), messages rejected by reason, descriptors of rejected messages closed.
+    pub fn stats(&self) -> crate::ChannelStats {
+        self.shared.channel.stats()
+    }
+
     /// Receives one message: `Some` buffer for a notice, `None` for an announcement.
     fn recv_one(&mut self, wait: Wait) -> Result<Option<PoolBuffer>> {
+        let r = self.recv_one_uncounted(wait);
+        let counters = self.shared.channel.counters();
+        match &r {
+            Ok(Some(_)) => counters.received(0, 0),
+            Ok(None) => {}
+            Err(e) => counters.failed(e, self.shared.channel.peer_credentials()),
+        }
+        r
+    }
+
+    fn recv_one_uncounted(&mut self, wait: Wait) -> Result<Option<PoolBuffer>> {
         let mut buf = [0u8; RECV_BUF_LEN];
         let r = self.shared.channel.recv_pool(
             &mut buf,
@@ -214,7 +232,8 @@ impl PoolReceiver {
             wait,
         );
         let fd = self.fds.pop();
-        crate::closer::dispose_all(self.fds.drain(..));
+        let surplus = crate::closer::dispose_all(self.fds.drain(..));
+        self.shared.channel.counters().disposed(surplus);
         match r? {
             PoolMessage::Announce { memfd_id, len } => {
                 let Some(fd) = fd else {
@@ -262,6 +281,7 @@ impl PoolReceiver {
         let view = verify(fd, len, &self.policy, 0)?;
         self.memfds.push((memfd_id, Arc::new(view)));
         self.bytes = bytes;
+        self.shared.channel.counters().received(1, len);
         Ok(())
     }
 
