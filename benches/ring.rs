@@ -26,7 +26,7 @@ use rustix::net::{
     recv, send, socketpair, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
 };
 use sealpipe::ring::{
-    Consumer, PodConsumer, PodProducer, Producer, RingOptions, SpinPolicy, RingStats,
+    Consumer, PodConsumer, PodProducer, Producer, RingOptions, RingStats, SpinPolicy,
 };
 use sealpipe::Channel;
 

@@ -101,6 +101,17 @@ impl AsyncChannel {
     /// A dropped future abandons the connection attempt: the socket is closed and the
     /// listener sees a failed handshake. Nothing else is lost.
     pub async fn connect(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<AsyncChannel> {
+        let path = path.as_ref();
+        let connect = AsyncChannel::connect_untraced(path, config);
+        #[cfg(feature = "tracing")]
+        let connect = tracing::Instrument::instrument(
+            connect,
+            tracing::info_span!("sealpipe_handshake", side = "client", path = %path.display()),
+        );
+        crate::stats::traced("handshake", connect.await)
+    }
+
+    async fn connect_untraced(path: &Path, config: &HandshakeConfig) -> Result<AsyncChannel> {
         let deadline = Deadline::after(config.timeout);
         let connecting = Connecting::new(path.as_ref())?;
         while !connecting.try_connect()? {

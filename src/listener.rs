@@ -15,10 +15,10 @@ use rustix::net::{
 use crate::closer::{self, PeerSocket};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::stats::{ListenerCounters, ListenerStats};
 use crate::handshake::{
     self, check_identity, HandshakeConfig, HandshakeFailure, PeerCredentials, ServerHandshake,
 };
+use crate::stats::{ListenerCounters, ListenerStats};
 use crate::transport::Channel;
 
 const TOKEN_LISTENER: u64 = u64::MAX;
@@ -667,6 +667,15 @@ impl Channel {
     /// [`Error::Handshake`] if the handshake fails (both sides learn why);
     /// [`Error::UnsafePath`] for a path too long for a socket address.
     pub fn connect(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<Channel> {
+        let path = path.as_ref();
+        #[cfg(feature = "tracing")]
+        let _span =
+            tracing::info_span!("sealpipe_handshake", side = "client", path = %path.display())
+                .entered();
+        crate::stats::traced("handshake", Channel::connect_untraced(path, config))
+    }
+
+    fn connect_untraced(path: &Path, config: &HandshakeConfig) -> Result<Channel> {
         let deadline = Deadline::after(config.timeout);
         let connecting = Connecting::new(path.as_ref())?;
         while !connecting.try_connect()? {

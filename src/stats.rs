@@ -473,6 +473,24 @@ pub(crate) fn trace_rejection(
     }
 }
 
+/// Traces the outcome of a setup step (`what`: "handshake", "ring setup") inside its span:
+/// INFO when it succeeded, WARN when this side refused what the peer sent
+/// ([`RejectReason::of`]), DEBUG for other failures (time outs, a peer that went away).
+#[allow(unused_variables)]
+pub(crate) fn traced<T>(what: &'static str, r: crate::Result<T>) -> crate::Result<T> {
+    #[cfg(feature = "tracing")]
+    match &r {
+        Ok(_) => tracing::info!("sealpipe {what} done"),
+        Err(e) => match RejectReason::of(e) {
+            Some(reason) => {
+                tracing::warn!(reason = reason.as_str(), error = %e, "sealpipe {what} refused")
+            }
+            None => tracing::debug!(error = %e, "sealpipe {what} failed"),
+        },
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,11 +509,23 @@ mod tests {
         };
         let h = |failure| Error::Handshake { failure };
         vec![
-            Error::Io { op: "x", source: io() },
-            Error::OutOfMemory { len: 1, source: io() },
-            Error::OutOfBounds { offset: 0, len: 1, region_len: 0 },
+            Error::Io {
+                op: "x",
+                source: io(),
+            },
+            Error::OutOfMemory {
+                len: 1,
+                source: io(),
+            },
+            Error::OutOfBounds {
+                offset: 0,
+                len: 1,
+                region_len: 0,
+            },
             Error::Cast(bytemuck::PodCastError::SizeMismatch),
-            Error::NotImmutable { seals: Seals::empty() },
+            Error::NotImmutable {
+                seals: Seals::empty(),
+            },
             Error::PeerClosed,
             Error::WouldBlock,
             Error::Timeout,
@@ -504,40 +534,108 @@ mod tests {
             Error::MessageTooLarge { len: 1 },
             Error::NotSeqpacket,
             Error::NoInheritedChannel { reason: "x" },
-            Error::LimitExceeded { what: "x", got: 2, max: 1 },
+            Error::LimitExceeded {
+                what: "x",
+                got: 2,
+                max: 1,
+            },
             Error::ControlTruncated { received: 1 },
             Error::MessageTruncated { max: 1 },
             Error::Malformed { reason: "x" },
-            Error::UnsupportedVersion { got: 9, supported: 1 },
-            Error::FdCountMismatch { declared: 1, received: 0 },
-            Error::PolicyLimit { what: "x", got: 2, max: 1 },
-            Error::NotMemfd { index: 0, reason: "x" },
-            Error::MissingSeals { index: 0, have: Seals::empty(), missing: Seals::empty() },
+            Error::UnsupportedVersion {
+                got: 9,
+                supported: 1,
+            },
+            Error::FdCountMismatch {
+                declared: 1,
+                received: 0,
+            },
+            Error::PolicyLimit {
+                what: "x",
+                got: 2,
+                max: 1,
+            },
+            Error::NotMemfd {
+                index: 0,
+                reason: "x",
+            },
+            Error::MissingSeals {
+                index: 0,
+                have: Seals::empty(),
+                missing: Seals::empty(),
+            },
             Error::EmptyRegion { index: 0 },
-            Error::RegionTooLarge { index: 0, len: 2, max: 1 },
-            Error::SizeMismatch { index: 0, declared: 1, actual: 2 },
-            Error::Uncommitted { index: 0, len: 2, committed: 1 },
+            Error::RegionTooLarge {
+                index: 0,
+                len: 2,
+                max: 1,
+            },
+            Error::SizeMismatch {
+                index: 0,
+                declared: 1,
+                actual: 2,
+            },
+            Error::Uncommitted {
+                index: 0,
+                len: 2,
+                committed: 1,
+            },
             Error::HugePages { index: 0 },
-            Error::Map { index: 0, source: io() },
+            Error::Map {
+                index: 0,
+                source: io(),
+            },
             Error::PoolExhausted { len: 1, held: 1 },
-            Error::BadRelease { consumer: 0, reason: "x", memfd_id: 0, offset: 0, generation: 0 },
-            Error::BadAnnounce { memfd_id: 0, reason: "x" },
-            Error::BadNotice { reason: "x", memfd_id: 0, offset: 0, len: 0, generation: 0 },
+            Error::BadRelease {
+                consumer: 0,
+                reason: "x",
+                memfd_id: 0,
+                offset: 0,
+                generation: 0,
+            },
+            Error::BadAnnounce {
+                memfd_id: 0,
+                reason: "x",
+            },
+            Error::BadNotice {
+                reason: "x",
+                memfd_id: 0,
+                offset: 0,
+                len: 0,
+                generation: 0,
+            },
             h(HandshakeFailure::PeerNotAllowed(creds)),
             Error::SecretTooShort { min: 32 },
-            Error::UnsafePath { path: "/x".into(), reason: "x" },
+            Error::UnsafePath {
+                path: "/x".into(),
+                reason: "x",
+            },
             Error::AddressInUse { path: "/x".into() },
             Error::PathLost { path: "/x".into() },
-            Error::Truncated { offset: 0, len: 1, fault_offset: 0 },
+            Error::Truncated {
+                offset: 0,
+                len: 1,
+                fault_offset: 0,
+            },
             Error::PeerCorrupt { what: "x" },
             Error::RingMismatch { what: "x" },
             Error::RecordTooLarge { len: 2, max: 1 },
             Error::InvalidCapacity { capacity: 3 },
-            Error::SandboxUnavailable { layer: "x", required: 1, available: 0 },
+            Error::SandboxUnavailable {
+                layer: "x",
+                required: 1,
+                available: 0,
+            },
             Error::SandboxThreads { threads: 2 },
-            Error::SandboxSetup { layer: "x", source: "x".into() },
+            Error::SandboxSetup {
+                layer: "x",
+                source: "x".into(),
+            },
             // The other handshake failures.
-            h(HandshakeFailure::NotTheSpawnedChild { expected: 1, got: None }),
+            h(HandshakeFailure::NotTheSpawnedChild {
+                expected: 1,
+                got: None,
+            }),
             h(HandshakeFailure::SecretPresence { ours: true }),
             h(HandshakeFailure::BadProof),
             h(HandshakeFailure::Incompatible { version: 9 }),
@@ -617,7 +715,11 @@ mod tests {
         let mut seen: Vec<usize> = errors.iter().map(variant).collect();
         seen.sort_unstable();
         seen.dedup();
-        assert_eq!(seen, (0..54).collect::<Vec<_>>(), "every_error lists each variant once");
+        assert_eq!(
+            seen,
+            (0..54).collect::<Vec<_>>(),
+            "every_error lists each variant once"
+        );
 
         let mut reasons = Vec::new();
         for e in &errors {

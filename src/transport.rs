@@ -404,16 +404,16 @@ impl Channel {
 
     fn recv_with(&self, policy: &Policy, wait: Wait) -> Result<Message> {
         let mut fds = Received::default();
-        let (payload, lens) =
-            match RECV_BUF.with(|buf| self.recv_raw(&mut buf.borrow_mut(), policy, wait, &mut fds))
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    self.counters.disposed(fds.dispose());
-                    self.counters.failed(&e, self.peer);
-                    return Err(e);
-                }
-            };
+        let (payload, lens) = match RECV_BUF
+            .with(|buf| self.recv_raw(&mut buf.borrow_mut(), policy, wait, &mut fds))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.disposed(fds.dispose());
+                self.counters.failed(&e, self.peer);
+                return Err(e);
+            }
+        };
         // Verify in order; on the first failure the remaining descriptors are disposed of
         // and the views mapped so far are unmapped.
         let mut regions = Vec::with_capacity(lens.len());

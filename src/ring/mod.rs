@@ -175,7 +175,7 @@ mod api {
     use super::core::{self, Blocked, Corrupt, Placement, Words};
     use super::layout::*;
     use super::wait;
-    pub use super::wait::{calibrated_spin_budget, SpinPolicy, RingStats};
+    pub use super::wait::{calibrated_spin_budget, RingStats, SpinPolicy};
     use crate::error::{Error, Result};
     use crate::{Channel, Message, Policy, Region, RegionView, SharedRegion};
 
@@ -463,6 +463,24 @@ mod api {
         options: &RingOptions,
         kind: Kind,
     ) -> Result<(Link, u32, u32)> {
+        #[cfg(feature = "tracing")]
+        let _span = tracing::info_span!(
+            "sealpipe_ring_setup",
+            side = "producer",
+            capacity = options.capacity
+        )
+        .entered();
+        crate::stats::traced(
+            "ring setup",
+            producer_setup_untraced(channel, options, kind),
+        )
+    }
+
+    fn producer_setup_untraced(
+        channel: Channel,
+        options: &RingOptions,
+        kind: Kind,
+    ) -> Result<(Link, u32, u32)> {
         let own = producer_offer(options, kind)?;
         let end = crate::deadline::Deadline::after(options.timeout).instant();
         channel.send_timeout(SETUP_PAYLOAD, &[own.region()], options.timeout)?;
@@ -475,6 +493,19 @@ mod api {
     /// Consumer half of the handshake: receive and check the data memfd, create and send
     /// the control memfd. Returns the link, the capacity and the producer's flags.
     fn consumer_setup(
+        channel: Channel,
+        options: &RingOptions,
+        kind: Kind,
+    ) -> Result<(Link, u32, u32)> {
+        #[cfg(feature = "tracing")]
+        let _span = tracing::info_span!("sealpipe_ring_setup", side = "consumer").entered();
+        crate::stats::traced(
+            "ring setup",
+            consumer_setup_untraced(channel, options, kind),
+        )
+    }
+
+    fn consumer_setup_untraced(
         channel: Channel,
         options: &RingOptions,
         kind: Kind,
