@@ -192,6 +192,24 @@ pub struct RingStats {
     pub found_blocked: u64,
 }
 
+impl std::fmt::Display for RingStats {
+    /// One line: `1024 units, 3 parks, 2 wakes, 0 missed wakes, 40 index loads (5 found
+    /// blocked), peer corrupt 0`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} units, {} parks, {} wakes, {} missed wakes, {} index loads ({} found blocked), peer corrupt {}",
+            self.units,
+            self.parks,
+            self.wakes,
+            self.missed_wakes,
+            self.index_loads,
+            self.found_blocked,
+            self.peer_corrupt
+        )
+    }
+}
+
 /// Longest single park: how often a parked side looks at its deadline and at whether the
 /// peer is still alive (its end of the setup channel still open).
 pub(crate) const PEER_CHECK: Duration = Duration::from_millis(20);
