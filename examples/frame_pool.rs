@@ -109,7 +109,10 @@ fn producer() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!("all {frames} frames delivered to {WORKERS} workers and checked");
-    println!("stats: pool {:?}; bad releases from workers {rejected}", pool.stats());
+    println!(
+        "stats: pool {:?}; bad releases from workers {rejected}",
+        pool.stats()
+    );
     Ok(())
 }
 

@@ -52,6 +52,7 @@ use crate::handshake::{HandshakeConfig, HandshakeFailure};
 use crate::listener::{Connecting, Listener};
 use crate::region::SealedRegion;
 use crate::seals::Policy;
+use crate::stats::{ChannelStats, ListenerStats};
 use crate::transport::{Channel, Message, Sent, READER_POLL};
 
 pub use crate::pool::{AsyncPool, AsyncPoolReceiver};
@@ -113,7 +114,7 @@ impl AsyncChannel {
 
     async fn connect_untraced(path: &Path, config: &HandshakeConfig) -> Result<AsyncChannel> {
         let deadline = Deadline::after(config.timeout);
-        let connecting = Connecting::new(path.as_ref())?;
+        let connecting = Connecting::new(path)?;
         while !connecting.try_connect()? {
             if deadline.passed() {
                 return Err(Error::Timeout);
@@ -150,7 +151,7 @@ impl AsyncChannel {
     }
 
     /// This channel's counters ([`Channel::stats`]).
-    pub fn stats(&self) -> crate::ChannelStats {
+    pub fn stats(&self) -> ChannelStats {
         self.get_ref().stats()
     }
 
@@ -236,7 +237,7 @@ impl AsyncListener {
     }
 
     /// This listener's counters ([`Listener::stats`]).
-    pub fn stats(&self) -> crate::ListenerStats {
+    pub fn stats(&self) -> ListenerStats {
         self.fd.get_ref().stats()
     }
 

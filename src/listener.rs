@@ -677,7 +677,7 @@ impl Channel {
 
     fn connect_untraced(path: &Path, config: &HandshakeConfig) -> Result<Channel> {
         let deadline = Deadline::after(config.timeout);
-        let connecting = Connecting::new(path.as_ref())?;
+        let connecting = Connecting::new(path)?;
         while !connecting.try_connect()? {
             let pause = Duration::from_millis(2);
             match deadline.left() {

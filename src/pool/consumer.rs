@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::lock;
 use crate::error::{Error, Result};
 use crate::seals::Policy;
+use crate::stats::ChannelStats;
 use crate::transport::{Channel, Wait};
 use crate::verify::{verify, RegionView};
 use crate::wire::{self, PoolBufferRef, PoolMessage};
@@ -207,7 +208,7 @@ impl PoolReceiver {
     /// A snapshot of this receiver's counters (those of its channel): announcements and
     /// notices received as messages (an announcement's memfd as a region and its bytes as
     /// mapped), messages rejected by reason, descriptors of rejected messages closed.
-    pub fn stats(&self) -> crate::ChannelStats {
+    pub fn stats(&self) -> ChannelStats {
         self.shared.channel.stats()
     }
 

@@ -14,6 +14,7 @@ use rustix::io::Errno;
 use super::lock;
 use crate::error::{Error, Result};
 use crate::region::{Region, SealedRegion};
+use crate::stats::ChannelStats;
 use crate::transport::{Channel, Wait};
 use crate::wire::{self, PoolBufferRef, PoolMessage};
 
@@ -804,7 +805,7 @@ impl PoolSender {
 
     /// A snapshot of this consumer's counters (those of its channel): release messages
     /// received, and releases or messages refused by reason ([`Error::BadRelease`], ...).
-    pub fn stats(&self) -> crate::ChannelStats {
+    pub fn stats(&self) -> ChannelStats {
         self.link.channel.stats()
     }
 
