@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rustix::fs::{self, MemfdFlags};
 use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use sealpipe::pool::{Pool, PoolOptions, PoolReceiver};
 use sealpipe::ring::{Consumer, Producer, RingOptions, SpinPolicy};
 use sealpipe::{
     wire, Channel, Error, HandshakeConfig, Listener, Policy, Region, RejectReason, Secret,
@@ -91,6 +92,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
             };
         }
         "ring_consumer" => return ring_consumer(ch),
+        "pool_forger" => return pool_forger(ch),
         _ => return 99,
     }
     // Stay until the parent has read everything.
@@ -120,6 +122,29 @@ fn ring_consumer(ch: Channel) -> i32 {
 }
 
 const RECORDS: u64 = 40;
+
+/// A pool consumer that sends a forged release (a generation it was never sent) before
+/// its honest one.
+fn pool_forger(ch: Channel) -> i32 {
+    let mut rx = PoolReceiver::new(ch, &Policy::read_only_view()).unwrap();
+    let buf = rx.recv_timeout(T).unwrap();
+    let mut m = Vec::new();
+    m.extend_from_slice(&wire::MAGIC);
+    m.extend_from_slice(&wire::VERSION.to_le_bytes());
+    m.extend_from_slice(&wire::KIND_POOL_RELEASE.to_le_bytes());
+    m.extend_from_slice(&[0; 4]);
+    m.extend_from_slice(&24u32.to_le_bytes());
+    m.extend_from_slice(&0u32.to_le_bytes()); // memfd id
+    m.extend_from_slice(&[0; 4]);
+    m.extend_from_slice(&0u64.to_le_bytes()); // offset
+    m.extend_from_slice(&99u64.to_le_bytes()); // generation
+    send_raw(rx.channel().as_fd(), &m, &[]);
+    drop(buf);
+    rx.flush_releases().unwrap();
+    // Stay until the producer is done.
+    let _ = rx.recv_timeout(T);
+    0
+}
 
 // ----- the tests -----
 
@@ -215,6 +240,39 @@ fn rings_count_parks_wakes_and_units() {
     assert!(s.wakes >= 1, "the parked consumer was woken: {s:?}");
     assert!(s.parks >= 1, "a 64-byte ring fills: {s:?}");
     assert_eq!(s.peer_corrupt, 0, "{s:?}");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "consumer: {status:?}");
+}
+
+#[test]
+fn a_forged_pool_release_is_counted_and_the_pool_keeps_working() {
+    common::peer_main(peer);
+    let _serial = common::serial();
+    let p = common::spawn_peer(
+        "a_forged_pool_release_is_counted_and_the_pool_keeps_working",
+        "pool_forger",
+    );
+    let mut child = p.child;
+    let pool = Pool::new(PoolOptions::new().max_bytes(64 << 10).slab_len(64 << 10)).unwrap();
+    let tx = pool.attach(p.channel).unwrap();
+    pool.lease(4096).unwrap().send(&[&tx]).unwrap();
+    let end = std::time::Instant::now() + T;
+    let mut bad = 0;
+    while tx.held() > 0 || bad == 0 {
+        match tx.poll_releases() {
+            Ok(_) => {}
+            Err(Error::BadRelease { .. }) => bad += 1,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(std::time::Instant::now() < end, "timed out");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(bad, 1);
+    let s = tx.stats();
+    assert_eq!(s.rejected.get(RejectReason::BadRelease), 1, "{s}");
+    assert_eq!(s.rejected.total(), 1, "{s}");
+    assert!(s.messages_received >= 2, "both release messages: {s}");
+    drop(tx);
     let status = child.wait().unwrap();
     assert!(status.success(), "consumer: {status:?}");
 }
