@@ -31,7 +31,7 @@
 //!
 //! | layer | module | what it does |
 //! |---|---|---|
-//! | regions | [`Region`], [`SealedRegion`], [`SharedRegion`] | create, fill and seal memfds |
+//! | regions | [`Region`], [`SealedRegion`], [`SharedRegion`] | create, fill and seal memfds ([`memfile::MemFile`] underneath; interop both ways) |
 //! | transport | [`Channel`], [`wire`] | messages of descriptors + a header over `SOCK_SEQPACKET` |
 //! | verification | [`verify()`], [`RegionView`], [`Policy`] | check seals and sizes, then map read-only |
 //! | channels | [`spawn`], [`Listener`], [`handshake`] | authenticated connections: spawned workers, named endpoints |
@@ -192,6 +192,11 @@ pub mod wire;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The memfd crate sealpipe's regions are made of, re-exported: [`SealedRegion::from_memfile`],
+/// [`SharedRegion::from_memfile`], [`SealedRegion::into_memfile`] and
+/// [`RegionView::into_memfile`] take and give its [`MemFile`](memfile::MemFile).
+pub use memfile;
 
 pub use error::{Error, Result};
 pub use guard::{GuardOptions, GuardedMap};

@@ -2,14 +2,16 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
 
+use memfile::{CreateOptions, MemFile};
 use memmap2::MmapMut;
-use rustix::fs::{self, FallocateFlags, MemfdFlags, SealFlags};
+use rustix::fs::{self, FallocateFlags, MemfdFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
-use crate::seals::Seals;
+use crate::seals::{Policy, Seals};
 use crate::sys;
 
 /// A writable region that only this process holds: a fresh memfd, committed in memory.
@@ -20,9 +22,11 @@ use crate::sys;
 /// [`seal`](Region::seal) it immutable, or [`share_read_only`](Region::share_read_only)
 /// to keep writing while others read.
 ///
-/// The memfd is close-on-exec, created with `MFD_NOEXEC_SEAL` where the kernel has it,
-/// and its pages are allocated up front with `fallocate`, so running out of memory is an
-/// error here rather than a `SIGBUS` in a consumer later.
+/// The memfd (a [`MemFile`]) is close-on-exec, created with `MFD_NOEXEC_SEAL` where the
+/// kernel has it, and its pages are allocated up front with `fallocate`, so running out of
+/// memory is an error here rather than a `SIGBUS` in a consumer later. To start from a
+/// memfd you made yourself, see [`SealedRegion::from_memfile`] and
+/// [`SharedRegion::from_memfile`].
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,7 +41,7 @@ use crate::sys;
 /// ```
 #[derive(Debug)]
 pub struct Region {
-    fd: OwnedFd,
+    file: MemFile,
     len: usize,
     map: Option<MmapMut>,
     cursor: usize,
@@ -76,16 +80,20 @@ impl Region {
                 source: io::Error::from(io::ErrorKind::OutOfMemory),
             });
         }
-        let fd = create_memfd(noexec_seal)?;
-        fs::ftruncate(&fd, len as u64).map_err(|e| Error::io("ftruncate", e))?;
-        fs::fallocate(&fd, FallocateFlags::empty(), 0, len as u64).map_err(|e| {
+        let file = create_memfd(noexec_seal)?;
+        file.set_len(len as u64).map_err(|source| Error::Io {
+            op: "ftruncate",
+            source,
+        })?;
+        // memfile has no fallocate.
+        fs::fallocate(&file, FallocateFlags::empty(), 0, len as u64).map_err(|e| {
             Error::OutOfMemory {
                 len: len as u64,
                 source: e.into(),
             }
         })?;
         Ok(Region {
-            fd,
+            file,
             len,
             map: None,
             cursor: 0,
@@ -108,7 +116,7 @@ impl Region {
     /// [`Error::OutOfBounds`] if the range does not fit; [`Error::Io`] if `pwrite` fails.
     pub fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<()> {
         check_range(offset, data.len(), self.len)?;
-        pwrite_all(&self.fd, data, offset as u64)
+        pwrite_all(&self.file, data, offset as u64)
     }
 
     /// The whole region as a mutable byte slice, mapping it on first call.
@@ -117,7 +125,7 @@ impl Region {
     /// [`Error::Io`] if `mmap` fails.
     pub fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
         if self.map.is_none() {
-            let map = sys::map_writable(&self.fd, self.len).map_err(|e| Error::Io {
+            let map = sys::map_writable(&self.file, self.len).map_err(|e| Error::Io {
                 op: "mmap",
                 source: e,
             })?;
@@ -143,7 +151,7 @@ impl Region {
     /// are pinned by in-flight direct I/O.
     pub fn seal(mut self) -> Result<SealedRegion> {
         self.map = None; // munmap before F_SEAL_WRITE
-        SealedRegion::seal(self.fd, self.len, Seals::IMMUTABLE)
+        SealedRegion::seal(self.file, self.len, Seals::IMMUTABLE).map_err(|(e, _)| e)
     }
 
     /// Seals the region `FUTURE_WRITE | SHRINK | GROW | SEAL` and keeps this process's
@@ -155,12 +163,13 @@ impl Region {
     pub fn share_read_only(self) -> Result<SharedRegion> {
         let map = match self.map {
             Some(map) => map,
-            None => sys::map_writable(&self.fd, self.len).map_err(|e| Error::Io {
+            None => sys::map_writable(&self.file, self.len).map_err(|e| Error::Io {
                 op: "mmap",
                 source: e,
             })?,
         };
-        let region = SealedRegion::seal(self.fd, self.len, Seals::PRODUCER_WRITABLE)?;
+        let region = SealedRegion::seal(self.file, self.len, Seals::PRODUCER_WRITABLE)
+            .map_err(|(e, _)| e)?;
         Ok(SharedRegion { map, region })
     }
 }
@@ -170,7 +179,7 @@ impl io::Write for Region {
     /// region is full.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = buf.len().min(self.len - self.cursor);
-        pwrite_all(&self.fd, &buf[..n], self.cursor as u64).map_err(io::Error::other)?;
+        pwrite_all(&self.file, &buf[..n], self.cursor as u64).map_err(io::Error::other)?;
         self.cursor += n;
         Ok(n)
     }
@@ -200,38 +209,115 @@ impl io::Seek for Region {
     }
 }
 
-/// A sealed region, ready to send: an owned memfd, its length, and its seals.
+/// A sealed region, ready to send: an owned memfd ([`MemFile`]), its length, and its seals.
 ///
 /// Send it any number of times, to any number of receivers ([`crate::Channel::send`]
-/// borrows it): fan-out copies nothing.
+/// borrows it): fan-out copies nothing. Made by [`Region::seal`], from a memfd made
+/// elsewhere by [`SealedRegion::from_memfile`], or borrowed from a received view to
+/// forward it ([`crate::RegionView::region`]).
 #[derive(Debug)]
 pub struct SealedRegion {
-    fd: OwnedFd,
+    file: MemFile,
     len: usize,
     seals: Seals,
 }
 
 impl SealedRegion {
-    fn seal(fd: OwnedFd, len: usize, seals: Seals) -> Result<SealedRegion> {
+    /// Adds `seals` to `file` (with memfile's `add_seals`) and reads back what the kernel
+    /// reports; hands `file` back on failure.
+    fn seal(
+        file: MemFile,
+        len: usize,
+        seals: Seals,
+    ) -> std::result::Result<SealedRegion, (Error, MemFile)> {
         // F_SEAL_WRITE fails with EBUSY while any page has an extra reference; the kernel
         // waits ~150 ms for such references to go before giving up. Our own mapping is gone
         // by now, so what remains is transient (reclaim, migration, monitoring): observed
         // once in ~900 seals of 64 MiB under heavy memory churn. Try a few more times.
+        // (Every bit sealpipe adds is one memfile knows, so nothing is truncated here.)
+        let add = memfile::Seals::from_bits_truncate(seals.bits());
         let mut attempts = 0;
         loop {
-            match fs::fcntl_add_seals(&fd, SealFlags::from_bits_retain(seals.bits())) {
+            match file.add_seals(add) {
                 Ok(()) => break,
-                Err(Errno::BUSY) if attempts < 3 => attempts += 1,
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(Error::io("fcntl(F_ADD_SEALS)", e)),
+                Err(e) if Errno::from_io_error(&e) == Some(Errno::BUSY) && attempts < 3 => {
+                    attempts += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    let op = "fcntl(F_ADD_SEALS)";
+                    return Err((Error::Io { op, source }, file));
+                }
             }
         }
-        let seals = Seals::from_bits(
-            fs::fcntl_get_seals(&fd)
-                .map_err(|e| Error::io("fcntl(F_GET_SEALS)", e))?
-                .bits(),
-        );
-        Ok(SealedRegion { fd, len, seals })
+        match exact_seals(file.as_fd()) {
+            Ok(seals) => Ok(SealedRegion { file, len, seals }),
+            Err(e) => Err((e, file)),
+        }
+    }
+
+    /// A region [`crate::verify()`] has checked (`seals` as it read them).
+    pub(crate) fn verified(file: MemFile, len: usize, seals: Seals) -> SealedRegion {
+        SealedRegion { file, len, seals }
+    }
+
+    /// Takes a sealed memfd made elsewhere (with [`memfile`], or received from another
+    /// process) as a region to send, without copying it, after the checks a receiver with
+    /// `policy` makes ([`crate::verify()`]): it is a sealable shared-memory file readable
+    /// by its descriptor, carries the seals `policy` requires, is not empty, within the
+    /// policy's size limit, not backed by huge pages unless the policy accepts them, and
+    /// every page of it is allocated. Its length is its size now (the seals keep it so).
+    ///
+    /// Use [`Policy::immutable`] for a write-sealed file; [`Policy::read_only_view`] also
+    /// accepts one sealed `FUTURE_WRITE` (its writers, wherever they are, can change it
+    /// under every receiver).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::io::Write;
+    /// use memfile::{CreateOptions, MemFile, Seal};
+    /// use sealpipe::{Channel, Policy, SealedRegion};
+    ///
+    /// let mut file = MemFile::create("frame", CreateOptions::new().allow_sealing(true))?;
+    /// file.write_all(b"made with memfile")?; // writing allocates every page
+    /// file.add_seals(Seal::Write | Seal::Shrink | Seal::Grow | Seal::Seal)?;
+    /// let region = SealedRegion::from_memfile(file, &Policy::immutable()).map_err(|(e, _)| e)?;
+    ///
+    /// let (a, b) = Channel::pair()?;
+    /// a.send(b"", &[&region])?;
+    /// let msg = b.recv(&Policy::immutable())?;
+    /// assert_eq!(msg.regions()[0].as_bytes()?, b"made with memfile");
+    ///
+    /// // A file that fails a check comes back with the error.
+    /// let file = MemFile::create("unsealed", CreateOptions::new().allow_sealing(true))?;
+    /// file.set_len(4096)?;
+    /// let (err, file) = SealedRegion::from_memfile(file, &Policy::immutable()).unwrap_err();
+    /// assert!(matches!(err, sealpipe::Error::MissingSeals { .. }));
+    /// # drop(file);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The file is handed back with [`Error::NotMemfd`], [`Error::MissingSeals`],
+    /// [`Error::EmptyRegion`], [`Error::RegionTooLarge`], [`Error::HugePages`],
+    /// [`Error::Uncommitted`] or [`Error::Io`].
+    pub fn from_memfile(
+        file: MemFile,
+        policy: &Policy,
+    ) -> std::result::Result<SealedRegion, (Error, MemFile)> {
+        let len = match file_len(&file) {
+            Ok(len) => len,
+            Err(e) => return Err((e, file)),
+        };
+        match crate::verify::check(file.as_fd(), len, policy, 0) {
+            // Fits: check refuses lengths over isize::MAX.
+            Ok(seals) => Ok(SealedRegion {
+                file,
+                len: len as usize,
+                seals,
+            }),
+            Err(e) => Err((e, file)),
+        }
     }
 
     /// Length in bytes.
@@ -244,7 +330,7 @@ impl SealedRegion {
         false
     }
 
-    /// The seals the kernel reports for this region.
+    /// The seals the kernel reports for this region (every bit, `EXEC` included).
     pub fn seals(&self) -> Seals {
         self.seals
     }
@@ -255,22 +341,31 @@ impl SealedRegion {
     /// [`Error::Io`] if the process is out of descriptors.
     pub fn try_clone(&self) -> Result<SealedRegion> {
         Ok(SealedRegion {
-            fd: rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)
-                .map_err(|e| Error::io("fcntl(F_DUPFD_CLOEXEC)", e))?,
+            file: self.file.try_clone().map_err(|source| Error::Io {
+                op: "fcntl(F_DUPFD_CLOEXEC)",
+                source,
+            })?,
             len: self.len,
             seals: self.seals,
         })
     }
 
+    /// Gives up the memfd, as a [`MemFile`]: read it with `std::io::Read` or
+    /// `FileExt::read_at`, query its seals with `get_seals`. Its seals still hold (a
+    /// write-sealed file refuses writes, resizing and writable mappings).
+    pub fn into_memfile(self) -> MemFile {
+        self.file
+    }
+
     /// Gives up the descriptor.
     pub fn into_fd(self) -> OwnedFd {
-        self.fd
+        self.file.into_fd()
     }
 }
 
 impl AsFd for SealedRegion {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.file.as_fd()
     }
 }
 
@@ -283,6 +378,78 @@ pub struct SharedRegion {
 }
 
 impl SharedRegion {
+    /// Takes a memfd made elsewhere (with [`memfile`]) as a producer-writable region,
+    /// without copying it: maps it writable for this process, then seals it
+    /// `FUTURE_WRITE | SHRINK | GROW | SEAL` (memfile's `add_seals`), as
+    /// [`Region::share_read_only`] does. First come the checks a receiver with `policy`
+    /// makes ([`crate::verify()`]): a sealable shared-memory file, not empty, within the
+    /// policy's size limit, not backed by huge pages unless the policy accepts them,
+    /// every page allocated, and the seals it will have satisfy `policy` (so `policy`
+    /// must accept producer-writable regions: [`Policy::read_only_view`]).
+    ///
+    /// The file must not be sealed `WRITE`, `FUTURE_WRITE` or `SEAL` yet (the kernel then
+    /// refuses the writable mapping or the new seals). Other processes or mappings that
+    /// can already write it keep that power: seal only files no one else holds.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::io::Write;
+    /// use memfile::{CreateOptions, MemFile};
+    /// use sealpipe::{Channel, Policy, SharedRegion};
+    ///
+    /// let mut file = MemFile::create("live", CreateOptions::new().allow_sealing(true))?;
+    /// file.write_all(&[0u8; 4096])?; // writing allocates every page
+    /// let mut shared =
+    ///     SharedRegion::from_memfile(file, &Policy::read_only_view()).map_err(|(e, _)| e)?;
+    ///
+    /// let (a, b) = Channel::pair()?;
+    /// a.send(b"", &[shared.region()])?;
+    /// let msg = b.recv(&Policy::read_only_view())?;
+    /// shared.as_mut_slice()[0] = 7; // the producer keeps writing
+    /// assert_eq!(msg.regions()[0].read_value::<u8>(0)?, 7); // readers copy out
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The file is handed back, unchanged, with [`Error::NotMemfd`],
+    /// [`Error::MissingSeals`] (`policy` refuses producer-writable regions),
+    /// [`Error::EmptyRegion`], [`Error::RegionTooLarge`], [`Error::HugePages`],
+    /// [`Error::Uncommitted`], or [`Error::Io`] (`mmap`, `fcntl(F_ADD_SEALS)`) where the
+    /// kernel refuses the mapping or the seals.
+    pub fn from_memfile(
+        file: MemFile,
+        policy: &Policy,
+    ) -> std::result::Result<SharedRegion, (Error, MemFile)> {
+        let checked = file_len(&file).and_then(|len| {
+            let have = crate::verify::check_access(file.as_fd(), 0)
+                .and_then(|()| exact_seals(file.as_fd()))?;
+            let will_have = have.union(Seals::PRODUCER_WRITABLE);
+            let missing = policy.missing_seals(will_have);
+            if !missing.is_empty() {
+                return Err(Error::MissingSeals {
+                    index: 0,
+                    have: will_have,
+                    missing,
+                });
+            }
+            crate::verify::check_contents(file.as_fd(), len, policy, 0)?;
+            let map = sys::map_writable(&file, len as usize)
+                .map_err(|source| Error::Io { op: "mmap", source })?;
+            Ok((len as usize, map))
+        });
+        let (len, map) = match checked {
+            Ok(ok) => ok,
+            Err(e) => return Err((e, file)),
+        };
+        match SealedRegion::seal(file, len, Seals::PRODUCER_WRITABLE) {
+            Ok(region) => Ok(SharedRegion { map, region }),
+            Err((e, file)) => {
+                drop(map);
+                Err((e, file))
+            }
+        }
+    }
+
     /// The producer's writable view. Readers in other processes see writes at once, without
     /// any ordering guarantee: publish what they may read with your own protocol.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
@@ -319,32 +486,49 @@ fn check_range(offset: usize, len: usize, region_len: usize) -> Result<()> {
     }
 }
 
-fn pwrite_all(fd: &OwnedFd, mut data: &[u8], mut offset: u64) -> Result<()> {
-    while !data.is_empty() {
-        match rustix::io::pwrite(fd, data, offset) {
-            Ok(0) => return Err(Error::io("pwrite", Errno::IO)),
-            Ok(n) => {
-                data = &data[n..];
-                offset += n as u64;
-            }
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(Error::io("pwrite", e)),
-        }
-    }
-    Ok(())
+fn pwrite_all(file: &MemFile, data: &[u8], offset: u64) -> Result<()> {
+    file.write_all_at(data, offset).map_err(|source| Error::Io {
+        op: "pwrite",
+        source,
+    })
+}
+
+/// The file's size, with rustix's `fstat` (std's `metadata`, under memfile's, tries
+/// `statx` first, which sealpipe's sandbox does not allow).
+fn file_len(file: &MemFile) -> Result<u64> {
+    Ok(fs::fstat(file).map_err(|e| Error::io("fstat", e))?.st_size as u64)
+}
+
+/// Every seal the kernel reports, with rustix: memfile's `get_seals` drops the bits it does
+/// not know (`F_SEAL_EXEC`, and any newer one), and sealpipe reports them all.
+pub(crate) fn exact_seals(fd: BorrowedFd<'_>) -> Result<Seals> {
+    fs::fcntl_get_seals(fd)
+        .map(|s| Seals::from_bits(s.bits()))
+        .map_err(|e| Error::io("fcntl(F_GET_SEALS)", e))
 }
 
 /// Creates an empty sealable memfd: close-on-exec, and `MFD_NOEXEC_SEAL` if `noexec_seal`.
-fn create_memfd(noexec_seal: bool) -> Result<OwnedFd> {
-    let base = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+fn create_memfd(noexec_seal: bool) -> Result<MemFile> {
     if noexec_seal {
-        fs::memfd_create("sealpipe", base | MemfdFlags::NOEXEC_SEAL)
-            .map_err(|e| Error::io("memfd_create", e))
+        // memfile 0.3 cannot ask for MFD_NOEXEC_SEAL: create with rustix, then wrap.
+        let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::NOEXEC_SEAL;
+        let fd = fs::memfd_create("sealpipe", flags).map_err(|e| Error::io("memfd_create", e))?;
+        MemFile::from_fd(fd).map_err(|e| Error::Io {
+            op: "fcntl(F_GET_SEALS)",
+            source: e.into_error(),
+        })
     } else {
-        let fd = fs::memfd_create("sealpipe", base).map_err(|e| Error::io("memfd_create", e))?;
-        // Without MFD_NOEXEC_SEAL the memfd is created 0777; drop the exec bits ourselves.
-        fs::fchmod(&fd, fs::Mode::from_raw_mode(0o600)).map_err(|e| Error::io("fchmod", e))?;
-        Ok(fd)
+        let file = CreateOptions::new()
+            .allow_sealing(true)
+            .create("sealpipe")
+            .map_err(|source| Error::Io {
+                op: "memfd_create",
+                source,
+            })?;
+        // Without MFD_NOEXEC_SEAL the memfd is created 0777; drop the exec bits ourselves
+        // (memfile has no fchmod).
+        fs::fchmod(&file, fs::Mode::from_raw_mode(0o600)).map_err(|e| Error::io("fchmod", e))?;
+        Ok(file)
     }
 }
 
@@ -367,7 +551,7 @@ mod tests {
             }
             let mut r = Region::create(8192, noexec).unwrap();
             r.write_at(0, b"abc").unwrap();
-            let st = fs::fstat(&r.fd).unwrap();
+            let st = fs::fstat(&r.file).unwrap();
             assert_eq!(
                 st.st_mode & 0o111,
                 0,
@@ -380,7 +564,7 @@ mod tests {
             // The 0x3e surprise (EXEC implying FUTURE_WRITE) must not happen.
             assert!(!s.seals().contains(Seals::FUTURE_WRITE));
             assert_eq!(s.seals().contains(Seals::EXEC), noexec);
-            let cloexec = rustix::io::fcntl_getfd(&s.fd).unwrap();
+            let cloexec = rustix::io::fcntl_getfd(&s).unwrap();
             assert!(cloexec.contains(rustix::io::FdFlags::CLOEXEC));
         }
     }

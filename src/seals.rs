@@ -216,8 +216,9 @@ impl Policy {
     /// many messages would fill the table (`RLIMIT_NOFILE`), after which every message
     /// arrives with its descriptors dropped ([`crate::Error::ControlTruncated`]). Ask for
     /// it only to use the descriptor: [`crate::RegionView::fd`],
-    /// [`crate::RegionView::into_fd`], forwarding the region to another process, or
-    /// turning it into a [`crate::PositionalFile`].
+    /// [`crate::RegionView::into_fd`], [`crate::RegionView::into_memfile`], forwarding the
+    /// region to another process ([`crate::RegionView::region`]), or turning it into a
+    /// [`crate::PositionalFile`].
     pub const fn keep_descriptors(mut self, keep: bool) -> Policy {
         self.keep_descriptors = keep;
         self

@@ -3,10 +3,12 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 
+use memfile::MemFile;
 use rustix::fs::{self, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
+use crate::region::SealedRegion;
 use crate::seals::{Policy, Seals};
 use crate::sys::ReadMap;
 
@@ -66,18 +68,36 @@ pub(crate) fn verify_or_return(
     policy: &Policy,
     index: usize,
 ) -> Result<RegionView, (Error, OwnedFd)> {
-    let seals = match check(fd.as_fd(), declared_len, policy, index) {
+    // MemFile::from_fd asks F_GET_SEALS and hands the descriptor back if that fails.
+    let file = match MemFile::from_fd(fd) {
+        Ok(file) => file,
+        Err(refused) => {
+            let (source, fd) = refused.into_parts();
+            // `check` names the fault (O_PATH, write-only, what kind of file it is).
+            let err = match check(fd.as_fd(), declared_len, policy, index) {
+                Err(e) => e,
+                Ok(_) => Error::Io {
+                    op: "fcntl(F_GET_SEALS)",
+                    source,
+                },
+            };
+            return Err((err, fd));
+        }
+    };
+    let seals = match check(file.as_fd(), declared_len, policy, index) {
         Ok(seals) => seals,
-        Err(e) => return Err((e, fd)),
+        Err(e) => return Err((e, file.into_fd())),
     };
     let len = declared_len as usize; // fits: it equals st_size of a file we can map
-    let map = match map_read_only(fd.as_fd(), len, seals) {
+    let map = match map_read_only(file.as_fd(), len, seals) {
         Ok(map) => map,
-        Err(source) => return Err((Error::Map { index, source }, fd)),
+        Err(source) => return Err((Error::Map { index, source }, file.into_fd())),
     };
     // The mapping keeps the region alive; the descriptor only costs a table slot.
-    let fd = policy.keeps_descriptors().then_some(fd);
-    Ok(RegionView { map, seals, fd })
+    let region = policy
+        .keeps_descriptors()
+        .then(|| SealedRegion::verified(file, len, seals));
+    Ok(RegionView { map, seals, region })
 }
 
 /// Every check of [`verify`], without mapping. Returns the region's seals.
@@ -87,19 +107,9 @@ pub(crate) fn check(
     policy: &Policy,
     index: usize,
 ) -> Result<Seals> {
-    let flags = fs::fcntl_getfl(fd).map_err(|e| Error::io("fcntl(F_GETFL)", e))?;
-    if flags.contains(OFlags::PATH) {
-        return Err(Error::NotMemfd {
-            index,
-            reason: "O_PATH descriptor (no access to contents)",
-        });
-    }
-    if flags & OFlags::ACCMODE == OFlags::WRONLY {
-        return Err(Error::NotMemfd {
-            index,
-            reason: "write-only descriptor (cannot be mapped for reading)",
-        });
-    }
+    check_access(fd, index)?;
+    // Every bit, with rustix: memfile's `get_seals` drops those it does not know (EXEC),
+    // and the seals are reported (`RegionView::seals`, `Error::MissingSeals`).
     let seals = match fs::fcntl_get_seals(fd) {
         Ok(s) => Seals::from_bits(s.bits()),
         // Described without fstat, which a FUSE daemon would answer (or never answer).
@@ -125,6 +135,37 @@ pub(crate) fn check(
             missing,
         });
     }
+    check_contents(fd, declared_len, policy, index)?;
+    Ok(seals)
+}
+
+/// The descriptor gives access to the file's contents for reading: neither `O_PATH` nor
+/// write-only.
+pub(crate) fn check_access(fd: BorrowedFd<'_>, index: usize) -> Result<()> {
+    let flags = fs::fcntl_getfl(fd).map_err(|e| Error::io("fcntl(F_GETFL)", e))?;
+    if flags.contains(OFlags::PATH) {
+        return Err(Error::NotMemfd {
+            index,
+            reason: "O_PATH descriptor (no access to contents)",
+        });
+    }
+    if flags & OFlags::ACCMODE == OFlags::WRONLY {
+        return Err(Error::NotMemfd {
+            index,
+            reason: "write-only descriptor (cannot be mapped for reading)",
+        });
+    }
+    Ok(())
+}
+
+/// The checks of [`verify`] after the seals, on a sealable file (`F_GET_SEALS` answered):
+/// length, size, huge pages, committed pages.
+pub(crate) fn check_contents(
+    fd: BorrowedFd<'_>,
+    declared_len: u64,
+    policy: &Policy,
+    index: usize,
+) -> Result<()> {
     if declared_len == 0 {
         return Err(Error::EmptyRegion { index });
     }
@@ -180,7 +221,7 @@ pub(crate) fn check(
             committed: inside.saturating_mul(page).min(actual),
         });
     }
-    Ok(seals)
+    Ok(())
 }
 
 /// `f_type` of hugetlbfs (`statfs(2)`).
@@ -219,8 +260,8 @@ fn map_read_only(fd: BorrowedFd<'_>, len: usize, seals: Seals) -> std::io::Resul
 pub struct RegionView {
     map: ReadMap,
     seals: Seals,
-    /// Kept only where the policy said so ([`Policy::keep_descriptors`]).
-    fd: Option<OwnedFd>,
+    /// The memfd, kept only where the policy said so ([`Policy::keep_descriptors`]).
+    region: Option<SealedRegion>,
 }
 
 impl RegionView {
@@ -325,21 +366,87 @@ impl RegionView {
     /// The region's descriptor, if the receiving policy kept it
     /// ([`Policy::keep_descriptors`]); `None` by default.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.fd.as_ref().map(|fd| fd.as_fd())
+        self.region.as_ref().map(|r| r.as_fd())
+    }
+
+    /// The verified region, to send on as it is, if the receiving policy kept its
+    /// descriptor ([`Policy::keep_descriptors`]); `None` by default.
+    ///
+    /// Forwarding copies nothing and needs no descriptor handling: a broker receives a
+    /// frame from one process and fans it out to its workers with
+    /// [`Channel::send`](crate::Channel::send), as it would a region of its own. Each
+    /// receiver verifies it again, as always. The region keeps its seals: a
+    /// producer-writable one stays writable by its producer, and its receivers read it by
+    /// copying.
+    ///
+    /// ```
+    /// # fn main() -> sealpipe::Result<()> {
+    /// use sealpipe::{Channel, Policy, Region};
+    /// let (producer, broker_in) = Channel::pair()?;
+    /// let (broker_out, worker) = Channel::pair()?;
+    ///
+    /// let mut frame = Region::new(4096)?;
+    /// frame.write_at(0, b"frame")?;
+    /// producer.send(b"", &[&frame.seal()?])?;
+    ///
+    /// // The broker keeps descriptors so that it can forward what it receives.
+    /// let msg = broker_in.recv(&Policy::immutable().keep_descriptors(true))?;
+    /// let view = &msg.regions()[0];
+    /// if let Some(region) = view.region() {
+    ///     broker_out.send(msg.payload(), &[region])?;
+    /// }
+    ///
+    /// let forwarded = worker.recv(&Policy::immutable())?;
+    /// assert_eq!(&forwarded.regions()[0].as_bytes()?[..5], b"frame");
+    /// # Ok(()) }
+    /// ```
+    pub fn region(&self) -> Option<&SealedRegion> {
+        self.region.as_ref()
+    }
+
+    /// Gives up the mapping and returns the memfd as a [`MemFile`], for code that wants
+    /// one, if the receiving policy kept the descriptor ([`Policy::keep_descriptors`]);
+    /// hands the view back otherwise.
+    ///
+    /// The file keeps its seals: a write-sealed one refuses writes, resizing and writable
+    /// mappings, whoever holds it.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::io::Read;
+    /// use sealpipe::{Channel, Policy, Region};
+    /// let (a, b) = Channel::pair()?;
+    /// let mut region = Region::new(4096)?;
+    /// region.write_at(0, b"hello")?;
+    /// a.send(b"", &[&region.seal()?])?;
+    /// let (_, mut views) = b.recv(&Policy::immutable().keep_descriptors(true))?.into_parts();
+    ///
+    /// let Ok(mut file) = views.remove(0).into_memfile() else { unreachable!() };
+    /// assert!(file.get_seals()?.contains(memfile::Seal::Write));
+    /// let mut start = [0u8; 5];
+    /// file.read_exact(&mut start)?;
+    /// assert_eq!(&start, b"hello");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The view itself, if the policy did not keep its descriptor.
+    pub fn into_memfile(self) -> std::result::Result<MemFile, RegionView> {
+        match self.region {
+            Some(region) => Ok(region.into_memfile()),
+            None => Err(self),
+        }
     }
 
     /// Gives up the mapping and returns the descriptor, if the receiving policy kept it
     /// ([`Policy::keep_descriptors`]); `None` by default (the view is then just unmapped).
     pub fn into_fd(self) -> Option<OwnedFd> {
-        self.fd
+        self.region.map(SealedRegion::into_fd)
     }
 
     /// [`into_fd`](RegionView::into_fd), handing the view back if it has no descriptor.
-    pub(crate) fn try_into_fd(mut self) -> std::result::Result<OwnedFd, RegionView> {
-        match self.fd.take() {
-            Some(fd) => Ok(fd),
-            None => Err(self),
-        }
+    pub(crate) fn try_into_fd(self) -> std::result::Result<OwnedFd, RegionView> {
+        self.into_memfile().map(MemFile::into_fd)
     }
 }
 
@@ -399,6 +506,9 @@ fn probe_shared_map_of_write_sealed() -> bool {
     };
     ReadMap::shared(region.as_fd(), 4096).is_ok()
 }
+
+#[cfg(any(test, fuzzing))]
+pub(crate) mod model;
 
 #[cfg(test)]
 mod tests {

@@ -597,6 +597,9 @@ pub(crate) fn check_pool_received<'a>(
     })
 }
 
+#[cfg(any(test, fuzzing))]
+pub(crate) mod model;
+
 #[cfg(test)]
 mod tests {
     use super::*;

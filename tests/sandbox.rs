@@ -1,13 +1,14 @@
-//! Sandboxed workers across real processes: each denial asserted in a sandboxed child, each
-//! layer (channel + regions, ring spinning and parking, async channel) working inside, a
+//! Sandboxed workers across real processes: each denial asserted in a sandboxed child, a
 //! required level the kernel lacks failing clearly, a forbidden call answered with `EPERM`
-//! or a kill without harming the parent, and the parent never sandboxed.
+//! or a kill without harming the parent, and the parent never sandboxed. Each layer
+//! working inside a sandbox: `sandbox_layers.rs`.
 //!
-//! This binary has its own small harness (`harness = false`): libtest runs every test on a
-//! second thread, and a process must be single-threaded to enter a sandbox (Landlock
-//! applies to the calling thread only, so [`Sandbox::enter`] refuses otherwise). A peer
-//! role therefore runs on the main thread, before any test. Tests that need a kernel
-//! feature this machine lacks are reported `ignored` with the reason, never passed.
+//! This binary has its own small harness (`harness = false`, `common::sandboxed`): libtest
+//! runs every test on a second thread, and a process must be single-threaded to enter a
+//! sandbox (Landlock applies to the calling thread only, so [`Sandbox::enter`] refuses
+//! otherwise). A peer role therefore runs on the main thread, before any test. Tests that
+//! need a kernel feature this machine lacks are reported `ignored` with the reason, never
+//! passed.
 //!
 //! Each peer prints the first error it meets to stderr: if the allow-list misses a system
 //! call a layer needs, the test fails and shows which operation got `EPERM`.
@@ -20,12 +21,11 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use sealpipe::ring::{Consumer, Producer, RingOptions, SpinPolicy};
+use common::sandboxed::{checksum, enter, reply, wait_child, Test};
 use sealpipe::sandbox::{Namespaces, Sandbox, Support, Violation};
 use sealpipe::{Channel, Error, Policy, Region};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-const RECORDS: u64 = 20_000;
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -37,29 +37,6 @@ fn outcome(r: libc::c_long) -> i32 {
         errno()
     } else {
         0
-    }
-}
-
-fn checksum(bytes: &[u8]) -> u64 {
-    bytes.chunks(8).fold(0xcbf2_9ce4_8422_2325, |h, c| {
-        let mut w = [0u8; 8];
-        w[..c.len()].copy_from_slice(c);
-        (h ^ u64::from_le_bytes(w)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-fn record(i: u64) -> Vec<u8> {
-    let len = (i % 200) as usize + 1;
-    (0..len).map(|k| (i as u8).wrapping_add(k as u8)).collect()
-}
-
-fn enter(profile: Sandbox) {
-    if let Err(e) = profile.enter() {
-        eprintln!(
-            "peer: enter failed: {e} ({:?})",
-            std::error::Error::source(&e)
-        );
-        std::process::exit(90);
     }
 }
 
@@ -241,71 +218,6 @@ fn peer(role: &str, ch: Channel) -> i32 {
         "escapes" => {
             enter(Sandbox::worker());
             ch.send(&encode(&escapes(&ch)), &[]).expect("send");
-            0
-        }
-        "regions" => {
-            enter(Sandbox::worker());
-            let policy = Policy::read_only_view().max_region_len(1 << 26);
-            let msg = ch.recv_timeout(&policy, TIMEOUT).expect("recv");
-            let sum = checksum(msg.regions()[0].as_bytes().expect("as_bytes"));
-            let mut copy = vec![0u8; msg.regions()[1].len()];
-            msg.regions()[1].read_at(0, &mut copy).expect("read_at");
-            // And the worker answers with a region of its own.
-            let mut answer = Region::new(4096).expect("region");
-            answer.write_at(0, &sum.to_le_bytes()).expect("write_at");
-            answer
-                .write_at(8, &checksum(&copy).to_le_bytes())
-                .expect("write_at");
-            let answer = answer.seal().expect("seal");
-            ch.send(b"sums", &[&answer]).expect("send");
-            0
-        }
-        "ring_consumer_spin" | "ring_consumer_park" => {
-            enter(Sandbox::worker());
-            let spin = if role.ends_with("spin") {
-                SpinPolicy::Spin
-            } else {
-                SpinPolicy::Park
-            };
-            let opts = RingOptions::new(1 << 12).spin(spin).timeout(TIMEOUT);
-            let mut rx = Consumer::connect(ch, &opts).expect("connect");
-            let mut buf = Vec::new();
-            for i in 0..RECORDS {
-                rx.recv_timeout(&mut buf, TIMEOUT).expect("recv");
-                if buf != record(i) {
-                    eprintln!("peer: record {i} is wrong");
-                    return 2;
-                }
-            }
-            0
-        }
-        "ring_producer_park" => {
-            enter(Sandbox::worker());
-            let opts = RingOptions::new(1 << 10)
-                .spin(SpinPolicy::Park)
-                .timeout(TIMEOUT);
-            let mut tx = Producer::connect(ch, &opts).expect("connect");
-            for i in 0..RECORDS {
-                tx.send_timeout(&record(i), TIMEOUT).expect("send");
-            }
-            // Wait for the consumer to finish reading before the channel closes.
-            std::thread::sleep(Duration::from_millis(200));
-            0
-        }
-        #[cfg(feature = "tokio")]
-        "async" => {
-            enter(Sandbox::worker());
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let ch = sealpipe::asyncio::AsyncChannel::new(ch).expect("register");
-                let msg = ch.recv(&policy).await.expect("recv");
-                let sum = checksum(msg.regions()[0].as_bytes().expect("as_bytes"));
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                ch.send(&sum.to_le_bytes(), &[]).await.expect("send");
-            });
             0
         }
         "violation_errno" => {
@@ -500,14 +412,6 @@ fn expect_all_refused(results: &[(String, i32)], allowed_errnos: &[i32]) {
     }
 }
 
-fn reply(peer: &common::Peer) -> Vec<u8> {
-    peer.channel
-        .recv_timeout(&Policy::immutable(), TIMEOUT)
-        .expect("reply")
-        .payload()
-        .to_vec()
-}
-
 fn every_escape_is_refused() {
     let peer = common::spawn_peer("every_escape_is_refused", "escapes");
     let results = decode(&reply(&peer));
@@ -515,93 +419,6 @@ fn every_escape_is_refused() {
     // seccomp answers EPERM for every call it does not allow; glibc reports a refused
     // clone3 for a thread as EPERM too.
     expect_all_refused(&results, &[libc::EPERM]);
-    assert_eq!(peer.wait(), 0);
-}
-
-fn regions_are_received_verified_and_answered_inside() {
-    let peer = common::spawn_peer(
-        "regions_are_received_verified_and_answered_inside",
-        "regions",
-    );
-    let data: Vec<u8> = (0..(8u32 << 20))
-        .map(|i| (i * 7 + i / 4093) as u8)
-        .collect();
-    let mut big = Region::new(data.len()).unwrap();
-    big.write_at(0, &data).unwrap();
-    let big = big.seal().unwrap();
-    let mut shared = Region::new(1 << 16).unwrap().share_read_only().unwrap();
-    shared.as_mut_slice().fill(0x5a);
-    let small = vec![0x5au8; 1 << 16];
-    peer.channel
-        .send(b"regions", &[&big, shared.region()])
-        .unwrap();
-    let msg = peer
-        .channel
-        .recv_timeout(&Policy::immutable(), TIMEOUT)
-        .expect("the worker's answer");
-    assert_eq!(msg.payload(), b"sums");
-    let sums: [u64; 2] = msg.regions()[0].read_value(0).unwrap();
-    assert_eq!(sums, [checksum(&data), checksum(&small)]);
-    drop(msg);
-    assert_eq!(peer.wait(), 0);
-}
-
-fn ring_consumer(test: &str, role: &str) {
-    let peer = common::spawn_peer(test, role);
-    let common::Peer { mut child, channel } = peer;
-    let mut tx = Producer::connect(channel, &RingOptions::new(1 << 12).timeout(TIMEOUT))
-        .expect("connect to the sandboxed consumer");
-    for i in 0..RECORDS {
-        tx.send_timeout(&record(i), TIMEOUT).expect("send");
-        if i % 1000 == 0 {
-            std::thread::sleep(Duration::from_millis(1)); // let the consumer park
-        }
-    }
-    let status = wait_child(&mut child);
-    drop(tx);
-    assert_eq!(status, 0);
-}
-
-fn wait_child(child: &mut std::process::Child) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    let status = child.wait().expect("wait");
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
-
-fn ring_spinning_consumer_works_inside() {
-    ring_consumer("ring_spinning_consumer_works_inside", "ring_consumer_spin");
-}
-
-fn ring_parking_consumer_works_inside() {
-    ring_consumer("ring_parking_consumer_works_inside", "ring_consumer_park");
-}
-
-fn ring_parking_producer_works_inside() {
-    let peer = common::spawn_peer("ring_parking_producer_works_inside", "ring_producer_park");
-    let common::Peer { mut child, channel } = peer;
-    let mut rx = Consumer::connect(channel, &RingOptions::new(1 << 10).timeout(TIMEOUT))
-        .expect("connect to the sandboxed producer");
-    let mut buf = Vec::new();
-    for i in 0..RECORDS {
-        rx.recv_timeout(&mut buf, TIMEOUT).expect("recv");
-        assert_eq!(buf, record(i));
-        if i % 1000 == 0 {
-            std::thread::sleep(Duration::from_millis(1)); // let the producer fill up and park
-        }
-    }
-    assert_eq!(wait_child(&mut child), 0);
-}
-
-#[cfg(feature = "tokio")]
-fn async_channel_works_inside() {
-    let peer = common::spawn_peer("async_channel_works_inside", "async");
-    let data = vec![0x33u8; 1 << 20];
-    let mut region = Region::new(data.len()).unwrap();
-    region.write_at(0, &data).unwrap();
-    peer.channel.send(b"", &[&region.seal().unwrap()]).unwrap();
-    assert_eq!(reply(&peer), checksum(&data).to_le_bytes());
     assert_eq!(peer.wait(), 0);
 }
 
@@ -876,8 +693,6 @@ fn spawn_sandboxed_moves_the_child_into_namespaces() {
 // ---------------------------------------------------------------------------------------
 // The harness.
 
-type Test = (&'static str, fn(), Option<String>);
-
 fn tests() -> Vec<Test> {
     let support = Support::detect();
     let needs_abi = |abi: u32| {
@@ -888,32 +703,11 @@ fn tests() -> Vec<Test> {
             )
         })
     };
-    #[allow(unused_mut)] // pushed to with the tokio feature
-    let mut t: Vec<Test> = vec![
+    let t: Vec<Test> = vec![
         ("every_escape_is_refused", every_escape_is_refused, None),
         (
             "hostile_descriptors_are_refused_inside_without_a_violation",
             hostile_descriptors_are_refused_inside_without_a_violation,
-            None,
-        ),
-        (
-            "regions_are_received_verified_and_answered_inside",
-            regions_are_received_verified_and_answered_inside,
-            None,
-        ),
-        (
-            "ring_spinning_consumer_works_inside",
-            ring_spinning_consumer_works_inside,
-            None,
-        ),
-        (
-            "ring_parking_consumer_works_inside",
-            ring_parking_consumer_works_inside,
-            None,
-        ),
-        (
-            "ring_parking_producer_works_inside",
-            ring_parking_producer_works_inside,
             None,
         ),
         (
@@ -974,65 +768,10 @@ fn tests() -> Vec<Test> {
             None,
         ),
     ];
-    #[cfg(feature = "tokio")]
-    t.push((
-        "async_channel_works_inside",
-        async_channel_works_inside,
-        None,
-    ));
     t
 }
 
 fn main() {
     common::peer_main(peer);
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |f: &str| args.iter().any(|a| a == f);
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let exact = flag("--exact");
-    let selected = |name: &str| {
-        filters.is_empty()
-            || filters.iter().any(|f| {
-                if exact {
-                    name == *f
-                } else {
-                    name.contains(f.as_str())
-                }
-            })
-    };
-    let tests: Vec<Test> = tests().into_iter().filter(|t| selected(t.0)).collect();
-    if flag("--list") {
-        for (name, _, _) in &tests {
-            println!("{name}: test");
-        }
-        return;
-    }
-    let run_ignored = flag("--ignored") || flag("--include-ignored");
-    println!("\nrunning {} tests", tests.len());
-    let (mut passed, mut failed, mut ignored) = (0, Vec::new(), 0);
-    for (name, f, ignore) in tests {
-        if let Some(reason) = ignore.filter(|_| !run_ignored) {
-            println!("test {name} ... ignored, {reason}");
-            ignored += 1;
-            continue;
-        }
-        match std::panic::catch_unwind(f) {
-            Ok(()) => {
-                println!("test {name} ... ok");
-                passed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(name);
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {passed} passed; {} failed; {ignored} ignored\n",
-        if failed.is_empty() { "ok" } else { "FAILED" },
-        failed.len()
-    );
-    if !failed.is_empty() {
-        println!("failures: {failed:?}");
-        std::process::exit(101);
-    }
+    common::sandboxed::run(tests());
 }

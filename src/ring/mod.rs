@@ -116,6 +116,8 @@
 pub(crate) mod async_ring;
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) mod core; // pub(crate) for `crate::fuzz::ring_ops`
+#[cfg(any(test, fuzzing))]
+pub(crate) mod model;
 mod sync;
 #[cfg(not(loom))]
 mod wait;

@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 
 use sealpipe::Channel;
 
+pub mod endpoints;
+pub mod ring_peers;
+pub mod sandboxed;
+
 /// Environment variable carrying the role of a spawned peer.
 pub const ROLE_ENV: &str = "SEALPIPE_TEST_ROLE";
 
@@ -173,6 +177,16 @@ pub fn assert_no_fd_leak<R>(what: &str, f: impl FnOnce() -> R) -> R {
 /// Whether this process runs as root (some kernel limits do not apply to root).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// Fails the test unless this process runs as root. For tests marked
+/// `#[ignore = "needs root: ..."]`: run with `--ignored` by an unprivileged user they fail,
+/// they never pass without having run. `.ci/run` runs them as root.
+pub fn require_root(why: &str) {
+    assert!(
+        is_root(),
+        "this test needs root ({why}); run it as root, as .ci/run does"
+    );
 }
 
 /// Environment variable naming the descriptor [`spawn_peer_sharing`] hands to a peer.
