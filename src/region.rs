@@ -19,14 +19,14 @@ use crate::sys;
 /// Fill it through [`Region::write_at`] / [`io::Write`] (copies with `pwrite`, the fastest
 /// path for a one-shot buffer: no page faults, no zeroing, no unmap) or in place through
 /// [`Region::as_mut_slice`] / [`Region::as_mut_slice_of`] (maps it on first use). Then
-/// [`seal`](Region::seal) it immutable, or [`share_read_only`](Region::share_read_only)
+/// [`seal`](Region::seal) it immutable, or [`seal_producer_writable`](Region::seal_producer_writable)
 /// to keep writing while others read.
 ///
 /// The memfd (a [`MemFile`]) is close-on-exec, created with `MFD_NOEXEC_SEAL` where the
 /// kernel has it, and its pages are allocated up front with `fallocate`, so running out of
 /// memory is an error here rather than a `SIGBUS` in a consumer later. To start from a
 /// memfd you made yourself, see [`SealedRegion::from_memfile`] and
-/// [`SharedRegion::from_memfile`].
+/// [`ProducerWritableRegion::from_memfile`].
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -160,7 +160,7 @@ impl Region {
     ///
     /// # Errors
     /// [`Error::Io`] if mapping or sealing fails.
-    pub fn share_read_only(self) -> Result<SharedRegion> {
+    pub fn seal_producer_writable(self) -> Result<ProducerWritableRegion> {
         let map = match self.map {
             Some(map) => map,
             None => sys::map_writable(&self.file, self.len).map_err(|e| Error::Io {
@@ -170,7 +170,7 @@ impl Region {
         };
         let region = SealedRegion::seal(self.file, self.len, Seals::PRODUCER_WRITABLE)
             .map_err(|(e, _)| e)?;
-        Ok(SharedRegion { map, region })
+        Ok(ProducerWritableRegion { map, region })
     }
 }
 
@@ -268,7 +268,7 @@ impl SealedRegion {
     /// policy's size limit, not backed by huge pages unless the policy accepts them, and
     /// every page of it is allocated. Its length is its size now (the seals keep it so).
     ///
-    /// Use [`Policy::immutable`] for a write-sealed file; [`Policy::read_only_view`] also
+    /// Use [`Policy::immutable`] for a write-sealed file; [`Policy::producer_writable`] also
     /// accepts one sealed `FUTURE_WRITE` (its writers, wherever they are, can change it
     /// under every receiver).
     ///
@@ -372,20 +372,20 @@ impl AsFd for SealedRegion {
 /// A region sealed `FUTURE_WRITE | SHRINK | GROW | SEAL` whose producer keeps writing it
 /// through its own mapping, while receivers can only read.
 #[derive(Debug)]
-pub struct SharedRegion {
+pub struct ProducerWritableRegion {
     map: MmapMut,
     region: SealedRegion,
 }
 
-impl SharedRegion {
+impl ProducerWritableRegion {
     /// Takes a memfd made elsewhere (with [`memfile`]) as a producer-writable region,
     /// without copying it: maps it writable for this process, then seals it
     /// `FUTURE_WRITE | SHRINK | GROW | SEAL` (memfile's `add_seals`), as
-    /// [`Region::share_read_only`] does. First come the checks a receiver with `policy`
+    /// [`Region::seal_producer_writable`] does. First come the checks a receiver with `policy`
     /// makes ([`crate::verify()`]): a sealable shared-memory file, not empty, within the
     /// policy's size limit, not backed by huge pages unless the policy accepts them,
     /// every page allocated, and the seals it will have satisfy `policy` (so `policy`
-    /// must accept producer-writable regions: [`Policy::read_only_view`]).
+    /// must accept producer-writable regions: [`Policy::producer_writable`]).
     ///
     /// The file must not be sealed `WRITE`, `FUTURE_WRITE` or `SEAL` yet (the kernel then
     /// refuses the writable mapping or the new seals). Other processes or mappings that
@@ -395,16 +395,16 @@ impl SharedRegion {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::io::Write;
     /// use memfile::{CreateOptions, MemFile};
-    /// use sealpipe::{Channel, Policy, SharedRegion};
+    /// use sealpipe::{Channel, Policy, ProducerWritableRegion};
     ///
     /// let mut file = MemFile::create("live", CreateOptions::new().allow_sealing(true))?;
     /// file.write_all(&[0u8; 4096])?; // writing allocates every page
     /// let mut shared =
-    ///     SharedRegion::from_memfile(file, &Policy::read_only_view()).map_err(|(e, _)| e)?;
+    ///     ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).map_err(|(e, _)| e)?;
     ///
     /// let (a, b) = Channel::pair()?;
     /// a.send(b"", &[shared.region()])?;
-    /// let msg = b.recv(&Policy::read_only_view())?;
+    /// let msg = b.recv(&Policy::producer_writable())?;
     /// shared.as_mut_slice()[0] = 7; // the producer keeps writing
     /// assert_eq!(msg.regions()[0].read_value::<u8>(0)?, 7); // readers copy out
     /// # Ok(()) }
@@ -419,7 +419,7 @@ impl SharedRegion {
     pub fn from_memfile(
         file: MemFile,
         policy: &Policy,
-    ) -> std::result::Result<SharedRegion, (Error, MemFile)> {
+    ) -> std::result::Result<ProducerWritableRegion, (Error, MemFile)> {
         let checked = file_len(&file).and_then(|len| {
             let have = crate::verify::check_access(file.as_fd(), 0)
                 .and_then(|()| exact_seals(file.as_fd()))?;
@@ -442,7 +442,7 @@ impl SharedRegion {
             Err(e) => return Err((e, file)),
         };
         match SealedRegion::seal(file, len, Seals::PRODUCER_WRITABLE) {
-            Ok(region) => Ok(SharedRegion { map, region }),
+            Ok(region) => Ok(ProducerWritableRegion { map, region }),
             Err((e, file)) => {
                 drop(map);
                 Err((e, file))
@@ -601,7 +601,7 @@ mod tests {
 
     #[test]
     fn shared_region_keeps_producer_writable() {
-        let mut r = Region::new(4096).unwrap().share_read_only().unwrap();
+        let mut r = Region::new(4096).unwrap().seal_producer_writable().unwrap();
         r.as_mut_slice()[0] = 42;
         assert!(r.region().seals().contains(Seals::PRODUCER_WRITABLE));
         assert!(!r.region().seals().contains(Seals::WRITE));

@@ -1,6 +1,6 @@
 //! memfile interop, both ways, and forwarding received regions through a broker process.
 //!
-//! - a `memfile::MemFile` made by the user becomes a `SealedRegion` or a `SharedRegion`
+//! - a `memfile::MemFile` made by the user becomes a `SealedRegion` or a `ProducerWritableRegion`
 //!   without copying (the same inode), after the checks a receiver makes, and comes back
 //!   unchanged when a check fails;
 //! - a received view becomes a `MemFile`;
@@ -14,7 +14,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use memfile::{CreateOptions, MemFile, Seal};
-use sealpipe::{Channel, Error, Policy, Region, SealedRegion, Seals, SharedRegion};
+use sealpipe::{Channel, Error, Policy, Region, SealedRegion, Seals, ProducerWritableRegion};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -147,7 +147,7 @@ fn a_memfile_that_fails_a_receiver_check_is_handed_back() {
         matches!(err, Error::MissingSeals { missing, .. } if missing == Seals::WRITE),
         "{err:?}"
     );
-    let region = SealedRegion::from_memfile(file, &Policy::read_only_view()).unwrap();
+    let region = SealedRegion::from_memfile(file, &Policy::producer_writable()).unwrap();
     assert!(region.seals().contains(Seals::FUTURE_WRITE));
 }
 
@@ -157,7 +157,7 @@ fn a_memfile_becomes_a_producer_writable_region_without_copying() {
     let data: Vec<u8> = (0..1 << 16).map(pattern).collect();
     file.write_all(&data).unwrap();
     let ino = inode(&file);
-    let mut shared = SharedRegion::from_memfile(file, &Policy::read_only_view()).unwrap();
+    let mut shared = ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).unwrap();
     assert_eq!(inode(shared.region()), ino);
     assert!(shared.region().seals().contains(Seals::PRODUCER_WRITABLE));
     assert!(
@@ -172,7 +172,7 @@ fn a_memfile_becomes_a_producer_writable_region_without_copying() {
 
     let (a, b) = Channel::pair().unwrap();
     a.send(b"", &[shared.region()]).unwrap();
-    let msg = b.recv(&Policy::read_only_view()).unwrap();
+    let msg = b.recv(&Policy::producer_writable()).unwrap();
     let view = &msg.regions()[0];
     assert!(matches!(view.as_bytes(), Err(Error::NotImmutable { .. })));
     shared.as_mut_slice()[100] = !data[100];
@@ -184,7 +184,7 @@ fn a_memfile_refused_as_producer_writable_comes_back_unsealed() {
     // A policy that refuses producer-writable regions: refused before anything is done.
     let mut file = sealable("strict");
     file.write_all(&[0u8; 4096]).unwrap();
-    let (err, file) = SharedRegion::from_memfile(file, &Policy::immutable()).unwrap_err();
+    let (err, file) = ProducerWritableRegion::from_memfile(file, &Policy::immutable()).unwrap_err();
     assert!(
         matches!(err, Error::MissingSeals { missing, .. } if missing == Seals::WRITE),
         "{err:?}"
@@ -194,7 +194,7 @@ fn a_memfile_refused_as_producer_writable_comes_back_unsealed() {
     // Uncommitted: refused before mapping or sealing.
     let file = sealable("holes");
     file.set_len(1 << 20).unwrap();
-    let (err, file) = SharedRegion::from_memfile(file, &Policy::read_only_view()).unwrap_err();
+    let (err, file) = ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).unwrap_err();
     assert!(matches!(err, Error::Uncommitted { .. }), "{err:?}");
     assert_eq!(raw_seals(&file), 0, "no seal was added");
 
@@ -203,7 +203,7 @@ fn a_memfile_refused_as_producer_writable_comes_back_unsealed() {
     file.write_all(&[0u8; 4096]).unwrap();
     seal_immutable(&file);
     let before = raw_seals(&file);
-    let (err, file) = SharedRegion::from_memfile(file, &Policy::read_only_view()).unwrap_err();
+    let (err, file) = ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).unwrap_err();
     assert!(matches!(err, Error::Io { op: "mmap", .. }), "{err:?}");
     assert_eq!(raw_seals(&file), before);
 
@@ -213,7 +213,7 @@ fn a_memfile_refused_as_producer_writable_comes_back_unsealed() {
     file.write_all(&[0u8; 4096]).unwrap();
     file.add_seal(Seal::Seal).unwrap();
     let before = raw_seals(&file);
-    let (err, mut file) = SharedRegion::from_memfile(file, &Policy::read_only_view()).unwrap_err();
+    let (err, mut file) = ProducerWritableRegion::from_memfile(file, &Policy::producer_writable()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -271,10 +271,10 @@ fn a_received_view_becomes_a_memfile() {
 fn a_forwarded_region_is_verified_again_by_each_receiver() {
     let (producer, broker_in) = Channel::pair().unwrap();
     let (broker_out, strict) = Channel::pair().unwrap();
-    let shared = Region::new(4096).unwrap().share_read_only().unwrap();
+    let shared = Region::new(4096).unwrap().seal_producer_writable().unwrap();
     producer.send(b"", &[shared.region()]).unwrap();
     let msg = broker_in
-        .recv(&Policy::read_only_view().keep_descriptors(true))
+        .recv(&Policy::producer_writable().keep_descriptors(true))
         .unwrap();
     let region = msg.regions()[0].region().unwrap();
     assert_eq!(region.seals(), shared.region().seals());
@@ -300,7 +300,7 @@ fn broker(from_a: Channel, test: &str) -> i32 {
         common::spawn_peer(test, "worker"),
     ];
     // Keep descriptors: that is what lets the broker forward what it received.
-    let policy = Policy::read_only_view().keep_descriptors(true);
+    let policy = Policy::producer_writable().keep_descriptors(true);
     loop {
         let msg = match from_a.recv_timeout(&policy, T) {
             Ok(msg) => msg,
@@ -340,7 +340,7 @@ fn broker(from_a: Channel, test: &str) -> i32 {
 /// `"<immutable> <seals> <sum> <dev>:<ino>"` for a region, the first byte of the last
 /// region for a message `byte0`.
 fn worker(ch: Channel) -> i32 {
-    let policy = Policy::read_only_view().keep_descriptors(true);
+    let policy = Policy::producer_writable().keep_descriptors(true);
     let mut last: Option<sealpipe::RegionView> = None;
     loop {
         let msg = match ch.recv_timeout(&policy, T) {
@@ -424,7 +424,7 @@ fn a_broker_forwards_a_producer_writable_region_to_its_workers() {
     let data: Vec<u8> = (0..1 << 16).map(pattern).collect();
     let mut region = Region::new(data.len()).unwrap();
     region.write_at(0, &data).unwrap();
-    let mut shared = region.share_read_only().unwrap();
+    let mut shared = region.seal_producer_writable().unwrap();
     let sum: u64 = data.iter().map(|&b| u64::from(b)).sum();
     let (dev, ino) = inode(shared.region());
     let seals = shared.region().seals();

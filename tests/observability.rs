@@ -104,7 +104,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
 /// producer fill it, then reads every record; checks its own counters.
 fn ring_consumer(ch: Channel) -> i32 {
     let options = RingOptions::new(64).spin(SpinPolicy::Park);
-    let mut c = Consumer::connect(ch, &options).unwrap();
+    let mut c = Consumer::setup(ch, &options).unwrap();
     let mut out = Vec::new();
     // The producer waits 200 ms before its first record: this park must be woken.
     c.recv_timeout(&mut out, T).unwrap();
@@ -126,7 +126,7 @@ const RECORDS: u64 = 40;
 /// A pool consumer that sends a forged release (a generation it was never sent) before
 /// its honest one.
 fn pool_forger(ch: Channel) -> i32 {
-    let mut rx = PoolReceiver::new(ch, &Policy::read_only_view()).unwrap();
+    let mut rx = PoolReceiver::new(ch, &Policy::producer_writable()).unwrap();
     let buf = rx.recv_timeout(T).unwrap();
     let mut m = Vec::new();
     m.extend_from_slice(&wire::MAGIC);
@@ -228,7 +228,7 @@ fn rings_count_parks_wakes_and_units() {
     let p = common::spawn_peer("rings_count_parks_wakes_and_units", "ring_consumer");
     let mut child = p.child;
     let options = RingOptions::new(64).spin(SpinPolicy::Park);
-    let mut producer = Producer::connect(p.channel, &options).unwrap();
+    let mut producer = Producer::setup(p.channel, &options).unwrap();
     // The consumer parks on the empty ring meanwhile.
     std::thread::sleep(Duration::from_millis(200));
     for i in 0..RECORDS {

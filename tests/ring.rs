@@ -80,7 +80,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
         // bytes-producer:<spin>:<count>:<capacity>
         "bytes-producer" => {
             let opts = RingOptions::new(num(3) as usize).spin(spin_policy(arg(1)));
-            let mut tx = Producer::connect(ch, &opts).expect("connect");
+            let mut tx = Producer::setup(ch, &opts).expect("connect");
             let mut scratch = vec![0u8; 65536];
             for i in 0..num(2) {
                 let len = record_len(i);
@@ -99,7 +99,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
         // pod-producer:<spin>:<count>:<capacity>:<batch>[:inplace]
         "pod-producer" => {
             let opts = RingOptions::new(num(3) as usize).spin(spin_policy(arg(1)));
-            let mut tx = PodProducer::<u64>::connect(ch, &opts).expect("connect");
+            let mut tx = PodProducer::<u64>::setup(ch, &opts).expect("connect");
             let batch = num(4).max(1);
             let mut buf = vec![0u64; batch as usize];
             let mut i = 0;
@@ -117,7 +117,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
                     slots.commit(k);
                     i += k as u64;
                 } else if batch == 1 {
-                    tx.push_timeout(i, T).expect("push");
+                    tx.send_timeout(i, T).expect("push");
                     i += 1;
                 } else {
                     let k = batch.min(n - i) as usize;
@@ -126,10 +126,10 @@ fn peer(role: &str, ch: Channel) -> i32 {
                     }
                     let mut done = 0;
                     while done < k {
-                        match tx.try_push_slice(&buf[done..k]) {
+                        match tx.try_send_slice(&buf[done..k]) {
                             Ok(m) => done += m,
                             Err(Error::WouldBlock) => std::hint::spin_loop(),
-                            Err(e) => panic!("push_slice: {e}"),
+                            Err(e) => panic!("send_slice: {e}"),
                         }
                     }
                     i += k as u64;
@@ -140,10 +140,10 @@ fn peer(role: &str, ch: Channel) -> i32 {
         // irregular-producer:<count>: publishes u64s with random pauses (0-40 µs, busy)
         "irregular-producer" => {
             let opts = RingOptions::new(1024).spin(SpinPolicy::Park);
-            let mut tx = PodProducer::<u64>::connect(ch, &opts).expect("connect");
+            let mut tx = PodProducer::<u64>::setup(ch, &opts).expect("connect");
             for i in 0..num(1) {
                 pause(splitmix(i) % 40);
-                tx.push_timeout(i, T).expect("push");
+                tx.send_timeout(i, T).expect("push");
             }
             0
         }
@@ -151,16 +151,16 @@ fn peer(role: &str, ch: Channel) -> i32 {
         // keeps finding the ring full
         "irregular-consumer" => {
             let opts = RingOptions::default().spin(SpinPolicy::Park);
-            let mut rx = PodConsumer::<u64>::connect(ch, &opts).expect("connect");
+            let mut rx = PodConsumer::<u64>::setup(ch, &opts).expect("connect");
             for i in 0..num(1) {
                 pause(splitmix(i) % 40);
-                assert_eq!(rx.pop_timeout(T).expect("pop"), i);
+                assert_eq!(rx.recv_timeout(T).expect("pop"), i);
             }
             0
         }
         // endless-producer: streams until killed
         "endless-producer" => {
-            let mut tx = Producer::connect(ch, &RingOptions::new(1 << 16)).expect("connect");
+            let mut tx = Producer::setup(ch, &RingOptions::new(1 << 16)).expect("connect");
             let mut i = 0u64;
             loop {
                 let _ = tx.send_timeout(&i.to_le_bytes(), T);
@@ -169,7 +169,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
         }
         // sleepy-consumer: connects and never reads
         "sleepy-consumer" => {
-            let _rx = Consumer::connect(ch, &RingOptions::default()).expect("connect");
+            let _rx = Consumer::setup(ch, &RingOptions::default()).expect("connect");
             std::thread::sleep(Duration::from_secs(60));
             0
         }
@@ -204,7 +204,7 @@ fn stream_bytes_with(test: &str, spin: &str, count: u64, batched: bool) {
     let p = common::spawn_peer(test, &format!("bytes-producer:{spin}:{count}:{cap}"));
     let Peer2 { peer, channel } = split(p);
     let opts = RingOptions::default().spin(spin_policy(spin));
-    let mut rx = Consumer::connect(channel, &opts).unwrap();
+    let mut rx = Consumer::setup(channel, &opts).unwrap();
     assert_eq!(rx.capacity(), cap);
     let mut buf = Vec::new();
     let mut i = 0;
@@ -259,12 +259,12 @@ fn stream_pod_with(test: &str, spin: &str, count: u64, batch: u64, mode: &str) {
     );
     let Peer2 { peer, channel } = split(p);
     let opts = RingOptions::default().spin(spin_policy(spin));
-    let mut rx = PodConsumer::<u64>::connect(channel, &opts).unwrap();
+    let mut rx = PodConsumer::<u64>::setup(channel, &opts).unwrap();
     let mut buf = vec![0u64; 256];
     let mut next = 0u64;
     let deadline = Instant::now() + T * 4;
     while next < count {
-        match rx.try_pop_slice(&mut buf) {
+        match rx.try_recv_slice(&mut buf) {
             Ok(n) => {
                 for &v in &buf[..n] {
                     assert_eq!(v, next, "item out of sequence");
@@ -275,7 +275,7 @@ fn stream_pod_with(test: &str, spin: &str, count: u64, batch: u64, mode: &str) {
                 assert!(Instant::now() < deadline, "stream stalled at {next}");
                 // Blocking mode waits for the next item through the ring's own wait.
                 if spin != "spin" {
-                    let v = rx.pop_timeout(T).unwrap();
+                    let v = rx.recv_timeout(T).unwrap();
                     assert_eq!(v, next);
                     next += 1;
                 }
@@ -283,7 +283,7 @@ fn stream_pod_with(test: &str, spin: &str, count: u64, batch: u64, mode: &str) {
             Err(e) => panic!("pop at {next}: {e}"),
         }
     }
-    assert!(matches!(rx.pop_timeout(T), Err(Error::PeerClosed)));
+    assert!(matches!(rx.recv_timeout(T), Err(Error::PeerClosed)));
     assert_eq!(peer.wait(), 0);
 }
 
@@ -373,9 +373,9 @@ fn parked_consumer_never_misses_a_wakeup() {
         &format!("irregular-producer:{n}"),
     ));
     let opts = RingOptions::default().spin(SpinPolicy::Park);
-    let mut rx = PodConsumer::<u64>::connect(p.channel, &opts).unwrap();
+    let mut rx = PodConsumer::<u64>::setup(p.channel, &opts).unwrap();
     for i in 0..n {
-        assert_eq!(rx.pop_timeout(T).unwrap(), i);
+        assert_eq!(rx.recv_timeout(T).unwrap(), i);
     }
     let stats = rx.stats();
     eprintln!("consumer: {stats:?} over {n} items");
@@ -400,9 +400,9 @@ fn parked_producer_never_misses_a_wakeup() {
         &format!("irregular-consumer:{n}"),
     ));
     let opts = RingOptions::new(16).spin(SpinPolicy::Park);
-    let mut tx = PodProducer::<u64>::connect(p.channel, &opts).unwrap();
+    let mut tx = PodProducer::<u64>::setup(p.channel, &opts).unwrap();
     for i in 0..n {
-        tx.push_timeout(i, T).unwrap();
+        tx.send_timeout(i, T).unwrap();
     }
     let stats = tx.stats();
     eprintln!("producer: {stats:?} over {n} items");
@@ -430,7 +430,7 @@ fn consumer_survives_producer_killed_mid_stream() {
         "endless-producer",
     ));
     let mut rx =
-        Consumer::connect(p.channel, &RingOptions::default().spin(SpinPolicy::Park)).unwrap();
+        Consumer::setup(p.channel, &RingOptions::default().spin(SpinPolicy::Park)).unwrap();
     let mut buf = Vec::new();
     for i in 0..10_000u64 {
         rx.recv_timeout(&mut buf, T).unwrap();
@@ -461,7 +461,7 @@ fn try_calls_notice_a_dead_peer() {
         "try_calls_notice_a_dead_peer",
         "endless-producer",
     ));
-    let mut rx = Consumer::connect(p.channel, &RingOptions::default()).unwrap();
+    let mut rx = Consumer::setup(p.channel, &RingOptions::default()).unwrap();
     let mut buf = Vec::new();
     rx.recv_timeout(&mut buf, T).unwrap();
     p.peer.kill();
@@ -483,7 +483,7 @@ fn try_calls_notice_a_dead_peer() {
         "try_calls_notice_a_dead_peer",
         "sleepy-consumer",
     ));
-    let mut tx = Producer::connect(p.channel, &RingOptions::new(4096)).unwrap();
+    let mut tx = Producer::setup(p.channel, &RingOptions::new(4096)).unwrap();
     while tx.try_send(&[7u8; 100]).is_ok() {}
     p.peer.kill();
     let start = Instant::now();
@@ -511,9 +511,9 @@ fn the_peer_index_is_reloaded_only_when_the_cached_copy_runs_out() {
     let (a, b) = Channel::pair().unwrap();
     let spin = SpinPolicy::Spin;
     let t = std::thread::spawn(move || {
-        Consumer::connect(b, &RingOptions::default().spin(spin)).unwrap()
+        Consumer::setup(b, &RingOptions::default().spin(spin)).unwrap()
     });
-    let mut tx = Producer::connect(a, &RingOptions::new(1024).spin(spin)).unwrap();
+    let mut tx = Producer::setup(a, &RingOptions::new(1024).spin(spin)).unwrap();
     let mut rx = t.join().unwrap();
     for i in 0..10u8 {
         tx.try_send(&[i; 24]).unwrap(); // 32 bytes each with the header
@@ -560,7 +560,7 @@ fn producer_blocked_on_a_full_ring_survives_consumer_killed() {
         "producer_blocked_on_a_full_ring_survives_consumer_killed",
         "sleepy-consumer",
     ));
-    let mut tx = Producer::connect(p.channel, &RingOptions::new(4096)).unwrap();
+    let mut tx = Producer::setup(p.channel, &RingOptions::new(4096)).unwrap();
     while tx.try_send(&[7u8; 100]).is_ok() {}
     assert!(matches!(
         tx.send_timeout(&[7u8; 100], Duration::from_millis(50)),

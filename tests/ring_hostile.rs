@@ -48,9 +48,9 @@ fn hostile_producer(ch: Channel, mode: &str, seed: u64) -> i32 {
         h[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
     region.write_at(0, &h).unwrap();
-    let mut shared = region.share_read_only().unwrap();
+    let mut shared = region.seal_producer_writable().unwrap();
     ch.send(b"sealpipe ring v1", &[shared.region()]).unwrap();
-    let ack = ch.recv_timeout(&Policy::read_only_view(), T).unwrap();
+    let ack = ch.recv_timeout(&Policy::producer_writable(), T).unwrap();
     let ack = &ack.regions()[0];
     let mem = shared.as_mut_slice();
     let put32 =
@@ -114,7 +114,7 @@ fn victim_consumer(test: &str, mode: &str, seed: u64) -> (u64, u64, u64) {
         test,
         &format!("hostile-producer:{mode}:{seed}"),
     ));
-    let mut rx = Consumer::connect(p.channel, &RingOptions::default()).unwrap();
+    let mut rx = Consumer::setup(p.channel, &RingOptions::default()).unwrap();
     let (mut ok, mut corrupt, mut timeouts) = (0, 0, 0);
     let mut buf = Vec::new();
     let until = Instant::now() + Duration::from_secs(2);
@@ -179,7 +179,7 @@ fn hostile_producer_cannot_crash_or_hang_the_consumer() {
 
 /// A consumer that scribbles over its read index and wait word.
 fn hostile_consumer(ch: Channel, seed: u64) -> i32 {
-    let msg = ch.recv_timeout(&Policy::read_only_view(), T).unwrap();
+    let msg = ch.recv_timeout(&Policy::producer_writable(), T).unwrap();
     assert_eq!(msg.regions().len(), 1);
     let mut region = Region::new(layout::CONTROL_LEN).unwrap();
     let mut h = [0u8; 64];
@@ -193,7 +193,7 @@ fn hostile_consumer(ch: Channel, seed: u64) -> i32 {
         h[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
     region.write_at(0, &h).unwrap();
-    let mut shared = region.share_read_only().unwrap();
+    let mut shared = region.seal_producer_writable().unwrap();
     ch.send(b"sealpipe ring v1", &[shared.region()]).unwrap();
     let mem = shared.as_mut_slice();
     let end = Instant::now() + Duration::from_millis(700);
@@ -225,7 +225,7 @@ fn hostile_consumer_cannot_crash_or_hang_the_producer() {
             test,
             &format!("hostile-consumer:{seed}"),
         ));
-        let mut tx = Producer::connect(p.channel, &RingOptions::new(4096)).unwrap();
+        let mut tx = Producer::setup(p.channel, &RingOptions::new(4096)).unwrap();
         let until = Instant::now() + Duration::from_secs(2);
         while Instant::now() < until {
             let wait = Duration::from_millis(30);

@@ -10,7 +10,7 @@ use common::ring_peers::*;
 use sealpipe::ring::{layout, Consumer, PodConsumer, Producer, RingOptions};
 use sealpipe::{Channel, Error, Region};
 
-/// Sends a hand-made producer memfd and returns what `Consumer::connect` says about it.
+/// Sends a hand-made producer memfd and returns what `Consumer::setup` says about it.
 fn connect_to_forged(cap: u32, len: usize, edit: impl FnOnce(&mut [u8; 64])) -> Error {
     let (a, b) = Channel::pair().unwrap();
     let mut region = Region::new(len).unwrap();
@@ -29,10 +29,10 @@ fn connect_to_forged(cap: u32, len: usize, edit: impl FnOnce(&mut [u8; 64])) -> 
     }
     edit(&mut h);
     region.write_at(0, &h).unwrap();
-    let shared = region.share_read_only().unwrap();
+    let shared = region.seal_producer_writable().unwrap();
     a.send(b"sealpipe ring v1", &[shared.region()]).unwrap();
     let opts = RingOptions::default().timeout(Duration::from_millis(100));
-    Consumer::connect(b, &opts).unwrap_err()
+    Consumer::setup(b, &opts).unwrap_err()
 }
 
 #[test]
@@ -77,7 +77,7 @@ fn consumer_validates_the_ring_header() {
     a.send(b"x", &[]).unwrap();
     let opts = RingOptions::default().timeout(Duration::from_millis(100));
     assert!(matches!(
-        Consumer::connect(b, &opts),
+        Consumer::setup(b, &opts),
         Err(Error::RingMismatch { .. })
     ));
     drop(a);
@@ -85,12 +85,12 @@ fn consumer_validates_the_ring_header() {
     let (a, b) = Channel::pair().unwrap();
     std::thread::scope(|s| {
         s.spawn(move || {
-            let _ = Producer::connect(
+            let _ = Producer::setup(
                 a,
                 &RingOptions::new(4096).timeout(Duration::from_millis(300)),
             );
         });
-        let r = PodConsumer::<u64>::connect(b, &opts);
+        let r = PodConsumer::<u64>::setup(b, &opts);
         assert!(matches!(r, Err(Error::RingMismatch { .. })), "{r:?}");
     });
     assert_eq!(
@@ -107,13 +107,13 @@ fn producer_validates_its_options_and_record_sizes() {
     let _serial = common::serial();
     let (a, _b) = Channel::pair().unwrap();
     assert!(matches!(
-        Producer::connect(a, &RingOptions::new(1000)),
+        Producer::setup(a, &RingOptions::new(1000)),
         Err(Error::InvalidCapacity { .. })
     ));
     let (a, b) = Channel::pair().unwrap();
     std::thread::scope(|s| {
-        let h = s.spawn(move || Consumer::connect(b, &RingOptions::default()).unwrap());
-        let mut tx = Producer::connect(a, &RingOptions::new(256)).unwrap();
+        let h = s.spawn(move || Consumer::setup(b, &RingOptions::default()).unwrap());
+        let mut tx = Producer::setup(a, &RingOptions::new(256)).unwrap();
         let mut rx = h.join().unwrap();
         assert_eq!(tx.max_record_len(), 120);
         assert!(matches!(
