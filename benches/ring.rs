@@ -26,7 +26,7 @@ use rustix::net::{
     recv, send, socketpair, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
 };
 use sealpipe::ring::{
-    Consumer, PodConsumer, PodProducer, Producer, RingOptions, SpinPolicy, WaitStats,
+    Consumer, PodConsumer, PodProducer, Producer, RingOptions, RingStats, SpinPolicy,
 };
 use sealpipe::Channel;
 
@@ -232,7 +232,7 @@ fn child_main(role: &str) {
 // ------------------------------------------------------------------ sealpipe scenarios
 
 /// What one side of a ring did during a run: records, loads of the peer's index outside
-/// waits, times it found the ring full/empty, wakes sent, parks (`WaitStats`).
+/// waits, times it found the ring full/empty, wakes sent, parks (`RingStats`).
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
     records: u64,
@@ -243,7 +243,7 @@ struct Counters {
 }
 
 impl Counters {
-    fn of(s: WaitStats) -> Counters {
+    fn of(s: RingStats) -> Counters {
         Counters {
             records: 0,
             index_loads: s.index_loads,

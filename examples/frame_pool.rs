@@ -101,6 +101,7 @@ fn producer() -> Result<(), Box<dyn std::error::Error>> {
         std::thread::sleep(Duration::from_millis(1));
     }
     drop(to);
+    let rejected: u64 = workers.iter().map(|w| w.stats().rejected.total()).sum();
     drop(workers); // closes the channels: workers see the end of the stream
     for mut child in children {
         if !child.wait()?.success() {
@@ -108,6 +109,10 @@ fn producer() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!("all {frames} frames delivered to {WORKERS} workers and checked");
+    println!(
+        "stats: pool {:?}; bad releases from workers {rejected}",
+        pool.stats()
+    );
     Ok(())
 }
 

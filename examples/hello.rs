@@ -24,5 +24,6 @@ fn main() -> sealpipe::Result<()> {
         view.len(),
         view.seals()
     );
+    println!("stats: {}", consumer.stats());
     Ok(())
 }

@@ -91,6 +91,7 @@ fn server() -> Result<(), Box<dyn std::error::Error>> {
         child.wait()?;
     }
     println!("server: served {served}, refused {refused}; removing the endpoint");
+    println!("server stats: {}", listener.stats());
     Ok(())
 }
 

@@ -68,11 +68,13 @@ fn produce(gigabytes: u64) -> sealpipe::Result<ExitCode> {
         sent += (HEADER + len) as u64;
         seq += 1;
     }
+    let stats = tx.stats();
     drop(tx); // end of stream: the consumer sees PeerClosed after the last record
     let status = child
         .wait()
         .map_err(|source| sealpipe::Error::Io { op: "wait", source })?;
     println!("producer: sent {seq} records, {:.2} GB", sent as f64 / 1e9);
+    println!("producer stats: {stats}");
     Ok(if status.success() {
         ExitCode::SUCCESS
     } else {
@@ -125,6 +127,7 @@ fn consume() -> sealpipe::Result<ExitCode> {
         records as f64 / dt / 1e3,
         bytes as f64 / dt / 1e9
     );
+    println!("consumer stats: {}", rx.stats());
     Ok(if bad == 0 && records > 0 {
         ExitCode::SUCCESS
     } else {

@@ -123,6 +123,7 @@ fn parent() -> Result<bool, Box<dyn std::error::Error>> {
     }
     let ring_time = ring_start.elapsed();
     let status = child.wait()?;
+    let ring_stats = tx.stats();
     drop(tx);
     println!(
         "parent: {RING_RECORDS} ring records sent in {:.1} ms ({:.1} M records/s)",
@@ -150,6 +151,7 @@ fn parent() -> Result<bool, Box<dyn std::error::Error>> {
         "parent: {refused}/{attempted} attacks and escapes refused by the kernel; worker {status}"
     );
     let ok = big_ok && small_ok && all_refused && status.success();
+    println!("parent: ring stats: {ring_stats}");
     println!("{}", if ok { "OK" } else { "FAILED" });
     Ok(ok)
 }

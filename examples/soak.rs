@@ -146,6 +146,7 @@ fn parent(secs: u64) -> Result<bool, Box<dyn std::error::Error>> {
         epoch += 1;
     }
     println!("OK: {epoch} epochs, descriptors, mappings and memory flat");
+    println!("listener stats: {}", listener.stats());
     Ok(true)
 }
 

@@ -111,6 +111,7 @@ async fn server() -> Result<(), Box<dyn Error>> {
         let channel = timeout(T, listener.accept()).await??;
         streams.spawn(serve(channel, region.clone(), stopped.clone()));
     }
+    println!("server: listener stats: {}", listener.stats());
     drop(listener); // no more clients: the socket file is removed
     println!("server: {CLIENTS} clients connected; streaming for {STREAM_FOR:?}");
 

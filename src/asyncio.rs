@@ -52,6 +52,7 @@ use crate::handshake::HandshakeConfig;
 use crate::listener::{Connecting, Listener};
 use crate::region::SealedRegion;
 use crate::seals::Policy;
+use crate::stats::{ChannelStats, ListenerStats};
 use crate::transport::{Channel, Message, Sent, READER_POLL};
 
 pub use crate::pool::async_pool::{AsyncPool, AsyncPoolReceiver};
@@ -101,8 +102,19 @@ impl AsyncChannel {
     /// A dropped future abandons the connection attempt: the socket is closed and the
     /// listener sees a failed handshake. Nothing else is lost.
     pub async fn connect(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<AsyncChannel> {
+        let path = path.as_ref();
+        let connect = AsyncChannel::connect_untraced(path, config);
+        #[cfg(feature = "tracing")]
+        let connect = tracing::Instrument::instrument(
+            connect,
+            tracing::info_span!("sealpipe_handshake", side = "client", path = %path.display()),
+        );
+        crate::stats::traced("handshake", connect.await)
+    }
+
+    async fn connect_untraced(path: &Path, config: &HandshakeConfig) -> Result<AsyncChannel> {
         let deadline = Deadline::after(config.timeout);
-        let connecting = Connecting::new(path.as_ref())?;
+        let connecting = Connecting::new(path)?;
         while !connecting.try_connect()? {
             if deadline.passed() {
                 return Err(Error::Timeout);
@@ -134,6 +146,11 @@ impl AsyncChannel {
             }
         }
         AsyncChannel::new(Channel::new(fd.into_inner(), Some(peer), None))
+    }
+
+    /// This channel's counters ([`Channel::stats`]).
+    pub fn stats(&self) -> ChannelStats {
+        self.get_ref().stats()
     }
 
     /// The blocking channel underneath (for example to [`Channel::try_send`] from
@@ -215,6 +232,11 @@ impl AsyncListener {
         Ok(AsyncListener {
             fd: register(listener)?,
         })
+    }
+
+    /// This listener's counters ([`Listener::stats`]).
+    pub fn stats(&self) -> ListenerStats {
+        self.fd.get_ref().stats()
     }
 
     /// The listener underneath (e.g. for [`Listener::rebind`]).

@@ -65,6 +65,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use rustix::fs::{self, OFlags};
+
+use crate::stats::Disposed;
 use rustix::io::Errno;
 use rustix::net::{
     recvmsg, sockopt, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
@@ -145,21 +147,32 @@ pub(crate) fn kind(fd: BorrowedFd<'_>) -> Kind {
 
 /// Closes a descriptor a peer sent, without blocking: at once if its release cannot wait,
 /// else (lingering disarmed if it is a socket) on the closer.
-pub(crate) fn dispose(fd: OwnedFd) {
+/// Returns whether it went to the closer.
+pub(crate) fn dispose(fd: OwnedFd) -> bool {
     let kind = kind(fd.as_fd());
     if !kind.close_may_block() {
-        return drop(fd);
+        drop(fd);
+        return false;
     }
     if let Kind::Socket(_) = kind {
         // Off: close returns at once and the kernel sends what is queued in the background.
         let _ = sockopt::set_socket_linger(&fd, None);
     }
     closer().push(fd);
+    true
 }
 
-/// [`dispose`] of each.
-pub(crate) fn dispose_all(fds: impl IntoIterator<Item = OwnedFd>) {
-    fds.into_iter().for_each(dispose);
+/// [`dispose`] of each; says how many were closed at once and how many went to the closer.
+pub(crate) fn dispose_all(fds: impl IntoIterator<Item = OwnedFd>) -> Disposed {
+    let mut d = Disposed::default();
+    for fd in fds {
+        if dispose(fd) {
+            d.background += 1;
+        } else {
+            d.inline += 1;
+        }
+    }
+    d
 }
 
 /// Descriptors a peer sent, disposed of (see [`dispose`]) when dropped.
@@ -171,11 +184,16 @@ impl Received {
     pub(crate) fn take(mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.0)
     }
+
+    /// Disposes of the descriptors now.
+    pub(crate) fn dispose(mut self) -> Disposed {
+        dispose_all(self.0.drain(..))
+    }
 }
 
 impl Drop for Received {
     fn drop(&mut self) {
-        dispose_all(self.0.drain(..));
+        let _ = dispose_all(self.0.drain(..));
     }
 }
 

@@ -128,6 +128,31 @@
 //! # drop(msg); Ok(()) }
 //! ```
 //!
+//! # Observability
+//!
+//! Counters are always on and cheap (relaxed atomics or plain increments, no locks, nothing
+//! on a ring's record path): [`Channel::stats`] ([`ChannelStats`]: messages, regions and
+//! bytes received, rejections by [`RejectReason`], descriptors of rejected messages closed
+//! inline or in the background), [`Listener::stats`] ([`ListenerStats`]: handshakes
+//! accepted, refused by reason, abandoned), `stats()` on every ring side
+//! ([`ring::RingStats`]: units moved, parks, wakes, index loads, peer corruption), and
+//! [`pool::PoolReceiver::stats`] / [`pool::PoolSender::stats`]. [`RejectReason::of`] is the
+//! one mapping from an [`Error`] to the reason a peer was refused.
+//!
+//! The `tracing` feature reports through the `tracing` crate:
+//!
+//! - **INFO**: spans `sealpipe_handshake` (client, spawned parent and worker) and
+//!   `sealpipe_ring_setup` (producer, consumer), with an event when each succeeds; a
+//!   listener's accepted handshake (peer pid, uid, gid).
+//! - **WARN**: a handshake this side refused (reason, error, peer credentials); a ring whose
+//!   peer wrote an impossible value; the *first* message a channel rejects (reason, error,
+//!   peer pid/uid/gid when known).
+//! - **DEBUG**: the channel's later rejections, so that a flooding peer cannot flood the
+//!   log (they are all counted in [`ChannelStats::rejected`]); handshakes the peer abandoned
+//!   or refused; setups that failed for local reasons.
+//!
+//! Nothing is traced on a ring's busy path.
+//!
 //! # Platform
 //!
 //! Linux only. Kernel features are probed at run time ([`capabilities`]) and missing ones
@@ -158,6 +183,7 @@ pub mod ring;
 pub mod sandbox;
 mod seals;
 pub mod spawn;
+mod stats;
 mod sys;
 mod transport;
 mod verify;
@@ -184,5 +210,6 @@ pub use listener::{default_path, Listener};
 pub use positional::PositionalFile;
 pub use region::{ProducerWritableRegion, Region, SealedRegion};
 pub use seals::{Policy, Seals};
+pub use stats::{ChannelStats, ListenerStats, RejectReason, Rejections};
 pub use transport::{Channel, Message};
 pub use verify::{capabilities, verify, Capabilities, RegionView};

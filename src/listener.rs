@@ -16,6 +16,7 @@ use crate::closer::{self, PeerSocket};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handshake::{self, check_identity, HandshakeConfig, PeerCredentials, ServerHandshake};
+use crate::stats::{ListenerCounters, ListenerStats};
 use crate::transport::Channel;
 
 const TOKEN_LISTENER: u64 = u64::MAX;
@@ -166,6 +167,8 @@ pub struct Listener {
     accepting: bool,
     /// Whether the loss of the path has been reported.
     lost: bool,
+    /// Handshakes accepted and refused (see [`Listener::stats`]).
+    counters: ListenerCounters,
 }
 
 impl std::fmt::Debug for Listener {
@@ -206,6 +209,7 @@ impl Listener {
             pending: Vec::new(),
             accepting: true,
             lost: false,
+            counters: ListenerCounters::default(),
         };
         epoll::add(
             &listener.epoll,
@@ -221,6 +225,12 @@ impl Listener {
     /// The path this listener is bound to.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A snapshot of this listener's counters: handshakes accepted, refused by reason
+    /// ([`crate::RejectReason`]), and abandoned by the client.
+    pub fn stats(&self) -> ListenerStats {
+        self.counters.stats
     }
 
     /// Waits for the next connection whose handshake succeeds.
@@ -319,8 +329,10 @@ impl Listener {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(32);
         loop {
             if let Some(i) = self.pending.iter().position(|p| p.deadline.passed()) {
-                self.remove_pending(i);
-                return Err(Error::Timeout);
+                let p = self.remove_pending(i);
+                let e = Error::Timeout;
+                self.counters.failed(&e, Some(p.peer));
+                return Err(e);
             }
             // Sleep until the caller's deadline or the first handshake deadline.
             let timeout = match wait {
@@ -382,10 +394,19 @@ impl Listener {
                     Ok(false) => Ok(None),
                     Ok(true) => {
                         let p = self.remove_pending(i);
+                        self.counters.accepted();
+                        #[cfg(feature = "tracing")]
+                        tracing::info!(
+                            pid = p.peer.pid,
+                            uid = p.peer.uid,
+                            gid = p.peer.gid,
+                            "sealpipe accepted a handshake"
+                        );
                         Ok(Some(Channel::new(p.sock, Some(p.peer), None)))
                     }
                     Err(e) => {
-                        self.remove_pending(i);
+                        let p = self.remove_pending(i);
+                        self.counters.failed(&e, Some(p.peer));
                         Err(e)
                     }
                 }
@@ -406,7 +427,10 @@ impl Listener {
                 continue;
             };
             let peer = PeerCredentials::from_ucred(cred);
-            check_identity(&sock, &self.config.policy, peer)?;
+            if let Err(e) = check_identity(&sock, &self.config.policy, peer) {
+                self.counters.failed(&e, Some(peer));
+                return Err(e);
+            }
             epoll::add(
                 &self.epoll,
                 &sock,
@@ -637,8 +661,17 @@ impl Channel {
     /// listener closes the connection during it;
     /// [`Error::UnsafePath`] for a path too long for a socket address.
     pub fn connect(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<Channel> {
+        let path = path.as_ref();
+        #[cfg(feature = "tracing")]
+        let _span =
+            tracing::info_span!("sealpipe_handshake", side = "client", path = %path.display())
+                .entered();
+        crate::stats::traced("handshake", Channel::connect_untraced(path, config))
+    }
+
+    fn connect_untraced(path: &Path, config: &HandshakeConfig) -> Result<Channel> {
         let deadline = Deadline::after(config.timeout);
-        let connecting = Connecting::new(path.as_ref())?;
+        let connecting = Connecting::new(path)?;
         while !connecting.try_connect()? {
             let pause = Duration::from_millis(2);
             match deadline.left() {

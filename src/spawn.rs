@@ -189,6 +189,13 @@ fn reap(mut child: Child, pidfd: Option<OwnedFd>) {
 
 /// The parent's side of a spawned worker's handshake.
 fn authenticate_child(parent: &OwnedFd, child: &Child) -> Result<PeerCredentials> {
+    #[cfg(feature = "tracing")]
+    let _span =
+        tracing::info_span!("sealpipe_handshake", side = "parent", child = child.id()).entered();
+    crate::stats::traced("handshake", authenticate_child_untraced(parent, child))
+}
+
+fn authenticate_child_untraced(parent: &OwnedFd, child: &Child) -> Result<PeerCredentials> {
     let pid = child.id();
     // The child's SO_PEERCRED names this process, which created the pair.
     let mut server = ServerHandshake::new(None, Some(pid), PeerCredentials::own(), None);
@@ -265,13 +272,20 @@ pub fn worker_channel() -> Result<Channel> {
                 }),
                 client: PeerCredentials::own(),
             };
-            handshake::run_client(
-                &sock,
-                None,
-                true,
-                ends,
-                Deadline::after(handshake::DEFAULT_TIMEOUT),
-            )?;
+            {
+                #[cfg(feature = "tracing")]
+                let _span = tracing::info_span!("sealpipe_handshake", side = "worker").entered();
+                crate::stats::traced(
+                    "handshake",
+                    handshake::run_client(
+                        &sock,
+                        None,
+                        true,
+                        ends,
+                        Deadline::after(handshake::DEFAULT_TIMEOUT),
+                    ),
+                )?;
+            }
             let pidfd = parent
                 .and_then(|p| Pid::from_raw(i32::try_from(p.pid).ok()?))
                 .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());

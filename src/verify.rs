@@ -55,6 +55,19 @@ use crate::sys::ReadMap;
 /// [`Error::RegionTooLarge`], [`Error::SizeMismatch`], [`Error::HugePages`],
 /// [`Error::Uncommitted`], or [`Error::Map`] (all peer faults), or [`Error::Io`].
 pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy, index: usize) -> Result<RegionView> {
+    verify_or_return(fd, declared_len, policy, index).map_err(|(e, fd)| {
+        crate::closer::dispose(fd);
+        e
+    })
+}
+
+/// [`verify`], handing the descriptor back on failure (for the caller to dispose of).
+pub(crate) fn verify_or_return(
+    fd: OwnedFd,
+    declared_len: u64,
+    policy: &Policy,
+    index: usize,
+) -> Result<RegionView, (Error, OwnedFd)> {
     // MemFile::from_fd asks F_GET_SEALS and hands the descriptor back if that fails.
     let file = match MemFile::from_fd(fd) {
         Ok(file) => file,
@@ -68,20 +81,18 @@ pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy, index: usize) -> 
                     source,
                 },
             };
-            crate::closer::dispose(fd);
-            return Err(err);
+            return Err((err, fd));
         }
     };
     let seals = match check(file.as_fd(), declared_len, policy, index) {
         Ok(seals) => seals,
-        Err(e) => {
-            crate::closer::dispose(file.into_fd());
-            return Err(e);
-        }
+        Err(e) => return Err((e, file.into_fd())),
     };
     let len = declared_len as usize; // fits: it equals st_size of a file we can map
-    let map =
-        map_read_only(file.as_fd(), len, seals).map_err(|source| Error::Map { index, source })?;
+    let map = match map_read_only(file.as_fd(), len, seals) {
+        Ok(map) => map,
+        Err(source) => return Err((Error::Map { index, source }, file.into_fd())),
+    };
     // The mapping keeps the region alive; the descriptor only costs a table slot.
     let region = policy
         .keeps_descriptors()

@@ -503,7 +503,7 @@ fn try_calls_notice_a_dead_peer() {
 }
 
 /// Each side caches the peer's index and loads it again only when the cached copy shows
-/// the ring full (producer) or empty (consumer): the counters in `WaitStats` show exactly
+/// the ring full (producer) or empty (consumer): the counters in `RingStats` show exactly
 /// how often.
 #[test]
 fn the_peer_index_is_reloaded_only_when_the_cached_copy_runs_out() {

@@ -9,6 +9,7 @@ use tokio::io::Interest;
 use super::{Lease, Pool, PoolBuffer, PoolReceiver};
 use crate::asyncio::{ready_or_exit, register, watch_exit};
 use crate::error::{Error, Result};
+use crate::stats::ChannelStats;
 
 /// A [`Pool`] whose leases are awaited on a tokio runtime: a task waiting for a free buffer
 /// sleeps in the reactor (on the pool's epoll descriptor, which every consumer's channel
@@ -93,6 +94,11 @@ impl AsyncPoolReceiver {
             fd: register(sock)?,
             rx,
         })
+    }
+
+    /// The receiver's counters ([`PoolReceiver::stats`]).
+    pub fn stats(&self) -> ChannelStats {
+        self.rx.stats()
     }
 
     /// The receiver underneath.

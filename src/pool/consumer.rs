@@ -7,8 +7,9 @@ use std::time::Duration;
 use super::lock;
 use crate::error::{Error, Result};
 use crate::seals::Policy;
+use crate::stats::ChannelStats;
 use crate::transport::{Channel, Wait};
-use crate::verify::{verify, RegionView};
+use crate::verify::{verify_or_return, RegionView};
 use crate::wire::{self, PoolBufferRef, PoolMessage};
 
 /// Default number of releases sent in one message.
@@ -204,8 +205,26 @@ impl PoolReceiver {
         }
     }
 
+    /// A snapshot of this receiver's counters (those of its channel): announcements and
+    /// notices received as messages (an announcement's memfd as a region and its bytes as
+    /// mapped), messages rejected by reason, descriptors of rejected messages closed.
+    pub fn stats(&self) -> ChannelStats {
+        self.shared.channel.stats()
+    }
+
     /// Receives one message: `Some` buffer for a notice, `None` for an announcement.
     fn recv_one(&mut self, wait: Wait) -> Result<Option<PoolBuffer>> {
+        let r = self.recv_one_uncounted(wait);
+        let counters = self.shared.channel.counters();
+        match &r {
+            Ok(Some(_)) => counters.received(0, 0),
+            Ok(None) => {}
+            Err(e) => counters.failed(e, self.shared.channel.peer_credentials()),
+        }
+        r
+    }
+
+    fn recv_one_uncounted(&mut self, wait: Wait) -> Result<Option<PoolBuffer>> {
         let mut buf = [0u8; RECV_BUF_LEN];
         let r = self.shared.channel.recv_pool(
             &mut buf,
@@ -214,7 +233,8 @@ impl PoolReceiver {
             wait,
         );
         let fd = self.fds.pop();
-        crate::closer::dispose_all(self.fds.drain(..));
+        let surplus = crate::closer::dispose_all(self.fds.drain(..));
+        self.shared.channel.counters().disposed(surplus);
         match r? {
             PoolMessage::Announce { memfd_id, len } => {
                 let Some(fd) = fd else {
@@ -223,7 +243,13 @@ impl PoolReceiver {
                         received: 0,
                     });
                 };
-                self.announce(fd, memfd_id, len)?;
+                // A refused announcement's descriptor is disposed of without blocking
+                // (it may be anything, e.g. a lingering socket), and counted.
+                if let Err((e, fd)) = self.announce(fd, memfd_id, len) {
+                    let closed = crate::closer::dispose_all([fd]);
+                    self.shared.channel.counters().disposed(closed);
+                    return Err(e);
+                }
                 Ok(None)
             }
             PoolMessage::Notice { buffer, len } => self.notice(buffer, len).map(Some),
@@ -233,35 +259,46 @@ impl PoolReceiver {
         }
     }
 
-    fn announce(&mut self, fd: OwnedFd, memfd_id: u32, len: u64) -> Result<()> {
+    /// Maps an announced memfd; hands the descriptor back if it is refused.
+    fn announce(&mut self, fd: OwnedFd, memfd_id: u32, len: u64) -> Result<(), (Error, OwnedFd)> {
         if self.memfds.iter().any(|(id, _)| *id == memfd_id) {
-            return Err(Error::BadAnnounce {
-                memfd_id,
-                reason: "memfd id announced before",
-            });
+            return Err((
+                Error::BadAnnounce {
+                    memfd_id,
+                    reason: "memfd id announced before",
+                },
+                fd,
+            ));
         }
         let max_memfds = self.policy.pool_memfds_limit();
         if self.memfds.len() >= max_memfds {
-            return Err(Error::PolicyLimit {
-                what: "pool memfds",
-                got: self.memfds.len() as u64 + 1,
-                max: max_memfds as u64,
-            });
+            return Err((
+                Error::PolicyLimit {
+                    what: "pool memfds",
+                    got: self.memfds.len() as u64 + 1,
+                    max: max_memfds as u64,
+                },
+                fd,
+            ));
         }
         let max_bytes = self.policy.pool_bytes_limit();
         let bytes = self.bytes.saturating_add(len);
         if bytes > max_bytes {
-            return Err(Error::PolicyLimit {
-                what: "pool bytes",
-                got: bytes,
-                max: max_bytes,
-            });
+            return Err((
+                Error::PolicyLimit {
+                    what: "pool bytes",
+                    got: bytes,
+                    max: max_bytes,
+                },
+                fd,
+            ));
         }
         // The one verification path of every received region (seals, size, kind, committed
         // pages), then one read-only mapping for the receiver's life.
-        let view = verify(fd, len, &self.policy, 0)?;
+        let view = verify_or_return(fd, len, &self.policy, 0)?;
         self.memfds.push((memfd_id, Arc::new(view)));
         self.bytes = bytes;
+        self.shared.channel.counters().received(1, len);
         Ok(())
     }
 

@@ -14,6 +14,7 @@ use rustix::io::Errno;
 use super::lock;
 use crate::error::{Error, Result};
 use crate::region::{Region, SealedRegion};
+use crate::stats::ChannelStats;
 use crate::transport::{Channel, Wait};
 use crate::wire::{self, PoolBufferRef, PoolMessage};
 
@@ -812,6 +813,12 @@ impl PoolSender {
         self.link.id
     }
 
+    /// A snapshot of this consumer's counters (those of its channel): release messages
+    /// received, and releases or messages refused by reason ([`Error::BadRelease`], ...).
+    pub fn stats(&self) -> ChannelStats {
+        self.link.channel.stats()
+    }
+
     /// The channel underneath.
     pub fn channel(&self) -> &Channel {
         &self.link.channel
@@ -999,9 +1006,14 @@ impl Link {
             let r =
                 self.channel
                     .recv_pool(buf, &mut no_fds, &[wire::KIND_POOL_RELEASE], Wait::Never);
-            crate::closer::dispose_all(no_fds.drain(..));
+            let counters = self.channel.counters();
+            counters.disposed(crate::closer::dispose_all(no_fds.drain(..)));
+            if let Err(e) = &r {
+                counters.failed(e, self.channel.peer_credentials());
+            }
             match r {
                 Ok(PoolMessage::Release { entries }) => {
+                    counters.received(0, 0);
                     let mut ps = lock(&pool.state);
                     let mut i = 0;
                     while let Some(b) = wire::pool_release_entry(entries, i) {
@@ -1012,20 +1024,24 @@ impl Link {
                                 freed += usize::from(f);
                             }
                             Err(reason) => {
-                                fault.get_or_insert(Error::BadRelease {
+                                let e = Error::BadRelease {
                                     consumer: self.id,
                                     reason,
                                     memfd_id: b.memfd_id,
                                     offset: b.offset,
                                     generation: b.generation,
-                                });
+                                };
+                                counters.failed(&e, self.channel.peer_credentials());
+                                fault.get_or_insert(e);
                             }
                         }
                     }
                     if i * wire::POOL_RELEASE_ENTRY_LEN != entries.len() {
-                        fault.get_or_insert(Error::Malformed {
+                        let e = Error::Malformed {
                             reason: "reserved word of a release entry is not zero",
-                        });
+                        };
+                        counters.failed(&e, self.channel.peer_credentials());
+                        fault.get_or_insert(e);
                     }
                 }
                 Ok(_) => {} // check_pool_received accepts only releases here

@@ -245,15 +245,31 @@ async fn producer_setup_async(
     options: &RingOptions,
     kind: Kind,
 ) -> Result<(Link, u32, u32)> {
-    let deadline = crate::deadline::Deadline::after(options.timeout).instant();
-    let own = producer_offer(options, kind)?;
-    let channel = AsyncChannel::new(channel)?;
-    within(deadline, channel.send(SETUP_PAYLOAD, &[own.region()])).await?;
-    let answer = within(deadline, channel.recv(&producer_policy())).await?;
-    let (peer, peer_flags) = producer_accept(answer)?;
-    let cap = options.capacity as u32; // validated by producer_offer
-    let link = Link::new(own, peer, channel.into_inner(), options.spin);
-    Ok((link, cap, peer_flags))
+    let setup = async move {
+        let deadline = crate::deadline::Deadline::after(options.timeout).instant();
+        let own = producer_offer(options, kind)?;
+        let channel = AsyncChannel::new(channel)?;
+        within(deadline, channel.send(SETUP_PAYLOAD, &[own.region()])).await?;
+        let answer = within(deadline, channel.recv(&producer_policy())).await?;
+        let (peer, peer_flags) = producer_accept(answer)?;
+        let cap = options.capacity as u32; // validated by producer_offer
+        let link = Link::new(own, peer, channel.into_inner(), options.spin);
+        crate::stats::traced("ring setup", Ok((link, cap, peer_flags)))
+    };
+    #[cfg(feature = "tracing")]
+    let setup = tracing::Instrument::instrument(
+        async move {
+            setup
+                .await
+                .or_else(|e| crate::stats::traced("ring setup", Err(e)))
+        },
+        tracing::info_span!(
+            "sealpipe_ring_setup",
+            side = "producer",
+            capacity = options.capacity
+        ),
+    );
+    setup.await
 }
 
 /// The consumer half of the setup (see `consumer_setup` in mod.rs), awaited.
@@ -262,15 +278,27 @@ async fn consumer_setup_async(
     options: &RingOptions,
     kind: Kind,
 ) -> Result<(Link, u32, u32)> {
-    let deadline = crate::deadline::Deadline::after(options.timeout).instant();
-    let channel = AsyncChannel::new(channel)?;
-    let offer = within(deadline, channel.recv(&consumer_policy(options))).await?;
-    crate::closer::refuse_descriptors(channel.get_ref()); // as in consumer_setup
-    let (peer, cap, peer_flags) = consumer_accept(offer, kind)?;
-    let own = consumer_offer(options)?;
-    within(deadline, channel.send(SETUP_PAYLOAD, &[own.region()])).await?;
-    let link = Link::new(own, peer, channel.into_inner(), options.spin);
-    Ok((link, cap, peer_flags))
+    let setup = async move {
+        let deadline = crate::deadline::Deadline::after(options.timeout).instant();
+        let channel = AsyncChannel::new(channel)?;
+        let offer = within(deadline, channel.recv(&consumer_policy(options))).await?;
+        crate::closer::refuse_descriptors(channel.get_ref()); // as in consumer_setup
+        let (peer, cap, peer_flags) = consumer_accept(offer, kind)?;
+        let own = consumer_offer(options)?;
+        within(deadline, channel.send(SETUP_PAYLOAD, &[own.region()])).await?;
+        let link = Link::new(own, peer, channel.into_inner(), options.spin);
+        crate::stats::traced("ring setup", Ok((link, cap, peer_flags)))
+    };
+    #[cfg(feature = "tracing")]
+    let setup = tracing::Instrument::instrument(
+        async move {
+            setup
+                .await
+                .or_else(|e| crate::stats::traced("ring setup", Err(e)))
+        },
+        tracing::info_span!("sealpipe_ring_setup", side = "consumer"),
+    );
+    setup.await
 }
 
 /// A [`Producer`] on a tokio runtime.
@@ -325,6 +353,11 @@ impl AsyncProducer {
             inner: producer,
             reactor,
         })
+    }
+
+    /// This side's counters ([`RingStats`]).
+    pub fn stats(&self) -> RingStats {
+        self.inner.stats()
     }
 
     /// The producer underneath, for the calls that never wait (`try_send`, `batch`,
@@ -412,6 +445,11 @@ impl AsyncConsumer {
         })
     }
 
+    /// This side's counters ([`RingStats`]).
+    pub fn stats(&self) -> RingStats {
+        self.inner.stats()
+    }
+
     /// The consumer underneath, for the calls that never wait (`try_recv`, `stats`,
     /// `capacity`).
     pub fn get_mut(&mut self) -> &mut Consumer {
@@ -486,6 +524,11 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
             inner: producer,
             reactor,
         })
+    }
+
+    /// This side's counters ([`RingStats`]).
+    pub fn stats(&self) -> RingStats {
+        self.inner.stats()
     }
 
     /// The producer underneath, for the calls that never wait.
@@ -575,6 +618,11 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
             inner: consumer,
             reactor,
         })
+    }
+
+    /// This side's counters ([`RingStats`]).
+    pub fn stats(&self) -> RingStats {
+        self.inner.stats()
     }
 
     /// The consumer underneath, for the calls that never wait.

@@ -456,6 +456,26 @@ mod engines {
         /// Times the engine found the ring full (producer) or empty (consumer) after
         /// loading the peer's index.
         pub(crate) blocked: u64,
+        /// Units (bytes or items) this side moved up to `folded_at`, counted at each load of
+        /// the peer's index: at least one happens every `cap` units, so the `u32` indices
+        /// never wrap unseen between two and the fast paths count nothing.
+        moved: u64,
+        /// Own local index when `moved` was last brought up to date.
+        folded_at: u32,
+    }
+
+    impl Counters {
+        /// Brings `moved` up to the own local index `pos`.
+        #[inline]
+        fn fold(&mut self, pos: u32) {
+            self.moved += u64::from(pos.wrapping_sub(self.folded_at));
+            self.folded_at = pos;
+        }
+
+        /// Units moved up to the own local index `pos`.
+        fn moved(&self, pos: u32) -> u64 {
+            self.moved + u64::from(pos.wrapping_sub(self.folded_at))
+        }
     }
 
     // SAFETY: the engine owns its side of the ring; the pointers are valid for its life
@@ -492,6 +512,7 @@ mod engines {
         /// Loads, validates and caches the consumer's read index.
         fn refresh_read(&mut self) -> Result<u32, Corrupt> {
             self.counters.index_loads += 1;
+            self.counters.fold(self.write);
             // Pairs with the Release store in the consumer's `publish`.
             let r = load_peer(self.words.peer_index());
             check_read(self.published, self.cached_read, r)?;
@@ -575,6 +596,11 @@ mod engines {
             self.write = self.write.wrapping_add(p.pad + p.span);
         }
 
+        /// Bytes committed so far (records with their headers, and padding).
+        pub(crate) fn units(&self) -> u64 {
+            self.counters.moved(self.write)
+        }
+
         /// Publishes every committed record. Returns how to wake the consumer.
         #[inline]
         pub(crate) fn publish(&mut self) -> Wake {
@@ -648,6 +674,7 @@ mod engines {
 
         fn refresh_write(&mut self) -> Result<u32, Corrupt> {
             self.counters.index_loads += 1;
+            self.counters.fold(self.read);
             // Pairs with the Release store in the producer's `publish`.
             let w = load_peer(self.words.peer_index());
             check_write(self.cap, self.read, self.cached_write, w)?;
@@ -773,6 +800,11 @@ mod engines {
             self.read.wrapping_sub(self.published)
         }
 
+        /// Units (bytes with headers and padding, or items) consumed so far.
+        pub(crate) fn units(&self) -> u64 {
+            self.counters.moved(self.read)
+        }
+
         /// Publishes the read index. Returns how to wake the producer.
         pub(crate) fn publish(&mut self) -> Wake {
             if self.read == self.published {
@@ -846,6 +878,7 @@ mod engines {
                 return Ok(Ok(free));
             }
             self.counters.index_loads += 1;
+            self.counters.fold(self.write);
             // Pairs with the Release store in the consumer's `publish`.
             let r = load_peer(self.words.peer_index());
             check_read(self.published, self.cached_read, r)?;
@@ -898,6 +931,11 @@ mod engines {
                 unsafe { self.data.as_ptr().add(pos as usize).write(*item) };
                 self.write = self.write.wrapping_add(1);
             }
+        }
+
+        /// Items written so far.
+        pub(crate) fn units(&self) -> u64 {
+            self.counters.moved(self.write)
         }
 
         /// Publishes written items. Returns how to wake the consumer.
@@ -969,6 +1007,7 @@ mod engines {
                 return Ok(Ok(avail));
             }
             self.counters.index_loads += 1;
+            self.counters.fold(self.read);
             // Pairs with the Release store in the producer's `publish`.
             let w = load_peer(self.words.peer_index());
             check_write(self.cap, self.read, self.cached_write, w)?;
@@ -1016,6 +1055,11 @@ mod engines {
                 done += run;
                 self.read = self.read.wrapping_add(run as u32);
             }
+        }
+
+        /// Units (bytes with headers and padding, or items) consumed so far.
+        pub(crate) fn units(&self) -> u64 {
+            self.counters.moved(self.read)
         }
 
         /// Publishes the read index. Returns how to wake the producer.

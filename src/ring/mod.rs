@@ -41,7 +41,7 @@
 //! with no per-item header. Each side caches the peer's index and reloads it only when the
 //! ring looks full (producer) or empty (consumer); the consumer publishes its read index
 //! lazily (every quarter of the ring, and whenever it finds the ring empty).
-//! [`WaitStats`] counts those reloads and how often they found the ring full or empty.
+//! [`RingStats`] counts those reloads and how often they found the ring full or empty.
 //!
 //! Batches: [`Producer::batch`] publishes many records with one index store,
 //! [`Consumer::batch`] releases many with one; [`PodProducer::try_reserve_slice`] lends
@@ -178,7 +178,7 @@ mod api {
     use super::core::{self, Blocked, Corrupt, Placement, Words};
     use super::layout::*;
     use super::wait;
-    pub use super::wait::{calibrated_spin_budget, SpinPolicy, WaitStats};
+    pub use super::wait::{calibrated_spin_budget, RingStats, SpinPolicy};
     use crate::error::{Error, Result};
     use crate::{Channel, Message, Policy, ProducerWritableRegion, Region, RegionView};
 
@@ -248,7 +248,7 @@ mod api {
         peer: RegionView,
         pub(super) channel: Channel,
         pub(super) spin: SpinPolicy,
-        pub(super) stats: WaitStats,
+        pub(super) stats: RingStats,
         failed: Option<&'static str>,
         /// Consecutive non-waiting calls that found the ring blocked, and when the clock was
         /// first read during this run of them (see `blocked_try`).
@@ -274,7 +274,7 @@ mod api {
                 peer,
                 channel,
                 spin,
-                stats: WaitStats::default(),
+                stats: RingStats::default(),
                 failed: None,
                 blocked_tries: 0,
                 blocked_since: None,
@@ -288,8 +288,9 @@ mod api {
         }
 
         /// The wait counters with an engine's counters.
-        fn stats(&self, c: core::Counters) -> WaitStats {
-            WaitStats {
+        fn stats(&self, c: core::Counters, units: u64) -> RingStats {
+            RingStats {
+                units,
                 index_loads: c.index_loads,
                 found_blocked: c.blocked,
                 ..self.stats
@@ -331,6 +332,15 @@ mod api {
         }
 
         fn corrupt(&mut self, c: Corrupt) -> Error {
+            if self.failed.is_none() {
+                self.stats.peer_corrupt += 1;
+                #[cfg(feature = "tracing")]
+                tracing::warn!(
+                    reason = crate::RejectReason::PeerCorrupt.as_str(),
+                    what = c.0,
+                    "sealpipe ring peer wrote an impossible value; the ring has failed"
+                );
+            }
             self.failed = Some(c.0);
             Error::PeerCorrupt { what: c.0 }
         }
@@ -456,6 +466,24 @@ mod api {
         options: &RingOptions,
         kind: Kind,
     ) -> Result<(Link, u32, u32)> {
+        #[cfg(feature = "tracing")]
+        let _span = tracing::info_span!(
+            "sealpipe_ring_setup",
+            side = "producer",
+            capacity = options.capacity
+        )
+        .entered();
+        crate::stats::traced(
+            "ring setup",
+            producer_setup_untraced(channel, options, kind),
+        )
+    }
+
+    fn producer_setup_untraced(
+        channel: Channel,
+        options: &RingOptions,
+        kind: Kind,
+    ) -> Result<(Link, u32, u32)> {
         let own = producer_offer(options, kind)?;
         let end = crate::deadline::Deadline::after(options.timeout).instant();
         channel.send_timeout(SETUP_PAYLOAD, &[own.region()], options.timeout)?;
@@ -468,6 +496,19 @@ mod api {
     /// Consumer half of the handshake: receive and check the data memfd, create and send
     /// the control memfd. Returns the link, the capacity and the producer's flags.
     fn consumer_setup(
+        channel: Channel,
+        options: &RingOptions,
+        kind: Kind,
+    ) -> Result<(Link, u32, u32)> {
+        #[cfg(feature = "tracing")]
+        let _span = tracing::info_span!("sealpipe_ring_setup", side = "consumer").entered();
+        crate::stats::traced(
+            "ring setup",
+            consumer_setup_untraced(channel, options, kind),
+        )
+    }
+
+    fn consumer_setup_untraced(
         channel: Channel,
         options: &RingOptions,
         kind: Kind,
@@ -756,9 +797,10 @@ mod api {
             core::max_record_len(self.engine.capacity())
         }
 
-        /// This side's wait and index-traffic counters.
-        pub fn stats(&self) -> WaitStats {
-            self.link.stats(self.engine.counters)
+        /// This side's counters: units moved, waits, parks, wakes, index loads, peer
+        /// corruption ([`RingStats`]).
+        pub fn stats(&self) -> RingStats {
+            self.link.stats(self.engine.counters, self.engine.units())
         }
 
         /// Copies `record` into the ring and publishes it, if there is room now.
@@ -1081,9 +1123,10 @@ mod api {
             self.cap as usize
         }
 
-        /// This side's wait and index-traffic counters.
-        pub fn stats(&self) -> WaitStats {
-            self.link.stats(self.engine.counters)
+        /// This side's counters: units moved, waits, parks, wakes, index loads, peer
+        /// corruption ([`RingStats`]).
+        pub fn stats(&self) -> RingStats {
+            self.link.stats(self.engine.counters, self.engine.units())
         }
 
         /// Copies the next record into `out` (replacing its contents), if one is published.
@@ -1329,9 +1372,10 @@ mod api {
             PodProducer { engine, link }
         }
 
-        /// This side's wait and index-traffic counters.
-        pub fn stats(&self) -> WaitStats {
-            self.link.stats(self.engine.counters)
+        /// This side's counters: units moved, waits, parks, wakes, index loads, peer
+        /// corruption ([`RingStats`]).
+        pub fn stats(&self) -> RingStats {
+            self.link.stats(self.engine.counters, self.engine.units())
         }
 
         /// Sends `item` (publishes it), if there is room now.
@@ -1596,9 +1640,10 @@ mod api {
             }
         }
 
-        /// This side's wait and index-traffic counters.
-        pub fn stats(&self) -> WaitStats {
-            self.link.stats(self.engine.counters)
+        /// This side's counters: units moved, waits, parks, wakes, index loads, peer
+        /// corruption ([`RingStats`]).
+        pub fn stats(&self) -> RingStats {
+            self.link.stats(self.engine.counters, self.engine.units())
         }
 
         /// Capacity in items.
