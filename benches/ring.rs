@@ -657,21 +657,25 @@ fn rtrb_run<const N: usize>(iters: u64) -> Duration {
     start.elapsed()
 }
 
-/// Raw cache-line round trip between two pinned threads.
+/// Raw cache-line round trip between two pinned threads: `iters` round trips timed.
 fn cacheline_pingpong(iters: u64) -> Duration {
     let line = Arc::new(CachePadded::new(AtomicU64::new(0)));
     let l2 = line.clone();
     let t = std::thread::spawn(move || {
         pin(1);
-        for i in 0..iters {
+        for i in 0..=iters {
             while l2.load(Ordering::Acquire) != 2 * i + 1 {
                 std::hint::spin_loop();
             }
             l2.store(2 * i + 2, Ordering::Release);
         }
     });
-    let start = Instant::now();
-    for i in 0..iters {
+    // The clock starts after the first round trip: the thread has started and is pinned.
+    let mut start = Instant::now();
+    for i in 0..=iters {
+        if i == 1 {
+            start = Instant::now();
+        }
         line.store(2 * i + 1, Ordering::Release);
         while line.load(Ordering::Acquire) != 2 * i + 2 {
             std::hint::spin_loop();
