@@ -80,8 +80,9 @@ pub fn run(contender: &str, size: usize, consumers: usize, rounds: usize) -> (Du
             .slab_len(size),
     )
     .expect("pool");
-    let (mut peers, sinks): (Vec<Peer>, Vec<Sink>) =
-        (0..consumers).map(|i| connect(contender, &p, i, &pool)).unzip();
+    let (mut peers, sinks): (Vec<Peer>, Vec<Sink>) = (0..consumers)
+        .map(|i| connect(contender, &p, i, &pool))
+        .unzip();
     let total_pss =
         |peers: &[Peer]| pss(std::process::id()) + peers.iter().map(|p| pss(p.pid())).sum::<u64>();
     let before = total_pss(&peers);
