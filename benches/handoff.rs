@@ -6,7 +6,7 @@
 //! - `sealpipe-immutable`: the producer creates a [`Region`], fills it from a prepared
 //!   buffer, seals it immutable, sends it; the consumer receives, verifies, maps, sums
 //!   every `u64` word through `as_slice_of::<u64>()` and acknowledges with the sum.
-//! - `sealpipe-read-only`: the same with [`Region::share_read_only`] (`FUTURE_WRITE`); the
+//! - `sealpipe-read-only`: the same with [`Region::seal_producer_writable`] (`FUTURE_WRITE`); the
 //!   consumer must treat the bytes as changing, so it reads them by copy
 //!   ([`sealpipe::RegionView::read_at`], 64 KiB at a time into a reused buffer) and sums
 //!   the copy.
@@ -95,7 +95,7 @@ fn worker(path: &str) {
     stream.set_read_timeout(Some(T)).unwrap();
     stream.set_write_timeout(Some(T)).unwrap();
     let immutable = Policy::immutable();
-    let read_only = Policy::read_only_view();
+    let read_only = Policy::producer_writable();
     let mut buf = vec![0u64; CHUNK / 8];
     loop {
         // A command: op, length, number of rounds.
@@ -361,7 +361,7 @@ fn round(w: &mut Worker, op: Op, data: &[u8], iters: u64) -> u64 {
                 w.region_ack()
             }
             Op::ReadOnly => {
-                let shared = fill(data).share_read_only().expect("share_read_only");
+                let shared = fill(data).seal_producer_writable().expect("seal_producer_writable");
                 w.ch.send_timeout(&[], &[shared.region()], T).expect("send");
                 drop(shared);
                 w.region_ack()

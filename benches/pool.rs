@@ -82,7 +82,7 @@ fn worker(path: &str) {
         pin(cpu);
     }
     let ch = sealpipe::spawn::worker_channel().expect("worker channel");
-    let mut rx = PoolReceiver::new(ch, &Policy::read_only_view()).expect("receiver");
+    let mut rx = PoolReceiver::new(ch, &Policy::producer_writable()).expect("receiver");
     let mut stream = UnixStream::connect(path).expect("connect to the bench socket");
     stream.set_read_timeout(Some(T)).unwrap();
     let mut buf = vec![0u64; CHUNK / 8];

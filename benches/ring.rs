@@ -131,16 +131,16 @@ fn child_main(role: &str) {
             // `bytes:<spin>:batch`: take records with batch reads (one publication of the
             // read index per batch), waiting only when the ring is empty.
             let batched = parts.get(2) == Some(&"batch");
-            let mut rx = Consumer::connect(ch1, &opts(0, spin)).unwrap();
+            let mut rx = Consumer::setup(ch1, &opts(0, spin)).unwrap();
             let mut acks =
-                PodProducer::<u64>::connect(Channel::from_fd(raw2).unwrap(), &opts(64, spin))
+                PodProducer::<u64>::setup(Channel::from_fd(raw2).unwrap(), &opts(64, spin))
                     .unwrap();
             let mut buf = Vec::new();
             let mut n = 0u64;
             let mut ack = |rx: &Consumer, n: u64| {
                 let s = rx.stats();
                 for v in [n, s.index_loads, s.found_blocked, s.wakes, s.parks] {
-                    acks.push_timeout(v, T).unwrap();
+                    acks.send_timeout(v, T).unwrap();
                 }
             };
             loop {
@@ -169,24 +169,24 @@ fn child_main(role: &str) {
         }
         "pod" => {
             let batch = parts.get(2).and_then(|b| b.parse().ok()).unwrap_or(1usize);
-            let mut rx = PodConsumer::<u64>::connect(ch1, &opts(0, spin)).unwrap();
+            let mut rx = PodConsumer::<u64>::setup(ch1, &opts(0, spin)).unwrap();
             let mut acks =
-                PodProducer::<u64>::connect(Channel::from_fd(raw2).unwrap(), &opts(64, spin))
+                PodProducer::<u64>::setup(Channel::from_fd(raw2).unwrap(), &opts(64, spin))
                     .unwrap();
             let mut buf = vec![0u64; batch];
             let mut sum = 0u64;
             loop {
                 let (n, last) = if batch == 1 {
-                    match rx.pop_timeout(Duration::from_secs(3600)) {
+                    match rx.recv_timeout(Duration::from_secs(3600)) {
                         Ok(v) => (1, v),
                         Err(_) => break,
                     }
                 } else {
-                    match rx.try_pop_slice(&mut buf) {
+                    match rx.try_recv_slice(&mut buf) {
                         Ok(n) => (n, buf[n - 1]),
                         // Empty: wait through the ring (which notices a closed producer).
                         Err(sealpipe::Error::WouldBlock) => {
-                            match rx.pop_timeout(Duration::from_secs(3600)) {
+                            match rx.recv_timeout(Duration::from_secs(3600)) {
                                 Ok(v) => (1, v),
                                 Err(_) => break,
                             }
@@ -196,15 +196,15 @@ fn child_main(role: &str) {
                 };
                 sum = sum.wrapping_add(n as u64);
                 if last == u64::MAX {
-                    acks.push_timeout(sum, T).unwrap();
+                    acks.send_timeout(sum, T).unwrap();
                 }
             }
             black_box(sum);
         }
         "echo" => {
-            let mut rx = Consumer::connect(ch1, &opts(0, spin)).unwrap();
+            let mut rx = Consumer::setup(ch1, &opts(0, spin)).unwrap();
             let mut tx =
-                Producer::connect(Channel::from_fd(raw2).unwrap(), &opts(1 << 16, spin)).unwrap();
+                Producer::setup(Channel::from_fd(raw2).unwrap(), &opts(1 << 16, spin)).unwrap();
             let mut buf = Vec::new();
             while rx.recv_timeout(&mut buf, Duration::from_secs(3600)).is_ok() {
                 if tx.send_timeout(&buf, T).is_err() {
@@ -284,8 +284,8 @@ impl BytesSession {
         let mode = if batch { ":batch" } else { "" };
         let mut peer = spawn(&format!("bytes:{spin}{mode}"));
         let s = spin_of(spin);
-        let tx = Producer::connect(peer.ch1.take().unwrap(), &opts(cap, s)).unwrap();
-        let acks = PodConsumer::<u64>::connect(
+        let tx = Producer::setup(peer.ch1.take().unwrap(), &opts(cap, s)).unwrap();
+        let acks = PodConsumer::<u64>::setup(
             Channel::from_fd(peer.raw2.take().unwrap()).unwrap(),
             &opts(0, s),
         )
@@ -307,7 +307,7 @@ impl BytesSession {
         r.commit();
         let mut v = [0u64; 5];
         for x in &mut v {
-            *x = self.acks.pop_timeout(T).unwrap();
+            *x = self.acks.recv_timeout(T).unwrap();
         }
         Counters {
             records: v[0],
@@ -383,8 +383,8 @@ impl PodSession {
     fn new(batch: usize) -> PodSession {
         let mut peer = spawn(&format!("pod:spin:{batch}"));
         let s = SpinPolicy::Spin;
-        let tx = PodProducer::<u64>::connect(peer.ch1.take().unwrap(), &opts(1024, s)).unwrap();
-        let acks = PodConsumer::<u64>::connect(
+        let tx = PodProducer::<u64>::setup(peer.ch1.take().unwrap(), &opts(1024, s)).unwrap();
+        let acks = PodConsumer::<u64>::setup(
             Channel::from_fd(peer.raw2.take().unwrap()).unwrap(),
             &opts(0, s),
         )
@@ -400,7 +400,7 @@ impl PodSession {
         let start = Instant::now();
         if batch == 1 {
             for i in 0..iters {
-                self.tx.push_timeout(i, T).unwrap();
+                self.tx.send_timeout(i, T).unwrap();
             }
         } else {
             // In place: up to `batch` slots reserved, written and published at once.
@@ -417,8 +417,8 @@ impl PodSession {
                 left -= n;
             }
         }
-        self.tx.push_timeout(u64::MAX, T).unwrap();
-        self.acks.pop_timeout(T).unwrap();
+        self.tx.send_timeout(u64::MAX, T).unwrap();
+        self.acks.recv_timeout(T).unwrap();
         start.elapsed()
     }
 }
@@ -435,8 +435,8 @@ impl PingPong {
     fn new(spin: &str) -> PingPong {
         let mut peer = spawn(&format!("echo:{spin}"));
         let s = spin_of(spin);
-        let tx = Producer::connect(peer.ch1.take().unwrap(), &opts(1 << 16, s)).unwrap();
-        let rx = Consumer::connect(
+        let tx = Producer::setup(peer.ch1.take().unwrap(), &opts(1 << 16, s)).unwrap();
+        let rx = Consumer::setup(
             Channel::from_fd(peer.raw2.take().unwrap()).unwrap(),
             &opts(0, s),
         )
@@ -492,9 +492,9 @@ mod asynchronous {
     /// Child: async consumer of byte records, acknowledging `ACK` records with the count.
     pub(super) fn consumer(ch1: Channel, raw2: OwnedFd) {
         runtime().block_on(async {
-            let mut rx = AsyncConsumer::connect(ch1, &options(0)).await.unwrap();
+            let mut rx = AsyncConsumer::setup(ch1, &options(0)).await.unwrap();
             let ch2 = Channel::from_fd(raw2).unwrap();
-            let mut acks = AsyncPodProducer::<u64>::connect(ch2, &options(64))
+            let mut acks = AsyncPodProducer::<u64>::setup(ch2, &options(64))
                 .await
                 .unwrap();
             let mut buf = Vec::new();
@@ -511,9 +511,9 @@ mod asynchronous {
     /// Child: async echo from one ring to the other.
     pub(super) fn echo(ch1: Channel, raw2: OwnedFd) {
         runtime().block_on(async {
-            let mut rx = AsyncConsumer::connect(ch1, &options(0)).await.unwrap();
+            let mut rx = AsyncConsumer::setup(ch1, &options(0)).await.unwrap();
             let ch2 = Channel::from_fd(raw2).unwrap();
-            let mut tx = AsyncProducer::connect(ch2, &options(1 << 16))
+            let mut tx = AsyncProducer::setup(ch2, &options(1 << 16))
                 .await
                 .unwrap();
             let mut buf = Vec::new();
@@ -538,11 +538,11 @@ mod asynchronous {
             let mut peer = spawn("abytes");
             let rt = runtime();
             let (tx, acks) = rt.block_on(async {
-                let tx = AsyncProducer::connect(peer.ch1.take().unwrap(), &options(cap))
+                let tx = AsyncProducer::setup(peer.ch1.take().unwrap(), &options(cap))
                     .await
                     .unwrap();
                 let ch2 = Channel::from_fd(peer.raw2.take().unwrap()).unwrap();
-                let acks = AsyncPodConsumer::<u64>::connect(ch2, &options(0))
+                let acks = AsyncPodConsumer::<u64>::setup(ch2, &options(0))
                     .await
                     .unwrap();
                 (tx, acks)
@@ -590,11 +590,11 @@ mod asynchronous {
             let mut peer = spawn("aecho");
             let rt = runtime();
             let (tx, rx) = rt.block_on(async {
-                let tx = AsyncProducer::connect(peer.ch1.take().unwrap(), &options(1 << 16))
+                let tx = AsyncProducer::setup(peer.ch1.take().unwrap(), &options(1 << 16))
                     .await
                     .unwrap();
                 let ch2 = Channel::from_fd(peer.raw2.take().unwrap()).unwrap();
-                let rx = AsyncConsumer::connect(ch2, &options(0)).await.unwrap();
+                let rx = AsyncConsumer::setup(ch2, &options(0)).await.unwrap();
                 (tx, rx)
             });
             PingPong {

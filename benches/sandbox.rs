@@ -87,7 +87,7 @@ fn worker(role: &str) -> i32 {
             0
         }
         "ring" => {
-            let mut rx = Consumer::connect(ch, &RingOptions::new(1 << 16)).expect("connect");
+            let mut rx = Consumer::setup(ch, &RingOptions::new(1 << 16)).expect("connect");
             let n: u64 = std::env::var(RECORDS).unwrap().parse().unwrap();
             let mut buf = Vec::new();
             for _ in 0..n {
@@ -113,7 +113,7 @@ fn first_message(variant: Variant) -> Duration {
 /// Time to stream `n` records into a worker and see it exit.
 fn ring(variant: Variant, n: u64) -> Duration {
     let (mut child, ch) = variant.start("ring", n);
-    let mut tx = Producer::connect(ch, &RingOptions::new(1 << 16)).unwrap();
+    let mut tx = Producer::setup(ch, &RingOptions::new(1 << 16)).unwrap();
     let start = Instant::now();
     for _ in 0..n {
         tx.send_timeout(&RECORD, T).unwrap();

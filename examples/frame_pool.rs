@@ -113,7 +113,7 @@ fn producer() -> Result<(), Box<dyn std::error::Error>> {
 
 fn worker() -> Result<(), Box<dyn std::error::Error>> {
     let channel = sealpipe::spawn::worker_channel()?;
-    let mut rx = PoolReceiver::new(channel, &Policy::read_only_view())?;
+    let mut rx = PoolReceiver::new(channel, &Policy::producer_writable())?;
     let mut copy = vec![0u64; FRAME / 8];
     let mut expected = 0u64;
     loop {

@@ -48,7 +48,7 @@ fn produce(gigabytes: u64) -> sealpipe::Result<ExitCode> {
     let mut cmd = Command::new(exe);
     cmd.arg("consumer");
     let (mut child, channel) = sealpipe::spawn::spawn(&mut cmd)?;
-    let mut tx = Producer::connect(channel, &RingOptions::new(8 << 20))?;
+    let mut tx = Producer::setup(channel, &RingOptions::new(8 << 20))?;
     let total = gigabytes << 30;
     let mut sent = 0u64;
     let mut seq = 0u64;
@@ -82,7 +82,7 @@ fn produce(gigabytes: u64) -> sealpipe::Result<ExitCode> {
 
 fn consume() -> sealpipe::Result<ExitCode> {
     let channel = sealpipe::spawn::worker_channel()?;
-    let mut rx = Consumer::connect(channel, &RingOptions::default())?;
+    let mut rx = Consumer::setup(channel, &RingOptions::default())?;
     let mut buf = Vec::new();
     let (mut records, mut bytes, mut bad) = (0u64, 0u64, 0u64);
     let start = Instant::now();

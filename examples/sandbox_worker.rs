@@ -87,7 +87,7 @@ fn parent() -> Result<bool, Box<dyn std::error::Error>> {
     let sealed_at = start.elapsed();
 
     // The producer-writable region: a fixed body after an 8-byte counter the parent updates.
-    let mut shared = Region::new(SMALL)?.share_read_only()?;
+    let mut shared = Region::new(SMALL)?.seal_producer_writable()?;
     let body = &mut shared.as_mut_slice_of::<u64>()?[1..];
     body.iter_mut()
         .enumerate()
@@ -116,7 +116,7 @@ fn parent() -> Result<bool, Box<dyn std::error::Error>> {
     let generations = updater.join().map_err(|_| "updater thread panicked")?;
 
     // The ring, into the sandboxed worker: it creates and seals its half inside.
-    let mut tx = Producer::connect(channel, &RingOptions::new(1 << 16).timeout(TIMEOUT))?;
+    let mut tx = Producer::setup(channel, &RingOptions::new(1 << 16).timeout(TIMEOUT))?;
     let ring_start = Instant::now();
     for i in 0..RING_RECORDS {
         tx.send_timeout(&ring_record(i), TIMEOUT)?;
@@ -161,7 +161,7 @@ fn worker() -> Result<bool, Box<dyn std::error::Error>> {
     println!("worker: entered the sandbox: {enforced}");
     // Accept the producer-writable region too; the immutable one is checked by its seals.
     // Keep the descriptors: the attacks below try them.
-    let policy = Policy::read_only_view()
+    let policy = Policy::producer_writable()
         .max_region_len(BIG as u64)
         .keep_descriptors(true);
     let msg = channel.recv_timeout(&policy, TIMEOUT)?;
@@ -224,7 +224,7 @@ fn worker() -> Result<bool, Box<dyn std::error::Error>> {
 
     // The ring still works inside: connect (create and seal this side's memfd), then
     // receive and check every record.
-    let mut rx = Consumer::connect(channel, &RingOptions::new(1 << 16).timeout(TIMEOUT))?;
+    let mut rx = Consumer::setup(channel, &RingOptions::new(1 << 16).timeout(TIMEOUT))?;
     let mut record = Vec::new();
     let mut ring_ok = true;
     for i in 0..RING_RECORDS {

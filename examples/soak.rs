@@ -82,7 +82,7 @@ fn parent(secs: u64) -> Result<bool, Box<dyn std::error::Error>> {
         let (mut child, channel) = sealpipe::spawn::spawn(&mut cmd)?;
 
         // Regions, both seal modes; the worker answers with checksums.
-        let mut shared = Region::new(1 << 16)?.share_read_only()?;
+        let mut shared = Region::new(1 << 16)?.seal_producer_writable()?;
         for i in 0..REGIONS {
             let data: Vec<u8> = (0..(4096 * (1 + i % 16)))
                 .map(|j| (j ^ i ^ epoch) as u8)
@@ -101,7 +101,7 @@ fn parent(secs: u64) -> Result<bool, Box<dyn std::error::Error>> {
         }
 
         // Ring records over the same channel, then the worker connects back by name.
-        let mut tx = Producer::connect(channel, &RingOptions::new(1 << 20))?;
+        let mut tx = Producer::setup(channel, &RingOptions::new(1 << 20))?;
         for seq in 0..RECORDS {
             let len = 8 + (seq % 120) as usize;
             let mut r = tx.reserve_timeout(len, T)?;
@@ -151,7 +151,7 @@ fn parent(secs: u64) -> Result<bool, Box<dyn std::error::Error>> {
 
 fn worker(path: String) -> Result<bool, Box<dyn std::error::Error>> {
     let channel: Channel = sealpipe::spawn::worker_channel()?;
-    let policy = Policy::read_only_view();
+    let policy = Policy::producer_writable();
     let mut copy = vec![0u8; 1 << 16];
     for _ in 0..REGIONS {
         let msg = channel.recv_timeout(&policy, T)?;
@@ -164,7 +164,7 @@ fn worker(path: String) -> Result<bool, Box<dyn std::error::Error>> {
         let sums = [checksum(bytes), checksum(&copy[..n])];
         channel.send_timeout(bytemuck::bytes_of(&sums), &[], T)?;
     }
-    let mut rx = Consumer::connect(channel, &RingOptions::default())?;
+    let mut rx = Consumer::setup(channel, &RingOptions::default())?;
     let mut buf = Vec::new();
     for seq in 0..RECORDS {
         rx.recv_timeout(&mut buf, T)?;

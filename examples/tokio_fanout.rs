@@ -144,7 +144,7 @@ async fn serve(
     let pid = channel.get_ref().peer_credentials().map_or(0, |c| c.pid);
     channel.send(b"region", &[&region]).await?;
     let options = RingOptions::new(1 << 16).timeout(T);
-    let mut ring = AsyncProducer::connect(channel.into_inner(), &options).await?;
+    let mut ring = AsyncProducer::setup(channel.into_inner(), &options).await?;
     let mut seq = 0u64;
     loop {
         let next = record(seq);
@@ -165,7 +165,7 @@ async fn async_client(path: &Path) -> Result<(u64, u64), Box<dyn Error>> {
     let msg = timeout(T, channel.recv(&Policy::immutable())).await??;
     let region_sum = checksum(msg.regions()[0].as_bytes()?);
     let options = RingOptions::default().timeout(T);
-    let mut ring = AsyncConsumer::connect(channel.into_inner(), &options).await?;
+    let mut ring = AsyncConsumer::setup(channel.into_inner(), &options).await?;
     let mut records = 0u64;
     let mut buf = Vec::new();
     loop {
@@ -184,7 +184,7 @@ fn blocking_client(path: &Path) -> Result<(u64, u64), Box<dyn Error>> {
     let channel = Channel::connect(path, &config())?;
     let msg = channel.recv_timeout(&Policy::immutable(), T)?;
     let region_sum = checksum(msg.regions()[0].as_bytes()?);
-    let mut ring = Consumer::connect(channel, &RingOptions::default().timeout(T))?;
+    let mut ring = Consumer::setup(channel, &RingOptions::default().timeout(T))?;
     let mut records = 0u64;
     let mut buf = Vec::new();
     loop {

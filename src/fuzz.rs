@@ -230,7 +230,7 @@ pub fn seal_policy(data: &[u8]) {
     let policy = if b[19] & 1 == 0 {
         Policy::immutable()
     } else {
-        Policy::read_only_view()
+        Policy::producer_writable()
     }
     .max_region_len(limit);
 

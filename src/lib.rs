@@ -31,7 +31,7 @@
 //!
 //! | layer | module | what it does |
 //! |---|---|---|
-//! | regions | [`Region`], [`SealedRegion`], [`SharedRegion`] | create, fill and seal memfds |
+//! | regions | [`Region`], [`SealedRegion`], [`ProducerWritableRegion`] | create, fill and seal memfds |
 //! | transport | [`Channel`], [`wire`] | messages of descriptors + a header over `SOCK_SEQPACKET` |
 //! | verification | [`verify()`], [`RegionView`], [`Policy`] | check seals and sizes, then map read-only |
 //! | channels | [`spawn`], [`Listener`], [`handshake`] | authenticated connections: spawned workers, named endpoints |
@@ -51,7 +51,7 @@
 //!   write the memory by any path: not `write`, not a new writable mapping, not `mprotect`,
 //!   not `/proc/self/fd` reopened read-write. A receiver may therefore read it in place,
 //!   as `&[u8]` or `&[T]` ([`RegionView::as_bytes`], [`RegionView::as_slice_of`]).
-//! - **Producer-writable** ([`Region::share_read_only`]: `F_SEAL_FUTURE_WRITE | SHRINK |
+//! - **Producer-writable** ([`Region::seal_producer_writable`]: `F_SEAL_FUTURE_WRITE | SHRINK |
 //!   GROW | SEAL`). Nobody *new* can write it, but the producer keeps its mapping and goes
 //!   on writing. Any byte can change under the reader at any moment, so a Rust reference to
 //!   it would be a data race. The safe API copies out instead ([`RegionView::read_at`],
@@ -172,7 +172,7 @@ pub use guard::{GuardOptions, GuardedMap};
 pub use handshake::{HandshakeConfig, PeerCredentials, PeerPolicy, RefusalReason, Secret};
 pub use listener::{default_path, Listener};
 pub use positional::PositionalFile;
-pub use region::{Region, SealedRegion, SharedRegion};
+pub use region::{Region, SealedRegion, ProducerWritableRegion};
 pub use seals::{Policy, Seals};
 pub use transport::{Channel, Message};
 pub use verify::{capabilities, verify, Capabilities, RegionView};

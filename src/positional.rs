@@ -52,7 +52,7 @@
 //! ## Which tool to use
 //!
 //! - **You control the producer**: seal. [`crate::Region::seal`] for data that never
-//!   changes (read it in place as `&[u8]`), [`crate::Region::share_read_only`] for a region
+//!   changes (read it in place as `&[u8]`), [`crate::Region::seal_producer_writable`] for a region
 //!   the producer keeps writing (read it by copy with [`crate::RegionView::read_at`]). The
 //!   receiver's [`crate::verify()`] refuses anything else.
 //! - **The file cannot be sealed** (a legacy producer, a `/dev/shm` file, a memfd from a

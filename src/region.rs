@@ -17,7 +17,7 @@ use crate::sys;
 /// Fill it through [`Region::write_at`] / [`io::Write`] (copies with `pwrite`, the fastest
 /// path for a one-shot buffer: no page faults, no zeroing, no unmap) or in place through
 /// [`Region::as_mut_slice`] / [`Region::as_mut_slice_of`] (maps it on first use). Then
-/// [`seal`](Region::seal) it immutable, or [`share_read_only`](Region::share_read_only)
+/// [`seal`](Region::seal) it immutable, or [`seal_producer_writable`](Region::seal_producer_writable)
 /// to keep writing while others read.
 ///
 /// The memfd is close-on-exec, created with `MFD_NOEXEC_SEAL` where the kernel has it,
@@ -152,7 +152,7 @@ impl Region {
     ///
     /// # Errors
     /// [`Error::Io`] if mapping or sealing fails.
-    pub fn share_read_only(self) -> Result<SharedRegion> {
+    pub fn seal_producer_writable(self) -> Result<ProducerWritableRegion> {
         let map = match self.map {
             Some(map) => map,
             None => sys::map_writable(&self.fd, self.len).map_err(|e| Error::Io {
@@ -161,7 +161,7 @@ impl Region {
             })?,
         };
         let region = SealedRegion::seal(self.fd, self.len, Seals::PRODUCER_WRITABLE)?;
-        Ok(SharedRegion { map, region })
+        Ok(ProducerWritableRegion { map, region })
     }
 }
 
@@ -277,12 +277,12 @@ impl AsFd for SealedRegion {
 /// A region sealed `FUTURE_WRITE | SHRINK | GROW | SEAL` whose producer keeps writing it
 /// through its own mapping, while receivers can only read.
 #[derive(Debug)]
-pub struct SharedRegion {
+pub struct ProducerWritableRegion {
     map: MmapMut,
     region: SealedRegion,
 }
 
-impl SharedRegion {
+impl ProducerWritableRegion {
     /// The producer's writable view. Readers in other processes see writes at once, without
     /// any ordering guarantee: publish what they may read with your own protocol.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
@@ -417,7 +417,7 @@ mod tests {
 
     #[test]
     fn shared_region_keeps_producer_writable() {
-        let mut r = Region::new(4096).unwrap().share_read_only().unwrap();
+        let mut r = Region::new(4096).unwrap().seal_producer_writable().unwrap();
         r.as_mut_slice()[0] = 42;
         assert!(r.region().seals().contains(Seals::PRODUCER_WRITABLE));
         assert!(!r.region().seals().contains(Seals::WRITE));

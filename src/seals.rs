@@ -172,7 +172,7 @@ impl Policy {
     /// Read-only views: `SHRINK | GROW` plus either `WRITE` or `FUTURE_WRITE` required. A
     /// `FUTURE_WRITE` region can still be changed by its producer, so it can only be read
     /// by copying ([`crate::RegionView::read_at`]).
-    pub const fn read_only_view() -> Policy {
+    pub const fn producer_writable() -> Policy {
         Policy {
             accept_future_write: true,
             ..Policy::immutable()
@@ -272,7 +272,7 @@ impl Policy {
         self.max_pool_bytes
     }
 
-    /// Seals every region must have. For [`Policy::read_only_view`] this is `SHRINK | GROW`,
+    /// Seals every region must have. For [`Policy::producer_writable`] this is `SHRINK | GROW`,
     /// and additionally one of `WRITE` or `FUTURE_WRITE`.
     pub const fn required_seals(&self) -> Seals {
         if self.accept_future_write {
@@ -355,7 +355,7 @@ mod tests {
             .missing_seals(Seals::IMMUTABLE | Seals::EXEC | Seals::from_bits(0x400))
             .is_empty());
         assert_eq!(imm.missing_seals(Seals::PRODUCER_WRITABLE), Seals::WRITE);
-        let view = Policy::read_only_view();
+        let view = Policy::producer_writable();
         assert!(view.missing_seals(Seals::PRODUCER_WRITABLE).is_empty());
         assert!(view.missing_seals(Seals::IMMUTABLE).is_empty());
         assert_eq!(

@@ -468,14 +468,14 @@ mod tests {
         ));
         assert_eq!(v.read_value::<[u8; 2]>(1).unwrap(), *b"ea");
 
-        let mut shared = Region::new(4096).unwrap().share_read_only().unwrap();
+        let mut shared = Region::new(4096).unwrap().seal_producer_writable().unwrap();
         let fd = shared.region().try_clone().unwrap().into_fd();
         assert!(matches!(
             verify(fd, 4096, &Policy::immutable(), 3),
             Err(Error::MissingSeals { index: 3, missing, .. }) if missing == Seals::WRITE
         ));
         let fd = shared.region().try_clone().unwrap().into_fd();
-        let v = verify(fd, 4096, &Policy::read_only_view(), 0).unwrap();
+        let v = verify(fd, 4096, &Policy::producer_writable(), 0).unwrap();
         assert!(matches!(v.as_bytes(), Err(Error::NotImmutable { .. })));
         shared.as_mut_slice()[10] = 99;
         assert_eq!(

@@ -203,7 +203,7 @@ fn hostile_peer(role: &str, ch: Channel) -> i32 {
         "ring_producer" => {
             use sealpipe::ring::{Producer, RingOptions};
             let dup = rustix::io::fcntl_dupfd_cloexec(&ch, 0).unwrap();
-            let mut tx = Producer::connect(ch, &RingOptions::new(1024).timeout(T)).unwrap();
+            let mut tx = Producer::setup(ch, &RingOptions::new(1024).timeout(T)).unwrap();
             let (sock, _server) = lingering_socket();
             let refused = send_raw(dup.as_fd(), b"x", &[sock.as_fd()]);
             disarm(sock);
@@ -562,7 +562,7 @@ fn ring_channel_refuses_descriptors_after_setup() {
         "ring_producer",
     );
     let common::Peer { mut child, channel } = peer;
-    let mut rx = Consumer::connect(channel, &RingOptions::new(1024).timeout(T)).unwrap();
+    let mut rx = Consumer::setup(channel, &RingOptions::new(1024).timeout(T)).unwrap();
     let mut out = Vec::new();
     rx.recv_timeout(&mut out, T).unwrap();
     assert_eq!(out, b"honest");
@@ -734,7 +734,7 @@ fn ring_setup_keeps_its_deadline_with_a_lingering_socket() {
     let (_spare, other) = Channel::pair().unwrap();
     let channel = std::mem::replace(&mut peer.channel, other);
     let start = Instant::now();
-    let err = Consumer::connect(channel, &RingOptions::new(1024).timeout(DEADLINE)).unwrap_err();
+    let err = Consumer::setup(channel, &RingOptions::new(1024).timeout(DEADLINE)).unwrap_err();
     let took = start.elapsed();
     eprintln!("ring setup (1 s), offer a socket lingering 5 s: {took:?}, {err}");
     assert!(matches!(err, Error::NotMemfd { index: 0, .. }), "{err:?}");

@@ -101,7 +101,7 @@ fn sparse_region_is_refused_before_any_page_is_touched() {
 #[test]
 fn producer_writable_sparse_region_is_refused_too() {
     let fd = memfd(8 * MIB, false, |_| {}, PRODUCER_WRITABLE);
-    let err = refused(fd, &Policy::read_only_view());
+    let err = refused(fd, &Policy::producer_writable());
     assert!(matches!(err, Error::Uncommitted { .. }), "{err:?}");
 }
 
@@ -163,9 +163,9 @@ fn regions_sealpipe_makes_are_committed_at_any_length() {
         let r = Region::new(len).unwrap().seal().unwrap();
         tx.send_timeout(b"", &[&r], T).unwrap();
         rx.recv_timeout(&Policy::immutable(), T).unwrap();
-        let shared = Region::new(len).unwrap().share_read_only().unwrap();
+        let shared = Region::new(len).unwrap().seal_producer_writable().unwrap();
         tx.send_timeout(b"", &[shared.region()], T).unwrap();
-        rx.recv_timeout(&Policy::read_only_view(), T).unwrap();
+        rx.recv_timeout(&Policy::producer_writable(), T).unwrap();
     }
 }
 
@@ -238,7 +238,7 @@ fn ring_setup_refuses_a_sparse_producer_memfd() {
     )
     .unwrap();
     let opts = RingOptions::default().timeout(Duration::from_secs(2));
-    let err = Consumer::connect(b, &opts).unwrap_err();
+    let err = Consumer::setup(b, &opts).unwrap_err();
     assert!(
         matches!(
             err,

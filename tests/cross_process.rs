@@ -71,9 +71,9 @@ fn immutable_region_fans_out_to_four_processes() {
 
 #[test]
 fn producer_writable_region_shows_updates_to_another_process() {
-    common::peer_main(|_, ch| checksum_reader(ch, Policy::read_only_view()));
+    common::peer_main(|_, ch| checksum_reader(ch, Policy::producer_writable()));
     let _serial = common::serial();
-    let mut shared = Region::new(1 << 16).unwrap().share_read_only().unwrap();
+    let mut shared = Region::new(1 << 16).unwrap().seal_producer_writable().unwrap();
     assert!(shared.region().seals().contains(Seals::PRODUCER_WRITABLE));
     let peer = common::spawn_peer(
         "producer_writable_region_shows_updates_to_another_process",

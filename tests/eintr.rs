@@ -57,7 +57,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
             msg.payload() == b"after the storm" && msg.regions().len() == 1
         }),
         "ring" => blocked_on_a_thread(ch, |ch| {
-            let mut rx = Consumer::connect(ch, &RingOptions::default()).unwrap();
+            let mut rx = Consumer::setup(ch, &RingOptions::default()).unwrap();
             let mut buf = Vec::new();
             rx.recv_timeout(&mut buf, T).unwrap();
             buf == b"after the storm"
@@ -110,7 +110,7 @@ fn ring_recv_survives_a_signal_storm() {
     let p = common::spawn_peer("ring_recv_survives_a_signal_storm", "ring");
     let tid = blocked_tid(&p.channel);
     let mut child = p.child;
-    let mut tx = Producer::connect(p.channel, &RingOptions::new(1 << 16)).unwrap();
+    let mut tx = Producer::setup(p.channel, &RingOptions::new(1 << 16)).unwrap();
     // The consumer is now parked (spin briefly, then futex) waiting for the first record.
     std::thread::sleep(Duration::from_millis(20));
     signal_storm(tid);

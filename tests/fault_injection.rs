@@ -82,7 +82,7 @@ fn ring_peer(role: &str, ch: Channel) -> i32 {
         "exit_before_setup" => 0,
         // Publishes 100 records, then dies holding an unpublished batch of 10.
         "die_mid_batch" => {
-            let mut tx = Producer::connect(ch, &RingOptions::new(1 << 16)).unwrap();
+            let mut tx = Producer::setup(ch, &RingOptions::new(1 << 16)).unwrap();
             for i in 0u64..100 {
                 tx.send_timeout(&i.to_le_bytes(), T).unwrap();
             }
@@ -107,7 +107,7 @@ fn ring_setup_with_a_peer_that_is_gone() {
     let peer = common::spawn_peer("ring_setup_with_a_peer_that_is_gone", "exit_before_setup");
     let mut child = peer.child;
     let started = std::time::Instant::now();
-    let err = Producer::connect(peer.channel, &RingOptions::new(1 << 16)).unwrap_err();
+    let err = Producer::setup(peer.channel, &RingOptions::new(1 << 16)).unwrap_err();
     assert!(matches!(err, Error::PeerClosed), "{err:?}");
     assert!(
         started.elapsed() < T,
@@ -131,7 +131,7 @@ fn producer_killed_mid_batch_publishes_nothing_of_it() {
         "die_mid_batch",
     );
     let mut child = peer.child;
-    let mut rx = Consumer::connect(peer.channel, &RingOptions::default()).unwrap();
+    let mut rx = Consumer::setup(peer.channel, &RingOptions::default()).unwrap();
     let mut buf = Vec::new();
     for i in 0u64..100 {
         rx.recv_timeout(&mut buf, T).unwrap();

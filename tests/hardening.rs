@@ -50,14 +50,14 @@ fn every_timeout_accepts_duration_max() {
     // Rings over that connection: setup, then every waiting call.
     let options = RingOptions::new(1 << 12).timeout(MAX);
     let consumer = thread::spawn(move || {
-        let mut rx = Consumer::connect(client_end, &options).unwrap();
+        let mut rx = Consumer::setup(client_end, &options).unwrap();
         let mut out = Vec::new();
         for _ in 0..3 {
             rx.recv_timeout(&mut out, MAX).unwrap();
         }
         out
     });
-    let mut tx = Producer::connect(server_end, &options).unwrap();
+    let mut tx = Producer::setup(server_end, &options).unwrap();
     tx.send_timeout(b"one", MAX).unwrap();
     let mut reservation = tx.reserve_timeout(3, MAX).unwrap();
     reservation.as_mut_slice().copy_from_slice(b"two");
@@ -69,11 +69,11 @@ fn every_timeout_accepts_duration_max() {
 
     let (a, b) = Channel::pair().unwrap();
     let popper = thread::spawn(move || {
-        let mut rx = PodConsumer::<u64>::connect(b, &options).unwrap();
-        rx.pop_timeout(MAX).unwrap()
+        let mut rx = PodConsumer::<u64>::setup(b, &options).unwrap();
+        rx.recv_timeout(MAX).unwrap()
     });
-    let mut tx = PodProducer::<u64>::connect(a, &options).unwrap();
-    tx.push_timeout(7, MAX).unwrap();
+    let mut tx = PodProducer::<u64>::setup(a, &options).unwrap();
+    tx.send_timeout(7, MAX).unwrap();
     assert_eq!(popper.join().unwrap(), 7);
     drop((tx, l));
     let _ = std::fs::remove_dir_all(&dir);
@@ -99,8 +99,8 @@ fn async_connect_and_accept_accept_duration_max() {
         let (server, client) = (server.unwrap(), client.unwrap());
         let options = RingOptions::new(1 << 12).timeout(MAX);
         let (tx, rx) = tokio::join!(
-            AsyncProducer::connect(server.into_inner(), &options),
-            AsyncConsumer::connect(client.into_inner(), &options)
+            AsyncProducer::setup(server.into_inner(), &options),
+            AsyncConsumer::setup(client.into_inner(), &options)
         );
         let (mut tx, mut rx) = (tx.unwrap(), rx.unwrap());
         tx.send(b"async").await.unwrap();

@@ -241,7 +241,7 @@ hostile!(unsealed, IMMUTABLE, Error::MissingSeals { index: 0, missing, have } if
 hostile!(no_shrink, IMMUTABLE, Error::MissingSeals { missing, .. } if *missing == Seals::SHRINK);
 hostile!(no_grow, IMMUTABLE, Error::MissingSeals { missing, .. } if *missing == Seals::GROW);
 hostile!(future_write, IMMUTABLE, Error::MissingSeals { missing, .. } if *missing == Seals::WRITE);
-hostile!(not_sealable, Policy::read_only_view(), Error::MissingSeals { have, .. } if *have == Seals::SEAL);
+hostile!(not_sealable, Policy::producer_writable(), Error::MissingSeals { have, .. } if *have == Seals::SEAL);
 hostile!(regular_file, IMMUTABLE, Error::NotMemfd { reason, .. } if reason.contains("regular file"));
 hostile!(pipe, IMMUTABLE, Error::NotMemfd { reason, .. } if reason.contains("pipe"));
 hostile!(socket, IMMUTABLE, Error::NotMemfd { reason, .. } if reason.contains("socket"));

@@ -81,12 +81,12 @@ fn a_spawned_child_inherits_only_its_channel() {
     let sealed_clone = sealed.try_clone().unwrap();
     let mut unsealed = Region::new(4096).unwrap();
     unsealed.as_mut_slice().unwrap()[0] = 1; // memfd + writable mapping, never sealed
-    let shared = Region::new(4096).unwrap().share_read_only().unwrap();
+    let shared = Region::new(4096).unwrap().seal_producer_writable().unwrap();
     let (a, b) = Channel::pair().unwrap();
     a.send_timeout(b"x", &[&sealed, shared.region()], T)
         .unwrap();
     let received = b
-        .recv_timeout(&Policy::read_only_view().keep_descriptors(true), T)
+        .recv_timeout(&Policy::producer_writable().keep_descriptors(true), T)
         .unwrap();
     let (_, views) = received.into_parts();
     let mut views = views.into_iter();

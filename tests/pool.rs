@@ -19,7 +19,7 @@ use sealpipe::{Channel, Error, Policy, Region};
 const T: Duration = Duration::from_secs(20);
 
 fn policy() -> Policy {
-    Policy::read_only_view()
+    Policy::producer_writable()
 }
 
 /// The pattern of message `i`: its index and length up front, then `i + offset` bytes.
@@ -502,7 +502,7 @@ fn hostile_producer_notices_and_announcements_are_refused() {
         let s = ch.as_fd();
         let mut good = Region::new(64 << 10).unwrap();
         good.write_at(0, b"pool bytes").unwrap();
-        let good = good.share_read_only().unwrap();
+        let good = good.seal_producer_writable().unwrap();
         notice(s, 3, 0, 10, 1); // unknown id
         announce(s, 0, 64 << 10, good.region().as_fd());
         notice(s, 0, 60_000, 8192, 1); // out of range

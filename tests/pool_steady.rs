@@ -62,7 +62,7 @@ impl Loop {
         let (a, b) = Channel::pair().unwrap();
         let pool = Pool::new(PoolOptions::new().max_bytes(4 << 20).slab_len(4 << 20)).unwrap();
         let tx = pool.attach(a).unwrap();
-        let rx = PoolReceiver::new(b, &Policy::read_only_view()).unwrap();
+        let rx = PoolReceiver::new(b, &Policy::producer_writable()).unwrap();
         Loop {
             pool,
             tx,

@@ -90,7 +90,7 @@ fn python_sends_producer_writable_regions_and_keeps_writing() {
     let peer = spawn_python("send-producer-writable");
     let msg = peer
         .channel
-        .recv_timeout(&Policy::read_only_view(), T)
+        .recv_timeout(&Policy::producer_writable(), T)
         .expect("Rust accepts the Python peer's FUTURE_WRITE regions");
     assert_eq!(msg.payload(), b"live");
     let sizes = [8192, 65536 + 7];
@@ -125,7 +125,7 @@ fn python_receives_and_verifies_rust_regions() {
     immutable.write_at(0, &pattern(11, 1 << 20)).unwrap();
     let immutable = immutable.seal().unwrap();
     let shared_len = 12288 + 5;
-    let mut shared = Region::new(shared_len).unwrap().share_read_only().unwrap();
+    let mut shared = Region::new(shared_len).unwrap().seal_producer_writable().unwrap();
     shared
         .as_mut_slice()
         .copy_from_slice(&pattern(12, shared_len));
@@ -253,7 +253,7 @@ fn protocol_md_example_is_what_rust_sends() {
     let immutable = Region::new(4096).unwrap().seal().unwrap();
     let shared = Region::new((1 << 20) + 13)
         .unwrap()
-        .share_read_only()
+        .seal_producer_writable()
         .unwrap();
     peer.channel
         .send_timeout(b"hello", &[&immutable, shared.region()], T)
@@ -289,7 +289,7 @@ fn python_ring_consumer_reads_every_record_and_parks_for_signals() {
     let common::Peer { child, channel } = spawn_python("ring-consumer");
     // Default policy: this side parks on a futex when the ring is full, and the Python
     // consumer must wake it.
-    let mut tx = Producer::connect(channel, &RingOptions::new(4096).timeout(T)).unwrap();
+    let mut tx = Producer::setup(channel, &RingOptions::new(4096).timeout(T)).unwrap();
     for i in 0..RING_RECORDS {
         tx.send_timeout(&ring_record(i), T).unwrap();
         if i % 200 == 199 {
@@ -309,7 +309,7 @@ fn python_ring_consumer_reads_every_record_and_parks_for_signals() {
 #[test]
 fn python_ring_producer_wakes_a_blocking_consumer_by_futex() {
     let common::Peer { child, channel } = spawn_python("ring-producer");
-    let mut rx = Consumer::connect(channel, &RingOptions::default().timeout(T)).unwrap();
+    let mut rx = Consumer::setup(channel, &RingOptions::default().timeout(T)).unwrap();
     let mut out = Vec::new();
     for i in 0..RING_RECORDS {
         rx.recv_timeout(&mut out, T).unwrap();
@@ -339,7 +339,7 @@ fn python_ring_producer_signals_an_async_consumer() {
         .unwrap();
     let parks = rt.block_on(async {
         let options = RingOptions::default().timeout(T);
-        let mut rx = AsyncConsumer::connect(channel, &options).await.unwrap();
+        let mut rx = AsyncConsumer::setup(channel, &options).await.unwrap();
         let mut out = Vec::new();
         for i in 0..RING_RECORDS {
             tokio::time::timeout(T, rx.recv(&mut out))
@@ -395,7 +395,7 @@ fn python_takes_the_producer_side_of_a_pool() {
     let _serial = common::serial();
     let peer = spawn_python("pool-producer");
     let common::Peer { mut child, channel } = peer;
-    let mut rx = PoolReceiver::new(channel, &Policy::read_only_view()).unwrap();
+    let mut rx = PoolReceiver::new(channel, &Policy::producer_writable()).unwrap();
     let mut n = 0;
     loop {
         match rx.recv_timeout(T) {

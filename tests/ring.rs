@@ -88,7 +88,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
         // bytes-producer:<spin>:<count>:<capacity>
         "bytes-producer" => {
             let opts = RingOptions::new(num(3) as usize).spin(spin_policy(arg(1)));
-            let mut tx = Producer::connect(ch, &opts).expect("connect");
+            let mut tx = Producer::setup(ch, &opts).expect("connect");
             let mut scratch = vec![0u8; 65536];
             for i in 0..num(2) {
                 let len = record_len(i);
@@ -107,7 +107,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
         // pod-producer:<spin>:<count>:<capacity>:<batch>[:inplace]
         "pod-producer" => {
             let opts = RingOptions::new(num(3) as usize).spin(spin_policy(arg(1)));
-            let mut tx = PodProducer::<u64>::connect(ch, &opts).expect("connect");
+            let mut tx = PodProducer::<u64>::setup(ch, &opts).expect("connect");
             let batch = num(4).max(1);
             let mut buf = vec![0u64; batch as usize];
             let mut i = 0;
@@ -125,7 +125,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
                     slots.commit(k);
                     i += k as u64;
                 } else if batch == 1 {
-                    tx.push_timeout(i, T).expect("push");
+                    tx.send_timeout(i, T).expect("push");
                     i += 1;
                 } else {
                     let k = batch.min(n - i) as usize;
@@ -134,10 +134,10 @@ fn peer(role: &str, ch: Channel) -> i32 {
                     }
                     let mut done = 0;
                     while done < k {
-                        match tx.try_push_slice(&buf[done..k]) {
+                        match tx.try_send_slice(&buf[done..k]) {
                             Ok(m) => done += m,
                             Err(Error::WouldBlock) => std::hint::spin_loop(),
-                            Err(e) => panic!("push_slice: {e}"),
+                            Err(e) => panic!("send_slice: {e}"),
                         }
                     }
                     i += k as u64;
@@ -148,10 +148,10 @@ fn peer(role: &str, ch: Channel) -> i32 {
         // irregular-producer:<count>: publishes u64s with random pauses (0-40 µs, busy)
         "irregular-producer" => {
             let opts = RingOptions::new(1024).spin(SpinPolicy::Park);
-            let mut tx = PodProducer::<u64>::connect(ch, &opts).expect("connect");
+            let mut tx = PodProducer::<u64>::setup(ch, &opts).expect("connect");
             for i in 0..num(1) {
                 pause(splitmix(i) % 40);
-                tx.push_timeout(i, T).expect("push");
+                tx.send_timeout(i, T).expect("push");
             }
             0
         }
@@ -159,16 +159,16 @@ fn peer(role: &str, ch: Channel) -> i32 {
         // keeps finding the ring full
         "irregular-consumer" => {
             let opts = RingOptions::default().spin(SpinPolicy::Park);
-            let mut rx = PodConsumer::<u64>::connect(ch, &opts).expect("connect");
+            let mut rx = PodConsumer::<u64>::setup(ch, &opts).expect("connect");
             for i in 0..num(1) {
                 pause(splitmix(i) % 40);
-                assert_eq!(rx.pop_timeout(T).expect("pop"), i);
+                assert_eq!(rx.recv_timeout(T).expect("pop"), i);
             }
             0
         }
         // endless-producer: streams until killed
         "endless-producer" => {
-            let mut tx = Producer::connect(ch, &RingOptions::new(1 << 16)).expect("connect");
+            let mut tx = Producer::setup(ch, &RingOptions::new(1 << 16)).expect("connect");
             let mut i = 0u64;
             loop {
                 let _ = tx.send_timeout(&i.to_le_bytes(), T);
@@ -177,7 +177,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
         }
         // sleepy-consumer: connects and never reads
         "sleepy-consumer" => {
-            let _rx = Consumer::connect(ch, &RingOptions::default()).expect("connect");
+            let _rx = Consumer::setup(ch, &RingOptions::default()).expect("connect");
             std::thread::sleep(Duration::from_secs(60));
             0
         }
@@ -234,7 +234,7 @@ fn stream_bytes_with(test: &str, spin: &str, count: u64, batched: bool) {
     let p = common::spawn_peer(test, &format!("bytes-producer:{spin}:{count}:{cap}"));
     let Peer2 { peer, channel } = split(p);
     let opts = RingOptions::default().spin(spin_policy(spin));
-    let mut rx = Consumer::connect(channel, &opts).unwrap();
+    let mut rx = Consumer::setup(channel, &opts).unwrap();
     assert_eq!(rx.capacity(), cap);
     let mut buf = Vec::new();
     let mut i = 0;
@@ -289,12 +289,12 @@ fn stream_pod_with(test: &str, spin: &str, count: u64, batch: u64, mode: &str) {
     );
     let Peer2 { peer, channel } = split(p);
     let opts = RingOptions::default().spin(spin_policy(spin));
-    let mut rx = PodConsumer::<u64>::connect(channel, &opts).unwrap();
+    let mut rx = PodConsumer::<u64>::setup(channel, &opts).unwrap();
     let mut buf = vec![0u64; 256];
     let mut next = 0u64;
     let deadline = Instant::now() + T * 4;
     while next < count {
-        match rx.try_pop_slice(&mut buf) {
+        match rx.try_recv_slice(&mut buf) {
             Ok(n) => {
                 for &v in &buf[..n] {
                     assert_eq!(v, next, "item out of sequence");
@@ -305,7 +305,7 @@ fn stream_pod_with(test: &str, spin: &str, count: u64, batch: u64, mode: &str) {
                 assert!(Instant::now() < deadline, "stream stalled at {next}");
                 // Blocking mode waits for the next item through the ring's own wait.
                 if spin != "spin" {
-                    let v = rx.pop_timeout(T).unwrap();
+                    let v = rx.recv_timeout(T).unwrap();
                     assert_eq!(v, next);
                     next += 1;
                 }
@@ -313,7 +313,7 @@ fn stream_pod_with(test: &str, spin: &str, count: u64, batch: u64, mode: &str) {
             Err(e) => panic!("pop at {next}: {e}"),
         }
     }
-    assert!(matches!(rx.pop_timeout(T), Err(Error::PeerClosed)));
+    assert!(matches!(rx.recv_timeout(T), Err(Error::PeerClosed)));
     assert_eq!(peer.wait(), 0);
 }
 
@@ -444,9 +444,9 @@ fn parked_consumer_never_misses_a_wakeup() {
         &format!("irregular-producer:{n}"),
     ));
     let opts = RingOptions::default().spin(SpinPolicy::Park);
-    let mut rx = PodConsumer::<u64>::connect(p.channel, &opts).unwrap();
+    let mut rx = PodConsumer::<u64>::setup(p.channel, &opts).unwrap();
     for i in 0..n {
-        assert_eq!(rx.pop_timeout(T).unwrap(), i);
+        assert_eq!(rx.recv_timeout(T).unwrap(), i);
     }
     let stats = rx.stats();
     eprintln!("consumer: {stats:?} over {n} items");
@@ -471,9 +471,9 @@ fn parked_producer_never_misses_a_wakeup() {
         &format!("irregular-consumer:{n}"),
     ));
     let opts = RingOptions::new(16).spin(SpinPolicy::Park);
-    let mut tx = PodProducer::<u64>::connect(p.channel, &opts).unwrap();
+    let mut tx = PodProducer::<u64>::setup(p.channel, &opts).unwrap();
     for i in 0..n {
-        tx.push_timeout(i, T).unwrap();
+        tx.send_timeout(i, T).unwrap();
     }
     let stats = tx.stats();
     eprintln!("producer: {stats:?} over {n} items");
@@ -501,7 +501,7 @@ fn consumer_survives_producer_killed_mid_stream() {
         "endless-producer",
     ));
     let mut rx =
-        Consumer::connect(p.channel, &RingOptions::default().spin(SpinPolicy::Park)).unwrap();
+        Consumer::setup(p.channel, &RingOptions::default().spin(SpinPolicy::Park)).unwrap();
     let mut buf = Vec::new();
     for i in 0..10_000u64 {
         rx.recv_timeout(&mut buf, T).unwrap();
@@ -532,7 +532,7 @@ fn try_calls_notice_a_dead_peer() {
         "try_calls_notice_a_dead_peer",
         "endless-producer",
     ));
-    let mut rx = Consumer::connect(p.channel, &RingOptions::default()).unwrap();
+    let mut rx = Consumer::setup(p.channel, &RingOptions::default()).unwrap();
     let mut buf = Vec::new();
     rx.recv_timeout(&mut buf, T).unwrap();
     p.peer.kill();
@@ -554,7 +554,7 @@ fn try_calls_notice_a_dead_peer() {
         "try_calls_notice_a_dead_peer",
         "sleepy-consumer",
     ));
-    let mut tx = Producer::connect(p.channel, &RingOptions::new(4096)).unwrap();
+    let mut tx = Producer::setup(p.channel, &RingOptions::new(4096)).unwrap();
     while tx.try_send(&[7u8; 100]).is_ok() {}
     p.peer.kill();
     let start = Instant::now();
@@ -582,9 +582,9 @@ fn the_peer_index_is_reloaded_only_when_the_cached_copy_runs_out() {
     let (a, b) = Channel::pair().unwrap();
     let spin = SpinPolicy::Spin;
     let t = std::thread::spawn(move || {
-        Consumer::connect(b, &RingOptions::default().spin(spin)).unwrap()
+        Consumer::setup(b, &RingOptions::default().spin(spin)).unwrap()
     });
-    let mut tx = Producer::connect(a, &RingOptions::new(1024).spin(spin)).unwrap();
+    let mut tx = Producer::setup(a, &RingOptions::new(1024).spin(spin)).unwrap();
     let mut rx = t.join().unwrap();
     for i in 0..10u8 {
         tx.try_send(&[i; 24]).unwrap(); // 32 bytes each with the header
@@ -631,7 +631,7 @@ fn producer_blocked_on_a_full_ring_survives_consumer_killed() {
         "producer_blocked_on_a_full_ring_survives_consumer_killed",
         "sleepy-consumer",
     ));
-    let mut tx = Producer::connect(p.channel, &RingOptions::new(4096)).unwrap();
+    let mut tx = Producer::setup(p.channel, &RingOptions::new(4096)).unwrap();
     while tx.try_send(&[7u8; 100]).is_ok() {}
     assert!(matches!(
         tx.send_timeout(&[7u8; 100], Duration::from_millis(50)),
@@ -670,9 +670,9 @@ fn hostile_producer(ch: Channel, mode: &str, seed: u64) -> i32 {
         h[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
     region.write_at(0, &h).unwrap();
-    let mut shared = region.share_read_only().unwrap();
+    let mut shared = region.seal_producer_writable().unwrap();
     ch.send(b"sealpipe ring v1", &[shared.region()]).unwrap();
-    let ack = ch.recv_timeout(&Policy::read_only_view(), T).unwrap();
+    let ack = ch.recv_timeout(&Policy::producer_writable(), T).unwrap();
     let ack = &ack.regions()[0];
     let mem = shared.as_mut_slice();
     let put32 =
@@ -736,7 +736,7 @@ fn victim_consumer(test: &str, mode: &str, seed: u64) -> (u64, u64, u64) {
         test,
         &format!("hostile-producer:{mode}:{seed}"),
     ));
-    let mut rx = Consumer::connect(p.channel, &RingOptions::default()).unwrap();
+    let mut rx = Consumer::setup(p.channel, &RingOptions::default()).unwrap();
     let (mut ok, mut corrupt, mut timeouts) = (0, 0, 0);
     let mut buf = Vec::new();
     let until = Instant::now() + Duration::from_secs(2);
@@ -801,7 +801,7 @@ fn hostile_producer_cannot_crash_or_hang_the_consumer() {
 
 /// A consumer that scribbles over its read index and wait word.
 fn hostile_consumer(ch: Channel, seed: u64) -> i32 {
-    let msg = ch.recv_timeout(&Policy::read_only_view(), T).unwrap();
+    let msg = ch.recv_timeout(&Policy::producer_writable(), T).unwrap();
     assert_eq!(msg.regions().len(), 1);
     let mut region = Region::new(layout::CONTROL_LEN).unwrap();
     let mut h = [0u8; 64];
@@ -815,7 +815,7 @@ fn hostile_consumer(ch: Channel, seed: u64) -> i32 {
         h[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
     region.write_at(0, &h).unwrap();
-    let mut shared = region.share_read_only().unwrap();
+    let mut shared = region.seal_producer_writable().unwrap();
     ch.send(b"sealpipe ring v1", &[shared.region()]).unwrap();
     let mem = shared.as_mut_slice();
     let end = Instant::now() + Duration::from_millis(700);
@@ -847,7 +847,7 @@ fn hostile_consumer_cannot_crash_or_hang_the_producer() {
             test,
             &format!("hostile-consumer:{seed}"),
         ));
-        let mut tx = Producer::connect(p.channel, &RingOptions::new(4096)).unwrap();
+        let mut tx = Producer::setup(p.channel, &RingOptions::new(4096)).unwrap();
         let until = Instant::now() + Duration::from_secs(2);
         while Instant::now() < until {
             let wait = Duration::from_millis(30);
@@ -875,7 +875,7 @@ fn hostile_consumer_cannot_crash_or_hang_the_producer() {
 
 // ----------------------------------------------------------------- setup validation
 
-/// Sends a hand-made producer memfd and returns what `Consumer::connect` says about it.
+/// Sends a hand-made producer memfd and returns what `Consumer::setup` says about it.
 fn connect_to_forged(cap: u32, len: usize, edit: impl FnOnce(&mut [u8; 64])) -> Error {
     let (a, b) = Channel::pair().unwrap();
     let mut region = Region::new(len).unwrap();
@@ -894,10 +894,10 @@ fn connect_to_forged(cap: u32, len: usize, edit: impl FnOnce(&mut [u8; 64])) -> 
     }
     edit(&mut h);
     region.write_at(0, &h).unwrap();
-    let shared = region.share_read_only().unwrap();
+    let shared = region.seal_producer_writable().unwrap();
     a.send(b"sealpipe ring v1", &[shared.region()]).unwrap();
     let opts = RingOptions::default().timeout(Duration::from_millis(100));
-    Consumer::connect(b, &opts).unwrap_err()
+    Consumer::setup(b, &opts).unwrap_err()
 }
 
 #[test]
@@ -942,7 +942,7 @@ fn consumer_validates_the_ring_header() {
     a.send(b"x", &[]).unwrap();
     let opts = RingOptions::default().timeout(Duration::from_millis(100));
     assert!(matches!(
-        Consumer::connect(b, &opts),
+        Consumer::setup(b, &opts),
         Err(Error::RingMismatch { .. })
     ));
     drop(a);
@@ -950,12 +950,12 @@ fn consumer_validates_the_ring_header() {
     let (a, b) = Channel::pair().unwrap();
     std::thread::scope(|s| {
         s.spawn(move || {
-            let _ = Producer::connect(
+            let _ = Producer::setup(
                 a,
                 &RingOptions::new(4096).timeout(Duration::from_millis(300)),
             );
         });
-        let r = PodConsumer::<u64>::connect(b, &opts);
+        let r = PodConsumer::<u64>::setup(b, &opts);
         assert!(matches!(r, Err(Error::RingMismatch { .. })), "{r:?}");
     });
     assert_eq!(
@@ -972,13 +972,13 @@ fn producer_validates_its_options_and_record_sizes() {
     let _serial = common::serial();
     let (a, _b) = Channel::pair().unwrap();
     assert!(matches!(
-        Producer::connect(a, &RingOptions::new(1000)),
+        Producer::setup(a, &RingOptions::new(1000)),
         Err(Error::InvalidCapacity { .. })
     ));
     let (a, b) = Channel::pair().unwrap();
     std::thread::scope(|s| {
-        let h = s.spawn(move || Consumer::connect(b, &RingOptions::default()).unwrap());
-        let mut tx = Producer::connect(a, &RingOptions::new(256)).unwrap();
+        let h = s.spawn(move || Consumer::setup(b, &RingOptions::default()).unwrap());
+        let mut tx = Producer::setup(a, &RingOptions::new(256)).unwrap();
         let mut rx = h.join().unwrap();
         assert_eq!(tx.max_record_len(), 120);
         assert!(matches!(

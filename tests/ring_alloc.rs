@@ -65,14 +65,14 @@ fn peer(role: &str, ch: Channel) -> i32 {
     let opts = RingOptions::new(1 << 16).spin(SpinPolicy::default());
     match role {
         "producer" => {
-            let mut tx = Producer::connect(ch, &opts).unwrap();
+            let mut tx = Producer::setup(ch, &opts).unwrap();
             for i in 0..2 * N {
                 tx.send_timeout(&[i as u8; 64], T).unwrap();
             }
             0
         }
         "consumer" => {
-            let mut rx = Consumer::connect(ch, &opts).unwrap();
+            let mut rx = Consumer::setup(ch, &opts).unwrap();
             let mut buf = Vec::new();
             for _ in 0..2 * N {
                 rx.recv_timeout(&mut buf, T).unwrap();
@@ -80,9 +80,9 @@ fn peer(role: &str, ch: Channel) -> i32 {
             0
         }
         "pod-consumer" => {
-            let mut rx = PodConsumer::<u64>::connect(ch, &opts).unwrap();
+            let mut rx = PodConsumer::<u64>::setup(ch, &opts).unwrap();
             for i in 0..2 * N {
-                assert_eq!(rx.pop_timeout(T).unwrap(), i);
+                assert_eq!(rx.recv_timeout(T).unwrap(), i);
             }
             0
         }
@@ -94,7 +94,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
 fn receiving_allocates_nothing_per_record() {
     common::peer_main(peer);
     let p = common::spawn_peer("receiving_allocates_nothing_per_record", "producer");
-    let mut rx = Consumer::connect(p.channel, &RingOptions::default()).unwrap();
+    let mut rx = Consumer::setup(p.channel, &RingOptions::default()).unwrap();
     let mut buf = Vec::new();
     // Warm-up: the receive buffer grows to the record size once.
     for _ in 0..N {
@@ -127,7 +127,7 @@ fn sending_allocates_nothing_per_record() {
     for role in ["consumer", "pod-consumer"] {
         let p = common::spawn_peer("sending_allocates_nothing_per_record", role);
         let allocs = if role == "consumer" {
-            let mut tx = Producer::connect(p.channel, &RingOptions::new(1 << 16)).unwrap();
+            let mut tx = Producer::setup(p.channel, &RingOptions::new(1 << 16)).unwrap();
             for i in 0..N {
                 tx.send_timeout(&[i as u8; 64], T).unwrap();
             }
@@ -140,13 +140,13 @@ fn sending_allocates_nothing_per_record() {
             })
         } else {
             let mut tx =
-                PodProducer::<u64>::connect(p.channel, &RingOptions::new(1 << 12)).unwrap();
+                PodProducer::<u64>::setup(p.channel, &RingOptions::new(1 << 12)).unwrap();
             for i in 0..N {
-                tx.push_timeout(i, T).unwrap();
+                tx.send_timeout(i, T).unwrap();
             }
             allocations_in(|| {
                 for i in N..2 * N {
-                    tx.push_timeout(i, T).unwrap();
+                    tx.send_timeout(i, T).unwrap();
                 }
             })
         };

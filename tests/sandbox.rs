@@ -245,7 +245,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
         }
         "regions" => {
             enter(Sandbox::worker());
-            let policy = Policy::read_only_view().max_region_len(1 << 26);
+            let policy = Policy::producer_writable().max_region_len(1 << 26);
             let msg = ch.recv_timeout(&policy, TIMEOUT).expect("recv");
             let sum = checksum(msg.regions()[0].as_bytes().expect("as_bytes"));
             let mut copy = vec![0u8; msg.regions()[1].len()];
@@ -268,7 +268,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
                 SpinPolicy::Park
             };
             let opts = RingOptions::new(1 << 12).spin(spin).timeout(TIMEOUT);
-            let mut rx = Consumer::connect(ch, &opts).expect("connect");
+            let mut rx = Consumer::setup(ch, &opts).expect("connect");
             let mut buf = Vec::new();
             for i in 0..RECORDS {
                 rx.recv_timeout(&mut buf, TIMEOUT).expect("recv");
@@ -284,7 +284,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
             let opts = RingOptions::new(1 << 10)
                 .spin(SpinPolicy::Park)
                 .timeout(TIMEOUT);
-            let mut tx = Producer::connect(ch, &opts).expect("connect");
+            let mut tx = Producer::setup(ch, &opts).expect("connect");
             for i in 0..RECORDS {
                 tx.send_timeout(&record(i), TIMEOUT).expect("send");
             }
@@ -529,7 +529,7 @@ fn regions_are_received_verified_and_answered_inside() {
     let mut big = Region::new(data.len()).unwrap();
     big.write_at(0, &data).unwrap();
     let big = big.seal().unwrap();
-    let mut shared = Region::new(1 << 16).unwrap().share_read_only().unwrap();
+    let mut shared = Region::new(1 << 16).unwrap().seal_producer_writable().unwrap();
     shared.as_mut_slice().fill(0x5a);
     let small = vec![0x5au8; 1 << 16];
     peer.channel
@@ -549,7 +549,7 @@ fn regions_are_received_verified_and_answered_inside() {
 fn ring_consumer(test: &str, role: &str) {
     let peer = common::spawn_peer(test, role);
     let common::Peer { mut child, channel } = peer;
-    let mut tx = Producer::connect(channel, &RingOptions::new(1 << 12).timeout(TIMEOUT))
+    let mut tx = Producer::setup(channel, &RingOptions::new(1 << 12).timeout(TIMEOUT))
         .expect("connect to the sandboxed consumer");
     for i in 0..RECORDS {
         tx.send_timeout(&record(i), TIMEOUT).expect("send");
@@ -581,7 +581,7 @@ fn ring_parking_consumer_works_inside() {
 fn ring_parking_producer_works_inside() {
     let peer = common::spawn_peer("ring_parking_producer_works_inside", "ring_producer_park");
     let common::Peer { mut child, channel } = peer;
-    let mut rx = Consumer::connect(channel, &RingOptions::new(1 << 10).timeout(TIMEOUT))
+    let mut rx = Consumer::setup(channel, &RingOptions::new(1 << 10).timeout(TIMEOUT))
         .expect("connect to the sandboxed producer");
     let mut buf = Vec::new();
     for i in 0..RECORDS {

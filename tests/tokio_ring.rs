@@ -41,7 +41,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
     match role {
         // Sends RECORDS records, pausing now and then so that the consumer parks.
         "producer" => {
-            let mut tx = Producer::connect(ch, &small()).unwrap();
+            let mut tx = Producer::setup(ch, &small()).unwrap();
             for seq in 0..RECORDS {
                 tx.send_timeout(&record(seq), T).unwrap();
                 if seq % 100 == 0 {
@@ -54,7 +54,7 @@ fn peer(role: &str, ch: Channel) -> i32 {
         // only record, and exits: the socket outlives the producer.
         "leaking_producer" => {
             rustix::io::fcntl_setfd(&ch, rustix::io::FdFlags::empty()).unwrap();
-            let mut tx = Producer::connect(ch, &small()).unwrap();
+            let mut tx = Producer::setup(ch, &small()).unwrap();
             #[allow(clippy::zombie_processes)] // we exit; init reaps the grandchild
             let grandchild = std::process::Command::new("sleep")
                 .arg("30")
@@ -66,14 +66,14 @@ fn peer(role: &str, ch: Channel) -> i32 {
         }
         // Connects, then never sends.
         "silent_producer" => {
-            let _tx = Producer::connect(ch, &small()).unwrap();
+            let _tx = Producer::setup(ch, &small()).unwrap();
             std::thread::sleep(Duration::from_secs(60));
             0
         }
         // Reads until an empty record, pausing now and then so that the producer parks;
         // records must be numbered 0, 1, 2, ... Exit code 0 if so.
         "consumer" => {
-            let mut rx = Consumer::connect(ch, &small()).unwrap();
+            let mut rx = Consumer::setup(ch, &small()).unwrap();
             let mut out = Vec::new();
             let mut next = 0u64;
             loop {
@@ -153,7 +153,7 @@ fn async_consumer_blocking_producer_current_thread() {
     );
     let baseline = common::fd_count();
     let parks = current_thread().block_on(async {
-        let mut rx = AsyncConsumer::connect(p.channel, &small()).await.unwrap();
+        let mut rx = AsyncConsumer::setup(p.channel, &small()).await.unwrap();
         receive_all(&mut rx, false).await
     });
     assert!(
@@ -177,7 +177,7 @@ fn cancelled_async_receives_lose_nothing_multi_thread() {
     );
     let baseline = common::fd_count();
     multi_thread().block_on(async {
-        let mut rx = AsyncConsumer::connect(p.channel, &small()).await.unwrap();
+        let mut rx = AsyncConsumer::setup(p.channel, &small()).await.unwrap();
         receive_all(&mut rx, true).await;
     });
     assert!(
@@ -196,7 +196,7 @@ fn async_producer_blocking_consumer_with_cancelled_sends() {
         "consumer",
     );
     let (sent, cancelled, parks) = multi_thread().block_on(async {
-        let mut tx = AsyncProducer::connect(p.channel, &small()).await.unwrap();
+        let mut tx = AsyncProducer::setup(p.channel, &small()).await.unwrap();
         let (mut seq, mut cancelled) = (0u64, 0u64);
         while seq < RECORDS {
             // Tiny deadlines: a dropped send must have sent the whole record or nothing, so
@@ -230,7 +230,7 @@ fn peer_death_ends_an_async_wait() {
     let p = common::spawn_peer("peer_death_ends_an_async_wait", "silent_producer");
     let pid = rustix::process::Pid::from_raw(p.pid() as i32).unwrap();
     let err = current_thread().block_on(async {
-        let mut rx = AsyncConsumer::connect(p.channel, &small()).await.unwrap();
+        let mut rx = AsyncConsumer::setup(p.channel, &small()).await.unwrap();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
             rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
@@ -256,7 +256,7 @@ fn a_spawned_producer_exiting_ends_the_wait_even_if_its_socket_lives_on() {
         let p = common::spawn_peer(test, "leaking_producer");
         let (grandchild, err) = if is_async {
             current_thread().block_on(async {
-                let mut rx = AsyncConsumer::connect(p.channel, &small()).await.unwrap();
+                let mut rx = AsyncConsumer::setup(p.channel, &small()).await.unwrap();
                 let mut out = Vec::new();
                 timeout(T, rx.recv(&mut out)).await.unwrap().unwrap();
                 let err = timeout(T, rx.recv(&mut out))
@@ -266,7 +266,7 @@ fn a_spawned_producer_exiting_ends_the_wait_even_if_its_socket_lives_on() {
                 (out, err)
             })
         } else {
-            let mut rx = Consumer::connect(p.channel, &small()).unwrap();
+            let mut rx = Consumer::setup(p.channel, &small()).unwrap();
             let mut out = Vec::new();
             rx.recv_timeout(&mut out, T).unwrap();
             let err = rx.recv_timeout(&mut out, T).unwrap_err();
@@ -294,8 +294,8 @@ fn async_pod_ring_both_sides_async_in_one_runtime() {
         let options = RingOptions::new(64).spin(SpinPolicy::Park).timeout(T);
         let (tx_stats, rx_stats) = rt.block_on(async {
             let (tx, rx) = tokio::join!(
-                AsyncPodProducer::<u64>::connect(a, &options),
-                AsyncPodConsumer::<u64>::connect(b, &options),
+                AsyncPodProducer::<u64>::setup(a, &options),
+                AsyncPodConsumer::<u64>::setup(b, &options),
             );
             let (mut tx, mut rx) = (tx.unwrap(), rx.unwrap());
             let producer = tokio::spawn(async move {
@@ -306,7 +306,7 @@ fn async_pod_ring_both_sides_async_in_one_runtime() {
                         tx.push(items[sent]).await.unwrap();
                         sent += 1;
                     } else {
-                        sent += tx.push_slice(&items[sent..]).await.unwrap();
+                        sent += tx.send_slice(&items[sent..]).await.unwrap();
                     }
                 }
                 tx.get_mut().stats()
@@ -318,7 +318,7 @@ fn async_pod_ring_both_sides_async_in_one_runtime() {
                     assert_eq!(timeout(T, rx.pop()).await.unwrap().unwrap(), next);
                     next += 1;
                 } else {
-                    let n = timeout(T, rx.pop_slice(&mut buf)).await.unwrap().unwrap();
+                    let n = timeout(T, rx.recv_slice(&mut buf)).await.unwrap().unwrap();
                     for (i, item) in buf[..n].iter().enumerate() {
                         assert_eq!(*item, next + i as u64);
                     }
@@ -353,14 +353,14 @@ fn many_rings_share_one_thread() {
                 .spin(policies[i as usize % 3])
                 .timeout(T);
             tasks.spawn(async move {
-                let mut tx = AsyncProducer::connect(a, &options).await.unwrap();
+                let mut tx = AsyncProducer::setup(a, &options).await.unwrap();
                 for seq in 0..500 {
                     tx.send(&record(seq * i)).await.unwrap();
                 }
                 0u64
             });
             tasks.spawn(async move {
-                let mut rx = AsyncConsumer::connect(b, &options).await.unwrap();
+                let mut rx = AsyncConsumer::setup(b, &options).await.unwrap();
                 let (mut out, mut n) = (Vec::new(), 0u64);
                 loop {
                     match rx.recv(&mut out).await {
@@ -389,13 +389,13 @@ fn an_idle_async_consumer_parks_once() {
     let (a, b) = Channel::pair().unwrap();
     let options = RingOptions::new(1024).timeout(T);
     let producer = std::thread::spawn(move || {
-        let mut tx = Producer::connect(a, &options).unwrap();
+        let mut tx = Producer::setup(a, &options).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         tx.send_timeout(b"late", T).unwrap();
         tx.stats()
     });
     let parks = current_thread().block_on(async {
-        let mut rx = AsyncConsumer::connect(b, &options).await.unwrap();
+        let mut rx = AsyncConsumer::setup(b, &options).await.unwrap();
         let mut out = Vec::new();
         timeout(T, rx.recv(&mut out)).await.unwrap().unwrap();
         assert_eq!(out, b"late");
@@ -415,8 +415,8 @@ fn signals_carrying_descriptors_are_discarded() {
     let hostile = rustix::io::fcntl_dupfd_cloexec(&a, 0).unwrap();
     let options = RingOptions::new(1024).spin(SpinPolicy::Park).timeout(T);
     let rt = current_thread();
-    let producer = std::thread::spawn(move || Producer::connect(a, &options).unwrap());
-    let mut rx = rt.block_on(AsyncConsumer::connect(b, &options)).unwrap();
+    let producer = std::thread::spawn(move || Producer::setup(a, &options).unwrap());
+    let mut rx = rt.block_on(AsyncConsumer::setup(b, &options)).unwrap();
     let mut tx = producer.join().unwrap();
     let baseline = common::fd_count();
     let flood = std::thread::spawn(move || {
@@ -465,8 +465,8 @@ fn outside_a_runtime_is_an_error_not_a_panic() {
     let _serial = common::serial();
     let (a, b) = Channel::pair().unwrap();
     let options = RingOptions::new(1024).timeout(T);
-    let producer = std::thread::spawn(move || Producer::connect(a, &options).unwrap());
-    let rx = Consumer::connect(b, &options).unwrap();
+    let producer = std::thread::spawn(move || Producer::setup(a, &options).unwrap());
+    let rx = Consumer::setup(b, &options).unwrap();
     let _tx = producer.join().unwrap();
     assert!(matches!(AsyncConsumer::new(rx), Err(Error::Io { .. })));
 }

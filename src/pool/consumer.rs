@@ -95,7 +95,7 @@ impl RxShared {
 impl PoolReceiver {
     /// Wraps the consumer's end of a channel whose producer [attached](crate::pool::Pool::attach)
     /// the other end to a pool. Every announced memfd is verified against `policy` (which
-    /// must accept `FUTURE_WRITE` regions, as [`Policy::read_only_view`] does) and counted
+    /// must accept `FUTURE_WRITE` regions, as [`Policy::producer_writable`] does) and counted
     /// against its [`Policy::max_pool_memfds`] and [`Policy::max_pool_bytes`].
     ///
     /// # Errors

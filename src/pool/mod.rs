@@ -18,7 +18,7 @@
 //! let (a, b) = Channel::pair()?; // or sealpipe::spawn for a worker process
 //! let pool = Pool::new(PoolOptions::new().max_bytes(64 << 20))?;
 //! let tx = pool.attach(a)?;
-//! let mut rx = PoolReceiver::new(b, &Policy::read_only_view())?;
+//! let mut rx = PoolReceiver::new(b, &Policy::producer_writable())?;
 //!
 //! let mut lease = pool.lease(1 << 20)?;     // a writable buffer of 1 MiB
 //! lease.write_all(b"frame 0")?;
@@ -72,7 +72,7 @@
 //!
 //! [`PoolReceiver::recv`] verifies each announced memfd once against the receiver's
 //! [`Policy`](crate::Policy) (which must accept `FUTURE_WRITE` regions:
-//! [`Policy::read_only_view`](crate::Policy::read_only_view)), caps how many memfds and bytes
+//! [`Policy::producer_writable`](crate::Policy::producer_writable)), caps how many memfds and bytes
 //! one producer may make it map ([`Policy::max_pool_memfds`](crate::Policy::max_pool_memfds),
 //! [`Policy::max_pool_bytes`](crate::Policy::max_pool_bytes)), and checks every notice
 //! (known memfd, range inside it, generation above the last) before anything is read.

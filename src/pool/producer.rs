@@ -380,7 +380,7 @@ impl Pool {
             return Ok(None);
         }
         let memfd_len = buffers * class;
-        let (map, region) = Region::new(memfd_len)?.share_read_only()?.into_parts();
+        let (map, region) = Region::new(memfd_len)?.seal_producer_writable()?.into_parts();
         let id = st.memfds.len();
         let first_slot = st.slots.len();
         st.memfds.push(Arc::new(Memfd {

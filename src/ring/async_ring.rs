@@ -284,8 +284,8 @@ async fn consumer_setup_async(
 /// let (a, b) = sealpipe::Channel::pair()?;
 /// let options = RingOptions::new(1 << 16);
 /// let (tx, rx) = tokio::join!(
-///     AsyncProducer::connect(a, &options),
-///     AsyncConsumer::connect(b, &options),
+///     AsyncProducer::setup(a, &options),
+///     AsyncConsumer::setup(b, &options),
 /// );
 /// let (mut tx, mut rx) = (tx?, rx?);
 /// tx.send(b"hello").await?;
@@ -301,16 +301,16 @@ pub struct AsyncProducer {
 }
 
 impl AsyncProducer {
-    /// As [`Producer::connect`], awaiting the consumer (async or blocking) within
+    /// As [`Producer::setup`], awaiting the consumer (async or blocking) within
     /// `options`' timeout.
     ///
     /// # Errors
-    /// As [`Producer::connect`]; [`Error::Io`] outside a tokio runtime.
+    /// As [`Producer::setup`]; [`Error::Io`] outside a tokio runtime.
     ///
     /// # Cancel safety
     /// Dropping the future abandons the setup: the channel is closed and the consumer's
     /// `connect` fails.
-    pub async fn connect(channel: Channel, options: &RingOptions) -> Result<AsyncProducer> {
+    pub async fn setup(channel: Channel, options: &RingOptions) -> Result<AsyncProducer> {
         let (link, cap, flags) = producer_setup_async(channel, options, BYTES).await?;
         AsyncProducer::new(Producer::from_link(link, cap, flags))
     }
@@ -386,16 +386,16 @@ pub struct AsyncConsumer {
 }
 
 impl AsyncConsumer {
-    /// As [`Consumer::connect`], awaiting the producer (async or blocking) within
+    /// As [`Consumer::setup`], awaiting the producer (async or blocking) within
     /// `options`' timeout.
     ///
     /// # Errors
-    /// As [`Consumer::connect`]; [`Error::Io`] outside a tokio runtime.
+    /// As [`Consumer::setup`]; [`Error::Io`] outside a tokio runtime.
     ///
     /// # Cancel safety
     /// Dropping the future abandons the setup: the channel is closed and the producer's
     /// `connect` fails.
-    pub async fn connect(channel: Channel, options: &RingOptions) -> Result<AsyncConsumer> {
+    pub async fn setup(channel: Channel, options: &RingOptions) -> Result<AsyncConsumer> {
         let (link, cap, flags) = consumer_setup_async(channel, options, BYTES).await?;
         AsyncConsumer::new(Consumer::from_link(link, cap, flags))
     }
@@ -463,14 +463,14 @@ pub struct AsyncPodProducer<T: bytemuck::Pod> {
 }
 
 impl<T: bytemuck::Pod> AsyncPodProducer<T> {
-    /// As [`PodProducer::connect`], awaiting the consumer within `options`' timeout.
+    /// As [`PodProducer::setup`], awaiting the consumer within `options`' timeout.
     ///
     /// # Errors
-    /// As [`PodProducer::connect`]; [`Error::Io`] outside a tokio runtime.
+    /// As [`PodProducer::setup`]; [`Error::Io`] outside a tokio runtime.
     ///
     /// # Cancel safety
     /// Dropping the future abandons the setup.
-    pub async fn connect(channel: Channel, options: &RingOptions) -> Result<AsyncPodProducer<T>> {
+    pub async fn setup(channel: Channel, options: &RingOptions) -> Result<AsyncPodProducer<T>> {
         let kind = pod_kind::<T>()?;
         let (link, cap, flags) = producer_setup_async(channel, options, kind).await?;
         AsyncPodProducer::new(PodProducer::from_link(link, cap, flags))
@@ -528,7 +528,7 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped future pushed nothing.
-    pub async fn push_slice(&mut self, items: &[T]) -> Result<usize> {
+    pub async fn send_slice(&mut self, items: &[T]) -> Result<usize> {
         loop {
             match self.inner.attempt_push_slice(items)? {
                 Ok(n) => return Ok(n),
@@ -552,14 +552,14 @@ pub struct AsyncPodConsumer<T: bytemuck::Pod> {
 }
 
 impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
-    /// As [`PodConsumer::connect`], awaiting the producer within `options`' timeout.
+    /// As [`PodConsumer::setup`], awaiting the producer within `options`' timeout.
     ///
     /// # Errors
-    /// As [`PodConsumer::connect`]; [`Error::Io`] outside a tokio runtime.
+    /// As [`PodConsumer::setup`]; [`Error::Io`] outside a tokio runtime.
     ///
     /// # Cancel safety
     /// Dropping the future abandons the setup.
-    pub async fn connect(channel: Channel, options: &RingOptions) -> Result<AsyncPodConsumer<T>> {
+    pub async fn setup(channel: Channel, options: &RingOptions) -> Result<AsyncPodConsumer<T>> {
         let kind = pod_kind::<T>()?;
         let (link, cap, flags) = consumer_setup_async(channel, options, kind).await?;
         AsyncPodConsumer::new(PodConsumer::from_link(link, cap, flags))
@@ -618,7 +618,7 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
     ///
     /// # Cancel safety
     /// Cancel safe: items are taken only in the poll that returns them.
-    pub async fn pop_slice(&mut self, out: &mut [T]) -> Result<usize> {
+    pub async fn recv_slice(&mut self, out: &mut [T]) -> Result<usize> {
         loop {
             match self.inner.attempt_pop_slice(out)? {
                 Ok(n) => return Ok(n),

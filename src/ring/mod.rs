@@ -8,12 +8,12 @@
 //!
 //! let (a, b) = sealpipe::Channel::pair()?; // or sealpipe::spawn for another process
 //! let consumer = std::thread::spawn(move || -> sealpipe::Result<Vec<u8>> {
-//!     let mut rx = Consumer::connect(b, &RingOptions::default())?;
+//!     let mut rx = Consumer::setup(b, &RingOptions::default())?;
 //!     let mut record = Vec::new();
 //!     rx.recv_timeout(&mut record, Duration::from_secs(5))?;
 //!     Ok(record)
 //! });
-//! let mut tx = Producer::connect(a, &RingOptions::new(1 << 20))?;
+//! let mut tx = Producer::setup(a, &RingOptions::new(1 << 20))?;
 //! tx.send_timeout(b"hello", Duration::from_secs(5))?;
 //! assert_eq!(consumer.join().unwrap()?, b"hello");
 //! # Ok(()) }
@@ -30,7 +30,7 @@
 //! - the **consumer's** memfd is one page: its header, the read index and its wait word,
 //!   sealed the same way, mapped read-only by the producer.
 //!
-//! [`Producer::connect`] and [`Consumer::connect`] exchange the two memfds over a
+//! [`Producer::setup`] and [`Consumer::setup`] exchange the two memfds over a
 //! [`Channel`](crate::Channel); each side verifies the other's memfd like any region (seals, size) and
 //! validates its header (magic, version, kind, element size, capacity, layout offsets). The
 //! channel then stays open: its end-of-file is how a waiting side learns that the peer died.
@@ -46,7 +46,7 @@
 //! Batches: [`Producer::batch`] publishes many records with one index store,
 //! [`Consumer::batch`] releases many with one; [`PodProducer::try_reserve_slice`] lends
 //! free slots of a typed ring to be written in place and published together, and
-//! [`PodConsumer::try_pop_slice`] takes many items at once.
+//! [`PodConsumer::try_recv_slice`] takes many items at once.
 //!
 //! Waiting follows [`SpinPolicy`] (by default [`SpinPolicy::Calibrated`]: spin for a time
 //! budget set by the measured cost of a futex wake on the running machine), then park
@@ -108,7 +108,7 @@
 //! # Memory and allocation
 //!
 //! Ring memory is the capacity plus one page for each side's control block. After
-//! [`connect`](Producer::connect), sending and receiving allocate nothing (a receive
+//! [`connect`](Producer::setup), sending and receiving allocate nothing (a receive
 //! buffer grows only when a record is longer than any before it).
 #![allow(unsafe_code)]
 
@@ -177,7 +177,7 @@ mod api {
     use super::wait;
     pub use super::wait::{calibrated_spin_budget, SpinPolicy, WaitStats};
     use crate::error::{Error, Result};
-    use crate::{Channel, Message, Policy, Region, RegionView, SharedRegion};
+    use crate::{Channel, Message, Policy, Region, RegionView, ProducerWritableRegion};
 
     /// How to build one side of a ring.
     ///
@@ -241,7 +241,7 @@ mod api {
     /// This side's memory, the peer's memory, the channel, and how this side waits.
     #[derive(Debug)]
     pub(super) struct Link {
-        own: SharedRegion,
+        own: ProducerWritableRegion,
         peer: RegionView,
         pub(super) channel: Channel,
         pub(super) spin: SpinPolicy,
@@ -255,7 +255,7 @@ mod api {
 
     impl Link {
         pub(super) fn new(
-            own: SharedRegion,
+            own: ProducerWritableRegion,
             peer: RegionView,
             channel: Channel,
             spin: SpinPolicy,
@@ -366,7 +366,7 @@ mod api {
     }
 
     /// The control words of a side, as pointers into the two mappings.
-    fn words(own: &mut SharedRegion, peer: &RegionView) -> Words {
+    fn words(own: &mut ProducerWritableRegion, peer: &RegionView) -> Words {
         let own_ptr = own.as_mut_slice().as_mut_ptr();
         let peer_ptr = peer.as_ptr();
         // SAFETY: both mappings are at least CONTROL_LEN bytes (checked at setup) and
@@ -486,7 +486,7 @@ mod api {
     }
 
     /// The producer's memfd with its header, sealed, ready to send.
-    pub(super) fn producer_offer(options: &RingOptions, kind: Kind) -> Result<SharedRegion> {
+    pub(super) fn producer_offer(options: &RingOptions, kind: Kind) -> Result<ProducerWritableRegion> {
         let cap = options.capacity;
         let data_len = (cap as u64).checked_mul(u64::from(kind.unit));
         let (cap, data_len) = match data_len {
@@ -514,12 +514,12 @@ mod api {
         put(&mut header, INDEX_AT_AT, &(INDEX_AT as u32).to_le_bytes());
         put(&mut header, WAIT_AT_AT, &(WAIT_AT as u32).to_le_bytes());
         region.write_at(0, &header)?;
-        region.share_read_only()
+        region.seal_producer_writable()
     }
 
     /// What the producer accepts as the consumer's answer.
     pub(super) fn producer_policy() -> Policy {
-        Policy::read_only_view()
+        Policy::producer_writable()
             .max_regions(1)
             .max_payload(SETUP_PAYLOAD.len())
             .max_region_len(CONTROL_LEN as u64)
@@ -544,7 +544,7 @@ mod api {
 
     /// What the consumer accepts as the producer's offer.
     pub(super) fn consumer_policy(options: &RingOptions) -> Policy {
-        Policy::read_only_view()
+        Policy::producer_writable()
             .max_regions(1)
             .max_payload(SETUP_PAYLOAD.len())
             .max_region_len((CONTROL_LEN as u64).saturating_add(options.max_data_len as u64))
@@ -568,7 +568,7 @@ mod api {
     }
 
     /// The consumer's control memfd with its header, sealed, ready to send.
-    pub(super) fn consumer_offer(options: &RingOptions) -> Result<SharedRegion> {
+    pub(super) fn consumer_offer(options: &RingOptions) -> Result<ProducerWritableRegion> {
         let mut region = Region::new(CONTROL_LEN)?;
         let mut header = [0u8; HEADER_LEN];
         put(&mut header, MAGIC_AT, &CONSUMER_MAGIC);
@@ -577,7 +577,7 @@ mod api {
         put(&mut header, INDEX_AT_AT, &(INDEX_AT as u32).to_le_bytes());
         put(&mut header, WAIT_AT_AT, &(WAIT_AT as u32).to_le_bytes());
         region.write_at(0, &header)?;
-        region.share_read_only()
+        region.seal_producer_writable()
     }
 
     /// Validates the header of a producer's memfd of `memfd_len` bytes for a ring of
@@ -712,13 +712,13 @@ mod api {
 
     impl Producer {
         /// Creates a ring of `options.capacity()` bytes and hands it to the consumer at the
-        /// other end of `channel` (which must call [`Consumer::connect`]).
+        /// other end of `channel` (which must call [`Consumer::setup`]).
         ///
         /// # Errors
         /// [`Error::InvalidCapacity`]; [`Error::Timeout`] if the consumer does not answer
         /// within `options`' timeout; [`Error::RingMismatch`] or any verification error if
         /// its control memfd is not what the protocol requires; errors creating the memfd.
-        pub fn connect(channel: Channel, options: &RingOptions) -> Result<Producer> {
+        pub fn setup(channel: Channel, options: &RingOptions) -> Result<Producer> {
             let (link, cap, peer_flags) = producer_setup(channel, options, BYTES)?;
             Ok(Producer::from_link(link, cap, peer_flags))
         }
@@ -850,9 +850,9 @@ mod api {
         }
 
         /// Starts a batch: records committed through it become visible together, with one
-        /// index publication, when the batch is [published](Batch::publish) or dropped.
-        pub fn batch(&mut self) -> Batch<'_> {
-            Batch { producer: self }
+        /// index publication, when the batch is [published](SendBatch::publish) or dropped.
+        pub fn batch(&mut self) -> SendBatch<'_> {
+            SendBatch { producer: self }
         }
 
         /// Room for `len` bytes: from the cached read index if it shows room (the fast
@@ -951,7 +951,7 @@ mod api {
             self
         }
 
-        /// Finishes the record: visible to the consumer at once, or (in a [`Batch`]) when
+        /// Finishes the record: visible to the consumer at once, or (in a [`SendBatch`]) when
         /// the batch is published.
         pub fn commit(self) {
             let p = self.producer;
@@ -965,11 +965,11 @@ mod api {
     /// Records committed together and published with one index store; see
     /// [`Producer::batch`]. Publishes on drop.
     #[derive(Debug)]
-    pub struct Batch<'a> {
+    pub struct SendBatch<'a> {
         producer: &'a mut Producer,
     }
 
-    impl Batch<'_> {
+    impl SendBatch<'_> {
         /// As [`Producer::try_send`], without publishing.
         ///
         /// # Errors
@@ -1026,7 +1026,7 @@ mod api {
         pub fn publish(self) {}
     }
 
-    impl Drop for Batch<'_> {
+    impl Drop for SendBatch<'_> {
         fn drop(&mut self) {
             self.producer.publish();
         }
@@ -1042,13 +1042,13 @@ mod api {
 
     impl Consumer {
         /// Receives a ring from the producer at the other end of `channel` (which calls
-        /// [`Producer::connect`]), checks it, and answers with this side's control memfd.
+        /// [`Producer::setup`]), checks it, and answers with this side's control memfd.
         ///
         /// # Errors
         /// [`Error::Timeout`]; any verification error for the producer's memfd;
         /// [`Error::RingMismatch`] / [`Error::PeerCorrupt`] for a header this side cannot
         /// use (bad magic, version, kind, capacity, size or layout).
-        pub fn connect(channel: Channel, options: &RingOptions) -> Result<Consumer> {
+        pub fn setup(channel: Channel, options: &RingOptions) -> Result<Consumer> {
             let (link, cap, peer_flags) = consumer_setup(channel, options, BYTES)?;
             Ok(Consumer::from_link(link, cap, peer_flags))
         }
@@ -1119,7 +1119,7 @@ mod api {
         /// # fn main() -> sealpipe::Result<()> {
         /// # let (a, b) = sealpipe::Channel::pair()?;
         /// use sealpipe::ring::{Consumer, RingOptions};
-        /// let mut rx = Consumer::connect(b, &RingOptions::default())?;
+        /// let mut rx = Consumer::setup(b, &RingOptions::default())?;
         /// let mut record = Vec::new();
         /// let mut batch = rx.batch();
         /// while batch.try_recv(&mut record).is_ok() {
@@ -1297,12 +1297,12 @@ mod api {
 
     impl<T: bytemuck::Pod> PodProducer<T> {
         /// Creates a ring of `options.capacity()` items of `T` and hands it to the consumer
-        /// at the other end of `channel` (which calls [`PodConsumer::connect`] with the same
+        /// at the other end of `channel` (which calls [`PodConsumer::setup`] with the same
         /// `T`).
         ///
         /// # Errors
-        /// As [`Producer::connect`].
-        pub fn connect(channel: Channel, options: &RingOptions) -> Result<PodProducer<T>> {
+        /// As [`Producer::setup`].
+        pub fn setup(channel: Channel, options: &RingOptions) -> Result<PodProducer<T>> {
             let (link, cap, peer_flags) = producer_setup(channel, options, pod_kind::<T>()?)?;
             Ok(PodProducer::from_link(link, cap, peer_flags))
         }
@@ -1334,7 +1334,7 @@ mod api {
         /// [`Error::WouldBlock`] if the ring is full; [`Error::PeerClosed`] if it has stayed
         /// full and the consumer is gone; [`Error::PeerCorrupt`].
         #[inline]
-        pub fn try_push(&mut self, item: T) -> Result<()> {
+        pub fn try_send(&mut self, item: T) -> Result<()> {
             self.push_one(item, Patience::Never)
         }
 
@@ -1343,7 +1343,7 @@ mod api {
         /// # Errors
         /// [`Error::Timeout`], [`Error::PeerClosed`], [`Error::PeerCorrupt`].
         #[inline]
-        pub fn push_timeout(&mut self, item: T, timeout: Duration) -> Result<()> {
+        pub fn send_timeout(&mut self, item: T, timeout: Duration) -> Result<()> {
             self.push_one(item, Patience::For(timeout))
         }
 
@@ -1392,11 +1392,11 @@ mod api {
         ///
         /// # Errors
         /// [`Error::WouldBlock`] if none fit (and `items` is not empty); [`Error::PeerCorrupt`].
-        pub fn try_push_slice(&mut self, items: &[T]) -> Result<usize> {
-            self.push_slice(items, Patience::Never)
+        pub fn try_send_slice(&mut self, items: &[T]) -> Result<usize> {
+            self.send_slice(items, Patience::Never)
         }
 
-        fn push_slice(&mut self, items: &[T], mut wait: Patience) -> Result<usize> {
+        fn send_slice(&mut self, items: &[T], mut wait: Patience) -> Result<usize> {
             loop {
                 match self.attempt_push_slice(items)? {
                     Ok(n) => return Ok(n),
@@ -1437,7 +1437,7 @@ mod api {
         /// # fn main() -> sealpipe::Result<()> {
         /// # let (a, _b) = sealpipe::Channel::pair()?;
         /// use sealpipe::ring::{PodProducer, RingOptions};
-        /// let mut tx = PodProducer::<u64>::connect(a, &RingOptions::new(1024))?;
+        /// let mut tx = PodProducer::<u64>::setup(a, &RingOptions::new(1024))?;
         /// let mut slots = tx.try_reserve_slice(32)?;
         /// let n = slots.len();
         /// for (i, slot) in slots.as_mut_slice().iter_mut().enumerate() {
@@ -1562,9 +1562,9 @@ mod api {
         /// Receives a typed ring of `T` from the producer at the other end of `channel`.
         ///
         /// # Errors
-        /// As [`Consumer::connect`]; [`Error::RingMismatch`] if the producer's item size
+        /// As [`Consumer::setup`]; [`Error::RingMismatch`] if the producer's item size
         /// differs from `size_of::<T>()`.
-        pub fn connect(channel: Channel, options: &RingOptions) -> Result<PodConsumer<T>> {
+        pub fn setup(channel: Channel, options: &RingOptions) -> Result<PodConsumer<T>> {
             let (link, cap, peer_flags) = consumer_setup(channel, options, pod_kind::<T>()?)?;
             Ok(PodConsumer::from_link(link, cap, peer_flags))
         }
@@ -1606,7 +1606,7 @@ mod api {
         /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerClosed`] if it has stayed
         /// empty and the producer is gone; [`Error::PeerCorrupt`].
         #[inline]
-        pub fn try_pop(&mut self) -> Result<T> {
+        pub fn try_recv(&mut self) -> Result<T> {
             self.pop_one(Patience::Never)
         }
 
@@ -1616,7 +1616,7 @@ mod api {
         /// [`Error::Timeout`], [`Error::PeerClosed`] (once the producer is gone and the ring
         /// is empty), [`Error::PeerCorrupt`].
         #[inline]
-        pub fn pop_timeout(&mut self, timeout: Duration) -> Result<T> {
+        pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
             self.pop_one(Patience::For(timeout))
         }
 
@@ -1624,8 +1624,8 @@ mod api {
         ///
         /// # Errors
         /// [`Error::WouldBlock`] if the ring is empty (and `out` is not); [`Error::PeerCorrupt`].
-        pub fn try_pop_slice(&mut self, out: &mut [T]) -> Result<usize> {
-            self.pop_slice(out, Patience::Never)
+        pub fn try_recv_slice(&mut self, out: &mut [T]) -> Result<usize> {
+            self.recv_slice(out, Patience::Never)
         }
 
         /// Takes an item the cached write index shows (the fast path: no shared load), or
@@ -1674,7 +1674,7 @@ mod api {
             }
         }
 
-        fn pop_slice(&mut self, out: &mut [T], mut wait: Patience) -> Result<usize> {
+        fn recv_slice(&mut self, out: &mut [T], mut wait: Patience) -> Result<usize> {
             loop {
                 match self.attempt_pop_slice(out)? {
                     Ok(n) => return Ok(n),

@@ -199,7 +199,7 @@ pub fn consume(kind: &str, p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
         }
         "pool" => {
             let ch = sealpipe::Channel::from_fd(fds.remove(0)).expect("channel");
-            let policy = sealpipe::Policy::read_only_view().max_region_len(64 << 20);
+            let policy = sealpipe::Policy::producer_writable().max_region_len(64 << 20);
             let mut rx = sealpipe::pool::PoolReceiver::new(ch, &policy).expect("receiver");
             let mut buf = vec![0u8; p.size];
             ctl.ready();

@@ -177,7 +177,7 @@ pub fn consume(kind: &str, p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
         }
         "pool" => {
             let ch = sealpipe::Channel::from_fd(fds.remove(0)).expect("channel");
-            let policy = sealpipe::Policy::read_only_view().max_region_len(p.size as u64);
+            let policy = sealpipe::Policy::producer_writable().max_region_len(p.size as u64);
             let mut rx = sealpipe::pool::PoolReceiver::new(ch, &policy).expect("receiver");
             rx.set_release_batch(1);
             ctl.ready();

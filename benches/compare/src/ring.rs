@@ -28,7 +28,7 @@ where
     let (ch, rx) = Channel::pair().expect("channel");
     let mut peer = Peer::spawn(p, consumer_cpu(0), vec![rx.into_fd()]);
     let mut tx =
-        PodProducer::<[u64; W]>::connect(ch, &opts(RING, SpinPolicy::Spin)).expect("ring connect");
+        PodProducer::<[u64; W]>::setup(ch, &opts(RING, SpinPolicy::Spin)).expect("ring connect");
     let count = p.count;
     let d = timed(&mut peer, p.rounds, |peer, r| {
         let mut i = 0;
@@ -46,7 +46,7 @@ where
                     n
                 })
             } else {
-                tx.try_push(small::<W>(base)).map(|()| 1)
+                tx.try_send(small::<W>(base)).map(|()| 1)
             };
             match res {
                 Ok(n) => i += n,
@@ -77,20 +77,20 @@ pub fn small_consume<const W: usize>(
     let ch = Channel::from_fd(fds.remove(0)).expect("channel");
     ctl.ready();
     let mut rx =
-        PodConsumer::<[u64; W]>::connect(ch, &opts(RING, SpinPolicy::Spin)).expect("ring connect");
+        PodConsumer::<[u64; W]>::setup(ch, &opts(RING, SpinPolicy::Spin)).expect("ring connect");
     let mut buf = vec![[0u64; W]; BATCH];
     for r in 0..p.rounds {
         let mut i = 0;
         while i < p.count {
             let base = (r * p.count + i) as u64;
             let res = if batched {
-                rx.try_pop_slice(&mut buf).inspect(|&n| {
+                rx.try_recv_slice(&mut buf).inspect(|&n| {
                     for (j, m) in buf[..n].iter().enumerate() {
                         check_small::<W>(m, base + j as u64);
                     }
                 })
             } else {
-                rx.try_pop().map(|m| {
+                rx.try_recv().map(|m| {
                     check_small::<W>(&m, base);
                     1
                 })
@@ -115,7 +115,7 @@ fn bulk_capacity(size: usize) -> usize {
 pub fn bulk_run(p: &Params, src: &mut Bulk) -> Duration {
     let (ch, rx) = Channel::pair().expect("channel");
     let mut peer = Peer::spawn(p, consumer_cpu(0), vec![rx.into_fd()]);
-    let mut tx = Producer::connect(ch, &opts(bulk_capacity(p.size), SpinPolicy::Spin))
+    let mut tx = Producer::setup(ch, &opts(bulk_capacity(p.size), SpinPolicy::Spin))
         .expect("ring connect");
     let (count, size) = (p.count, p.size);
     let d = timed(&mut peer, p.rounds, |_, r| {
@@ -134,7 +134,7 @@ pub fn bulk_run(p: &Params, src: &mut Bulk) -> Duration {
 pub fn bulk_consume(p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
     let ch = Channel::from_fd(fds.remove(0)).expect("channel");
     ctl.ready();
-    let mut rx = Consumer::connect(ch, &opts(1 << 20, SpinPolicy::Spin)).expect("ring connect");
+    let mut rx = Consumer::setup(ch, &opts(1 << 20, SpinPolicy::Spin)).expect("ring connect");
     let check = BulkCheck::new(p.size);
     for r in 0..p.rounds {
         let mut i = 0;
@@ -174,13 +174,13 @@ pub fn pingpong_run(p: &Params) -> Vec<Duration> {
         consumer_cpu(0),
         vec![ping_rx.into_fd(), pong_tx.into_fd()],
     );
-    let mut tx = PodProducer::<[u64; 8]>::connect(ping, &opts(64, spin)).expect("ring connect");
-    let mut rx = PodConsumer::<[u64; 8]>::connect(pong, &opts(64, spin)).expect("ring connect");
+    let mut tx = PodProducer::<[u64; 8]>::setup(ping, &opts(64, spin)).expect("ring connect");
+    let mut rx = PodConsumer::<[u64; 8]>::setup(pong, &opts(64, spin)).expect("ring connect");
     let mut rtts = Vec::with_capacity(p.count);
     for i in 0..p.count as u64 {
         let t = Instant::now();
-        tx.push_timeout(small::<8>(i), WAIT).expect("push");
-        let m = rx.pop_timeout(WAIT).expect("pop");
+        tx.send_timeout(small::<8>(i), WAIT).expect("push");
+        let m = rx.recv_timeout(WAIT).expect("pop");
         rtts.push(t.elapsed());
         check_small::<8>(&m, i);
     }
@@ -198,12 +198,12 @@ pub fn pingpong_consume(p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
     let ping = Channel::from_fd(fds.remove(0)).expect("channel");
     let pong = Channel::from_fd(fds.remove(0)).expect("channel");
     ctl.ready();
-    let mut rx = PodConsumer::<[u64; 8]>::connect(ping, &opts(64, spin)).expect("ring connect");
-    let mut tx = PodProducer::<[u64; 8]>::connect(pong, &opts(64, spin)).expect("ring connect");
+    let mut rx = PodConsumer::<[u64; 8]>::setup(ping, &opts(64, spin)).expect("ring connect");
+    let mut tx = PodProducer::<[u64; 8]>::setup(pong, &opts(64, spin)).expect("ring connect");
     for i in 0..p.count as u64 {
-        let m = rx.pop_timeout(WAIT).expect("pop");
+        let m = rx.recv_timeout(WAIT).expect("pop");
         check_small::<8>(&m, i);
-        tx.push_timeout(m, WAIT).expect("push");
+        tx.send_timeout(m, WAIT).expect("push");
     }
     ctl.done();
 }
@@ -227,10 +227,10 @@ fn pingpong_run_async(p: &Params) -> Vec<Duration> {
         vec![ping_rx.into_fd(), pong_tx.into_fd()],
     );
     let rtts = runtime().block_on(async {
-        let mut tx = AsyncPodProducer::<[u64; 8]>::connect(ping, &opts(64, spin))
+        let mut tx = AsyncPodProducer::<[u64; 8]>::setup(ping, &opts(64, spin))
             .await
             .expect("ring connect");
-        let mut rx = AsyncPodConsumer::<[u64; 8]>::connect(pong, &opts(64, spin))
+        let mut rx = AsyncPodConsumer::<[u64; 8]>::setup(pong, &opts(64, spin))
             .await
             .expect("ring connect");
         let mut rtts = Vec::with_capacity(p.count);
@@ -254,10 +254,10 @@ fn pingpong_consume_async(p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
     let pong = Channel::from_fd(fds.remove(0)).expect("channel");
     ctl.ready();
     runtime().block_on(async {
-        let mut rx = AsyncPodConsumer::<[u64; 8]>::connect(ping, &opts(64, spin))
+        let mut rx = AsyncPodConsumer::<[u64; 8]>::setup(ping, &opts(64, spin))
             .await
             .expect("ring connect");
-        let mut tx = AsyncPodProducer::<[u64; 8]>::connect(pong, &opts(64, spin))
+        let mut tx = AsyncPodProducer::<[u64; 8]>::setup(pong, &opts(64, spin))
             .await
             .expect("ring connect");
         for i in 0..p.count as u64 {
