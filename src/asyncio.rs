@@ -50,8 +50,8 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handshake::HandshakeConfig;
 use crate::listener::{Connecting, Listener};
+use crate::policy::Policy;
 use crate::region::SealedRegion;
-use crate::seals::Policy;
 use crate::stats::{ChannelStats, ListenerStats};
 use crate::transport::{Channel, Message, Sent, READER_POLL};
 

@@ -53,8 +53,10 @@ use rustix::net::{
 
 use zeroize::Zeroize;
 
+pub use crate::credentials::PeerCredentials;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
+pub use crate::error::{HandshakeFailure, RefusalReason};
 use crate::wire::{self, HandshakeMessage, NONCE_LEN, PROOF_LEN};
 
 /// Feature bit: the sender is configured with a shared secret.
@@ -78,38 +80,6 @@ const SERVER_LABEL: &[u8; 16] = b"sealpipe server\0";
 const CLIENT_LABEL: &[u8; 16] = b"sealpipe client\0";
 const TRANSCRIPT_LEN: usize = 2 * (4 + NONCE_LEN) + ENDS_LEN;
 const ENDS_LEN: usize = 2 * 12;
-
-/// The kernel-verified identity of the process at the other end of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PeerCredentials {
-    /// Process id (in this process's pid namespace; 0 if the peer is in none of ours).
-    pub pid: u32,
-    /// Effective user id.
-    pub uid: u32,
-    /// Effective group id.
-    pub gid: u32,
-}
-
-impl PeerCredentials {
-    pub(crate) fn from_ucred(c: UCred) -> Self {
-        PeerCredentials {
-            pid: u32::try_from(c.pid.as_raw_pid()).unwrap_or(0),
-            uid: c.uid.as_raw(),
-            gid: c.gid.as_raw(),
-        }
-    }
-
-    /// This process's pid, effective uid and effective gid: what the kernel records for it
-    /// at `connect`, `listen` or `socketpair`.
-    pub(crate) fn own() -> Self {
-        PeerCredentials {
-            pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
-            uid: rustix::process::geteuid().as_raw(),
-            gid: rustix::process::getegid().as_raw(),
-        }
-    }
-}
 
 /// Both ends of one connection, as one side sees them: what the proofs of the shared
 /// secret are bound to. Honest sides of a direct connection see the same two.
@@ -317,100 +287,8 @@ impl Default for HandshakeConfig {
     }
 }
 
-/// The reason code a side sends in `REJECT` before it closes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RefusalReason {
-    /// 1: the receiver's policy does not admit the sender's credentials.
-    PeerNotAllowed,
-    /// 2: incompatible protocol version or features.
-    Incompatible,
-    /// 3: one side has a shared secret and the other has none.
-    SecretPresence,
-    /// 4: the proof of the shared secret is wrong.
-    BadProof,
-    /// 5: an unexpected or malformed handshake message.
-    Protocol,
-    /// Any other code.
-    Other(u16),
-}
-
-impl RefusalReason {
-    /// The code on the wire.
-    pub fn code(self) -> u16 {
-        match self {
-            RefusalReason::PeerNotAllowed => 1,
-            RefusalReason::Incompatible => 2,
-            RefusalReason::SecretPresence => 3,
-            RefusalReason::BadProof => 4,
-            RefusalReason::Protocol => 5,
-            RefusalReason::Other(c) => c,
-        }
-    }
-
-    /// The reason for a code on the wire.
-    pub fn from_code(code: u16) -> Self {
-        match code {
-            1 => RefusalReason::PeerNotAllowed,
-            2 => RefusalReason::Incompatible,
-            3 => RefusalReason::SecretPresence,
-            4 => RefusalReason::BadProof,
-            5 => RefusalReason::Protocol,
-            c => RefusalReason::Other(c),
-        }
-    }
-}
-
-impl fmt::Display for RefusalReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RefusalReason::PeerNotAllowed => f.write_str("its policy does not admit this side"),
-            RefusalReason::Incompatible => f.write_str("incompatible protocol version"),
-            RefusalReason::SecretPresence => {
-                f.write_str("one side has a shared secret and the other has none")
-            }
-            RefusalReason::BadProof => f.write_str("wrong proof of the shared secret"),
-            RefusalReason::Protocol => f.write_str("protocol violation"),
-            RefusalReason::Other(c) => write!(f, "reason code {c}"),
-        }
-    }
-}
-
-/// Why a handshake failed (carried by [`Error::Handshake`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HandshakeFailure {
-    /// This side's [`PeerPolicy`] does not admit the peer.
-    PeerNotAllowed(PeerCredentials),
-    /// A spawned worker's handshake came from another process than the child spawned
-    /// (`got` is `None` when no credentials came with it).
-    NotTheSpawnedChild {
-        /// The pid that was spawned.
-        expected: u32,
-        /// The pid the kernel vouched for.
-        got: Option<u32>,
-    },
-    /// One side has a shared secret and the other has none.
-    SecretPresence {
-        /// Whether this side has one.
-        ours: bool,
-    },
-    /// The peer's proof of the shared secret is wrong (wrong secret, or replayed bytes).
-    BadProof,
-    /// The peer speaks another protocol version.
-    Incompatible {
-        /// The version it speaks.
-        version: u16,
-    },
-    /// The peer's proofs do not cover the connection's two ends (it lacks
-    /// feature bit 2, `FEATURE_BOUND` in `PROTOCOL.md`: an older handshake revision).
-    Unbound,
-    /// An unexpected or malformed handshake message.
-    Protocol(&'static str),
-    /// The peer refused this side and said why.
-    Refused(RefusalReason),
-}
-
+// `HandshakeFailure` and `RefusalReason` live with the error type (crate::error), which
+// carries them; the message of a failure names the protocol version, so it is written here.
 impl fmt::Display for HandshakeFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

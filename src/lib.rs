@@ -165,7 +165,9 @@ compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM
 
 #[cfg(feature = "tokio")]
 pub mod asyncio;
+mod checks;
 mod closer;
+mod credentials;
 mod deadline;
 mod error;
 #[cfg(fuzzing)]
@@ -176,6 +178,8 @@ mod guard;
 pub mod handshake;
 mod in_flight;
 mod listener;
+mod platform;
+mod policy;
 pub mod pool;
 pub mod positional;
 mod region;
@@ -201,15 +205,16 @@ struct ReadmeDoctests;
 /// [`RegionView::into_memfile`] take and give its [`MemFile`](memfile::MemFile).
 pub use memfile;
 
-pub use error::{Error, Result};
+pub use credentials::PeerCredentials;
+pub use error::{Error, HandshakeFailure, RefusalReason, Result};
 pub use guard::{GuardOptions, GuardedMap};
-pub use handshake::{
-    HandshakeConfig, HandshakeFailure, PeerCredentials, PeerPolicy, RefusalReason, Secret,
-};
+pub use handshake::{HandshakeConfig, PeerPolicy, Secret};
 pub use listener::{default_path, Listener};
+pub use platform::{capabilities, Capabilities};
+pub use policy::Policy;
 pub use positional::PositionalFile;
 pub use region::{ProducerWritableRegion, Region, SealedRegion};
-pub use seals::{Policy, Seals};
+pub use seals::Seals;
 pub use stats::{ChannelStats, ListenerStats, RejectReason, Rejections};
 pub use transport::{Channel, Message};
-pub use verify::{capabilities, verify, Capabilities, RegionView};
+pub use verify::{verify, RegionView};

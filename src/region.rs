@@ -11,7 +11,8 @@ use rustix::fs::{self, FallocateFlags, MemfdFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
-use crate::seals::{Policy, Seals};
+use crate::policy::Policy;
+use crate::seals::Seals;
 use crate::sys;
 
 /// A writable region that only this process holds: a fresh memfd, committed in memory.
@@ -307,7 +308,7 @@ impl SealedRegion {
             Ok(len) => len,
             Err(e) => return Err((e, file)),
         };
-        match crate::verify::check(file.as_fd(), len, policy, 0) {
+        match crate::checks::check(file.as_fd(), len, policy, 0) {
             // Fits: check refuses lengths over isize::MAX.
             Ok(seals) => Ok(SealedRegion {
                 file,
@@ -419,7 +420,7 @@ impl ProducerWritableRegion {
         policy: &Policy,
     ) -> std::result::Result<ProducerWritableRegion, (Error, MemFile)> {
         let checked = file_len(&file).and_then(|len| {
-            let have = crate::verify::check_access(file.as_fd(), 0)
+            let have = crate::checks::check_access(file.as_fd(), 0)
                 .and_then(|()| exact_seals(file.as_fd()))?;
             let will_have = have.union(Seals::PRODUCER_WRITABLE);
             let missing = policy.missing_seals(will_have);
@@ -430,7 +431,7 @@ impl ProducerWritableRegion {
                     missing,
                 });
             }
-            crate::verify::check_contents(file.as_fd(), len, policy, 0)?;
+            crate::checks::check_contents(file.as_fd(), len, policy, 0)?;
             let map = sys::map_writable(&file, len as usize)
                 .map_err(|source| Error::Io { op: "mmap", source })?;
             Ok((len as usize, map))

@@ -16,11 +16,11 @@ use rustix::net::{
 };
 
 use crate::closer::{self, PeerSocket, Received};
+use crate::credentials::PeerCredentials;
 use crate::error::{Error, Result};
-use crate::handshake::PeerCredentials;
 use crate::in_flight::Ledger;
+use crate::policy::Policy;
 use crate::region::SealedRegion;
-use crate::seals::Policy;
 use crate::stats::{ChannelCounters, ChannelStats};
 use crate::verify::{verify_or_return, RegionView};
 use crate::wire;
@@ -509,7 +509,7 @@ impl Channel {
                 ctrunc: res.flags.contains(ReturnFlags::CTRUNC),
                 trunc: res.flags.contains(ReturnFlags::TRUNC),
             },
-            policy,
+            policy.wire_limits(),
             || self.hung_up(),
         )?;
         let lens: Vec<u64> = (0..header.region_count)

@@ -23,7 +23,6 @@
 //! other languages: `PROTOCOL.md` is the reference, not this module.
 
 use crate::error::{Error, Result};
-use crate::seals::Policy;
 
 /// The four magic bytes that open every message.
 pub const MAGIC: [u8; 4] = *b"SPIP";
@@ -185,19 +184,28 @@ pub(crate) struct Received<'a> {
     pub(crate) trunc: bool,
 }
 
-/// Checks the framing of a received regions message against the protocol and `policy`:
-/// truncation flags, the empty message, the header, descriptor count against the header,
-/// and the policy's limits, in that order. This is the one implementation the transport
+/// The receiver's limits on one message (from its `Policy`), at most the protocol's.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Most descriptors a message may carry.
+    pub(crate) regions: usize,
+    /// Most payload bytes a message may carry.
+    pub(crate) payload: usize,
+}
+
+/// Checks the framing of a received regions message against the protocol and the
+/// receiver's `limits`: truncation flags, the empty message, the header, descriptor count
+/// against the header, and the limits, in that order. This is the one implementation the transport
 /// uses after `recvmsg` (pure, so that it is fuzzed on its own).
 ///
 /// `hung_up` is asked only for an empty message without descriptors, to tell the peer's
 /// end of stream ([`Error::PeerClosed`]) from an empty datagram.
 ///
-/// On success, `fds == region_count <= policy.regions_limit()`, `payload_len <=
-/// policy.payload_limit()`, and the message is exactly as long as its header says.
+/// On success, `fds == region_count <= limits.regions`, `payload_len <= limits.payload`,
+/// and the message is exactly as long as its header says.
 pub(crate) fn check_received(
     r: Received<'_>,
-    policy: &Policy,
+    limits: Limits,
     hung_up: impl FnOnce() -> bool,
 ) -> Result<Header> {
     if r.ctrunc {
@@ -229,18 +237,18 @@ pub(crate) fn check_received(
             received: r.fds,
         });
     }
-    if r.fds > policy.regions_limit() {
+    if r.fds > limits.regions {
         return Err(Error::PolicyLimit {
             what: "regions",
             got: r.fds as u64,
-            max: policy.regions_limit() as u64,
+            max: limits.regions as u64,
         });
     }
-    if header.payload_len > policy.payload_limit() {
+    if header.payload_len > limits.payload {
         return Err(Error::PolicyLimit {
             what: "payload",
             got: header.payload_len as u64,
-            max: policy.payload_limit() as u64,
+            max: limits.payload as u64,
         });
     }
     Ok(header)
