@@ -306,7 +306,7 @@ async fn consumer_setup_async(
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> sealpipe::Result<()> {
-/// use sealpipe::asyncio::{AsyncConsumer, AsyncProducer};
+/// use sealpipe::ring::{AsyncConsumer, AsyncProducer};
 /// use sealpipe::ring::RingOptions;
 ///
 /// let (a, b) = sealpipe::Channel::pair()?;
