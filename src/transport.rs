@@ -1,7 +1,7 @@
 //! Transport: sealpipe messages over a unix `SOCK_SEQPACKET` socket.
 
 use std::cell::RefCell;
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{
-    recvmsg, sendmsg, socketpair, sockopt, AddressFamily, RecvAncillaryBuffer,
-    RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
-    SendFlags, SocketFlags, SocketType,
+    sendmsg, socketpair, sockopt, AddressFamily, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
 use crate::closer::{self, PeerSocket, Received};
@@ -572,26 +571,11 @@ impl Channel {
         wait: Wait,
     ) -> Result<wire::Received<'b>> {
         self.admit(wait)?;
-        // Room for the kernel's maximum whatever the policy allows: descriptors that do not
-        // fit would be dropped by the kernel in this thread, where their close may block.
-        // Surplus ones fail the framing or policy check and are disposed of.
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
+        // Surplus descriptors (more than the policy allows) fail the framing or policy check
+        // and are disposed of.
         let mut reset = false;
         let res = loop {
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let res = recvmsg(
-                &*self.sock,
-                &mut [IoSliceMut::new(buf)],
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-            );
-            // Take ownership of every descriptor that arrived, whatever happens next.
-            for msg in control.drain() {
-                if let RecvAncillaryMessage::ScmRights(iter) = msg {
-                    fds.extend(iter);
-                }
-            }
-            match res {
+            match closer::recv_taking_fds(&*self.sock, buf, fds) {
                 Ok(r) => break r,
                 Err(Errno::INTR) => {}
                 Err(Errno::AGAIN) => self.wait(PollFlags::IN, wait)?,
