@@ -397,23 +397,9 @@ impl Channel {
     /// for that): [`Error::WouldBlock`], [`Error::Timeout`] or [`Error::PeerClosed`] when
     /// the waiting is over.
     fn wait_for_reader(&self, wait: Wait) -> Result<()> {
-        let pause = match wait {
-            Wait::Never => {
-                return Err(if self.peer_exited() {
-                    Error::PeerClosed
-                } else {
-                    Error::WouldBlock
-                })
-            }
-            Wait::Forever => READER_POLL,
-            Wait::Until(t) => {
-                let left = t.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(Error::Timeout);
-                }
-                left.min(READER_POLL)
-            }
-        };
+        let pause = self
+            .time_left(wait)?
+            .map_or(READER_POLL, |left| left.min(READER_POLL));
         // A peer that closes its end (readable: POLLHUP/POLLRDHUP) ends the pause early;
         // the next send then reports it.
         let mut fds = [PollFd::new(&*self.sock, PollFlags::RDHUP)];
@@ -596,30 +582,40 @@ impl Channel {
         })
     }
 
+    /// How long `wait` still allows: `None` for ever, else a non-zero time.
+    ///
+    /// # Errors
+    /// For [`Wait::Never`], [`Error::PeerClosed`] if the peer's pidfd says it exited, else
+    /// [`Error::WouldBlock`]; [`Error::Timeout`] once the deadline has passed.
+    fn time_left(&self, wait: Wait) -> Result<Option<Duration>> {
+        match wait {
+            Wait::Never => Err(if self.peer_exited() {
+                Error::PeerClosed
+            } else {
+                Error::WouldBlock
+            }),
+            Wait::Forever => Ok(None),
+            Wait::Until(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    Err(Error::Timeout)
+                } else {
+                    Ok(Some(left))
+                }
+            }
+        }
+    }
+
     /// Waits until the socket is ready for `events`, honouring `wait`. Fails with
     /// [`Error::PeerClosed`] if the peer's pidfd says it exited and the socket is not ready.
     pub(crate) fn wait(&self, events: PollFlags, wait: Wait) -> Result<()> {
         loop {
-            let timeout = match wait {
-                Wait::Never => {
-                    return Err(if self.peer_exited() {
-                        Error::PeerClosed
-                    } else {
-                        Error::WouldBlock
-                    })
-                }
-                Wait::Forever => None,
-                Wait::Until(t) => {
-                    let left = t.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(Error::Timeout);
-                    }
-                    Some(Timespec::try_from(left).unwrap_or(Timespec {
-                        tv_sec: i64::MAX,
-                        tv_nsec: 0,
-                    }))
-                }
-            };
+            let timeout = self.time_left(wait)?.map(|left| {
+                Timespec::try_from(left).unwrap_or(Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                })
+            });
             let mut fds = [
                 PollFd::new(&*self.sock, events),
                 PollFd::new(&*self.sock, events),
