@@ -41,6 +41,11 @@
 //! | I/O safety | [`PositionalFile`], [`GuardedMap`] | descriptors shared with other processes; mapping files that are not shrink-sealed |
 //! | sandbox | [`sandbox`] | a worker that can receive, read and answer, and nothing else (Landlock, seccomp, limits, namespaces) |
 //!
+//! Inside the crate, imports point one way: the channels ([`spawn`], [`Listener`],
+//! [`handshake`]) use the transport, which uses verification, which uses the regions; the
+//! error type, [`Seals`] and [`PeerCredentials`] sit below them all, and the ring and the
+//! pools sit on the channels (their async sides on `asyncio`).
+//!
 //! See [Sharing descriptors safely](#sharing-descriptors-safely) for what sharing a
 //! descriptor shares, why sealpipe trusts seals and not descriptor modes, and which tool to
 //! use when.

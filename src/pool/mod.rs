@@ -90,7 +90,7 @@
 //!
 //! # Async
 //!
-//! With the `tokio` feature, [`AsyncPool`] awaits a free buffer and [`AsyncPoolReceiver`]
+//! With the `tokio` feature, `AsyncPool` awaits a free buffer and `AsyncPoolReceiver`
 //! awaits the next buffer on a tokio runtime (no helper thread, cancel safe); send with
 //! [`Lease::try_send`], which never blocks.
 //!
