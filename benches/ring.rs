@@ -476,7 +476,7 @@ impl PingPong {
 #[cfg(feature = "tokio")]
 mod asynchronous {
     use super::*;
-    use sealpipe::asyncio::{AsyncConsumer, AsyncPodConsumer, AsyncPodProducer, AsyncProducer};
+    use sealpipe::ring::{AsyncConsumer, AsyncPodConsumer, AsyncPodProducer, AsyncProducer};
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()

@@ -22,7 +22,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealpipe::asyncio::{AsyncChannel, AsyncConsumer, AsyncListener, AsyncProducer};
+use sealpipe::asyncio::{AsyncChannel, AsyncListener};
+use sealpipe::ring::{AsyncConsumer, AsyncProducer};
 use sealpipe::ring::{Consumer, RingOptions};
 use sealpipe::{Channel, HandshakeConfig, Listener, Policy, Region, SealedRegion};
 use tokio::sync::watch;

@@ -2,10 +2,12 @@
 //! thread and without polling.
 //!
 //! - [`AsyncChannel`], [`AsyncListener`]: channels, connections and handshakes;
-//! - [`AsyncPool`], [`AsyncPoolReceiver`]: a [region pool](crate::pool), awaiting free
-//!   buffers and received ones;
-//! - [`AsyncProducer`], [`AsyncConsumer`], [`AsyncPodProducer`], [`AsyncPodConsumer`]: the
-//!   ring of [`crate::ring`], each side awaiting records or room. An async side parks in
+//! - [`AsyncPool`](crate::pool::AsyncPool), [`AsyncPoolReceiver`](crate::pool::AsyncPoolReceiver)
+//!   (in [`crate::pool`]): a region pool, awaiting free buffers and received ones;
+//! - [`AsyncProducer`](crate::ring::AsyncProducer), [`AsyncConsumer`](crate::ring::AsyncConsumer),
+//!   [`AsyncPodProducer`](crate::ring::AsyncPodProducer),
+//!   [`AsyncPodConsumer`](crate::ring::AsyncPodConsumer) (in [`crate::ring`]): the ring, each
+//!   side awaiting records or room. An async side parks in
 //!   the reactor on the ring's channel and asks the peer, through its wait word, to wake it
 //!   with one byte on that channel instead of a futex wake; so either side may be blocking,
 //!   a busy stream makes no system calls, and a peer that dies wakes the waiter at once.
@@ -46,19 +48,15 @@ use std::time::Duration;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::io::Interest;
 
+use crate::connect::Connecting;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handshake::HandshakeConfig;
-use crate::listener::{Connecting, Listener};
+use crate::listener::Listener;
+use crate::policy::Policy;
 use crate::region::SealedRegion;
-use crate::seals::Policy;
 use crate::stats::{ChannelStats, ListenerStats};
 use crate::transport::{Channel, Message, Sent, READER_POLL};
-
-pub use crate::pool::async_pool::{AsyncPool, AsyncPoolReceiver};
-pub use crate::ring::async_ring::{
-    AsyncConsumer, AsyncPodConsumer, AsyncPodProducer, AsyncProducer,
-};
 
 /// A [`Channel`] driven by a tokio runtime.
 ///

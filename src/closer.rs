@@ -69,7 +69,7 @@ use rustix::fs::{self, OFlags};
 use crate::stats::Disposed;
 use rustix::io::Errno;
 use rustix::net::{
-    recvmsg, sockopt, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
+    recvmsg, sockopt, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, RecvMsg,
 };
 
 /// Set when this process entered a sandbox that refuses new threads
@@ -197,6 +197,32 @@ impl Drop for Received {
     }
 }
 
+/// One `recvmsg` of `sock` into `buf` without waiting (`MSG_DONTWAIT`), moving every
+/// descriptor that arrived with it into `fds` (close-on-exec), whatever the result. The
+/// control buffer has room for the kernel's maximum whatever the caller expects, so the
+/// kernel never drops descriptors in this thread, where their close may block.
+pub(crate) fn recv_taking_fds(
+    sock: impl AsFd,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> rustix::io::Result<RecvMsg> {
+    let mut space =
+        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(crate::wire::MAX_REGIONS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let res = recvmsg(
+        sock,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+    );
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(iter) = msg {
+            fds.extend(iter);
+        }
+    }
+    res
+}
+
 /// Whether a receive may take a message now (fewer than [`MAX_BACKLOG`] descriptors wait
 /// for the closer); the current backlog otherwise.
 pub(crate) fn admit() -> Result<(), usize> {
@@ -263,23 +289,10 @@ enum Drained {
 /// descriptors released by the close that follows.)
 fn drain(sock: BorrowedFd<'_>) -> Drained {
     let mut buf = [0u8; 1];
-    let mut space =
-        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(crate::wire::MAX_REGIONS))];
     let mut empty_reads = 0;
     for _ in 0..MAX_DRAIN {
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let res = recvmsg(
-            sock,
-            &mut [IoSliceMut::new(&mut buf)],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-        );
         let mut fds = Received::default();
-        for msg in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(iter) = msg {
-                fds.0.extend(iter);
-            }
-        }
+        let res = recv_taking_fds(sock, &mut buf, &mut fds.0);
         match res {
             Ok(r) if r.bytes == 0 && fds.0.is_empty() && queued_bytes(sock) == 0 => {
                 empty_reads += 1;

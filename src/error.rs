@@ -1,8 +1,9 @@
 //! The crate's one error type.
 
+use std::fmt;
 use std::io;
 
-use crate::handshake::HandshakeFailure;
+use crate::credentials::PeerCredentials;
 use crate::seals::Seals;
 
 /// Result type of every fallible sealpipe operation.
@@ -544,6 +545,102 @@ impl Error {
             source: errno.into(),
         }
     }
+}
+
+/// The reason code a side sends in `REJECT` before it closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefusalReason {
+    /// 1: the receiver's policy does not admit the sender's credentials.
+    PeerNotAllowed,
+    /// 2: incompatible protocol version or features.
+    Incompatible,
+    /// 3: one side has a shared secret and the other has none.
+    SecretPresence,
+    /// 4: the proof of the shared secret is wrong.
+    BadProof,
+    /// 5: an unexpected or malformed handshake message.
+    Protocol,
+    /// Any other code.
+    Other(u16),
+}
+
+impl RefusalReason {
+    /// The code on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            RefusalReason::PeerNotAllowed => 1,
+            RefusalReason::Incompatible => 2,
+            RefusalReason::SecretPresence => 3,
+            RefusalReason::BadProof => 4,
+            RefusalReason::Protocol => 5,
+            RefusalReason::Other(c) => c,
+        }
+    }
+
+    /// The reason for a code on the wire.
+    pub fn from_code(code: u16) -> Self {
+        match code {
+            1 => RefusalReason::PeerNotAllowed,
+            2 => RefusalReason::Incompatible,
+            3 => RefusalReason::SecretPresence,
+            4 => RefusalReason::BadProof,
+            5 => RefusalReason::Protocol,
+            c => RefusalReason::Other(c),
+        }
+    }
+}
+
+impl fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefusalReason::PeerNotAllowed => f.write_str("its policy does not admit this side"),
+            RefusalReason::Incompatible => f.write_str("incompatible protocol version"),
+            RefusalReason::SecretPresence => {
+                f.write_str("one side has a shared secret and the other has none")
+            }
+            RefusalReason::BadProof => f.write_str("wrong proof of the shared secret"),
+            RefusalReason::Protocol => f.write_str("protocol violation"),
+            RefusalReason::Other(c) => write!(f, "reason code {c}"),
+        }
+    }
+}
+
+/// Why a handshake failed (carried by [`Error::Handshake`]).
+// Its `Display` is written in the handshake module, which knows the protocol version it
+// names: this module imports nothing from the layers above it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeFailure {
+    /// This side's [`PeerPolicy`](crate::PeerPolicy) does not admit the peer.
+    PeerNotAllowed(PeerCredentials),
+    /// A spawned worker's handshake came from another process than the child spawned
+    /// (`got` is `None` when no credentials came with it).
+    NotTheSpawnedChild {
+        /// The pid that was spawned.
+        expected: u32,
+        /// The pid the kernel vouched for.
+        got: Option<u32>,
+    },
+    /// One side has a shared secret and the other has none.
+    SecretPresence {
+        /// Whether this side has one.
+        ours: bool,
+    },
+    /// The peer's proof of the shared secret is wrong (wrong secret, or replayed bytes).
+    BadProof,
+    /// The peer speaks another protocol version.
+    Incompatible {
+        /// The version it speaks.
+        version: u16,
+    },
+    /// The peer's proofs do not cover the connection's two ends (it lacks
+    /// feature bit 2, `FEATURE_BOUND` in `PROTOCOL.md`: an older handshake revision).
+    Unbound,
+    /// An unexpected or malformed handshake message.
+    Protocol(&'static str),
+    /// The peer refused this side and said why.
+    Refused(RefusalReason),
 }
 
 #[cfg(test)]

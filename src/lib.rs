@@ -37,11 +37,16 @@
 //! | channels | [`spawn`], [`Listener`], [`handshake`] | authenticated connections: spawned workers, named endpoints |
 //! | ring | [`ring`] | a single-producer single-consumer ring in two sealed memfds |
 //! | pools | [`pool`] | reusable sealed buffers, each memfd sent once, fan-out with release tracking |
-//! | async | `asyncio` (feature `tokio`) | the same channels, awaited on a tokio runtime |
+//! | async | `asyncio` (feature `tokio`) | the same channels, awaited on a tokio runtime (the ring's and the pool's async sides are in [`ring`] and [`pool`]) |
 //! | I/O safety | [`PositionalFile`], [`GuardedMap`] | descriptors shared with other processes; mapping files that are not shrink-sealed |
 //! | sandbox | [`sandbox`] | a worker that can receive, read and answer, and nothing else (Landlock, seccomp, limits, namespaces) |
 //!
-//! See [Sharing descriptors safely](positional#sharing-descriptors-safely) for what sharing a
+//! Inside the crate, imports point one way: the channels ([`spawn`], [`Listener`],
+//! [`handshake`]) use the transport, which uses verification, which uses the regions; the
+//! error type, [`Seals`] and [`PeerCredentials`] sit below them all, and the ring and the
+//! pools sit on the channels (their async sides on `asyncio`).
+//!
+//! See [Sharing descriptors safely](#sharing-descriptors-safely) for what sharing a
 //! descriptor shares, why sealpipe trusts seals and not descriptor modes, and which tool to
 //! use when.
 //!
@@ -101,6 +106,86 @@
 //! - **Files to map or read**: [`GuardedMap`] maps shared memory of at most 1 GiB unless
 //!   [`GuardOptions`] say otherwise; [`PositionalFile`] I/O on a peer's FUSE or network
 //!   file can block without bound.
+//!
+//! # Sharing descriptors safely
+//!
+//! ## A descriptor you send is not a copy: it is the same *open file description*
+//!
+//! A descriptor number points to an *open file description* (OFD): the kernel object made
+//! by `open`, `memfd_create` or `socket`. `dup`, `fork` and sending the descriptor over a
+//! unix socket (`SCM_RIGHTS`, what [`crate::Channel`] does) all make a new descriptor for the
+//! **same** OFD. Everything the OFD holds is then shared between the processes:
+//!
+//! - the **file offset**: `read`, `write` and `lseek` through [`std::fs::File`] (or any
+//!   `Read`/`Write`/`Seek` that uses them) in one process move the offset the other process
+//!   reads and writes at. Two processes that each "read the file from the start" through
+//!   `File` get interleaved pieces of it, and neither can tell;
+//! - the **status flags** (`O_APPEND`, `O_NONBLOCK`, `O_DIRECT`, ...): `fcntl(F_SETFL)` in
+//!   one process changes them for the other. Set `O_APPEND` on a shared OFD and every
+//!   `write` — and on Linux even every `pwrite` — of the other side goes to the end of the
+//!   file;
+//! - **OFD locks** (`F_OFD_SETLK`) and `flock` locks are held by the OFD, so both processes
+//!   hold them; a lock taken "by the peer" is one you hold too.
+//!
+//! The close-on-exec flag is *not* shared: it belongs to each descriptor.
+//!
+//! [`PositionalFile`] is the tool for the first two: it keeps its own offset and does every
+//! transfer with `pread`/`pwrite` at an explicit position, so neither side's offset moves,
+//! and it writes with `RWF_NOAPPEND` where the kernel has it (Linux 6.9+), so an `O_APPEND`
+//! set by the peer cannot redirect its writes.
+//!
+//! ## Seals bind everyone; descriptor modes bind only the honest
+//!
+//! Opening a file `O_RDONLY`, or receiving a descriptor that was, is **not** a protection
+//! for shared memory: any process holding a descriptor to a memfd can open
+//! `/proc/self/fd/N` with `O_RDWR` and get a new, *writable* descriptor to the same file
+//! (it works on memfds, created 0777, 0666 with `MFD_NOEXEC_SEAL`, or 0600 by this crate's
+//! fallback, whenever the peer runs as the same user; only file permissions that deny the
+//! peer's user write access stop it, and not for a privileged peer). A read-only descriptor
+//! tells you what *you* can do, never what the peer can.
+//!
+//! Seals are different: they belong to the file itself (the inode), so they bind every
+//! descriptor, every mapping and every process, including one that reopens the file
+//! through `/proc`; and they can only ever be added, never removed. That is why this crate
+//! trusts seals and only seals:
+//!
+//! | the peer must not... | seal | what a receiver gets without it |
+//! |---|---|---|
+//! | change the bytes | `F_SEAL_WRITE` (or `F_SEAL_FUTURE_WRITE` for everyone but the producer's own mapping) | data that changes while you read it |
+//! | shrink the file | `F_SEAL_SHRINK` | `SIGBUS` when you touch a mapped page past the new end |
+//! | grow it | `F_SEAL_GROW` | a size that no longer matches what you verified |
+//! | add or remove seals later | `F_SEAL_SEAL` | no guarantee at all for the future |
+//!
+//! ## Which tool to use
+//!
+//! - **You control the producer**: seal. [`crate::Region::seal`] for data that never
+//!   changes (read it in place as `&[u8]`), [`crate::Region::seal_producer_writable`] for a region
+//!   the producer keeps writing (read it by copy with [`crate::RegionView::read_at`]). The
+//!   receiver's [`crate::verify()`] refuses anything else.
+//! - **The file cannot be sealed** (a legacy producer, a `/dev/shm` file, a memfd from a
+//!   library that does not use `MFD_ALLOW_SEALING`), and you want to avoid mapping it:
+//!   [`PositionalFile`] reads it with `pread`. A truncation then shows up as a short read
+//!   or an end of file, never as a signal.
+//! - **The file cannot be sealed and you need it mapped** (large, random access):
+//!   [`crate::GuardedMap`] maps it read-only and turns the `SIGBUS` of a truncation during a
+//!   read into [`crate::Error::Truncated`].
+//! - **Any descriptor shared with another process**, sealed or not, that you read or write
+//!   as a stream: wrap it in a [`PositionalFile`] instead of a [`std::fs::File`]
+//!   ([`PositionalFile::from`] takes any [`OwnedFd`](std::os::fd::OwnedFd); `PositionalFile::try_from` a received
+//!   [`crate::RegionView`] whose policy kept its descriptor, [`crate::Policy::keep_descriptors`]).
+//!
+//! **A peer's descriptor can block I/O without bound.** `pread`/`pwrite` on a descriptor
+//! another process sent you run that file's filesystem code: on a FUSE mount they wait for
+//! the peer's daemon, which may never answer (the thread then sleeps uninterruptibly); on a
+//! network filesystem they wait for the server. sealpipe's channels accept only shared
+//! memory as regions, but a [`PositionalFile`] or [`crate::GuardedMap`] over a descriptor of
+//! unknown origin inherits this: check what it is first (`F_GET_SEALS` succeeds only for
+//! shared memory), or do such I/O on a thread you can abandon.
+//!
+//! Every descriptor sealpipe creates or receives is close-on-exec (memfds, sockets,
+//! descriptors received with `MSG_CMSG_CLOEXEC`, duplicates made with `F_DUPFD_CLOEXEC`), so a
+//! child process you spawn inherits none of them unless you hand one over on purpose, as
+//! [`crate::spawn::spawn`] does with exactly one.
 //!
 //! # Sandboxing workers
 //!
@@ -165,7 +250,10 @@ compile_error!("sealpipe supports Linux only: it is built on memfd seals and SCM
 
 #[cfg(feature = "tokio")]
 pub mod asyncio;
+mod checks;
 mod closer;
+mod connect;
+mod credentials;
 mod deadline;
 mod error;
 #[cfg(fuzzing)]
@@ -176,6 +264,8 @@ mod guard;
 pub mod handshake;
 mod in_flight;
 mod listener;
+mod platform;
+mod policy;
 pub mod pool;
 pub mod positional;
 mod region;
@@ -201,15 +291,16 @@ struct ReadmeDoctests;
 /// [`RegionView::into_memfile`] take and give its [`MemFile`](memfile::MemFile).
 pub use memfile;
 
-pub use error::{Error, Result};
+pub use credentials::PeerCredentials;
+pub use error::{Error, HandshakeFailure, RefusalReason, Result};
 pub use guard::{GuardOptions, GuardedMap};
-pub use handshake::{
-    HandshakeConfig, HandshakeFailure, PeerCredentials, PeerPolicy, RefusalReason, Secret,
-};
+pub use handshake::{HandshakeConfig, PeerPolicy, Secret};
 pub use listener::{default_path, Listener};
+pub use platform::{capabilities, Capabilities};
+pub use policy::Policy;
 pub use positional::PositionalFile;
 pub use region::{ProducerWritableRegion, Region, SealedRegion};
-pub use seals::{Policy, Seals};
+pub use seals::Seals;
 pub use stats::{ChannelStats, ListenerStats, RejectReason, Rejections};
 pub use transport::{Channel, Message};
-pub use verify::{capabilities, verify, Capabilities, RegionView};
+pub use verify::{verify, RegionView};

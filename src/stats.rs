@@ -13,8 +13,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use crate::error::Error;
-use crate::handshake::{HandshakeFailure, PeerCredentials};
+use crate::credentials::PeerCredentials;
+use crate::error::{Error, HandshakeFailure};
 
 /// Why something a peer sent was refused: one reason per [`Error`] variant that means "the
 /// peer sent something we refused" (handshake failures by their [`HandshakeFailure`]).

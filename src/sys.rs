@@ -14,6 +14,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
 use memmap2::{Advice, Mmap, MmapMut, MmapOptions, MmapRaw};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 /// A read-only mapping of a verified region.
 #[derive(Debug)]
@@ -227,6 +228,26 @@ pub(crate) fn map_writable(fd: impl AsFd, len: usize) -> io::Result<MmapMut> {
     // `len` and whose pages are allocated; once shared, it is sealed against shrinking and
     // against every new writer, so the only writer is this mapping.
     unsafe { MmapOptions::new().len(len).map_mut(fd.as_fd().as_raw_fd()) }
+}
+
+/// Polls `fd` for `events` without waiting: the events it reports now (empty if none, or
+/// if `poll` fails).
+pub(crate) fn poll_now(fd: impl AsFd, events: PollFlags) -> PollFlags {
+    let mut fds = [PollFd::new(&fd, events)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(n) if n > 0 => fds[0].revents(),
+        _ => PollFlags::empty(),
+    }
+}
+
+/// Whether the peer's end of socket `sock` is closed or in error (`POLLRDHUP`, `POLLHUP`,
+/// `POLLERR`); a pending message (`POLLIN` alone) does not count.
+pub(crate) fn peer_hung_up(sock: impl AsFd) -> bool {
+    poll_now(sock, PollFlags::RDHUP).intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
 }
 
 /// `SO_PASSRIGHTS` (Linux 6.16+): whether a unix socket accepts `SCM_RIGHTS`. With it off,

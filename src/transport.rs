@@ -1,7 +1,7 @@
 //! Transport: sealpipe messages over a unix `SOCK_SEQPACKET` socket.
 
 use std::cell::RefCell;
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
@@ -10,17 +10,16 @@ use std::time::{Duration, Instant};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{
-    recvmsg, sendmsg, socketpair, sockopt, AddressFamily, RecvAncillaryBuffer,
-    RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
-    SendFlags, SocketFlags, SocketType,
+    sendmsg, socketpair, sockopt, AddressFamily, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
 use crate::closer::{self, PeerSocket, Received};
+use crate::credentials::PeerCredentials;
 use crate::error::{Error, Result};
-use crate::handshake::PeerCredentials;
 use crate::in_flight::Ledger;
+use crate::policy::Policy;
 use crate::region::SealedRegion;
-use crate::seals::Policy;
 use crate::stats::{ChannelCounters, ChannelStats};
 use crate::verify::{verify_or_return, RegionView};
 use crate::wire;
@@ -398,23 +397,9 @@ impl Channel {
     /// for that): [`Error::WouldBlock`], [`Error::Timeout`] or [`Error::PeerClosed`] when
     /// the waiting is over.
     fn wait_for_reader(&self, wait: Wait) -> Result<()> {
-        let pause = match wait {
-            Wait::Never => {
-                return Err(if self.peer_exited() {
-                    Error::PeerClosed
-                } else {
-                    Error::WouldBlock
-                })
-            }
-            Wait::Forever => READER_POLL,
-            Wait::Until(t) => {
-                let left = t.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(Error::Timeout);
-                }
-                left.min(READER_POLL)
-            }
-        };
+        let pause = self
+            .time_left(wait)?
+            .map_or(READER_POLL, |left| left.min(READER_POLL));
         // A peer that closes its end (readable: POLLHUP/POLLRDHUP) ends the pause early;
         // the next send then reports it.
         let mut fds = [PollFd::new(&*self.sock, PollFlags::RDHUP)];
@@ -468,50 +453,9 @@ impl Channel {
         wait: Wait,
         fds: &mut Received,
     ) -> Result<(Vec<u8>, Vec<u64>)> {
-        self.admit(wait)?;
-        // Room for the kernel's maximum whatever the policy allows: descriptors that do not
-        // fit would be dropped by the kernel in this thread, where their close may block.
-        // Surplus ones fail the policy check below and are disposed of.
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
-        let mut reset = false;
-        let res = loop {
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let res = recvmsg(
-                &*self.sock,
-                &mut [IoSliceMut::new(buf)],
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-            );
-            // Take ownership of every descriptor that arrived, whatever happens next.
-            for msg in control.drain() {
-                if let RecvAncillaryMessage::ScmRights(iter) = msg {
-                    fds.0.extend(iter);
-                }
-            }
-            match res {
-                Ok(r) => break r,
-                Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => self.wait(PollFlags::IN, wait)?,
-                // A peer that exits with our messages unread in its queue resets the
-                // connection. The kernel reports that once, before the queue: read on, so
-                // that every message the peer sent before it went is still delivered.
-                Err(Errno::CONNRESET) if !reset => reset = true,
-                Err(Errno::CONNRESET) => return Err(Error::PeerClosed),
-                Err(e) => return Err(Error::io("recvmsg", e)),
-            }
-        };
-        // The kernel reports the datagram's bytes copied, never more than the buffer.
-        let msg = &buf[..res.bytes.min(buf.len())];
-        let header = wire::check_received(
-            wire::Received {
-                msg,
-                fds: fds.0.len(),
-                ctrunc: res.flags.contains(ReturnFlags::CTRUNC),
-                trunc: res.flags.contains(ReturnFlags::TRUNC),
-            },
-            policy,
-            || self.hung_up(),
-        )?;
+        let received = self.recv_datagram(buf, &mut fds.0, wait)?;
+        let msg = received.msg;
+        let header = wire::check_received(received, policy.wire_limits(), || self.hung_up())?;
         let lens: Vec<u64> = (0..header.region_count)
             .map(|i| wire::region_len(msg, i))
             .collect();
@@ -597,71 +541,81 @@ impl Channel {
         accept: &[u16],
         wait: Wait,
     ) -> Result<wire::PoolMessage<'b>> {
+        let received = self.recv_datagram(buf, fds, wait)?;
+        wire::check_pool_received(received, accept, || self.hung_up())
+    }
+
+    /// Receives one datagram into `buf` (after [`admit`](Channel::admit)), waiting as `wait`
+    /// says, and moves every descriptor that arrived with it into `fds`, whatever happens
+    /// next (the caller disposes of them with `closer` if the message is refused). The
+    /// framing is the caller's to check ([`wire::check_received`],
+    /// [`wire::check_pool_received`]).
+    fn recv_datagram<'b>(
+        &self,
+        buf: &'b mut [u8],
+        fds: &mut Vec<OwnedFd>,
+        wait: Wait,
+    ) -> Result<wire::Received<'b>> {
         self.admit(wait)?;
-        // Room for the kernel's maximum, as in `recv_raw`: descriptors that do not fit would
-        // be dropped by the kernel in this thread, where their close may block. Surplus ones
-        // fail the framing check and the caller disposes of them.
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
+        // Surplus descriptors (more than the policy allows) fail the framing or policy check
+        // and are disposed of.
         let mut reset = false;
         let res = loop {
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let res = recvmsg(
-                &self.sock,
-                &mut [IoSliceMut::new(buf)],
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-            );
-            for msg in control.drain() {
-                if let RecvAncillaryMessage::ScmRights(iter) = msg {
-                    fds.extend(iter);
-                }
-            }
-            match res {
+            match closer::recv_taking_fds(&*self.sock, buf, fds) {
                 Ok(r) => break r,
                 Err(Errno::INTR) => {}
                 Err(Errno::AGAIN) => self.wait(PollFlags::IN, wait)?,
+                // A peer that exits with our messages unread in its queue resets the
+                // connection. The kernel reports that once, before the queue: read on, so
+                // that every message the peer sent before it went is still delivered.
                 Err(Errno::CONNRESET) if !reset => reset = true,
                 Err(Errno::CONNRESET) => return Err(Error::PeerClosed),
                 Err(e) => return Err(Error::io("recvmsg", e)),
             }
         };
-        let msg = &buf[..res.bytes.min(buf.len())];
-        wire::check_pool_received(
-            wire::Received {
-                msg,
-                fds: fds.len(),
-                ctrunc: res.flags.contains(ReturnFlags::CTRUNC),
-                trunc: res.flags.contains(ReturnFlags::TRUNC),
-            },
-            accept,
-            || self.hung_up(),
-        )
+        // The kernel reports the datagram's bytes copied, never more than the buffer.
+        Ok(wire::Received {
+            msg: &buf[..res.bytes.min(buf.len())],
+            fds: fds.len(),
+            ctrunc: res.flags.contains(ReturnFlags::CTRUNC),
+            trunc: res.flags.contains(ReturnFlags::TRUNC),
+        })
+    }
+
+    /// How long `wait` still allows: `None` for ever, else a non-zero time.
+    ///
+    /// # Errors
+    /// For [`Wait::Never`], [`Error::PeerClosed`] if the peer's pidfd says it exited, else
+    /// [`Error::WouldBlock`]; [`Error::Timeout`] once the deadline has passed.
+    fn time_left(&self, wait: Wait) -> Result<Option<Duration>> {
+        match wait {
+            Wait::Never => Err(if self.peer_exited() {
+                Error::PeerClosed
+            } else {
+                Error::WouldBlock
+            }),
+            Wait::Forever => Ok(None),
+            Wait::Until(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    Err(Error::Timeout)
+                } else {
+                    Ok(Some(left))
+                }
+            }
+        }
     }
 
     /// Waits until the socket is ready for `events`, honouring `wait`. Fails with
     /// [`Error::PeerClosed`] if the peer's pidfd says it exited and the socket is not ready.
     pub(crate) fn wait(&self, events: PollFlags, wait: Wait) -> Result<()> {
         loop {
-            let timeout = match wait {
-                Wait::Never => {
-                    return Err(if self.peer_exited() {
-                        Error::PeerClosed
-                    } else {
-                        Error::WouldBlock
-                    })
-                }
-                Wait::Forever => None,
-                Wait::Until(t) => {
-                    let left = t.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(Error::Timeout);
-                    }
-                    Some(Timespec::try_from(left).unwrap_or(Timespec {
-                        tv_sec: i64::MAX,
-                        tv_nsec: 0,
-                    }))
-                }
-            };
+            let timeout = self.time_left(wait)?.map(|left| {
+                Timespec::try_from(left).unwrap_or(Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                })
+            });
             let mut fds = [
                 PollFd::new(&*self.sock, events),
                 PollFd::new(&*self.sock, events),
@@ -686,28 +640,14 @@ impl Channel {
 
     /// Whether the peer's pidfd (if known) says the peer has exited.
     pub(crate) fn peer_exited(&self) -> bool {
-        let Some(pidfd) = &self.peer_pidfd else {
-            return false;
-        };
-        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        self.peer_pidfd
+            .as_ref()
+            .is_some_and(|pidfd| !crate::sys::poll_now(pidfd, PollFlags::IN).is_empty())
     }
 
     /// Whether the peer has shut down its end (distinguishes EOF from an empty datagram).
     fn hung_up(&self) -> bool {
-        let mut fds = [PollFd::new(&*self.sock, PollFlags::RDHUP)];
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
-            && fds[0]
-                .revents()
-                .intersects(PollFlags::RDHUP | PollFlags::HUP)
+        crate::sys::peer_hung_up(&*self.sock)
     }
 }
 

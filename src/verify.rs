@@ -3,14 +3,13 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 
-use memfile::MemFile;
-use rustix::fs::{self, OFlags};
-use rustix::io::Errno;
-
+use crate::checks::check;
 use crate::error::{Error, Result};
+use crate::policy::Policy;
 use crate::region::SealedRegion;
-use crate::seals::{Policy, Seals};
+use crate::seals::Seals;
 use crate::sys::ReadMap;
+use memfile::MemFile;
 
 /// Verifies `fd` against `policy` and the length its sender declared, then maps it
 /// read-only.
@@ -38,8 +37,8 @@ use crate::sys::ReadMap;
 /// so that `st_blocks` looks complete while the region itself is all holes. That count
 /// walks only the pages past the end (none, for an honest region), so the whole check
 /// costs about a microsecond at any size. Kernels without `cachestat`
-/// ([`Capabilities::counts_committed_pages`] is `false`) get the `st_blocks` comparison
-/// alone, which that disguise passes. (`mincore(2)` cannot stand in: it reports pages
+/// ([`Capabilities::counts_committed_pages`](crate::Capabilities::counts_committed_pages)
+/// is `false`) get the `st_blocks` comparison alone, which that disguise passes. (`mincore(2)` cannot stand in: it reports pages
 /// allocated by `fallocate` but never written as absent.)
 ///
 /// The answer stays true after the check because the seals it follows make it so: with
@@ -100,138 +99,11 @@ pub(crate) fn verify_or_return(
     Ok(RegionView { map, seals, region })
 }
 
-/// Every check of [`verify`], without mapping. Returns the region's seals.
-pub(crate) fn check(
-    fd: BorrowedFd<'_>,
-    declared_len: u64,
-    policy: &Policy,
-    index: usize,
-) -> Result<Seals> {
-    check_access(fd, index)?;
-    // Every bit, with rustix: memfile's `get_seals` drops those it does not know (EXEC),
-    // and the seals are reported (`RegionView::seals`, `Error::MissingSeals`).
-    let seals = match fs::fcntl_get_seals(fd) {
-        Ok(s) => Seals::from_bits(s.bits()),
-        // Described without fstat, which a FUSE daemon would answer (or never answer).
-        Err(Errno::INVAL) => {
-            return Err(Error::NotMemfd {
-                index,
-                reason: crate::closer::kind(fd).describe(),
-            })
-        }
-        Err(Errno::BADF) => {
-            return Err(Error::NotMemfd {
-                index,
-                reason: "descriptor cannot be inspected",
-            })
-        }
-        Err(e) => return Err(Error::io("fcntl(F_GET_SEALS)", e)),
-    };
-    let missing = policy.missing_seals(seals);
-    if !missing.is_empty() {
-        return Err(Error::MissingSeals {
-            index,
-            have: seals,
-            missing,
-        });
-    }
-    check_contents(fd, declared_len, policy, index)?;
-    Ok(seals)
-}
-
-/// The descriptor gives access to the file's contents for reading: neither `O_PATH` nor
-/// write-only.
-pub(crate) fn check_access(fd: BorrowedFd<'_>, index: usize) -> Result<()> {
-    let flags = fs::fcntl_getfl(fd).map_err(|e| Error::io("fcntl(F_GETFL)", e))?;
-    if flags.contains(OFlags::PATH) {
-        return Err(Error::NotMemfd {
-            index,
-            reason: "O_PATH descriptor (no access to contents)",
-        });
-    }
-    if flags & OFlags::ACCMODE == OFlags::WRONLY {
-        return Err(Error::NotMemfd {
-            index,
-            reason: "write-only descriptor (cannot be mapped for reading)",
-        });
-    }
-    Ok(())
-}
-
-/// The checks of [`verify`] after the seals, on a sealable file (`F_GET_SEALS` answered):
-/// length, size, huge pages, committed pages.
-pub(crate) fn check_contents(
-    fd: BorrowedFd<'_>,
-    declared_len: u64,
-    policy: &Policy,
-    index: usize,
-) -> Result<()> {
-    if declared_len == 0 {
-        return Err(Error::EmptyRegion { index });
-    }
-    if declared_len > policy.region_len_limit() || declared_len > isize::MAX as u64 {
-        return Err(Error::RegionTooLarge {
-            index,
-            len: declared_len,
-            max: policy.region_len_limit(),
-        });
-    }
-    let st = fs::fstat(fd).map_err(|e| Error::io("fstat", e))?;
-    let actual = st.st_size as u64;
-    if actual != declared_len {
-        return Err(Error::SizeMismatch {
-            index,
-            declared: declared_len,
-            actual,
-        });
-    }
-    // F_GET_SEALS answered, so this is shmem or hugetlbfs: fstatfs cannot block here.
-    let huge =
-        fs::fstatfs(fd).map_err(|e| Error::io("fstatfs", e))?.f_type as u64 == HUGETLBFS_MAGIC;
-    if huge && !policy.accepts_huge_pages() {
-        return Err(Error::HugePages { index });
-    }
-    // The page size of the file: st_blksize is the huge page size on hugetlbfs; shmem
-    // reports a larger one when transparent huge pages are on, but allocates base pages.
-    let page = if huge {
-        (st.st_blksize as u64).max(4096)
-    } else {
-        crate::sys::page_size()
-    };
-    // st_blocks counts every allocated page (shmem recounts it for fstat), in the file
-    // and past its end; only those in 0..st_size count. A sender can allocate pages past
-    // the end before sealing (fallocate KEEP_SIZE) to make st_blocks look complete while
-    // the region is all holes: cachestat counts them, so they are taken off.
-    let needed = actual.div_ceil(page);
-    let allocated = (st.st_blocks as u64).saturating_mul(512) / page;
-    let past_end = if huge {
-        None // hugetlbfs (opted in): st_blocks is all the kernel reports
-    } else {
-        crate::sys::pages_from(fd, needed.saturating_mul(page)).map_err(|e| Error::Io {
-            op: "cachestat",
-            source: e,
-        })?
-    };
-    // Without cachestat, st_blocks alone (Capabilities::counts_committed_pages).
-    let inside = allocated.saturating_sub(past_end.unwrap_or(0));
-    if inside < needed {
-        return Err(Error::Uncommitted {
-            index,
-            len: actual,
-            committed: inside.saturating_mul(page).min(actual),
-        });
-    }
-    Ok(())
-}
-
-/// `f_type` of hugetlbfs (`statfs(2)`).
-const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
-
 fn map_read_only(fd: BorrowedFd<'_>, len: usize, seals: Seals) -> std::io::Result<ReadMap> {
     // No MAP_POPULATE: it fills the page table one 4 KiB page at a time (get_user_pages),
     // measured slower than the 64 KiB fault-around of plain faults at 1 MiB and 64 MiB, and
     // it costs the whole region even when the consumer reads a part of it.
-    if seals.contains(Seals::WRITE) && !probed().shared_map_of_write_sealed {
+    if seals.contains(Seals::WRITE) && !shared_map_of_write_sealed() {
         return ReadMap::private(fd, len);
     }
     ReadMap::shared(fd, len)
@@ -450,61 +322,16 @@ impl RegionView {
     }
 }
 
-/// What this kernel supports, probed once at first use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Capabilities {
-    /// `memfd_create(MFD_NOEXEC_SEAL)` works (Linux 6.3+). Without it, regions are created
-    /// sealable and `fchmod`ed to 0600 instead.
-    pub noexec_seal: bool,
-    /// `mmap(PROT_READ, MAP_SHARED)` of a write-sealed memfd works (Linux 6.7+ and fixed
-    /// stable kernels). Without it, immutable regions are mapped `MAP_PRIVATE` read-only,
-    /// which shows the same (unchangeable) bytes.
-    pub shared_map_of_write_sealed: bool,
-    /// `cachestat(2)` works (Linux 6.5+, not denied by seccomp), so [`verify()`] counts the
-    /// allocated pages inside a region. Without it only `st_blocks` is compared, which a
-    /// peer can satisfy with pages allocated past the end of the file (see
-    /// [Committed pages](verify#committed-pages)).
-    pub counts_committed_pages: bool,
-    /// Unix sockets can refuse descriptors (`SO_PASSRIGHTS`, Linux 6.16+). Without it, a
-    /// peer can queue descriptors during a handshake or on a ring's channel; they are
-    /// received and closed without blocking instead, and dropped sockets are closed on a
-    /// background thread (see [`crate::Channel`]).
-    pub pass_rights: bool,
-}
-
-/// The kernel capabilities sealpipe probed and the fallbacks it chose.
-pub fn capabilities() -> Capabilities {
-    // Probed only here, not on the receive path: it needs a socket pair, which a
-    // sandboxed worker may not create (sealpipe itself just tries the option where needed).
-    static PASS_RIGHTS: OnceLock<bool> = OnceLock::new();
-    Capabilities {
-        pass_rights: *PASS_RIGHTS.get_or_init(|| {
-            crate::Channel::pair().is_ok_and(|(a, _b)| crate::closer::refuse_descriptors(&a))
-        }),
-        ..probed()
-    }
-}
-
-/// The capabilities the receive path needs (`pass_rights` is left `false`: see
-/// [`capabilities`]).
-fn probed() -> Capabilities {
-    static CAPS: OnceLock<Capabilities> = OnceLock::new();
-    *CAPS.get_or_init(|| Capabilities {
-        noexec_seal: crate::region::capabilities_noexec_seal(),
-        shared_map_of_write_sealed: probe_shared_map_of_write_sealed(),
-        counts_committed_pages: crate::Region::new(4096)
-            .and_then(crate::Region::seal)
-            .is_ok_and(|r| matches!(crate::sys::pages_from(&r, 0), Ok(Some(1)))),
-        pass_rights: false,
+/// Whether `mmap(PROT_READ, MAP_SHARED)` of a write-sealed memfd works (Linux 6.7+ and
+/// fixed stable kernels), probed once ([`crate::Capabilities::shared_map_of_write_sealed`]).
+pub(crate) fn shared_map_of_write_sealed() -> bool {
+    static PROBE: OnceLock<bool> = OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let Ok(region) = crate::Region::new(4096).and_then(crate::Region::seal) else {
+            return false;
+        };
+        ReadMap::shared(region.as_fd(), 4096).is_ok()
     })
-}
-
-fn probe_shared_map_of_write_sealed() -> bool {
-    let Ok(region) = crate::Region::new(4096).and_then(crate::Region::seal) else {
-        return false;
-    };
-    ReadMap::shared(region.as_fd(), 4096).is_ok()
 }
 
 #[cfg(any(test, fuzzing))]
@@ -512,8 +339,10 @@ pub(crate) mod model;
 
 #[cfg(test)]
 mod tests {
+    use rustix::fs::{self, OFlags};
+
     use super::*;
-    use crate::Region;
+    use crate::{capabilities, Region};
 
     fn sealed(len: usize) -> crate::SealedRegion {
         let mut r = Region::new(len).unwrap();

@@ -82,7 +82,8 @@ fn every_timeout_accepts_duration_max() {
 #[cfg(feature = "tokio")]
 #[test]
 fn async_connect_and_accept_accept_duration_max() {
-    use sealpipe::asyncio::{AsyncChannel, AsyncConsumer, AsyncListener, AsyncProducer};
+    use sealpipe::asyncio::{AsyncChannel, AsyncListener};
+    use sealpipe::ring::{AsyncConsumer, AsyncProducer};
     let _serial = common::serial();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -618,7 +618,7 @@ fn leases_write_typed_and_by_io_write_and_truncate() {
 #[cfg(feature = "tokio")]
 #[test]
 fn async_lease_awaits_releases_and_both_sides_are_cancel_safe() {
-    use sealpipe::asyncio::{AsyncPool, AsyncPoolReceiver};
+    use sealpipe::pool::{AsyncPool, AsyncPoolReceiver};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -334,7 +334,7 @@ fn python_ring_producer_wakes_a_blocking_consumer_by_futex() {
 #[cfg(feature = "tokio")]
 #[test]
 fn python_ring_producer_signals_an_async_consumer() {
-    use sealpipe::asyncio::AsyncConsumer;
+    use sealpipe::ring::AsyncConsumer;
     let common::Peer { child, channel } = spawn_python("ring-producer");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -8,7 +8,7 @@ mod common;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use sealpipe::asyncio::{AsyncConsumer, AsyncPodConsumer, AsyncPodProducer, AsyncProducer};
+use sealpipe::ring::{AsyncConsumer, AsyncPodConsumer, AsyncPodProducer, AsyncProducer};
 use sealpipe::ring::{Consumer, Producer, RingOptions, SpinPolicy};
 use sealpipe::{Channel, Error};
 use tokio::time::timeout;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::lock;
 use crate::error::{Error, Result};
-use crate::seals::Policy;
+use crate::policy::Policy;
 use crate::stats::ChannelStats;
 use crate::transport::{Channel, Wait};
 use crate::verify::{verify_or_return, RegionView};

@@ -90,7 +90,7 @@
 //!
 //! # Async
 //!
-//! With the `tokio` feature, `asyncio::AsyncPool` awaits a free buffer and `AsyncPoolReceiver`
+//! With the `tokio` feature, `AsyncPool` awaits a free buffer and `AsyncPoolReceiver`
 //! awaits the next buffer on a tokio runtime (no helper thread, cancel safe); send with
 //! [`Lease::try_send`], which never blocks.
 //!
@@ -107,10 +107,13 @@
 //! (section "Region pools"). A pool's channel carries only these.
 
 #[cfg(feature = "tokio")]
-pub(crate) mod async_pool; // its types are public as `sealpipe::asyncio::{AsyncPool, ..}`
+mod async_pool;
 mod consumer;
 mod producer;
 
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use async_pool::{AsyncPool, AsyncPoolReceiver};
 pub use consumer::{PoolBuffer, PoolReceiver};
 pub use producer::{Lease, Pool, PoolOptions, PoolSender, PoolStats};
 

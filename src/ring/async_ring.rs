@@ -28,11 +28,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-use std::io::IoSliceMut;
-use std::mem::MaybeUninit;
-
 use rustix::io::Errno;
-use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -40,7 +36,7 @@ use super::api::*;
 use super::core;
 use super::wait::peer_gone;
 use crate::asyncio::{ready_or_exit, register, watch_exit, AsyncChannel};
-use crate::closer::{PeerSocket, Received};
+use crate::closer::{recv_taking_fds, PeerSocket, Received};
 use crate::error::{Error, Result};
 use crate::Channel;
 
@@ -200,22 +196,9 @@ enum Drained {
 /// Descriptors that come with them are disposed of (see `crate::closer`).
 fn drain(sock: &OwnedFd) -> io::Result<Drained> {
     let mut buf = [0u8; 16];
-    let mut space =
-        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(crate::wire::MAX_REGIONS))];
     for _ in 0..MAX_DRAIN {
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let res = recvmsg(
-            sock,
-            &mut [IoSliceMut::new(&mut buf)],
-            &mut control,
-            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
-        );
         let mut fds = Received::default();
-        for msg in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(iter) = msg {
-                fds.0.extend(iter);
-            }
-        }
+        let res = recv_taking_fds(sock, &mut buf, &mut fds.0);
         drop(fds);
         match res.map(|r| r.bytes) {
             // End of stream, or an empty datagram from a hostile peer.
@@ -306,7 +289,7 @@ async fn consumer_setup_async(
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> sealpipe::Result<()> {
-/// use sealpipe::asyncio::{AsyncConsumer, AsyncProducer};
+/// use sealpipe::ring::{AsyncConsumer, AsyncProducer};
 /// use sealpipe::ring::RingOptions;
 ///
 /// let (a, b) = sealpipe::Channel::pair()?;

@@ -61,7 +61,7 @@
 //! wait has a deadline and checks every 20 ms whether the peer's end of the channel is still
 //! open (and, for a spawned worker's channel, whether the peer process is still alive).
 //!
-//! With the `tokio` feature, `sealpipe::asyncio::AsyncProducer` and its siblings wait in the
+//! With the `tokio` feature, `AsyncProducer` and its siblings wait in the
 //! runtime's reactor instead: the wait word then also says "signal me", and the peer wakes
 //! it by sending one byte on the setup channel (`MSG_DONTWAIT`: never blocks) rather than
 //! with `FUTEX_WAKE`. Blocking and async sides work together on the same ring.
@@ -167,6 +167,9 @@ pub mod loom_api {
 pub(crate) use api::check_headers;
 #[cfg(not(loom))]
 pub use api::*;
+#[cfg(all(feature = "tokio", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use async_ring::{AsyncConsumer, AsyncPodConsumer, AsyncPodProducer, AsyncProducer};
 
 #[cfg(not(loom))]
 mod api {

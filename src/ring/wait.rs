@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::event::Timespec;
 use rustix::io::Errno;
 use rustix::thread::futex;
 
@@ -323,15 +323,7 @@ fn check(deadline: Option<Instant>, channel: &Channel) -> Result<Duration> {
 /// Whether the peer's end of the channel is closed (`POLLHUP`/`POLLRDHUP`); a pending
 /// message (`POLLIN` alone) does not count.
 pub(crate) fn peer_gone(channel: &impl AsFd) -> bool {
-    let mut fds = [PollFd::new(channel, PollFlags::RDHUP)];
-    let zero = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
-        && fds[0]
-            .revents()
-            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
+    crate::sys::peer_hung_up(channel)
 }
 
 /// `FUTEX_WAIT` (shared, not private) on `word` while it holds `expected`, for at most

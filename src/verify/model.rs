@@ -12,7 +12,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::{self, MemfdFlags, OFlags, SealFlags};
 
 use crate::error::Error;
-use crate::seals::{Policy, Seals};
+use crate::policy::Policy;
+use crate::seals::Seals;
 
 /// Builds a real descriptor from the first bytes of `data` (kind of file, seals, real size),
 /// verifies it against a policy and declared length from the rest, and checks the verdict
@@ -49,7 +50,7 @@ pub fn seal_policy(data: &[u8]) {
     let actual_seals = fs::fcntl_get_seals(&fd)
         .ok()
         .map(|s| Seals::from_bits(s.bits()));
-    let result = crate::verify::check(fd.as_fd(), declared, &policy, 0);
+    let result = crate::checks::check(fd.as_fd(), declared, &policy, 0);
 
     // The specification, in the order PROTOCOL.md lists the checks.
     match (kind, actual_seals) {

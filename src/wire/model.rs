@@ -8,7 +8,7 @@
 #![cfg_attr(not(fuzzing), allow(unreachable_pub))] // public only to the fuzz crate, through `crate::fuzz`
 
 use crate::error::Error;
-use crate::seals::Policy;
+use crate::policy::Policy;
 use crate::wire;
 
 /// Decodes `data` as a wire message. If it is accepted, re-encoding its header and region
@@ -79,7 +79,7 @@ pub fn recv_framing(data: &[u8]) {
         ctrunc,
         trunc,
     };
-    let result = wire::check_received(received, &policy, || {
+    let result = wire::check_received(received, policy.wire_limits(), || {
         asked = true;
         hung_up
     });

@@ -7,7 +7,7 @@ use crate::proc::{consumer_cpu, Ctl, Params, Peer};
 use crate::rounds::timed;
 use crate::small::BATCH;
 use sealpipe::ring::{Consumer, PodConsumer, PodProducer, Producer, RingOptions, SpinPolicy};
-use sealpipe::asyncio::{AsyncPodConsumer, AsyncPodProducer};
+use sealpipe::ring::{AsyncPodConsumer, AsyncPodProducer};
 use sealpipe::{Channel, Error};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
