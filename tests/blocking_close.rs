@@ -295,14 +295,16 @@ impl Drop for TempPath {
 
 /// Waits (at most 5 s) for the descriptor count to come back to `baseline`: descriptors
 /// that are not shared memory are closed on sealpipe's background closer.
-fn assert_fds_settle(baseline: usize, what: &str) {
+/// Waits up to 5 s for the descriptor count to come back to `expected` (the background
+/// closer finishes disposals at its own pace), then asserts it did.
+fn assert_fds_settle(expected: usize, what: &str) {
     let end = Instant::now() + Duration::from_secs(5);
-    while common::fd_count() != baseline && Instant::now() < end {
+    while common::fd_count() != expected && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(
         common::fd_count(),
-        baseline,
+        expected,
         "{what}: descriptors leaked: {:#?}",
         common::fd_table()
     );
@@ -331,7 +333,7 @@ fn recv_timeout_keeps_its_deadline_with_a_lingering_socket() {
         "recv_timeout_keeps_its_deadline_with_a_lingering_socket",
         "linger_region",
     );
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     wait_until_queued(&peer.channel);
     let start = Instant::now();
     let err = peer
@@ -345,7 +347,7 @@ fn recv_timeout_keeps_its_deadline_with_a_lingering_socket() {
         "{err:?}"
     );
     assert!(took < DEADLINE + MARGIN, "took {took:?}");
-    assert_fds_settle(baseline, "linger_region");
+    assert_fds_settle(baseline.count(), "linger_region");
     expect_honest(&peer.channel);
     assert_eq!(peer.wait(), 0);
 }
@@ -358,7 +360,7 @@ fn try_recv_returns_at_once_with_a_lingering_socket() {
         "try_recv_returns_at_once_with_a_lingering_socket",
         "linger_region",
     );
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     wait_until_queued(&peer.channel);
     let start = Instant::now();
     let err = peer.channel.try_recv(&Policy::immutable()).unwrap_err();
@@ -366,7 +368,7 @@ fn try_recv_returns_at_once_with_a_lingering_socket() {
     eprintln!("try_recv, region 0 a socket lingering 5 s: {took:?}");
     assert!(matches!(err, Error::NotMemfd { index: 0, .. }), "{err:?}");
     assert!(took < MARGIN, "took {took:?}");
-    assert_fds_settle(baseline, "try_recv");
+    assert_fds_settle(baseline.count(), "try_recv");
     expect_honest(&peer.channel);
     assert_eq!(peer.wait(), 0);
 }
@@ -379,7 +381,7 @@ fn a_flood_of_lingering_sockets_keeps_every_deadline() {
         "a_flood_of_lingering_sockets_keeps_every_deadline",
         "linger_flood",
     );
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     let start = Instant::now();
     for i in 0..20 {
         let t = Instant::now();
@@ -399,7 +401,7 @@ fn a_flood_of_lingering_sockets_keeps_every_deadline() {
     }
     // 200 descriptors, each of which would have taken 5 s to close in this thread.
     eprintln!("20 messages of 10 lingering sockets: {:?}", start.elapsed());
-    assert_fds_settle(baseline, "flood");
+    assert_fds_settle(baseline.count(), "flood");
     expect_honest(&peer.channel);
     assert_eq!(peer.wait(), 0);
 }
@@ -412,7 +414,7 @@ fn surplus_descriptors_beyond_the_policy_do_not_block() {
         "surplus_descriptors_beyond_the_policy_do_not_block",
         "linger_excess",
     );
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     wait_until_queued(&peer.channel);
     let start = Instant::now();
     let err = peer
@@ -432,7 +434,7 @@ fn surplus_descriptors_beyond_the_policy_do_not_block() {
         "{err:?}"
     );
     assert!(took < DEADLINE + MARGIN, "took {took:?}");
-    assert_fds_settle(baseline, "surplus");
+    assert_fds_settle(baseline.count(), "surplus");
     expect_honest(&peer.channel);
     assert_eq!(peer.wait(), 0);
 }
@@ -445,7 +447,7 @@ fn dropping_a_channel_with_lingering_sockets_queued_does_not_block() {
         "dropping_a_channel_with_lingering_sockets_queued_does_not_block",
         "linger_flood",
     );
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     // Wait for the honest message at the end of the flood: everything is queued (20
     // messages of 16 + 8 * 10 bytes, then 16 + 8 + 6).
     let end = Instant::now() + T;
@@ -463,7 +465,7 @@ fn dropping_a_channel_with_lingering_sockets_queued_does_not_block() {
     eprintln!("drop of a channel with 200 lingering sockets queued: {took:?}");
     assert!(took < MARGIN, "took {took:?}");
     drop(_spare);
-    assert_fds_settle(baseline - 1, "drop"); // the old channel had a pidfd too
+    assert_fds_settle(baseline.count() - 1, "drop"); // the old channel had a pidfd too
     assert_eq!(peer.wait(), 0);
 }
 
@@ -528,14 +530,14 @@ fn connect_to_a_hostile_server_keeps_its_deadline() {
     );
     let ready = peer.channel.recv_timeout(&Policy::immutable(), T).unwrap();
     assert_eq!(ready.payload(), b"listening");
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     let start = Instant::now();
     let err = Channel::connect(&path, &HandshakeConfig::new().timeout(DEADLINE)).unwrap_err();
     let took = start.elapsed();
     eprintln!("connect(1 s) to a server sending a lingering socket: {took:?}, {err}");
     assert!(matches!(err, Error::Timeout), "{err:?}");
     assert!(took < DEADLINE + MARGIN, "took {took:?}");
-    assert_fds_settle(baseline, "connect");
+    assert_fds_settle(baseline.count(), "connect");
     assert_eq!(
         peer.wait(),
         refused_code(),
@@ -582,7 +584,7 @@ fn async_recv_keeps_its_deadline_with_a_lingering_socket() {
         "async_recv_keeps_its_deadline_with_a_lingering_socket",
         "linger_region",
     );
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     wait_until_queued(&peer.channel);
     let (_spare, other) = Channel::pair().unwrap();
     let channel = std::mem::replace(&mut peer.channel, other);
@@ -603,7 +605,7 @@ fn async_recv_keeps_its_deadline_with_a_lingering_socket() {
     });
     drop(rt);
     drop(_spare);
-    assert_fds_settle(baseline + 1, "async");
+    assert_fds_settle(baseline.count() + 1, "async");
     expect_honest(&channel);
     drop(channel);
     assert_eq!(peer.wait(), 0);
@@ -635,7 +637,7 @@ fn spawn_handshake_with_a_hostile_child_keeps_its_deadline() {
         hostile_spawn_child();
     }
     let _serial = common::serial();
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([NAME, "--exact", "--nocapture", "--test-threads=1", "-q"])
         .env(common::ROLE_ENV, "hostile_spawn_child")
@@ -659,7 +661,7 @@ fn spawn_handshake_with_a_hostile_child_keeps_its_deadline() {
     }
     // The child starts (a test binary) and exits at once; no 5 s linger in between.
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    assert_fds_settle(baseline, "spawn");
+    assert_fds_settle(baseline.count(), "spawn");
 }
 
 #[cfg(feature = "tokio")]

@@ -240,8 +240,8 @@ fn message_size_limit_and_views_without_descriptors() {
         "message_size_limit_and_views_without_descriptors",
         "three_regions",
     );
-    let baseline = common::fd_count();
-    let maps = common::map_count();
+    let baseline = common::fds();
+    let maps = common::ring_peers::memfd_maps();
     let policy = Policy::immutable().max_message_len(2 << 20);
     let err = peer.channel.recv_timeout(&policy, T).unwrap_err();
     assert!(
@@ -256,26 +256,26 @@ fn message_size_limit_and_views_without_descriptors() {
         "{err:?}"
     );
     assert!(err.is_peer_fault());
-    assert_eq!(common::fd_count(), baseline, "rejected descriptors closed");
-    assert_eq!(common::map_count(), maps, "nothing mapped");
+    common::assert_no_new_fds(&baseline, "rejected descriptors closed");
+    assert_eq!(common::ring_peers::memfd_maps(), maps, "nothing mapped");
     // Accepted views hold a mapping each, no descriptor, unless the policy keeps them.
     let kept = peer
         .channel
         .recv_timeout(&Policy::immutable().keep_descriptors(true), T)
         .unwrap();
-    assert_eq!(common::fd_count(), baseline + 3);
+    assert_eq!(common::fd_count(), baseline.count() + 3);
     assert!(kept.regions().iter().all(|r| r.fd().is_some()));
     let honest = peer.channel.recv_timeout(&policy, T).unwrap();
     assert_eq!(honest.payload(), b"honest");
     assert!(honest.regions()[0].fd().is_none());
     assert_eq!(
         common::fd_count(),
-        baseline + 3,
+        baseline.count() + 3,
         "the honest view pins no descriptor"
     );
-    assert!(common::map_count() > maps);
+    assert!(common::ring_peers::memfd_maps() > maps);
     drop((kept, honest));
-    assert_eq!(common::fd_count(), baseline);
+    common::assert_no_new_fds(&baseline, "descriptors leaked");
     assert_eq!(peer.wait(), 0);
 }
 

@@ -102,7 +102,7 @@ fn ring_peer(role: &str, ch: Channel) -> i32 {
 fn ring_setup_with_a_peer_that_is_gone() {
     common::peer_main(ring_peer);
     let _serial = common::serial();
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     let maps = common::map_count();
     let peer = common::spawn_peer("ring_setup_with_a_peer_that_is_gone", "exit_before_setup");
     let mut child = peer.child;
@@ -113,10 +113,9 @@ fn ring_setup_with_a_peer_that_is_gone() {
         started.elapsed() < T,
         "setup must notice the dead peer, not wait forever"
     );
-    assert_eq!(
-        common::fd_count(),
-        baseline,
-        "setup released every descriptor (and the channel's)"
+    common::assert_no_new_fds(
+        &baseline,
+        "setup released every descriptor (and the channel's)",
     );
     assert!(common::map_count() <= maps, "setup released every mapping");
     assert!(child.wait().unwrap().success());

@@ -98,7 +98,7 @@ fn another_process_truncating_during_reads_gives_errors_not_sigbus() {
     rustix::fs::ftruncate(&fd, LEN).unwrap();
     // Register the hook before measuring (its registration allocates once).
     drop(GuardedMap::new(rustix::io::fcntl_dupfd_cloexec(&fd, 0).unwrap()).unwrap());
-    let fds_before = common::fd_count();
+    let fds_before = common::fds();
 
     let peer = common::spawn_peer_sharing(
         "another_process_truncating_during_reads_gives_errors_not_sigbus",
@@ -153,7 +153,7 @@ fn another_process_truncating_during_reads_gives_errors_not_sigbus() {
         "guard race: {faults} truncations caught in {reads} reads, {remaps} maps, \
          {leaked} bytes left allocated"
     );
-    assert_eq!(common::fd_count(), fds_before, "descriptor leaked");
+    common::assert_no_new_fds(&fds_before, "descriptor leaked");
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     assert!(!maps.contains("memfd:guarded"), "mapping leaked:\n{maps}");
     // The only allocation a caught fault may leave behind is hw-exception 0.1.0's own

@@ -99,7 +99,7 @@ fn python_client_handshakes_with_rust_listener() {
     let dir = private_dir("client");
     let path = dir.join("ep");
     let key = secret_bytes(7);
-    let before = common::fd_count();
+    let before = common::fds();
     {
         let config = HandshakeConfig::new().secret(Secret::new(&key).unwrap());
         let mut l = Listener::bind(&path, &config).unwrap();
@@ -142,7 +142,7 @@ fn python_client_handshakes_with_rust_listener() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "refused 3");
     }
     let _ = fs::remove_dir_all(&dir);
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }
 
 #[test]
@@ -151,7 +151,7 @@ fn rust_client_handshakes_with_python_listener() {
     let py = python();
     let dir = private_dir("server");
     let key = secret_bytes(5);
-    let before = common::fd_count();
+    let before = common::fds();
     {
         for (i, (theirs, expect_ok)) in [(hex(&key), true), (hex(&secret_bytes(6)), false)]
             .into_iter()
@@ -185,7 +185,7 @@ fn rust_client_handshakes_with_python_listener() {
         }
     }
     let _ = fs::remove_dir_all(&dir);
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }
 
 // ----- binding the proofs to the connection (PROTOCOL.md, "Binding") -----
@@ -400,7 +400,7 @@ fn wrong_secret_is_refused_on_both_sides() {
     let _serial = common::serial();
     let dir = TempDir::new("wrong_secret");
     let path = dir.join("ep");
-    let before = common::fd_count();
+    let before = common::fds();
     {
         let mut l = Listener::bind(&path, &HandshakeConfig::new().secret(secret(RIGHT))).unwrap();
         let test = "wrong_secret_is_refused_on_both_sides";
@@ -433,7 +433,7 @@ fn wrong_secret_is_refused_on_both_sides() {
         );
         assert_eq!(right.wait(), 0);
     }
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }
 
 #[test]
@@ -490,7 +490,7 @@ fn replayed_handshake_is_refused() {
     let dir = TempDir::new("replay");
     let (real, proxy, fake) = (dir.join("real"), dir.join("proxy"), dir.join("fake"));
     let test = "replayed_handshake_is_refused";
-    let before = common::fd_count();
+    let before = common::fds();
     {
         let mut l = Listener::bind(&real, &HandshakeConfig::new().secret(secret(RIGHT))).unwrap();
         let server = thread::spawn(move || {
@@ -556,7 +556,7 @@ fn replayed_handshake_is_refused() {
         );
         assert_eq!(victim.wait(), 0);
     }
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }
 
 #[test]
@@ -596,7 +596,7 @@ fn peer_of_another_uid_is_judged_by_policy() {
     common::require_root("to run a peer as uid 65534");
     let dir = TempDir::new("uid");
     std::os::unix::fs::chown(&dir.0, Some(65534), Some(65534)).unwrap();
-    let before = common::fd_count();
+    let before = common::fds();
     {
         let peer = common::spawn_peer_with("peer_of_another_uid_is_judged_by_policy", "", |c| {
             c.env(PATH_ENV, &dir.0).uid(65534).gid(65534);
@@ -631,7 +631,7 @@ fn peer_of_another_uid_is_judged_by_policy() {
         drop(ch);
         assert_eq!(peer.wait(), 0);
     }
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }
 
 #[test]
@@ -708,7 +708,7 @@ fn hostile_handshake_messages_are_refused_with_a_reason() {
     let _serial = common::serial();
     let dir = TempDir::new("hostile");
     let path = dir.join("ep");
-    let before = common::fd_count();
+    let before = common::fds();
     {
         let mut l = Listener::bind(&path, &HandshakeConfig::new()).unwrap();
         let peer = spawn_at(
@@ -735,5 +735,5 @@ fn hostile_handshake_messages_are_refused_with_a_reason() {
         assert_eq!(peer.wait(), 0);
     }
     // The three descriptors that came with the first HELLO were closed.
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }

@@ -192,7 +192,7 @@ fn hostile_peer(role: &str, ch: Channel) -> i32 {
 fn case(test: &str, role: &str, policy: Policy, expect: impl FnOnce(&Error) -> bool) {
     let _serial = common::serial();
     let peer = common::spawn_peer(test, role);
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     let err = peer
         .channel
         .recv_timeout(&policy, T)
@@ -205,22 +205,22 @@ fn case(test: &str, role: &str, policy: Policy, expect: impl FnOnce(&Error) -> b
     assert!(!err.to_string().is_empty());
     // Descriptors whose close might block (sockets, files) are closed on sealpipe's
     // background closer: give it a moment.
-    settle(baseline);
-    assert_eq!(common::fd_count(), baseline, "{role}: descriptors leaked");
+    settle(&baseline);
+    common::assert_no_new_fds(&baseline, &format!("{role}: descriptors leaked"));
     let honest = peer
         .channel
         .recv_timeout(&policy, T)
         .expect("honest message after hostile one");
     assert_eq!(honest.payload(), b"honest");
     drop(honest);
-    assert_eq!(common::fd_count(), baseline, "{role}: descriptors leaked");
+    common::assert_no_new_fds(&baseline, &format!("{role}: descriptors leaked"));
     assert_eq!(peer.wait(), 0, "{role}: hostile peer failed");
 }
 
 /// Waits (at most 5 s) for the descriptor count to return to `baseline`.
-fn settle(baseline: usize) {
+fn settle(baseline: &common::Fds) {
     let end = std::time::Instant::now() + Duration::from_secs(5);
-    while common::fd_count() != baseline && std::time::Instant::now() < end {
+    while !baseline.opened_since().is_empty() && std::time::Instant::now() < end {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -337,14 +337,14 @@ fn flood_253_sealed() {
     common::peer_main(hostile_peer);
     let _serial = common::serial();
     let peer = common::spawn_peer("flood_253_sealed", "flood_253_sealed");
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     let msg = peer.channel.recv_timeout(&Policy::immutable(), T).unwrap();
     assert_eq!(msg.regions().len(), 253, "the kernel's maximum is accepted");
     assert!(msg.regions().iter().all(|r| r.len() == 4096));
     // Views keep their mappings, not their descriptors (Policy::keep_descriptors).
-    assert_eq!(common::fd_count(), baseline);
+    common::assert_no_new_fds(&baseline, "descriptors leaked");
     drop(msg);
-    assert_eq!(common::fd_count(), baseline);
+    common::assert_no_new_fds(&baseline, "descriptors leaked");
     let honest = peer.channel.recv_timeout(&Policy::immutable(), T).unwrap();
     assert_eq!(honest.payload(), b"honest");
     drop(honest);
@@ -356,7 +356,7 @@ fn send_then_exit() {
     common::peer_main(hostile_peer);
     let _serial = common::serial();
     let peer = common::spawn_peer("send_then_exit", "send_then_exit");
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     // The message sent just before the peer died still arrives, intact...
     let msg = peer.channel.recv_timeout(&Policy::immutable(), T).unwrap();
     assert_eq!(msg.payload(), b"last words");
@@ -369,7 +369,7 @@ fn send_then_exit() {
     assert!(matches!(err, Error::PeerClosed), "{err:?}");
     let err = peer.channel.send_timeout(b"anyone?", &[], T).unwrap_err();
     assert!(matches!(err, Error::PeerClosed), "{err:?}");
-    assert_eq!(common::fd_count(), baseline);
+    common::assert_no_new_fds(&baseline, "descriptors leaked");
     assert_eq!(peer.wait(), 0);
 }
 
@@ -410,7 +410,7 @@ fn send_reports_backpressure_when_the_peer_does_not_read() {
 #[test]
 fn non_seqpacket_descriptors_are_refused_as_channels() {
     let _serial = common::serial();
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     let (r, _w) = rustix::pipe::pipe().unwrap();
     let r_raw = r.as_raw_fd();
     let Err((err, back)) = Channel::from_fd(r) else {
@@ -422,10 +422,9 @@ fn non_seqpacket_descriptors_are_refused_as_channels() {
     assert!(rustix::io::fcntl_getfd(&back).is_ok());
     drop(back);
     drop(_w);
-    assert_eq!(
-        common::fd_count(),
-        baseline,
-        "the descriptor given back, once dropped, is closed"
+    common::assert_no_new_fds(
+        &baseline,
+        "the descriptor given back, once dropped, is closed",
     );
 }
 
@@ -483,7 +482,7 @@ fn too_many_in_flight_is_backpressure_not_a_crash() {
     common::peer_main(hostile_peer);
     let _serial = common::serial();
     let mut peer = spawn_unprivileged(NAME, "inflight");
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     // The flooder exits once the kernel refused with ETOOMANYREFS; its messages stay queued.
     assert_eq!(peer.exit_code(), 0, "flooder never saw TooManyInFlight");
     let mut received = 0;
@@ -498,11 +497,7 @@ fn too_many_in_flight_is_backpressure_not_a_crash() {
     };
     assert!(matches!(err, Error::PeerClosed), "{err:?}");
     assert!(received >= 1);
-    assert_eq!(
-        common::fd_count(),
-        baseline,
-        "every flooded descriptor closed"
-    );
+    common::assert_no_new_fds(&baseline, "every flooded descriptor closed");
     drop(peer);
     // Resources returned: the same user can send again.
     let peer = spawn_unprivileged(NAME, "inflight_once");
@@ -517,7 +512,7 @@ fn peer_killed_while_receiver_is_blocked() {
     common::peer_main(hostile_peer);
     let _serial = common::serial();
     let peer = common::spawn_peer("peer_killed_while_receiver_is_blocked", "silent");
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     let pid = rustix::process::Pid::from_raw(peer.pid() as i32).unwrap();
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
@@ -527,6 +522,6 @@ fn peer_killed_while_receiver_is_blocked() {
     let err = peer.channel.recv(&IMMUTABLE).unwrap_err();
     assert!(matches!(err, Error::PeerClosed), "{err:?}");
     killer.join().unwrap();
-    assert_eq!(common::fd_count(), baseline);
+    common::assert_no_new_fds(&baseline, "descriptors leaked");
     assert_eq!(peer.wait(), 128 + 9);
 }

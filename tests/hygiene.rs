@@ -143,3 +143,23 @@ fn a_spawned_child_inherits_only_its_channel() {
         b,
     ));
 }
+
+/// The suite's leak check sees a descriptor opened and left open, and does not mistake a
+/// descriptor closed meanwhile (or the same number reused for another file) for one.
+#[test]
+fn the_leak_check_sees_a_leaked_descriptor() {
+    let _serial = common::serial();
+    let older = std::fs::File::open("/dev/null").unwrap();
+    let before = common::fds();
+    assert!(before.opened_since().is_empty());
+    drop(older);
+    assert!(before.opened_since().is_empty(), "a close is not a leak");
+    let leaked = Region::new(4096).unwrap();
+    let opened = before.opened_since();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert!(opened[0].contains("memfd:"), "{opened:?}");
+    let caught = std::panic::catch_unwind(|| common::assert_no_new_fds(&before, "leak"));
+    assert!(caught.is_err(), "a descriptor left open fails the check");
+    drop(leaked);
+    common::assert_no_new_fds(&before, "closed again");
+}

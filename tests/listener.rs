@@ -24,7 +24,7 @@ const T: Duration = Duration::from_secs(20);
 fn unsafe_paths_are_refused_and_stale_sockets_replaced() {
     let _serial = common::serial();
     let dir = TempDir::new("paths");
-    let before = common::fd_count();
+    let before = common::fds();
     let unsafe_path = |p: &Path| match Listener::bind(p, &HandshakeConfig::new()) {
         Err(Error::UnsafePath { reason, .. }) => reason,
         other => panic!("{}: {other:?}", p.display()),
@@ -104,7 +104,7 @@ fn unsafe_paths_are_refused_and_stale_sockets_replaced() {
             None => std::env::remove_var("XDG_RUNTIME_DIR"),
         }
     }
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn socket_of_another_user_is_refused() {
     let _serial = common::serial();
     common::require_root("to create a socket owned by another user");
     let dir = TempDir::new("foreign");
-    let before = common::fd_count();
+    let before = common::fds();
     {
         let foreign = dir.join("foreign");
         drop(raw_listen(&foreign));
@@ -124,7 +124,7 @@ fn socket_of_another_user_is_refused() {
         }
         assert!(foreign.exists());
     }
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn deleted_or_replaced_socket_path_is_reported_and_rebound() {
     let _serial = common::serial();
     let dir = TempDir::new("deleted");
     let path = dir.join("ep");
-    let before = common::fd_count();
+    let before = common::fds();
     {
         let mut l = Listener::bind(&path, &HandshakeConfig::new()).unwrap();
         fs::remove_file(&path).unwrap();
@@ -181,7 +181,7 @@ fn deleted_or_replaced_socket_path_is_reported_and_rebound() {
         assert!(path.exists(), "another's socket must survive our drop");
         drop(other);
     }
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }
 
 // ----- many and hostile clients -----
@@ -214,7 +214,7 @@ fn slowloris_clients_do_not_hold_up_others() {
     let dir = TempDir::new("slowloris");
     let path = dir.join("ep");
     let test = "slowloris_clients_do_not_hold_up_others";
-    let before = common::fd_count();
+    let before = common::fds();
     {
         let config = HandshakeConfig::new().timeout(Duration::from_secs(5));
         let mut l = Listener::bind(&path, &config).unwrap();
@@ -238,7 +238,7 @@ fn slowloris_clients_do_not_hold_up_others() {
         assert_eq!(fast.wait(), 0);
         assert_eq!(slow.wait(), 0);
     }
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }
 
 #[test]
@@ -272,7 +272,7 @@ fn many_clients_connect_at_once() {
     let per_process = clients / processes;
     let dir = TempDir::new("many");
     let path = dir.join("ep");
-    let before = common::fd_count();
+    let before = common::fds();
     {
         let mut l = Listener::bind(&path, &HandshakeConfig::new()).unwrap();
         let peers: Vec<_> = (0..processes)
@@ -307,7 +307,7 @@ fn many_clients_connect_at_once() {
             assert_eq!(p.wait(), 0);
         }
     }
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }
 
 // ----- in the caller's event loop -----
@@ -322,7 +322,7 @@ fn listener_fits_a_callers_event_loop() {
     let _serial = common::serial();
     let dir = TempDir::new("eventloop");
     let path = dir.join("ep");
-    let before = common::fd_count();
+    let before = common::fds();
     {
         let mut l = Listener::bind(&path, &HandshakeConfig::new()).unwrap();
         assert!(matches!(l.try_accept(), Err(Error::WouldBlock)));
@@ -347,5 +347,5 @@ fn listener_fits_a_callers_event_loop() {
         assert!(l.next_deadline().is_none());
         assert_eq!(peer.wait(), 0);
     }
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }

@@ -61,7 +61,7 @@ fn consumer_roles(role: &str, ch: Channel) -> i32 {
     match role {
         // Reads and checks every buffer until the producer closes; releases each at once.
         "checker" => {
-            let fds_before = common::fd_count();
+            let fds_before = common::fds();
             let mut n = 0u64;
             loop {
                 match rx.recv_timeout(T) {
@@ -76,7 +76,7 @@ fn consumer_roles(role: &str, ch: Channel) -> i32 {
             // A fixed number of descriptors however many messages flowed.
             assert!(n >= 300, "only {n} messages");
             assert!(rx.memfds() <= 8, "{} memfds", rx.memfds());
-            assert!(common::fd_count() <= fds_before + rx.memfds());
+            assert!(common::fd_count() <= fds_before.count() + rx.memfds());
             0
         }
         // Holds every buffer it gets until the producer closes.
@@ -530,7 +530,7 @@ fn hostile_producer_notices_and_announcements_are_refused() {
         "hostile_producer_notices_and_announcements_are_refused",
         "hostile_producer",
     );
-    let fds_before = common::fd_count();
+    let fds_before = common::fds();
     let mut rx = PoolReceiver::new(peer.channel, &policy().max_pool_memfds(2)).unwrap();
     let mut next = |what: &str| -> Result<sealpipe::pool::PoolBuffer, Error> {
         let r = rx.recv_timeout(T);
@@ -574,7 +574,7 @@ fn hostile_producer_notices_and_announcements_are_refused() {
     assert_eq!(b2.len(), 4096);
     assert_eq!(rx.memfds(), 2);
     // Only the two accepted memfds stay open; every refused descriptor was closed.
-    assert!(common::fd_count() <= fds_before + 2);
+    assert!(common::fd_count() <= fds_before.count() + 2);
     drop((buf, b2, rx));
     let mut child = peer.child;
     assert!(child.wait().unwrap().success());

@@ -161,14 +161,14 @@ fn python_receives_and_verifies_rust_regions() {
 fn rust_rejects_hostile_python_messages_without_leaking() {
     let _serial = common::serial();
     let peer = spawn_python("hostile");
-    let fds = common::fd_count();
+    let fds = common::fds();
     assert_eq!(peer_memfd_maps(), 0);
     let immutable = Policy::immutable();
     let reject = |what: &str, check: &dyn Fn(&Error) -> bool| {
         let err = peer.channel.recv_timeout(&immutable, T).expect_err(what);
         assert!(check(&err), "{what}: wrong error {err:?}");
         assert!(err.is_peer_fault(), "{what}: {err:?}");
-        assert_eq!(common::fd_count(), fds, "{what}: descriptor leaked");
+        common::assert_no_new_fds(&fds, &format!("{what}: descriptor leaked"));
         assert_eq!(peer_memfd_maps(), 0, "{what}: mapping leaked");
     };
     let need = Seals::WRITE | Seals::SHRINK | Seals::GROW;
@@ -222,7 +222,7 @@ fn rust_rejects_hostile_python_messages_without_leaking() {
     assert_eq!(peer_memfd_maps(), 1, "the accepted region is mapped");
     drop(msg);
     assert_eq!(peer_memfd_maps(), 0);
-    assert_eq!(common::fd_count(), fds);
+    common::assert_no_new_fds(&fds, "descriptors leaked");
     assert_eq!(peer.wait(), 0, "python peer failed (see its stderr)");
 }
 

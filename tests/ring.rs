@@ -198,7 +198,7 @@ fn stream_bytes(test: &str, spin: &str, count: u64) {
 fn stream_bytes_with(test: &str, spin: &str, count: u64, batched: bool) {
     run_peer();
     let _serial = common::serial();
-    let fds = common::fd_count();
+    let fds = common::fds();
     let maps = memfd_maps();
     let cap = 1 << 18;
     let p = common::spawn_peer(test, &format!("bytes-producer:{spin}:{count}:{cap}"));
@@ -241,7 +241,7 @@ fn stream_bytes_with(test: &str, spin: &str, count: u64, batched: bool) {
     ));
     drop(rx);
     assert_eq!(peer.wait(), 0);
-    assert_eq!(common::fd_count(), fds, "descriptors leaked");
+    common::assert_no_new_fds(&fds, "descriptors leaked");
     assert_eq!(memfd_maps(), maps, "mappings leaked");
 }
 
@@ -423,7 +423,7 @@ fn parked_producer_never_misses_a_wakeup() {
 fn consumer_survives_producer_killed_mid_stream() {
     run_peer();
     let _serial = common::serial();
-    let fds = common::fd_count();
+    let fds = common::fds();
     let maps = memfd_maps();
     let p = split(common::spawn_peer(
         "consumer_survives_producer_killed_mid_stream",
@@ -446,7 +446,7 @@ fn consumer_survives_producer_killed_mid_stream() {
     };
     assert!(matches!(err, Error::PeerClosed), "{err:?}");
     drop(rx);
-    assert_eq!(common::fd_count(), fds, "descriptors leaked");
+    common::assert_no_new_fds(&fds, "descriptors leaked");
     assert_eq!(memfd_maps(), maps, "mappings leaked");
 }
 
@@ -553,7 +553,7 @@ fn the_peer_index_is_reloaded_only_when_the_cached_copy_runs_out() {
 fn producer_blocked_on_a_full_ring_survives_consumer_killed() {
     run_peer();
     let _serial = common::serial();
-    let fds = common::fd_count();
+    let fds = common::fds();
     let maps = memfd_maps();
     let p = split(common::spawn_peer(
         "producer_blocked_on_a_full_ring_survives_consumer_killed",
@@ -573,6 +573,6 @@ fn producer_blocked_on_a_full_ring_survives_consumer_killed() {
     assert!(matches!(err, Error::PeerClosed), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(tx);
-    assert_eq!(common::fd_count(), fds, "descriptors leaked");
+    common::assert_no_new_fds(&fds, "descriptors leaked");
     assert_eq!(memfd_maps(), maps, "mappings leaked");
 }

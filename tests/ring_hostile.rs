@@ -154,7 +154,7 @@ fn victim_consumer(test: &str, mode: &str, seed: u64) -> (u64, u64, u64) {
 fn hostile_producer_cannot_crash_or_hang_the_consumer() {
     run_peer();
     let _serial = common::serial();
-    let fds = common::fd_count();
+    let fds = common::fds();
     let maps = memfd_maps();
     let test = "hostile_producer_cannot_crash_or_hang_the_consumer";
     let mut corrupt_total = 0;
@@ -173,7 +173,7 @@ fn hostile_producer_cannot_crash_or_hang_the_consumer() {
         }
     }
     assert!(corrupt_total >= 3, "random garbage must be detected");
-    assert_eq!(common::fd_count(), fds, "descriptors leaked");
+    common::assert_no_new_fds(&fds, "descriptors leaked");
     assert_eq!(memfd_maps(), maps, "mappings leaked");
 }
 

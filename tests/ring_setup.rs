@@ -38,7 +38,7 @@ fn connect_to_forged(cap: u32, len: usize, edit: impl FnOnce(&mut [u8; 64])) -> 
 #[test]
 fn consumer_validates_the_ring_header() {
     let _serial = common::serial();
-    let fds = common::fd_count();
+    let fds = common::fds();
     let maps = memfd_maps();
     let c = layout::CONTROL_LEN;
     let ok = |h: &mut [u8; 64]| {
@@ -93,12 +93,7 @@ fn consumer_validates_the_ring_header() {
         let r = PodConsumer::<u64>::setup(b, &opts);
         assert!(matches!(r, Err(Error::RingMismatch { .. })), "{r:?}");
     });
-    assert_eq!(
-        common::fd_count(),
-        fds,
-        "descriptors leaked: {:?}",
-        fd_list()
-    );
+    common::assert_no_new_fds(&fds, "descriptors leaked");
     assert_eq!(memfd_maps(), maps, "mappings leaked");
 }
 

@@ -60,7 +60,7 @@ fn spawned_child_inherits_exactly_one_descriptor() {
     }
     let _serial = common::serial();
     let dir = TempDir::new("inherit");
-    let before = common::fd_count();
+    let before = common::fds();
     {
         // Measured before the spawns start. Whatever started this test may have leaked
         // descriptors without close-on-exec to us; those reach the child too, and are not
@@ -96,7 +96,7 @@ fn spawned_child_inherits_exactly_one_descriptor() {
             assert!(pidfd, "parent holds the child's pidfd");
         }
     }
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn spawn_refuses_a_handshake_from_another_process_than_the_child() {
         }
     }
     let _serial = common::serial();
-    let before = common::fd_count();
+    let before = common::fds();
     {
         let exe = std::env::current_exe().unwrap();
         let mut cmd = std::process::Command::new(exe);
@@ -153,5 +153,5 @@ fn spawn_refuses_a_handshake_from_another_process_than_the_child() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(common::fd_count(), before);
+    common::assert_no_new_fds(&before, "descriptors leaked");
 }

@@ -101,14 +101,14 @@ fn async_receiver_blocking_sender_multi_thread() {
         .build()
         .unwrap();
     let p = common::spawn_peer("async_receiver_blocking_sender_multi_thread", "sender");
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     let got = rt.block_on(async {
         let ch = AsyncChannel::new(p.channel).unwrap();
         receive_all_in_order(&ch, false).await
     });
     assert_eq!(got, 300);
     assert!(
-        common::fd_count() < baseline,
+        common::fd_count() < baseline.count(),
         "channel closed, nothing else left open"
     );
     assert_eq!(p_wait(p.child), 0);
@@ -129,15 +129,11 @@ fn recv_cancelled_at_every_await_point_loses_nothing_current_thread() {
     let (baseline, ch) = rt.block_on(async {
         // Registered first: the channel holds a duplicate of the peer's pidfd.
         let ch = AsyncChannel::new(p.channel).unwrap();
-        let baseline = common::fd_count();
+        let baseline = common::fds();
         assert_eq!(receive_all_in_order(&ch, true).await, 300);
         (baseline, ch)
     });
-    assert_eq!(
-        common::fd_count(),
-        baseline,
-        "no descriptor leaked by cancelled receives"
-    );
+    common::assert_no_new_fds(&baseline, "no descriptor leaked by cancelled receives");
     drop(ch);
     assert_eq!(p_wait(p.child), 0);
 }

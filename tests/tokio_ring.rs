@@ -151,7 +151,7 @@ fn async_consumer_blocking_producer_current_thread() {
         "async_consumer_blocking_producer_current_thread",
         "producer",
     );
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     let parks = current_thread().block_on(async {
         let mut rx = AsyncConsumer::setup(p.channel, &small()).await.unwrap();
         receive_all(&mut rx, false).await
@@ -161,7 +161,7 @@ fn async_consumer_blocking_producer_current_thread() {
         "the consumer must have parked and been signalled"
     );
     assert!(
-        common::fd_count() < baseline,
+        common::fd_count() < baseline.count(),
         "channel and its duplicate closed"
     );
     assert_eq!(p_wait(p.child), 0);
@@ -175,13 +175,13 @@ fn cancelled_async_receives_lose_nothing_multi_thread() {
         "cancelled_async_receives_lose_nothing_multi_thread",
         "producer",
     );
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     multi_thread().block_on(async {
         let mut rx = AsyncConsumer::setup(p.channel, &small()).await.unwrap();
         receive_all(&mut rx, true).await;
     });
     assert!(
-        common::fd_count() < baseline,
+        common::fd_count() < baseline.count(),
         "nothing leaked by cancelled receives"
     );
     assert_eq!(p_wait(p.child), 0);
@@ -418,7 +418,7 @@ fn signals_carrying_descriptors_are_discarded() {
     let producer = std::thread::spawn(move || Producer::setup(a, &options).unwrap());
     let mut rx = rt.block_on(AsyncConsumer::setup(b, &options)).unwrap();
     let mut tx = producer.join().unwrap();
-    let baseline = common::fd_count();
+    let baseline = common::fds();
     let flood = std::thread::spawn(move || {
         let (r, w) = rustix::pipe::pipe().unwrap();
         let mut refused = 0;
@@ -453,11 +453,7 @@ fn signals_carrying_descriptors_are_discarded() {
     });
     let (_tx, _hostile) = flood.join().unwrap();
     assert_eq!(got, b"honest");
-    assert_eq!(
-        common::fd_count(),
-        baseline,
-        "no descriptor from a signal was installed"
-    );
+    common::assert_no_new_fds(&baseline, "no descriptor from a signal was installed");
 }
 
 #[test]
