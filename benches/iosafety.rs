@@ -16,7 +16,6 @@ fn reads(c: &mut Criterion) {
         sealed.try_clone().unwrap().into_fd(),
         len as u64,
         &Policy::immutable(),
-        0,
     )
     .unwrap();
     let guarded = GuardedMap::new(sealed.try_clone().unwrap().into_fd()).unwrap();

@@ -25,7 +25,7 @@ use std::time::Duration;
 use sealpipe::asyncio::{AsyncChannel, AsyncListener};
 use sealpipe::ring::{AsyncConsumer, AsyncProducer};
 use sealpipe::ring::{Consumer, RingOptions};
-use sealpipe::{Channel, HandshakeConfig, Listener, Policy, Region, SealedRegion};
+use sealpipe::{Channel, HandshakeConfig, Policy, Region, SealedRegion};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
@@ -90,7 +90,7 @@ fn checksum(bytes: &[u8]) -> u64 {
 
 async fn server() -> Result<(), Box<dyn Error>> {
     let path = std::env::temp_dir().join(format!("sealpipe-fanout-{}.sock", std::process::id()));
-    let mut listener = AsyncListener::new(Listener::bind(&path, &config())?)?;
+    let mut listener = AsyncListener::bind(&path, &config())?;
     println!("server: listening at {}", path.display());
 
     // One region for everyone: written once, sealed, then only its descriptor travels.

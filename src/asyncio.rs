@@ -222,6 +222,26 @@ pub struct AsyncListener {
 }
 
 impl AsyncListener {
+    /// Binds a listener at `path` ([`Listener::bind`]) and registers it with the current
+    /// tokio runtime.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sealpipe::Result<()> {
+    /// use sealpipe::{asyncio::AsyncListener, HandshakeConfig, Policy};
+    /// let mut listener =
+    ///     AsyncListener::bind(sealpipe::default_path("frames")?, &HandshakeConfig::new())?;
+    /// let client = listener.accept().await?;
+    /// let msg = client.recv(&Policy::immutable()).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Listener::bind`]; [`Error::Io`] outside a runtime with I/O enabled.
+    pub fn bind(path: impl AsRef<Path>, config: &HandshakeConfig) -> Result<AsyncListener> {
+        AsyncListener::new(Listener::bind(path, config)?)
+    }
+
     /// Registers `listener` with the current tokio runtime.
     ///
     /// # Errors
@@ -240,6 +260,11 @@ impl AsyncListener {
     /// The listener underneath (e.g. for [`Listener::rebind`]).
     pub fn get_mut(&mut self) -> &mut Listener {
         self.fd.get_mut()
+    }
+
+    /// Deregisters the listener from the runtime and returns it.
+    pub fn into_inner(self) -> Listener {
+        self.fd.into_inner()
     }
 
     /// Awaits the next connection whose handshake succeeds. See [`Listener::accept`].

@@ -302,7 +302,7 @@ impl TryFrom<RegionView> for PositionalFile {
     type Error = RegionView;
 
     fn try_from(view: RegionView) -> Result<PositionalFile, RegionView> {
-        view.try_into_fd().map(PositionalFile::new)
+        view.into_fd().map(PositionalFile::new)
     }
 }
 

@@ -23,7 +23,7 @@ use memfile::MemFile;
 /// closed, without blocking: a descriptor whose close may wait (a lingering socket, a file
 /// on FUSE) is closed on a background thread.
 ///
-/// `index` is only used to label errors (the region's position within its message).
+/// Errors that name a region's position within its message say `index: 0`.
 ///
 /// # Committed pages
 ///
@@ -53,14 +53,15 @@ use memfile::MemFile;
 /// [`Error::NotMemfd`], [`Error::MissingSeals`], [`Error::EmptyRegion`],
 /// [`Error::RegionTooLarge`], [`Error::SizeMismatch`], [`Error::HugePages`],
 /// [`Error::Uncommitted`], or [`Error::Map`] (all peer faults), or [`Error::Io`].
-pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy, index: usize) -> Result<RegionView> {
-    verify_or_return(fd, declared_len, policy, index).map_err(|(e, fd)| {
+pub fn verify(fd: OwnedFd, declared_len: u64, policy: &Policy) -> Result<RegionView> {
+    verify_or_return(fd, declared_len, policy, 0).map_err(|(e, fd)| {
         crate::closer::dispose(fd);
         e
     })
 }
 
-/// [`verify`], handing the descriptor back on failure (for the caller to dispose of).
+/// [`verify`] of the region at `index` in its message, handing the descriptor back on
+/// failure (for the caller to dispose of).
 pub(crate) fn verify_or_return(
     fd: OwnedFd,
     declared_len: u64,
@@ -311,13 +312,11 @@ impl RegionView {
     }
 
     /// Gives up the mapping and returns the descriptor, if the receiving policy kept it
-    /// ([`Policy::keep_descriptors`]); `None` by default (the view is then just unmapped).
-    pub fn into_fd(self) -> Option<OwnedFd> {
-        self.region.map(SealedRegion::into_fd)
-    }
-
-    /// [`into_fd`](RegionView::into_fd), handing the view back if it has no descriptor.
-    pub(crate) fn try_into_fd(self) -> std::result::Result<OwnedFd, RegionView> {
+    /// ([`Policy::keep_descriptors`]); hands the view back otherwise.
+    ///
+    /// # Errors
+    /// The view itself, if the policy did not keep its descriptor.
+    pub fn into_fd(self) -> std::result::Result<OwnedFd, RegionView> {
         self.into_memfile().map(MemFile::into_fd)
     }
 }
@@ -364,7 +363,7 @@ mod tests {
     fn consumer_mappings_are_advised_sequential() {
         // MADV_SEQUENTIAL (VmFlags "sr", VM_SEQ_READ) is what keeps munmap from marking every page
         // accessed; see BENCHMARKS.md.
-        let v = verify(sealed(1 << 20).into_fd(), 1 << 20, &Policy::immutable(), 0).unwrap();
+        let v = verify(sealed(1 << 20).into_fd(), 1 << 20, &Policy::immutable()).unwrap();
         let start = format!("{:x}-", v.as_bytes().unwrap().as_ptr() as usize);
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let flags = smaps
@@ -400,16 +399,16 @@ mod tests {
             std::os::fd::AsRawFd::as_raw_fd(&s.as_fd())
         );
         let fd = fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, fs::Mode::empty()).unwrap();
-        let err = verify(fd, 4096, &Policy::immutable(), 2).unwrap_err();
+        let err = verify(fd, 4096, &Policy::immutable()).unwrap_err();
         assert!(
-            matches!(err, Error::NotMemfd { index: 2, .. }) && err.is_peer_fault(),
+            matches!(err, Error::NotMemfd { index: 0, .. }) && err.is_peer_fault(),
             "{err:?}"
         );
     }
 
     #[test]
     fn read_api_enforces_immutability_and_bounds() {
-        let v = verify(sealed(4096).into_fd(), 4096, &Policy::immutable(), 0).unwrap();
+        let v = verify(sealed(4096).into_fd(), 4096, &Policy::immutable()).unwrap();
         assert_eq!(&v.as_bytes().unwrap()[..7], b"sealed!");
         assert_eq!(v.as_slice_of::<u64>().unwrap().len(), 512);
         assert!(matches!(
@@ -430,11 +429,11 @@ mod tests {
         let mut shared = Region::new(4096).unwrap().seal_producer_writable().unwrap();
         let fd = shared.region().try_clone().unwrap().into_fd();
         assert!(matches!(
-            verify(fd, 4096, &Policy::immutable(), 3),
-            Err(Error::MissingSeals { index: 3, missing, .. }) if missing == Seals::WRITE
+            verify(fd, 4096, &Policy::immutable()),
+            Err(Error::MissingSeals { index: 0, missing, .. }) if missing == Seals::WRITE
         ));
         let fd = shared.region().try_clone().unwrap().into_fd();
-        let v = verify(fd, 4096, &Policy::producer_writable(), 0).unwrap();
+        let v = verify(fd, 4096, &Policy::producer_writable()).unwrap();
         assert!(matches!(v.as_bytes(), Err(Error::NotImmutable { .. })));
         shared.as_mut_slice()[10] = 99;
         assert_eq!(

@@ -95,7 +95,7 @@ fn async_connect_and_accept_accept_duration_max() {
         std::fs::create_dir(&dir).unwrap();
         let path = dir.join("ep");
         let config = HandshakeConfig::new().timeout(MAX);
-        let mut l = AsyncListener::new(Listener::bind(&path, &config).unwrap()).unwrap();
+        let mut l = AsyncListener::bind(&path, &config).unwrap();
         let (server, client) = tokio::join!(l.accept(), AsyncChannel::connect(&path, &config));
         let (server, client) = (server.unwrap(), client.unwrap());
         let options = RingOptions::new(1 << 12).timeout(MAX);
