@@ -67,7 +67,6 @@ impl<'a> SharedBytes<'a> {
 
     /// The first byte's address (for atomics on control words; never dereference it as a
     /// reference).
-    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn as_ptr(&self) -> *const u8 {
         self.ptr
     }
