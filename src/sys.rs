@@ -18,6 +18,7 @@ use memmap2::{Advice, Mmap, MmapMut, MmapOptions, MmapRaw};
 use crate::shm::SharedBytes;
 
 /// The copy routine, where the ring still calls it by this path.
+#[cfg(not(loom))]
 pub(crate) use crate::shm::volatile_copy;
 
 /// A read-only mapping of a verified region.
