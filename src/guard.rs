@@ -3,7 +3,8 @@
 //!
 //! Invariants this module relies on:
 //! - the mapping is only ever read through [`GuardedMap::read_at`], which copies with
-//!   volatile loads inside `hw_exception::catch`; no reference to the mapped bytes exists;
+//!   [`SharedBytes::copy_out`] inside `hw_exception::catch`; no reference to the mapped
+//!   bytes exists;
 //! - the thread-local [`ACTIVE`] range is non-empty only while this thread is inside that
 //!   `catch`, copying exactly that range;
 //! - the `SIGBUS` hook throws only for a `BUS_ADRERR` fault whose address lies in this
@@ -23,6 +24,7 @@ use hw_exception::{ExceptionInfo, SigbusCode, Signal, Signo};
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
+use crate::shm::SharedBytes;
 
 thread_local! {
     /// `[start, end)` addresses this thread is copying from inside `catch` right now, or
@@ -263,16 +265,7 @@ impl GuardedMap {
     /// unspecified bytes.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         let len = buf.len();
-        match offset.checked_add(len) {
-            Some(end) if end <= self.len() => {}
-            _ => {
-                return Err(Error::OutOfBounds {
-                    offset: offset as u64,
-                    len: len as u64,
-                    region_len: self.len() as u64,
-                })
-            }
-        }
+        let bytes = self.bytes().subslice(offset, len)?;
         let first_fault = self.truncated_at.load(Ordering::Relaxed);
         if first_fault != NOT_TRUNCATED {
             return Err(Error::Truncated {
@@ -285,31 +278,27 @@ impl GuardedMap {
             return Ok(());
         }
         let base = self.map.as_ptr() as usize;
-        // In bounds: offset + len <= the mapping's length (checked above).
-        let src = self.map.as_ptr().wrapping_add(offset);
-        let start = src as usize;
+        let start = bytes.as_ptr() as usize;
         let previous = ACTIVE.with(|a| a.replace((start, start + len)));
-        // SAFETY: `src..src + len` lies inside our live mapping (checked above), which is
-        // PROT_READ, so every access there either reads a byte or, if another process has
-        // truncated the file, raises SIGBUS BUS_ADRERR at that address. That is exactly the
-        // ACTIVE range, so our hook throws and `catch` returns Err; volatile_copy's "must be
-        // readable" contract is thereby widened to "readable or caught", and the volatile
-        // loads cannot be elided or moved out of the guarded block.
+        // The range lies inside our live mapping, which is PROT_READ, so every load there
+        // either reads a byte or, if another process has truncated the file, raises SIGBUS
+        // BUS_ADRERR at that address. That is exactly the ACTIVE range, so our hook throws
+        // and `catch` returns Err; the volatile loads cannot be elided or moved out of the
+        // guarded block.
         //
-        // Nothing leaks when the longjmp skips the frames of this closure and of
-        // volatile_copy: the closure captures only a raw pointer and a *borrowed* `&mut
-        // [u8]`, and volatile_copy keeps only integer locals. No value with a destructor,
-        // no allocation, lock, descriptor or guard lives between the setjmp in `catch` and
-        // the faulting load, so no destructor is skipped (`catch` does not unwind). The
-        // frames hw-exception itself puts in between (its C callback and `catch_unwind`)
-        // own nothing by then either; its signal-handler frames are the one exception, see
-        // the type's Caveats. ACTIVE is restored below on both paths.
-        let outcome = hw_exception::catch(AssertUnwindSafe(|| unsafe {
-            crate::sys::volatile_copy(src, buf)
-        }));
+        // Nothing leaks when the longjmp skips the frames of this closure and of the copy:
+        // the closure captures a `SharedBytes` (a pointer and a length) and a *borrowed*
+        // `&mut [u8]`, and the copy keeps only integers and pointers (`copy_out` has checked
+        // its bounds, the only step that could build an error, before the first load). No
+        // value with a destructor, no allocation, lock, descriptor or guard lives between
+        // the setjmp in `catch` and the faulting load, so no destructor is skipped (`catch`
+        // does not unwind). The frames hw-exception itself puts in between (its C callback
+        // and `catch_unwind`) own nothing by then either; its signal-handler frames are the
+        // one exception, see the type's Caveats. ACTIVE is restored below on both paths.
+        let outcome = hw_exception::catch(AssertUnwindSafe(|| bytes.copy_out(0, buf)));
         ACTIVE.with(|a| a.set(previous));
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(copied) => copied, // Ok: the range was checked above
             Err(exception) => {
                 let fault = exception.info().addr() as usize;
                 let fault_offset = fault.saturating_sub(base) as u64;
@@ -327,6 +316,14 @@ impl GuardedMap {
                 })
             }
         }
+    }
+
+    /// The mapped bytes.
+    fn bytes(&self) -> SharedBytes<'_> {
+        // SAFETY: the mapping is owned by self and stays mapped for the borrow; no reference
+        // to it is ever made. The file is not sealed against shrinking, so a load may raise
+        // SIGBUS: it is only read inside `read_at`'s `catch`, which turns that into an error.
+        unsafe { SharedBytes::new(self.map.as_ptr(), self.map.len()) }
     }
 
     /// Reads one `T` at byte `offset` by copy (any alignment).

@@ -272,6 +272,7 @@ mod region;
 pub mod ring;
 pub mod sandbox;
 mod seals;
+mod shm;
 pub mod spawn;
 mod stats;
 mod sys;

@@ -4,10 +4,10 @@
 //! Invariants the safe layers rely on:
 //! - a [`ReadMap`] is only created over a file whose size was checked to be at least the
 //!   mapping's length and which is sealed against shrinking, so touching it cannot `SIGBUS`;
-//! - [`ReadMap::as_slice`] is only reached for files sealed `F_SEAL_WRITE` (checked by the
-//!   caller, `RegionView`), so no process can write the bytes behind the slice;
-//! - everything else reads through [`volatile_copy`], which never creates a reference to
-//!   peer-writable memory.
+//! - a mapping is only ever read through [`ReadMap::bytes`], a [`SharedBytes`]: copies with
+//!   volatile loads, never a reference to peer-writable memory, except its `unsafe`
+//!   `as_slice`, only reached for files sealed `F_SEAL_WRITE` (checked by the caller,
+//!   `RegionView`) or by callers who vouch for their producer.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -15,6 +15,12 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use memmap2::{Advice, Mmap, MmapMut, MmapOptions, MmapRaw};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
+
+use crate::shm::SharedBytes;
+
+/// The copy routine, where the ring still calls it by this path.
+#[cfg(not(loom))]
+pub(crate) use crate::shm::volatile_copy;
 
 /// A read-only mapping of a verified region.
 #[derive(Debug)]
@@ -44,9 +50,10 @@ impl ReadMap {
     /// Maps `len` bytes of `fd` read-only and private.
     pub(crate) fn private(fd: impl AsFd, len: usize) -> io::Result<ReadMap> {
         // SAFETY: memmap2's `map_copy_read_only` is unsafe because the file may change
-        // underneath the mapping. Callers only use this for files sealed F_SEAL_WRITE and
-        // F_SEAL_SHRINK whose size was checked to be `len`: nobody can change or truncate
-        // them.
+        // underneath the `&[u8]` its `Deref` hands out. That `Deref` is never used: the
+        // mapping is read only through `bytes()`, by volatile copies or by the unsafe
+        // `SharedBytes::as_slice`, whose caller rules out writers. (Callers use this for
+        // files sealed F_SEAL_WRITE and F_SEAL_SHRINK whose size was checked to be `len`.)
         let map = unsafe {
             MmapOptions::new()
                 .len(len)
@@ -56,42 +63,16 @@ impl ReadMap {
         Ok(ReadMap::Private(map))
     }
 
-    pub(crate) fn ptr(&self) -> *const u8 {
-        match self {
-            ReadMap::Shared(m) => m.as_ptr(),
-            ReadMap::Private(m) => m.as_ptr(),
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            ReadMap::Shared(m) => m.len(),
-            ReadMap::Private(m) => m.len(),
-        }
-    }
-
-    /// The mapped bytes as a slice.
-    ///
-    /// # Safety
-    /// No process may be able to write the mapped file while the slice lives: the file must
-    /// be sealed `F_SEAL_WRITE` (which also means no writable shared mapping exists).
-    pub(crate) unsafe fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr/len describe a live mapping owned by self (memmap2 keeps it until
-        // drop); the caller guarantees the bytes are immutable for the slice's lifetime.
-        unsafe { std::slice::from_raw_parts(self.ptr(), self.len()) }
-    }
-
-    /// Copies `dst.len()` bytes starting at `offset` out of the mapping without creating a
-    /// reference to it. Returns `false` (copying nothing) if the range is out of bounds.
-    pub(crate) fn copy_out(&self, offset: usize, dst: &mut [u8]) -> bool {
-        match offset.checked_add(dst.len()) {
-            Some(end) if end <= self.len() => {
-                // SAFETY: offset..end lies inside the live mapping (checked just above).
-                unsafe { volatile_copy(self.ptr().add(offset), dst) };
-                true
-            }
-            _ => false,
-        }
+    /// The mapped bytes, to read by copy.
+    pub(crate) fn bytes(&self) -> SharedBytes<'_> {
+        let (ptr, len) = match self {
+            ReadMap::Shared(m) => (m.as_ptr(), m.len()),
+            ReadMap::Private(m) => (m.as_ptr(), m.len()),
+        };
+        // SAFETY: ptr..ptr + len is the live mapping owned by self, which memmap2 keeps
+        // mapped until drop, so for the borrow of self; this module makes no reference of
+        // any kind to it (memmap2's `Deref` of `Private` is never used).
+        unsafe { SharedBytes::new(ptr, len) }
     }
 }
 
@@ -153,70 +134,6 @@ pub(crate) fn pages_from(fd: impl AsFd, from: u64) -> io::Result<Option<u64>> {
     match err.raw_os_error() {
         Some(libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP) => Ok(None),
         _ => Err(err),
-    }
-}
-
-/// Copies `dst.len()` bytes from `src` with volatile loads: 64 bytes per step (four 16-byte
-/// SSE2 loads) on x86_64, then 8 bytes, then single bytes, each load aligned.
-///
-/// Volatile loads are what the unsafe-code guidelines recommend for memory that another
-/// process may write concurrently: the compiler may neither elide, repeat nor tear-assume
-/// them, and every byte is read exactly once, so the caller validates a private snapshot.
-/// (The wide loads matter: out of memory, 8-byte volatile loads copy at ~8 GB/s on the
-/// project's VMs, 16-byte ones at ~20 GB/s, close to `memcpy`.)
-///
-/// # Safety
-/// `src..src + dst.len()` must be readable (mapped) for the duration of the call.
-pub(crate) unsafe fn volatile_copy(src: *const u8, dst: &mut [u8]) {
-    let len = dst.len();
-    let mut i = 0;
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{__m128i, _mm_storeu_si128};
-        let head = src.align_offset(16).min(len);
-        while i < head {
-            // SAFETY: i < len, so src + i is inside the readable range (caller's contract).
-            dst[i] = unsafe { src.add(i).read_volatile() };
-            i += 1;
-        }
-        while i + 64 <= len {
-            // SAFETY: src + i is 16-aligned (advanced to the boundary, then by 64s) and
-            // src + i + 64 <= src + len lies in the readable range; `__m128i` has no
-            // invalid bit patterns. SSE2 is part of the x86_64 baseline, so the loads and
-            // the unaligned stores into `dst[i..i + 64]` (in bounds: i + 64 <= len) exist
-            // on every x86_64 CPU.
-            unsafe {
-                let s = src.add(i).cast::<__m128i>();
-                let a = s.read_volatile();
-                let b = s.add(1).read_volatile();
-                let c = s.add(2).read_volatile();
-                let d = s.add(3).read_volatile();
-                let out = dst.as_mut_ptr().add(i).cast::<__m128i>();
-                _mm_storeu_si128(out, a);
-                _mm_storeu_si128(out.add(1), b);
-                _mm_storeu_si128(out.add(2), c);
-                _mm_storeu_si128(out.add(3), d);
-            }
-            i += 64;
-        }
-    }
-    let head = (i + src.wrapping_add(i).align_offset(8)).min(len);
-    while i < head {
-        // SAFETY: i < len, so src + i is inside the readable range (caller's contract).
-        dst[i] = unsafe { src.add(i).read_volatile() };
-        i += 1;
-    }
-    while i + 8 <= len {
-        // SAFETY: src + i is 8-aligned (we advanced to the alignment boundary, then by 8s)
-        // and src + i + 8 <= src + len is inside the readable range.
-        let word = unsafe { src.add(i).cast::<u64>().read_volatile() };
-        dst[i..i + 8].copy_from_slice(&word.to_ne_bytes());
-        i += 8;
-    }
-    while i < len {
-        // SAFETY: i < len, inside the readable range.
-        dst[i] = unsafe { src.add(i).read_volatile() };
-        i += 1;
     }
 }
 
@@ -295,22 +212,4 @@ pub(crate) fn unsent_bytes(fd: impl AsFd) -> io::Result<usize> {
         )
     }?;
     Ok(usize::try_from(n).unwrap_or(0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn volatile_copy_handles_every_alignment_and_length() {
-        let src: Vec<u8> = (0..=255u8).collect();
-        for start in 0..17 {
-            for len in 0..200 {
-                let mut dst = vec![0u8; len];
-                // SAFETY: start + len <= 216 <= 256, inside `src`.
-                unsafe { volatile_copy(src.as_ptr().add(start), &mut dst) };
-                assert_eq!(&dst[..], &src[start..start + len]);
-            }
-        }
-    }
 }

@@ -144,7 +144,7 @@ impl RegionView {
         reason = "a verified region is never empty: empty regions are refused"
     )]
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.bytes().len()
     }
 
     /// The region's seals, as verified.
@@ -168,7 +168,7 @@ impl RegionView {
         }
         // SAFETY: the region is sealed F_SEAL_WRITE (checked above; seals can never be
         // removed), so no process can write it while the slice lives.
-        Ok(unsafe { self.map.as_slice() })
+        Ok(unsafe { self.map.bytes().as_slice() })
     }
 
     /// The region as `&[T]`.
@@ -191,7 +191,7 @@ impl RegionView {
     #[allow(unsafe_code)]
     pub unsafe fn as_bytes_unchecked(&self) -> &[u8] {
         // SAFETY: forwarded to the caller, see above.
-        unsafe { self.map.as_slice() }
+        unsafe { self.map.bytes().as_slice() }
     }
 
     /// Copies `buf.len()` bytes starting at `offset` into `buf`, each byte read exactly once.
@@ -201,15 +201,7 @@ impl RegionView {
     /// # Errors
     /// [`Error::OutOfBounds`] if the range does not fit the region.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        if self.map.copy_out(offset, buf) {
-            Ok(())
-        } else {
-            Err(Error::OutOfBounds {
-                offset: offset as u64,
-                len: buf.len() as u64,
-                region_len: self.len() as u64,
-            })
-        }
+        self.map.bytes().copy_out(offset, buf)
     }
 
     /// Reads one `T` at byte `offset` by copy (any alignment).
@@ -217,23 +209,27 @@ impl RegionView {
     /// # Errors
     /// [`Error::OutOfBounds`] if `offset + size_of::<T>()` exceeds the region.
     pub fn read_value<T: bytemuck::Pod>(&self, offset: usize) -> Result<T> {
-        let mut v = T::zeroed();
-        self.read_at(offset, bytemuck::bytes_of_mut(&mut v))?;
-        Ok(v)
+        self.map.bytes().read(offset)
     }
 
     /// Copies the whole region into a new `Vec`.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = vec![0u8; self.len()];
-        self.map.copy_out(0, &mut v);
+        // In bounds: the whole mapping.
+        let _ = self.map.bytes().copy_out(0, &mut v);
         v
+    }
+
+    /// The mapped bytes, to read by copy (pool buffers are sub-slices of it).
+    pub(crate) fn bytes(&self) -> crate::shm::SharedBytes<'_> {
+        self.map.bytes()
     }
 
     /// Start of the read-only mapping (for the ring, which reads it only by atomic loads
     /// and volatile copies).
     #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn as_ptr(&self) -> *const u8 {
-        self.map.ptr()
+        self.map.bytes().as_ptr()
     }
 
     /// The region's descriptor, if the receiving policy kept it
@@ -354,9 +350,9 @@ mod tests {
         let s = sealed(4096);
         let m = ReadMap::private(s.as_fd(), 4096).unwrap();
         let mut buf = [0u8; 7];
-        assert!(m.copy_out(0, &mut buf));
+        assert!(m.bytes().copy_out(0, &mut buf).is_ok());
         assert_eq!(&buf, b"sealed!");
-        assert!(!m.copy_out(4090, &mut buf));
+        assert!(m.bytes().copy_out(4090, &mut buf).is_err());
     }
 
     #[test]

@@ -382,14 +382,7 @@ impl PoolBuffer {
     /// # Errors
     /// [`Error::OutOfBounds`] if the range does not fit the buffer.
     pub fn read_at(&self, offset: usize, out: &mut [u8]) -> Result<()> {
-        match offset.checked_add(out.len()) {
-            Some(end) if end <= self.len => self.view.read_at(self.offset + offset, out),
-            _ => Err(Error::OutOfBounds {
-                offset: offset as u64,
-                len: out.len() as u64,
-                region_len: self.len as u64,
-            }),
-        }
+        self.bytes()?.copy_out(offset, out)
     }
 
     /// Reads one `T` at byte `offset` by copy (any alignment).
@@ -397,17 +390,21 @@ impl PoolBuffer {
     /// # Errors
     /// [`Error::OutOfBounds`] if it does not fit the buffer.
     pub fn read_value<T: bytemuck::Pod>(&self, offset: usize) -> Result<T> {
-        let mut v = T::zeroed();
-        self.read_at(offset, bytemuck::bytes_of_mut(&mut v))?;
-        Ok(v)
+        self.bytes()?.read(offset)
     }
 
     /// Copies the whole buffer into a new `Vec`.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = vec![0u8; self.len];
         // In bounds: the notice's range was checked against the memfd.
-        let _ = self.view.read_at(self.offset, &mut v);
+        let _ = self.bytes().and_then(|b| b.copy_out(0, &mut v));
         v
+    }
+
+    /// The buffer's bytes within the memfd's mapping. Never fails: the notice's range was
+    /// checked against the memfd when it was accepted.
+    fn bytes(&self) -> Result<crate::shm::SharedBytes<'_>> {
+        self.view.bytes().subslice(self.offset, self.len)
     }
 
     /// The buffer's bytes, in place.
@@ -419,10 +416,11 @@ impl PoolBuffer {
     /// race: undefined behaviour, not merely stale data.
     #[allow(unsafe_code)]
     pub unsafe fn as_bytes_unchecked(&self) -> &[u8] {
-        // SAFETY: forwarded to the caller (see above); the range was checked to lie inside
-        // the mapping when the notice was accepted.
-        let all = unsafe { self.view.as_bytes_unchecked() };
-        &all[self.offset..self.offset + self.len]
+        match self.bytes() {
+            // SAFETY: forwarded to the caller (see above).
+            Ok(bytes) => unsafe { bytes.as_slice() },
+            Err(_) => &[], // not reached: the range was checked when the notice was accepted
+        }
     }
 }
 

@@ -1,0 +1,344 @@
+//! Memory that another process may write: [`SharedBytes`], and the one routine that copies
+//! out of it.
+//!
+//! The rule of this module: **no reference into shared memory, ever.** A `&[u8]` or `&T`
+//! promises the compiler that nobody changes the bytes while it lives, which a peer
+//! process can break at any moment (undefined behaviour, not merely stale data). So every
+//! read is a copy with volatile loads into memory of ours, each byte read once, where the
+//! caller validates a private snapshot. The one exception is the `unsafe`
+//! [`SharedBytes::as_slice`], whose caller promises that no process can write the bytes
+//! while the slice lives (a region sealed `F_SEAL_WRITE`, or a trusted producer).
+//!
+//! This is the shape of rust-vmm's `vm-memory` (`VolatileSlice`): a base pointer and a
+//! length, made only by an `unsafe fn` that states the mapping's contract, then safe,
+//! bounds-checked accessors.
+#![allow(unsafe_code)]
+
+use std::cell::UnsafeCell;
+use std::marker::PhantomData;
+
+use crate::error::{Error, Result};
+
+/// `len` bytes of a mapping that another process may write, valid for `'a`.
+///
+/// Made only by [`SharedBytes::new`]; read by copy ([`copy_out`](SharedBytes::copy_out),
+/// [`read`](SharedBytes::read)); narrowed by [`subslice`](SharedBytes::subslice). It is
+/// `Copy`: copies and sub-slices share the lifetime `'a` of the mapping.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SharedBytes<'a> {
+    ptr: *const u8,
+    len: usize,
+    /// Borrows the mapping for `'a`; `UnsafeCell`: the bytes may change under us.
+    _mapping: PhantomData<&'a [UnsafeCell<u8>]>,
+}
+
+// SAFETY: a `SharedBytes` is a pointer into process-shared memory that it only reads with
+// volatile loads (or through `as_slice`, whose caller rules out writers). Other processes
+// already read and write that memory concurrently; a thread of ours doing the same adds
+// nothing new, and the mapping outlives `'a` whichever thread holds the value.
+unsafe impl Send for SharedBytes<'_> {}
+// SAFETY: as for Send: `&SharedBytes` allows only the same volatile reads.
+unsafe impl Sync for SharedBytes<'_> {}
+
+impl<'a> SharedBytes<'a> {
+    /// The `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// For all of `'a`:
+    /// - `ptr .. ptr + len` lies inside one mapping of this process that is neither
+    ///   unmapped nor remapped, so every load from it either reads a byte (whatever another
+    ///   process last wrote) or, if the file behind it was truncated, raises `SIGBUS`. That
+    ///   kills the process unless the caller catches it ([`crate::GuardedMap`]); callers that
+    ///   must not crash map only files sealed against shrinking whose size they checked.
+    /// - no `&mut` reference to any of these bytes exists in this process (writes of ours,
+    ///   if any, go through raw pointers).
+    pub(crate) unsafe fn new(ptr: *const u8, len: usize) -> SharedBytes<'a> {
+        SharedBytes {
+            ptr,
+            len,
+            _mapping: PhantomData,
+        }
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The first byte's address (for atomics on control words; never dereference it as a
+    /// reference).
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
+    /// The `len` bytes starting at `offset`.
+    ///
+    /// # Errors
+    /// [`Error::OutOfBounds`] if the range does not fit.
+    pub(crate) fn subslice(&self, offset: usize, len: usize) -> Result<SharedBytes<'a>> {
+        self.check(offset, len)?;
+        Ok(SharedBytes {
+            // In bounds (checked), so `add` stays inside the mapping.
+            ptr: self.ptr.wrapping_add(offset),
+            len,
+            _mapping: PhantomData,
+        })
+    }
+
+    /// Copies `dst.len()` bytes starting at `offset` into `dst`, each byte read once with
+    /// volatile loads.
+    ///
+    /// # Errors
+    /// [`Error::OutOfBounds`] (copying nothing) if the range does not fit.
+    #[inline]
+    pub(crate) fn copy_out(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.check(offset, dst.len())?;
+        // SAFETY: offset + dst.len() <= self.len (checked above), so the source range lies
+        // inside the mapping, which stays mapped for 'a (the constructor's contract).
+        unsafe { volatile_copy(self.ptr.add(offset), dst) };
+        Ok(())
+    }
+
+    /// Reads one `T` at byte `offset` by copy (any alignment).
+    ///
+    /// # Errors
+    /// [`Error::OutOfBounds`] if `offset + size_of::<T>()` exceeds the length.
+    pub(crate) fn read<T: bytemuck::Pod>(&self, offset: usize) -> Result<T> {
+        let mut v = T::zeroed();
+        self.copy_out(offset, bytemuck::bytes_of_mut(&mut v))?;
+        Ok(v)
+    }
+
+    /// The bytes as a slice: the one reference into shared memory.
+    ///
+    /// # Safety
+    /// No process may write these bytes while the slice lives: the file is sealed
+    /// `F_SEAL_WRITE`, or the caller knows its producer's protocol rules writes out.
+    pub(crate) unsafe fn as_slice(&self) -> &'a [u8] {
+        // SAFETY: ptr..ptr + len stays mapped for 'a (the constructor's contract) and no
+        // `&mut` to it exists in this process; the caller guarantees no process writes it
+        // while the slice lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(Error::OutOfBounds {
+                offset: offset as u64,
+                len: len as u64,
+                region_len: self.len as u64,
+            }),
+        }
+    }
+}
+
+/// The widest load the copy makes, and the alignment it first brings the source to.
+#[cfg(target_arch = "x86_64")]
+const WIDE: usize = 16;
+#[cfg(not(target_arch = "x86_64"))]
+const WIDE: usize = 8;
+
+/// Copies `dst.len()` bytes from `src` with volatile loads, each as wide as the source's
+/// alignment allows: at most one 1-, 2-, 4- and 8-byte load to reach a 16-byte boundary,
+/// then four 16-byte SSE2 loads per 64 bytes and 16 at a time (x86_64; elsewhere 8 bytes
+/// at a time), then at most one 8-, 4-, 2- and 1-byte load for the tail. Every load is
+/// aligned to its width; the stores into `dst` need no alignment. No loops at the ends:
+/// short and unaligned copies cost a few predictable branches.
+///
+/// Volatile loads are what the unsafe-code guidelines recommend for memory that another
+/// process may write concurrently: the compiler may neither elide, repeat nor tear-assume
+/// them, and every byte is read exactly once, so the caller validates a private snapshot.
+/// (The wide loads matter: out of memory, 8-byte volatile loads copy at ~8 GB/s on the
+/// project's VMs, 16-byte ones at ~20 GB/s, close to `memcpy`.)
+///
+/// It keeps only integers and pointers in its frame (no value with a destructor), which
+/// [`crate::GuardedMap`] relies on when a fault here longjmps out of it.
+///
+/// [`SharedBytes::copy_out`] is its safe, bounds-checked form; prefer that.
+///
+/// # Safety
+/// `src .. src + dst.len()` must lie inside a mapping as [`SharedBytes::new`] describes,
+/// for the duration of the call.
+#[inline]
+pub(crate) unsafe fn volatile_copy(src: *const u8, dst: &mut [u8]) {
+    let len = dst.len();
+    let d = dst.as_mut_ptr();
+    let addr = src.addr();
+    let mut i = 0;
+    // Head: the source's low address bits, smallest first. Each step leaves `src + i`
+    // aligned to twice its width; a step skipped for want of room skips every wider one,
+    // and then the tail's steps, all narrower, are aligned too.
+    // SAFETY: (every step below) the step's `w` bytes at `i` fit in `len` (checked), so
+    // the load stays in the readable source and the store in `dst`; the load is aligned
+    // to `w` (the bits below `w` of `src + i` are clear, see above).
+    unsafe {
+        if (addr + i) & 1 != 0 && len - i >= 1 {
+            copy_one::<u8>(src.add(i), d.add(i));
+            i += 1;
+        }
+        if (addr + i) & 2 != 0 && len - i >= 2 {
+            copy_one::<u16>(src.add(i), d.add(i));
+            i += 2;
+        }
+        if (addr + i) & 4 != 0 && len - i >= 4 {
+            copy_one::<u32>(src.add(i), d.add(i));
+            i += 4;
+        }
+        if WIDE > 8 && (addr + i) & 8 != 0 && len - i >= 8 {
+            copy_one::<u64>(src.add(i), d.add(i));
+            i += 8;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__m128i;
+        while i + 64 <= len {
+            // SAFETY: src + i is 16-aligned (the head brought it there, then 64s) and
+            // src + i + 64 <= src + len lies in the readable range; `__m128i` has no
+            // invalid bit patterns; the unaligned stores stay inside dst[..len].
+            unsafe {
+                let s = src.add(i).cast::<__m128i>();
+                let o = d.add(i).cast::<__m128i>();
+                let (a, b) = (s.read_volatile(), s.add(1).read_volatile());
+                let (c, e) = (s.add(2).read_volatile(), s.add(3).read_volatile());
+                o.write_unaligned(a);
+                o.add(1).write_unaligned(b);
+                o.add(2).write_unaligned(c);
+                o.add(3).write_unaligned(e);
+            }
+            i += 64;
+        }
+        while i + 16 <= len {
+            // SAFETY: as above, for 16 bytes.
+            unsafe { copy_one::<__m128i>(src.add(i), d.add(i)) };
+            i += 16;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    while i + 8 <= len {
+        // SAFETY: src + i is 8-aligned (the head brought it there, then 8s) and the 8
+        // bytes lie in the readable range; dst has room for them.
+        unsafe { copy_one::<u64>(src.add(i), d.add(i)) };
+        i += 8;
+    }
+    // Tail: fewer than WIDE bytes left, from an address aligned to WIDE (or, after a short
+    // head, to more than what is left).
+    let rem = len - i;
+    // SAFETY: as for the head: each step's bytes fit in what is left, and the address is
+    // aligned to the step's width (only narrower steps than the alignment remain).
+    unsafe {
+        if rem & 8 != 0 {
+            copy_one::<u64>(src.add(i), d.add(i));
+            i += 8;
+        }
+        if rem & 4 != 0 {
+            copy_one::<u32>(src.add(i), d.add(i));
+            i += 4;
+        }
+        if rem & 2 != 0 {
+            copy_one::<u16>(src.add(i), d.add(i));
+            i += 2;
+        }
+        if rem & 1 != 0 {
+            copy_one::<u8>(src.add(i), d.add(i));
+        }
+    }
+}
+
+/// Copies one `T` with one volatile load.
+///
+/// # Safety
+/// `src` must be readable for `size_of::<T>()` bytes and aligned for `T`, `dst` writable
+/// for as many; any bit pattern must be a valid `T`.
+#[inline(always)]
+unsafe fn copy_one<T: Copy>(src: *const u8, dst: *mut u8) {
+    // SAFETY: the caller's contract, word for word.
+    unsafe {
+        dst.cast::<T>()
+            .write_unaligned(src.cast::<T>().read_volatile())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `SharedBytes` over a buffer of ours (not shared, but the copy cannot tell).
+    fn over(buf: &[u8]) -> SharedBytes<'_> {
+        // SAFETY: `buf` is borrowed for the result's lifetime, and only shared.
+        unsafe { SharedBytes::new(buf.as_ptr(), buf.len()) }
+    }
+
+    #[test]
+    fn copies_every_alignment_and_length() {
+        /// A source whose base is 64-aligned, so `start` sets the low address bits.
+        #[repr(C, align(64))]
+        struct Aligned([u8; 320]);
+        let mut src = Aligned([0; 320]);
+        for (i, b) in src.0.iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
+        let src = &src.0;
+        let bytes = over(src);
+        // Miri is slow: fewer lengths there, still every head, loop and tail step.
+        let lens: Vec<usize> = if cfg!(miri) {
+            vec![
+                0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 100, 129,
+            ]
+        } else {
+            (0..250).collect()
+        };
+        for start in 0..33 {
+            for &len in &lens {
+                let mut dst = vec![0u8; len + 3];
+                // An unaligned destination too.
+                let out = &mut dst[start % 3..start % 3 + len];
+                bytes.copy_out(start, out).unwrap();
+                assert_eq!(out, &src[start..start + len], "start {start} len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_ranges_out_of_bounds() {
+        let src = [7u8; 32];
+        let bytes = over(&src);
+        let mut buf = [0u8; 8];
+        assert!(bytes.copy_out(24, &mut buf).is_ok());
+        assert!(matches!(
+            bytes.copy_out(25, &mut buf),
+            Err(Error::OutOfBounds {
+                offset: 25,
+                len: 8,
+                region_len: 32
+            })
+        ));
+        assert!(bytes.copy_out(usize::MAX, &mut buf).is_err());
+        assert!(bytes.subslice(30, 3).is_err());
+        assert!(bytes.subslice(usize::MAX, 2).is_err());
+        assert!(bytes.read::<u64>(25).is_err());
+    }
+
+    #[test]
+    fn subslices_and_values_read_their_own_bytes() {
+        let src: Vec<u8> = (0..64u8).collect();
+        let bytes = over(&src);
+        let sub = bytes.subslice(10, 20).unwrap();
+        assert_eq!(sub.len(), 20);
+        assert_eq!(sub.read::<u8>(0).unwrap(), 10);
+        assert_eq!(
+            sub.read::<u32>(1).unwrap(),
+            u32::from_ne_bytes([11, 12, 13, 14])
+        );
+        assert_eq!(
+            sub.read::<u64>(12).unwrap(),
+            u64::from_ne_bytes([22, 23, 24, 25, 26, 27, 28, 29])
+        );
+        assert!(sub.read::<u64>(13).is_err()); // would run past the sub-slice
+        let mut buf = [0u8; 4];
+        assert!(sub.copy_out(17, &mut buf).is_err());
+        // SAFETY: nobody writes `src` while the slice lives.
+        assert_eq!(unsafe { sub.as_slice() }, &src[10..30]);
+    }
+}
