@@ -222,7 +222,7 @@ fn fan_out_to_a_slow_consumer_does_not_hold_up_the_others() {
         let sender = s.spawn(|| lease.send_timeout(&[&reader_txs[0], &late_tx, &reader_txs[1]], T));
         let mut released = [0usize; 2];
         let end = Instant::now() + T;
-        while released.iter().any(|r| *r == 0) && Instant::now() < end {
+        while released.contains(&0) && Instant::now() < end {
             for (r, tx) in released.iter_mut().zip(&reader_txs) {
                 *r += tx.poll_releases().unwrap();
             }
