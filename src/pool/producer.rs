@@ -201,6 +201,10 @@ impl PoolShared {
 
 /// A pool of sealed, reusable shared memory, carved into buffers (see the
 /// [module docs](crate::pool)). Cheap to clone (a shared handle); `Send + Sync`.
+///
+/// Memory the pool has made is never given back while the pool lives, not even memory of
+/// a size class no longer used: consumers keep every memfd mapped, and the protocol has no
+/// message telling them to forget one. Drop the pool (and its senders) to free it.
 #[derive(Debug, Clone)]
 pub struct Pool {
     shared: Arc<PoolShared>,
