@@ -325,3 +325,9 @@ fn async_send_awaits_a_full_socket_and_a_cancelled_send_leaks_nothing() {
     let mut reader = reader.child;
     assert!(reader.wait().unwrap().success());
 }
+
+#[test]
+fn outgoing_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Outgoing>();
+}
