@@ -1032,7 +1032,8 @@ impl Link {
                 // is counted.
                 st.outstanding[slot] = buffer.generation;
                 st.next_generation += 1;
-                lock(&pool.state).slots[slot].holders += 1;
+                let mut ps = lock(&pool.state);
+                ps.slots[slot].holders = ps.slots[slot].holders.saturating_add(1);
                 Ok(())
             }
             Err(Error::PeerClosed) => {
