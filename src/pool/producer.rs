@@ -338,6 +338,7 @@ impl Pool {
                 })
             }
         };
+        let mut spin = None;
         loop {
             if let Some(lease) = self.take_free(class, len) {
                 return Ok(lease);
@@ -348,6 +349,14 @@ impl Pool {
             }
             if let Some(lease) = self.grow(class, len)? {
                 return Ok(lease);
+            }
+            // Poll for releases without sleeping for a while, then sleep.
+            if !matches!(wait, Wait::Never) {
+                let until = *spin.get_or_insert_with(super::spin_until_lease);
+                if until.is_some_and(|t| Instant::now() < t) {
+                    std::hint::spin_loop();
+                    continue;
+                }
             }
             self.wait_for_release(class, len, wait)?;
         }
@@ -814,8 +823,23 @@ impl Outgoing {
                 }
             }
         }
+        let until = if full.is_empty() {
+            None
+        } else {
+            super::spin_until()
+        };
         for i in full {
-            if let Err(e) = self.send_to_with(to[i], wait) {
+            // Poll for room without sleeping for a while, then sleep.
+            let r = loop {
+                match self.send_to_with(to[i], Wait::Never) {
+                    Err(Error::WouldBlock) if until.is_some_and(|t| Instant::now() < t) => {
+                        std::hint::spin_loop();
+                    }
+                    Err(Error::WouldBlock) => break self.send_to_with(to[i], wait),
+                    r => break r,
+                }
+            };
+            if let Err(e) = r {
                 first_err.get_or_insert(e);
             }
         }
