@@ -2,7 +2,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::lock;
 use crate::error::{Error, Result};
@@ -197,23 +197,6 @@ impl PoolReceiver {
                     let _ = self.flush_releases();
                     if matches!(wait, Wait::Never) {
                         return Err(Error::WouldBlock);
-                    }
-                    // Poll without sleeping for a while: a notice due soon then costs no
-                    // sleep and wake-up.
-                    if let Some(until) = super::spin_until() {
-                        loop {
-                            match self.recv_one(Wait::Never) {
-                                Ok(Some(buf)) => return Ok(buf),
-                                Ok(None) => {}
-                                Err(Error::WouldBlock) => {
-                                    if Instant::now() >= until {
-                                        break;
-                                    }
-                                    std::hint::spin_loop();
-                                }
-                                Err(e) => return Err(e),
-                            }
-                        }
                     }
                     w = wait;
                 }

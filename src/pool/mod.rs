@@ -129,29 +129,7 @@ mod producer;
 pub use consumer::{PoolBuffer, PoolReceiver};
 pub use producer::{Lease, Outgoing, Pool, PoolOptions, PoolSender, PoolStats};
 
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
-
-/// How long a pool wait polls without sleeping before it sleeps (MEASUREMENT TOGGLE:
-/// `SEALPIPE_POOL_SPIN=0` turns it off).
-fn spin_mode() -> u8 {
-    static ON: OnceLock<u8> = OnceLock::new();
-    *ON.get_or_init(|| match std::env::var("SEALPIPE_POOL_SPIN").as_deref() {
-        Ok("0") => 0,
-        Ok("lease") => 1,
-        _ => 2,
-    })
-}
-
-/// The end of a spin that starts now, if spinning is on.
-fn spin_until() -> Option<Instant> {
-    (spin_mode() == 2).then(|| Instant::now() + crate::ring::calibrated_spin_budget())
-}
-
-/// The same for the lease's wait.
-fn spin_until_lease() -> Option<Instant> {
-    (spin_mode() >= 1).then(|| Instant::now() + crate::ring::calibrated_spin_budget())
-}
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Locks `m`, ignoring poisoning: every critical section leaves the state consistent
 /// before anything that could panic.

@@ -338,7 +338,6 @@ impl Pool {
                 })
             }
         };
-        let mut spin = None;
         loop {
             if let Some(lease) = self.take_free(class, len) {
                 return Ok(lease);
@@ -349,14 +348,6 @@ impl Pool {
             }
             if let Some(lease) = self.grow(class, len)? {
                 return Ok(lease);
-            }
-            // Poll for releases without sleeping for a while, then sleep.
-            if !matches!(wait, Wait::Never) {
-                let until = *spin.get_or_insert_with(super::spin_until_lease);
-                if until.is_some_and(|t| Instant::now() < t) {
-                    std::hint::spin_loop();
-                    continue;
-                }
             }
             self.wait_for_release(class, len, wait)?;
         }
@@ -823,23 +814,8 @@ impl Outgoing {
                 }
             }
         }
-        let until = if full.is_empty() {
-            None
-        } else {
-            super::spin_until()
-        };
         for i in full {
-            // Poll for room without sleeping for a while, then sleep.
-            let r = loop {
-                match self.send_to_with(to[i], Wait::Never) {
-                    Err(Error::WouldBlock) if until.is_some_and(|t| Instant::now() < t) => {
-                        std::hint::spin_loop();
-                    }
-                    Err(Error::WouldBlock) => break self.send_to_with(to[i], wait),
-                    r => break r,
-                }
-            };
-            if let Err(e) = r {
+            if let Err(e) = self.send_to_with(to[i], wait) {
                 first_err.get_or_insert(e);
             }
         }
