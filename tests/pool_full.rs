@@ -331,3 +331,28 @@ fn outgoing_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Outgoing>();
 }
+
+#[test]
+fn a_consumer_listed_twice_gets_the_buffer_once_and_holds_it_once() {
+    let (a, b) = Channel::pair().unwrap();
+    let pool = small_pool();
+    let tx = pool.attach(a).unwrap();
+    let mut rx = PoolReceiver::new(b, &Policy::producer_writable()).unwrap();
+    let mut lease = pool.lease(4096).unwrap();
+    fill(&mut lease, 7);
+    lease.send(&[&tx, &tx]).unwrap();
+    assert_eq!(tx.held(), 1);
+    let buf = rx.recv_timeout(T).unwrap();
+    assert_eq!(buf.read_value::<u64>(0).unwrap(), 7);
+    assert!(matches!(rx.try_recv(), Err(Error::WouldBlock)));
+    // One release frees it.
+    drop(buf);
+    rx.flush_releases().unwrap();
+    assert_eq!(tx.poll_releases().unwrap(), 1);
+    assert_eq!(pool.stats().held, 0);
+    // An `Outgoing` sent to nobody goes straight back.
+    let free = pool.stats().free;
+    drop(pool.lease(4096).unwrap().into_outgoing());
+    assert_eq!(pool.stats().free, free);
+    assert_eq!(pool.stats().held, 0);
+}
