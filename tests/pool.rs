@@ -635,7 +635,7 @@ fn async_lease_awaits_releases_and_both_sides_are_cancel_safe() {
         for i in 0..2 {
             let mut lease = apool.lease(64 << 10).await.unwrap();
             fill(&mut lease, i);
-            lease.try_send(&[&tx]).unwrap();
+            apool.send(lease, &[&tx]).await.unwrap();
         }
         // Both buffers are held: the lease waits, and a cancelled wait holds nothing.
         assert!(tokio::time::timeout(short, apool.lease(64 << 10))
@@ -647,7 +647,7 @@ fn async_lease_awaits_releases_and_both_sides_are_cancel_safe() {
         let waiter = async {
             let mut lease = apool.lease(64 << 10).await.unwrap();
             fill(&mut lease, 2);
-            lease.try_send(&[&tx]).unwrap();
+            apool.send(lease, &[&tx]).await.unwrap();
         };
         let consumer = async {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::{Lease, Pool, PoolBuffer, PoolReceiver};
+use super::{Lease, Outgoing, Pool, PoolBuffer, PoolReceiver, PoolSender};
 use crate::asyncio::{ready_or_exit, register, watch_exit};
 use crate::error::{Error, Result};
 use crate::stats::ChannelStats;
@@ -16,8 +16,8 @@ use crate::stats::ChannelStats;
 /// and the pool's wake-up eventfd are in) instead of blocking its thread. No helper
 /// thread.
 ///
-/// Send with [`Lease::try_send`]: it never blocks (a consumer whose socket is full of
-/// notices gets [`Error::WouldBlock`]; it is hundreds of buffers behind).
+/// [`send`](AsyncPool::send) and [`send_to`](AsyncPool::send_to) await room in a consumer's
+/// full socket the same way. For a deadline, wrap any call in `tokio::time::timeout`.
 #[derive(Debug)]
 pub struct AsyncPool {
     pool: Pool,
@@ -68,6 +68,88 @@ impl AsyncPool {
             let mut ready = self.epoll.readable().await.map_err(reactor_error)?;
             ready.clear_ready();
             self.pool.take_wake_token();
+        }
+    }
+
+    /// Sends `lease` to every consumer in `to`, awaiting room in any consumer's full
+    /// socket: as [`Lease::send`] (the consumers with room get it at once, then each full
+    /// one in turn), without blocking the thread.
+    ///
+    /// # Errors
+    /// As [`Lease::send`]: the first error of any consumer, which then did not get the
+    /// buffer; every other consumer did. For each consumer's own result, use
+    /// [`send_to`](AsyncPool::send_to).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe in the sense of "nothing happened": the lease is consumed. If the
+    /// future is dropped while it waits for a full socket, the buffer has been sent to
+    /// every consumer that had room and to those already waited for, and to no other; the
+    /// notices sent stay valid (those consumers read and release the buffer as usual) and
+    /// the buffer returns to the pool once they have released it (at once if none got it).
+    /// Nothing leaks and nothing is freed twice. To retry the consumers left out, use
+    /// [`Lease::into_outgoing`] and [`send_to`](AsyncPool::send_to), which are cancel safe.
+    pub async fn send(&self, lease: Lease, to: &[&PoolSender]) -> Result<()> {
+        let out = lease.into_outgoing();
+        let mut first_err = None;
+        // Indices of consumers whose socket was full (allocates only then).
+        let mut full = Vec::new();
+        for (i, tx) in to.iter().enumerate() {
+            match out.try_send_to(tx) {
+                Ok(()) => {}
+                Err(Error::WouldBlock) => full.push(i),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        for i in full {
+            if let Err(e) = self.send_to(&out, to[i]).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Sends `out` to `to`, awaiting room if its socket is full: as
+    /// [`Outgoing::send_to`], without blocking the thread.
+    ///
+    /// # Errors
+    /// As [`Outgoing::send_to`]; [`Error::Io`] if the socket cannot be registered with the
+    /// runtime.
+    ///
+    /// # Cancel safety
+    /// Cancel safe. Each attempt is made within one poll (the announcement of a memfd and
+    /// the notice, each one non-blocking `sendmsg`; an announcement that went out is
+    /// remembered), so if the future is dropped, `to` either got the buffer or did not,
+    /// and `out` is still yours: send it again, or drop it.
+    pub async fn send_to(&self, out: &Outgoing, to: &PoolSender) -> Result<()> {
+        match out.try_send_to(to) {
+            Err(Error::WouldBlock) => {}
+            r => return r,
+        }
+        // The slow path: wait for room in this consumer's socket (a duplicate registered
+        // for this wait only; a busy stream never gets here).
+        let sock = rustix::io::fcntl_dupfd_cloexec(to.channel(), 0)
+            .map_err(|e| Error::io("duplicate the channel's socket", e))?;
+        let fd = register(sock)?;
+        let peer_exit = watch_exit(to.channel())?;
+        loop {
+            let Some(mut ready) =
+                ready_or_exit(&fd, peer_exit.as_ref(), Interest::WRITABLE).await?
+            else {
+                // The consumer process has exited.
+                return match out.try_send_to(to) {
+                    Err(Error::WouldBlock) => Err(Error::PeerClosed),
+                    r => r,
+                };
+            };
+            match ready.try_io(|_| match out.try_send_to(to) {
+                Err(Error::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+                other => Ok(other),
+            }) {
+                Ok(result) => return result.map_err(reactor_error)?,
+                Err(_would_block) => continue,
+            }
         }
     }
 }

@@ -42,12 +42,26 @@
 //! can no longer write it) and hands it to one or several consumers ([`PoolSender`]s of
 //! this pool); it returns to the pool when **every** one of them has released it.
 //!
+//! **Fan-out and full sockets.** A buffer is owed to each consumer separately: `send`
+//! gives it to every consumer with room in its socket first, then waits for room in each
+//! full one, so a slow consumer delays only itself. A consumer that fails (gone, timed
+//! out, at fault) does not get the buffer and does not hold it; the others keep theirs.
+//! `send` reports the first failure; to know each consumer's result, or to retry one whose
+//! socket is full later, turn the lease into an [`Outgoing`] ([`Lease::into_outgoing`]) and
+//! send it to each consumer with [`Outgoing::send_to`] / [`Outgoing::try_send_to`]. The
+//! buffer returns to the pool when the `Outgoing` is dropped and every consumer it was
+//! actually sent to has released it: it is never leaked, never freed while a consumer that
+//! got it still holds it.
+//!
 //! Buffers come in size classes (4 steps per doubling, at least one 4 KiB page); each
 //! memfd is a slab of one class ([`PoolOptions::slab_len`], one buffer per memfd for larger
 //! classes), created on first need within [`PoolOptions::max_bytes`] and
 //! [`PoolOptions::max_memfds`] and kept for the pool's life: memory a class has made stays
-//! with that class (consumers have it mapped), so use one pool per kind of buffer (frames,
-//! tensors of one shape) rather than one pool for every length.
+//! with that class and is **never given back**, neither to the system nor to another class,
+//! until the pool and every consumer are gone (consumers keep each memfd mapped, and the
+//! protocol has no message telling them to forget one). So use one pool per kind of buffer
+//! (frames, tensors of one shape) rather than one pool for every length, and drop a pool to
+//! free its memory.
 //!
 //! **Where releases are read.** The producer reads releases only (a) in `lease` when the
 //! class has no free buffer, before it makes a new memfd or waits, and (b) in
@@ -90,9 +104,10 @@
 //!
 //! # Async
 //!
-//! With the `tokio` feature, `AsyncPool` awaits a free buffer and `AsyncPoolReceiver`
-//! awaits the next buffer on a tokio runtime (no helper thread, cancel safe); send with
-//! [`Lease::try_send`], which never blocks.
+//! With the `tokio` feature, `AsyncPool` awaits a free buffer and room in a
+//! consumer's full socket (`AsyncPool::send`, `AsyncPool::send_to`), and `AsyncPoolReceiver`
+//! awaits the next buffer, on a tokio runtime (no helper thread; see each method's
+//! `# Cancel safety`).
 //!
 //! # What a consumer can see
 //!
@@ -115,7 +130,7 @@ mod producer;
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use async_pool::{AsyncPool, AsyncPoolReceiver};
 pub use consumer::{PoolBuffer, PoolReceiver};
-pub use producer::{Lease, Pool, PoolOptions, PoolSender, PoolStats};
+pub use producer::{Lease, Outgoing, Pool, PoolOptions, PoolSender, PoolStats};
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 

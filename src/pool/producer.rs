@@ -201,6 +201,10 @@ impl PoolShared {
 
 /// A pool of sealed, reusable shared memory, carved into buffers (see the
 /// [module docs](crate::pool)). Cheap to clone (a shared handle); `Send + Sync`.
+///
+/// Memory the pool has made is never given back while the pool lives, not even memory of
+/// a size class no longer used: consumers keep every memfd mapped, and the protocol has no
+/// message telling them to forget one. Drop the pool (and its senders) to free it.
 #[derive(Debug, Clone)]
 pub struct Pool {
     shared: Arc<PoolShared>,
@@ -363,7 +367,7 @@ impl Pool {
         Some(Lease {
             pool: Arc::clone(&self.shared),
             memfd,
-            slot: Some(slot),
+            slot,
             offset,
             len,
             cursor: 0,
@@ -429,7 +433,7 @@ impl Pool {
         Ok(Some(Lease {
             pool: Arc::clone(&self.shared),
             memfd,
-            slot: Some(first_slot),
+            slot: first_slot,
             offset: 0,
             len,
             cursor: 0,
@@ -606,8 +610,8 @@ pub struct PoolStats {
 pub struct Lease {
     pool: Arc<PoolShared>,
     memfd: Arc<Memfd>,
-    /// `None` once sent.
-    slot: Option<usize>,
+    /// In state `Leased` while this lease lives (until [`Lease::into_outgoing`]).
+    slot: usize,
     offset: usize,
     len: usize,
     cursor: usize,
@@ -669,15 +673,37 @@ impl Lease {
         bytemuck::try_cast_slice_mut(bytes).map_err(|e| Error::cast::<T>(e, len))
     }
 
-    /// Sends the buffer to every consumer in `to` (each at most once; duplicates are
-    /// skipped), announcing its memfd first to a consumer that has not seen it. The buffer
-    /// returns to the pool when all of them have released it. Waits for room in a full
-    /// socket; see [`send_timeout`](Lease::send_timeout).
+    /// Ends the writing: the buffer becomes an [`Outgoing`], which safe code can no longer
+    /// write, to be sent to consumers one at a time, each with its own result.
+    pub fn into_outgoing(self) -> Outgoing {
+        {
+            let mut st = lock(&self.pool.state);
+            let s = &mut st.slots[self.slot];
+            s.state = SlotState::Sent;
+            s.holders = 1; // the `Outgoing` itself
+            s.sent_at = Instant::now();
+            st.held += 1;
+        }
+        // `self` is dropped here and sees the slot `Sent`: it leaves it alone.
+        Outgoing {
+            pool: Arc::clone(&self.pool),
+            memfd: Arc::clone(&self.memfd),
+            slot: self.slot,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+
+    /// Sends the buffer to every consumer in `to` (a consumer listed twice gets it once),
+    /// announcing its memfd first to a consumer that has not seen it; it returns to the
+    /// pool when every consumer that got it has released it. A consumer whose socket is
+    /// full does not hold up the others: they get the buffer first, then this waits for
+    /// room in each full socket in turn. See [`send_timeout`](Lease::send_timeout).
     ///
     /// # Errors
-    /// As [`send_timeout`](Lease::send_timeout).
+    /// As [`send_timeout`](Lease::send_timeout), without [`Error::Timeout`].
     pub fn send(self, to: &[&PoolSender]) -> Result<()> {
-        self.send_with(to, Wait::Forever)
+        self.into_outgoing().fan_out(to, Wait::Forever)
     }
 
     /// [`send`](Lease::send), giving up on a consumer whose socket stays full past
@@ -686,73 +712,121 @@ impl Lease {
     /// # Errors
     /// The first error of any consumer: [`Error::PeerClosed`], [`Error::Timeout`], a fault
     /// recorded on that consumer since its last call ([`Error::BadRelease`], ...), or
-    /// [`Error::LimitExceeded`] if a sender belongs to another pool. The buffer is still
-    /// sent to every other consumer; it returns to the pool once those release it.
+    /// [`Error::LimitExceeded`] if a sender belongs to another pool. A consumer that fails
+    /// does not get the buffer; every other one does, and the buffer returns to the pool
+    /// once those have released it (at once if none got it). To learn which consumer
+    /// failed, send an [`Outgoing`] to each ([`Lease::into_outgoing`]).
     pub fn send_timeout(self, to: &[&PoolSender], timeout: Duration) -> Result<()> {
-        self.send_with(to, Wait::timeout(timeout))
+        self.into_outgoing().fan_out(to, Wait::timeout(timeout))
+    }
+}
+
+/// A leased buffer on its way to consumers ([`Lease::into_outgoing`]): safe code can no
+/// longer write it. Send it to each consumer with [`send_to`](Outgoing::send_to),
+/// [`send_to_timeout`](Outgoing::send_to_timeout) or
+/// [`try_send_to`](Outgoing::try_send_to) (or, async,
+/// `AsyncPool::send_to`), each call with its own result: a consumer whose socket is full can
+/// be tried again later, and one that has gone does not stop the others.
+///
+/// The buffer returns to the pool once this handle is dropped **and** every consumer it
+/// was actually sent to has released it: at once if it was sent to none. `Send + Sync`.
+#[derive(Debug)]
+pub struct Outgoing {
+    pool: Arc<PoolShared>,
+    memfd: Arc<Memfd>,
+    /// In state `Sent` (or `Retired`); this handle is one of its holders.
+    slot: usize,
+    offset: usize,
+    len: usize,
+}
+
+impl Outgoing {
+    /// Length in bytes (what is sent).
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a lease is never empty: `lease(0)` and `truncate(0)` are refused"
+    )]
+    pub fn len(&self) -> usize {
+        self.len
     }
 
-    /// [`send`](Lease::send) without waiting (for async code): a consumer whose socket is
-    /// full gets [`Error::WouldBlock`] and not the buffer; the others do.
+    /// Sends the buffer to `to`, announcing its memfd first if `to` has not seen it,
+    /// waiting for room if its socket is full. Sending it to a consumer that still holds
+    /// it (from an earlier call) does nothing.
     ///
     /// # Errors
-    /// As [`send_timeout`](Lease::send_timeout), with [`Error::WouldBlock`] instead of
-    /// [`Error::Timeout`].
-    pub fn try_send(self, to: &[&PoolSender]) -> Result<()> {
-        self.send_with(to, Wait::Never)
+    /// As [`send_to_timeout`](Outgoing::send_to_timeout), without [`Error::Timeout`].
+    pub fn send_to(&self, to: &PoolSender) -> Result<()> {
+        self.send_to_with(to, Wait::Forever)
     }
 
-    fn send_with(mut self, to: &[&PoolSender], wait: Wait) -> Result<()> {
-        let Some(slot) = self.slot.take() else {
-            return Ok(());
-        };
-        let pool = Arc::clone(&self.pool);
-        {
-            let mut st = lock(&pool.state);
-            let s = &mut st.slots[slot];
-            s.state = SlotState::Sent;
-            s.holders = to.len() as u32;
-            s.sent_at = Instant::now();
-            st.held += 1;
-            if to.is_empty() {
-                st.holders_zero(slot);
-            }
+    /// [`send_to`](Outgoing::send_to), giving up after `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if the socket stayed full (the consumer did not get the buffer;
+    /// its memfd may have been announced, which is kept); [`Error::PeerClosed`] if the
+    /// consumer has gone; a fault recorded on this consumer since its last call
+    /// ([`Error::BadRelease`], ...: reported once, the buffer was not sent);
+    /// [`Error::LimitExceeded`] if `to` belongs to another pool; [`Error::Io`].
+    pub fn send_to_timeout(&self, to: &PoolSender, timeout: Duration) -> Result<()> {
+        self.send_to_with(to, Wait::timeout(timeout))
+    }
+
+    /// [`send_to`](Outgoing::send_to) without waiting: [`Error::WouldBlock`] if `to`'s
+    /// socket is full (it did not get the buffer; try again later).
+    ///
+    /// # Errors
+    /// As [`send_to_timeout`](Outgoing::send_to_timeout), with [`Error::WouldBlock`]
+    /// instead of [`Error::Timeout`].
+    pub fn try_send_to(&self, to: &PoolSender) -> Result<()> {
+        self.send_to_with(to, Wait::Never)
+    }
+
+    pub(super) fn send_to_with(&self, to: &PoolSender, wait: Wait) -> Result<()> {
+        if !Arc::ptr_eq(&to.pool, &self.pool) {
+            return Err(Error::LimitExceeded {
+                what: "sender of another pool",
+                got: 1,
+                max: 0,
+            });
         }
         let buffer = PoolBufferRef {
             memfd_id: self.memfd.id,
             offset: self.offset as u64,
             generation: 0,
         };
+        to.link
+            .send_buffer(&self.pool, &self.memfd, self.slot, buffer, self.len, wait)
+    }
+
+    /// Sends to every consumer in `to`: first to each without waiting, then, as `wait`
+    /// allows, to each whose socket was full. Returns the first error.
+    pub(super) fn fan_out(self, to: &[&PoolSender], wait: Wait) -> Result<()> {
         let mut first_err = None;
-        let mut freed = 0;
-        for tx in to {
-            let r = if Arc::ptr_eq(&tx.pool, &pool) {
-                tx.link
-                    .send_buffer(&pool, &self.memfd, slot, buffer, self.len, wait)
-            } else {
-                Err(Error::LimitExceeded {
-                    what: "sender of another pool",
-                    got: 1,
-                    max: 0,
-                })
-            };
-            if let Err(e) = r {
-                if lock(&pool.state).unhold(slot) {
-                    freed += 1;
+        // Indices of consumers whose socket was full (allocates only then).
+        let mut full = Vec::new();
+        for (i, tx) in to.iter().enumerate() {
+            match self.send_to_with(tx, Wait::Never) {
+                Ok(()) => {}
+                Err(Error::WouldBlock) if !matches!(wait, Wait::Never) => full.push(i),
+                Err(e) => {
+                    first_err.get_or_insert(e);
                 }
+            }
+        }
+        for i in full {
+            if let Err(e) = self.send_to_with(to[i], wait) {
                 first_err.get_or_insert(e);
             }
         }
-        pool.notify(freed);
         first_err.map_or(Ok(()), Err)
     }
 }
 
-impl PoolState {
-    /// A sent slot that no consumer took after all.
-    fn holders_zero(&mut self, slot: usize) {
-        self.slots[slot].holders = 1;
-        self.unhold(slot);
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        let freed = lock(&self.pool.state).unhold(self.slot);
+        self.pool.notify(usize::from(freed));
     }
 }
 
@@ -789,8 +863,11 @@ impl io::Write for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            lock(&self.pool.state).free_slot(slot);
+        let mut st = lock(&self.pool.state);
+        // `Sent` after `into_outgoing`: the `Outgoing` owns it now.
+        if st.slots[self.slot].state == SlotState::Leased {
+            st.free_slot(self.slot);
+            drop(st);
             self.pool.notify(1);
         }
     }
@@ -909,7 +986,8 @@ struct LinkState {
 
 impl Link {
     /// Announces the memfd if needed, then sends the notice. On success the consumer holds
-    /// the slot.
+    /// the slot (one more holder); on failure nothing changed but, perhaps, the
+    /// announcement (kept: the consumer has the memfd).
     fn send_buffer(
         &self,
         pool: &PoolShared,
@@ -934,10 +1012,7 @@ impl Link {
             st.outstanding.resize(memfd.first_slot + memfd.buffers, 0);
         }
         if st.outstanding[slot] != 0 {
-            // Already sent to this consumer in this call: it holds one claim, not two.
-            drop(st);
-            let freed = lock(&pool.state).unhold(slot);
-            pool.notify(usize::from(freed));
+            // This consumer holds the buffer already: one claim, not two.
             return Ok(());
         }
         let r = (|| {
@@ -953,8 +1028,12 @@ impl Link {
         })();
         match r {
             Ok(()) => {
+                // Under this link's lock: no release of it can be read before the claim
+                // is counted.
                 st.outstanding[slot] = buffer.generation;
                 st.next_generation += 1;
+                let mut ps = lock(&pool.state);
+                ps.slots[slot].holders = ps.slots[slot].holders.saturating_add(1);
                 Ok(())
             }
             Err(Error::PeerClosed) => {
