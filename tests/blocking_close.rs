@@ -15,11 +15,10 @@ mod common;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-use sealpipe::{wire, Channel, Error, Policy, Region};
+use sealpipe::{Channel, Error, Policy, Region};
 
 /// How long the hostile socket lingers in `close`.
 const LINGER: Duration = Duration::from_secs(5);
@@ -56,41 +55,6 @@ fn lingering_socket() -> (OwnedFd, TcpStream) {
     (OwnedFd::from(client), server)
 }
 
-fn message(lens: &[u64]) -> Vec<u8> {
-    let mut m = Vec::new();
-    m.extend_from_slice(&wire::MAGIC);
-    m.extend_from_slice(&wire::VERSION.to_le_bytes());
-    m.extend_from_slice(&wire::KIND_REGIONS.to_le_bytes());
-    m.extend_from_slice(&(lens.len() as u16).to_le_bytes());
-    m.extend_from_slice(&0u16.to_le_bytes());
-    m.extend_from_slice(&0u32.to_le_bytes());
-    for l in lens {
-        m.extend_from_slice(&l.to_le_bytes());
-    }
-    m
-}
-
-/// Sends `bytes` with `fds` attached; returns the errno on failure.
-fn send_raw(
-    sock: BorrowedFd<'_>,
-    bytes: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> Result<(), rustix::io::Errno> {
-    let mut space =
-        vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
-    }
-    sendmsg(
-        sock,
-        &[std::io::IoSlice::new(bytes)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )
-    .map(|_| ())
-}
-
 /// Waits until the parent closes its end, so the accepting ends stay open meanwhile.
 fn linger_until_parent_closes(ch: &Channel) {
     loop {
@@ -111,7 +75,12 @@ fn hostile_peer(role: &str, ch: Channel) -> i32 {
         // One lingering socket as region 0, then an honest message.
         "linger_region" => {
             let (sock, _server) = lingering_socket();
-            send_raw(ch.as_fd(), &message(&[4096]), &[sock.as_fd()]).unwrap();
+            common::forge::try_send_raw(
+                ch.as_fd(),
+                &common::forge::regions_message(&[4096]),
+                &[sock.as_fd()],
+            )
+            .unwrap();
             drop(sock);
             honest(&ch);
             linger_until_parent_closes(&ch);
@@ -130,7 +99,12 @@ fn hostile_peer(role: &str, ch: Channel) -> i32 {
                     })
                     .collect();
                 let fds: Vec<_> = socks.iter().map(|s| s.as_fd()).collect();
-                send_raw(ch.as_fd(), &message(&[4096; 10]), &fds).unwrap();
+                common::forge::try_send_raw(
+                    ch.as_fd(),
+                    &common::forge::regions_message(&[4096; 10]),
+                    &fds,
+                )
+                .unwrap();
             }
             honest(&ch);
             linger_until_parent_closes(&ch);
@@ -141,9 +115,9 @@ fn hostile_peer(role: &str, ch: Channel) -> i32 {
             let (a, _sa) = lingering_socket();
             let (b, _sb) = lingering_socket();
             let (c, _sc) = lingering_socket();
-            send_raw(
+            common::forge::try_send_raw(
                 ch.as_fd(),
-                &message(&[4096; 3]),
+                &common::forge::regions_message(&[4096; 3]),
                 &[a.as_fd(), b.as_fd(), c.as_fd()],
             )
             .unwrap();
@@ -163,7 +137,11 @@ fn hostile_peer(role: &str, ch: Channel) -> i32 {
             )
             .unwrap();
             let (sock, _server) = lingering_socket();
-            let refused = send_raw(s.as_fd(), &message(&[4096]), &[sock.as_fd()]);
+            let refused = common::forge::try_send_raw(
+                s.as_fd(),
+                &common::forge::regions_message(&[4096]),
+                &[sock.as_fd()],
+            );
             disarm(sock);
             linger_until_parent_closes(&ch);
             exit_code(refused)
@@ -182,7 +160,11 @@ fn hostile_peer(role: &str, ch: Channel) -> i32 {
             ch.send_timeout(b"listening", &[], T).unwrap();
             let (c, _) = rustix::net::acceptfrom(&l).unwrap();
             let (sock, _server) = lingering_socket();
-            let refused = send_raw(c.as_fd(), &message(&[4096]), &[sock.as_fd()]);
+            let refused = common::forge::try_send_raw(
+                c.as_fd(),
+                &common::forge::regions_message(&[4096]),
+                &[sock.as_fd()],
+            );
             disarm(sock);
             linger_until_parent_closes(&ch);
             exit_code(refused)
@@ -190,10 +172,10 @@ fn hostile_peer(role: &str, ch: Channel) -> i32 {
         // A ring producer whose offer (the ring's data region) is a lingering socket.
         "ring_offer_linger" => {
             let (sock, _server) = lingering_socket();
-            let mut m = message(&[4096]);
+            let mut m = common::forge::regions_message(&[4096]);
             m[12..16].copy_from_slice(&16u32.to_le_bytes());
             m.extend_from_slice(b"sealpipe ring v1");
-            send_raw(ch.as_fd(), &m, &[sock.as_fd()]).unwrap();
+            common::forge::try_send_raw(ch.as_fd(), &m, &[sock.as_fd()]).unwrap();
             drop(sock);
             linger_until_parent_closes(&ch);
             0
@@ -205,7 +187,7 @@ fn hostile_peer(role: &str, ch: Channel) -> i32 {
             let dup = rustix::io::fcntl_dupfd_cloexec(&ch, 0).unwrap();
             let mut tx = Producer::setup(ch, &RingOptions::new(1024).timeout(T)).unwrap();
             let (sock, _server) = lingering_socket();
-            let refused = send_raw(dup.as_fd(), b"x", &[sock.as_fd()]);
+            let refused = common::forge::try_send_raw(dup.as_fd(), b"x", &[sock.as_fd()]);
             disarm(sock);
             tx.send_timeout(b"honest", T).unwrap();
             // Until the consumer goes.
@@ -621,10 +603,14 @@ fn hostile_spawn_child() -> ! {
     // (named in SEALPIPE_FD), and nothing else in this process owns it.
     let ch = unsafe { OwnedFd::from_raw_fd(sealpipe::spawn::CHILD_FD) };
     let (sock, _server) = lingering_socket();
-    let sent = send_raw(ch.as_fd(), &message(&[4096]), &[sock.as_fd()]);
+    let sent = common::forge::try_send_raw(
+        ch.as_fd(),
+        &common::forge::regions_message(&[4096]),
+        &[sock.as_fd()],
+    );
     disarm(sock);
     if sent.is_err() {
-        let _ = send_raw(ch.as_fd(), b"refused", &[]);
+        let _ = common::forge::try_send_raw(ch.as_fd(), b"refused", &[]);
     }
     std::process::exit(0)
 }

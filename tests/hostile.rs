@@ -8,7 +8,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::fs::{self, MemfdFlags, OFlags, SealFlags};
-use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use sealpipe::{wire, Channel, Error, Policy, Region, Seals};
 
 const T: Duration = Duration::from_secs(20);
@@ -34,43 +33,12 @@ fn memfd(len: u64, seals: u32, sealable: bool) -> OwnedFd {
     fd
 }
 
-fn header(version: u16, kind: u16, lens: &[u64], payload: &[u8]) -> Vec<u8> {
-    let mut m = Vec::new();
-    m.extend_from_slice(&wire::MAGIC);
-    m.extend_from_slice(&version.to_le_bytes());
-    m.extend_from_slice(&kind.to_le_bytes());
-    m.extend_from_slice(&(lens.len() as u16).to_le_bytes());
-    m.extend_from_slice(&0u16.to_le_bytes());
-    m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    for l in lens {
-        m.extend_from_slice(&l.to_le_bytes());
-    }
-    m.extend_from_slice(payload);
-    m
-}
-
-fn message(lens: &[u64]) -> Vec<u8> {
-    header(wire::VERSION, wire::KIND_REGIONS, lens, b"")
-}
-
-fn send_raw(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-    let mut space =
-        vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
-    }
-    sendmsg(
-        sock,
-        &[std::io::IoSlice::new(bytes)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )
-    .unwrap();
-}
-
 fn send_one(sock: BorrowedFd<'_>, declared: u64, fd: impl AsFd) {
-    send_raw(sock, &message(&[declared]), &[fd.as_fd()]);
+    common::forge::send_raw(
+        sock,
+        &common::forge::regions_message(&[declared]),
+        &[fd.as_fd()],
+    );
 }
 
 const IMM: u32 = 0x8 | 0x2 | 0x4 | 0x1;
@@ -128,41 +96,65 @@ fn hostile_peer(role: &str, ch: Channel) -> i32 {
         "flood_253_unsealed" => {
             let fds: Vec<OwnedFd> = (0..253).map(|_| memfd(4096, 0, true)).collect();
             let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-            send_raw(sock, &message(&[4096; 253]), &borrowed);
+            common::forge::send_raw(
+                sock,
+                &common::forge::regions_message(&[4096; 253]),
+                &borrowed,
+            );
         }
         "flood_253_sealed" => {
             let fds: Vec<OwnedFd> = (0..253).map(|_| memfd(4096, IMM, true)).collect();
             let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-            send_raw(sock, &message(&[4096; 253]), &borrowed);
+            common::forge::send_raw(
+                sock,
+                &common::forge::regions_message(&[4096; 253]),
+                &borrowed,
+            );
         }
         "ctrunc" => {
             let fds: Vec<OwnedFd> = (0..10).map(|_| memfd(4096, IMM, true)).collect();
             let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-            send_raw(sock, &message(&[4096; 10]), &borrowed);
+            common::forge::send_raw(
+                sock,
+                &common::forge::regions_message(&[4096; 10]),
+                &borrowed,
+            );
         }
-        "header_without_fds" => send_raw(sock, &message(&[4096]), &[]),
+        "header_without_fds" => {
+            common::forge::send_raw(sock, &common::forge::regions_message(&[4096]), &[])
+        }
         "more_fds_than_header" => {
             let (a, b) = (memfd(4096, IMM, true), memfd(4096, IMM, true));
-            send_raw(sock, &message(&[4096]), &[a.as_fd(), b.as_fd()]);
+            common::forge::send_raw(
+                sock,
+                &common::forge::regions_message(&[4096]),
+                &[a.as_fd(), b.as_fd()],
+            );
         }
-        "fds_without_header" => send_raw(sock, b"", &[memfd(4096, IMM, true).as_fd()]),
-        "garbage" => send_raw(
+        "fds_without_header" => {
+            common::forge::send_raw(sock, b"", &[memfd(4096, IMM, true).as_fd()])
+        }
+        "garbage" => common::forge::send_raw(
             sock,
             b"\xde\xad\xbe\xef garbage bytes!",
             &[memfd(4096, IMM, true).as_fd()],
         ),
         "unknown_version" => {
-            let m = header(2, wire::KIND_REGIONS, &[4096], b"");
-            send_raw(sock, &m, &[memfd(4096, IMM, true).as_fd()]);
+            let m = common::forge::header(2, wire::KIND_REGIONS, &[4096], b"");
+            common::forge::send_raw(sock, &m, &[memfd(4096, IMM, true).as_fd()]);
         }
-        "oversized" => send_raw(
+        "oversized" => common::forge::send_raw(
             sock,
             &vec![0u8; wire::MAX_MESSAGE_LEN + 100],
             &[memfd(4096, IMM, true).as_fd()],
         ),
         "bad_second_region" => {
             let (a, b) = (memfd(4096, IMM, true), memfd(4096, 0, true));
-            send_raw(sock, &message(&[4096, 4096]), &[a.as_fd(), b.as_fd()]);
+            common::forge::send_raw(
+                sock,
+                &common::forge::regions_message(&[4096, 4096]),
+                &[a.as_fd(), b.as_fd()],
+            );
         }
         "send_then_exit" => {
             let r = Region::new(4096).unwrap().seal().unwrap();

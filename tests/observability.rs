@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use rustix::fs::{self, MemfdFlags};
-use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use sealpipe::pool::{Pool, PoolOptions, PoolReceiver};
 use sealpipe::ring::{Consumer, Producer, RingOptions, SpinPolicy};
 use sealpipe::{
@@ -18,37 +17,6 @@ use sealpipe::{
 const T: Duration = Duration::from_secs(20);
 
 // ----- the hostile side -----
-
-/// A message header declaring regions of `lens` bytes, no payload.
-fn message(lens: &[u64]) -> Vec<u8> {
-    let mut m = Vec::new();
-    m.extend_from_slice(&wire::MAGIC);
-    m.extend_from_slice(&wire::VERSION.to_le_bytes());
-    m.extend_from_slice(&wire::KIND_REGIONS.to_le_bytes());
-    m.extend_from_slice(&(lens.len() as u16).to_le_bytes());
-    m.extend_from_slice(&0u16.to_le_bytes());
-    m.extend_from_slice(&0u32.to_le_bytes());
-    for l in lens {
-        m.extend_from_slice(&l.to_le_bytes());
-    }
-    m
-}
-
-fn send_raw(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-    let mut space =
-        vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_REGIONS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
-    }
-    sendmsg(
-        sock,
-        &[std::io::IoSlice::new(bytes)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )
-    .unwrap();
-}
 
 /// An allocated memfd of 4096 bytes with no seals: the receiver's policy refuses it.
 fn unsealed_memfd() -> OwnedFd {
@@ -62,7 +30,11 @@ fn unsealed_memfd() -> OwnedFd {
 /// message.
 fn hostile(ch: &Channel, socket: bool) {
     let sock = ch.as_fd();
-    send_raw(sock, &message(&[4096]), &[unsealed_memfd().as_fd()]);
+    common::forge::send_raw(
+        sock,
+        &common::forge::regions_message(&[4096]),
+        &[unsealed_memfd().as_fd()],
+    );
     if socket {
         let (a, _b) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
@@ -71,7 +43,7 @@ fn hostile(ch: &Channel, socket: bool) {
             None,
         )
         .unwrap();
-        send_raw(sock, &message(&[4096]), &[a.as_fd()]);
+        common::forge::send_raw(sock, &common::forge::regions_message(&[4096]), &[a.as_fd()]);
     }
     let honest = Region::new(4096).unwrap().seal().unwrap();
     ch.send(b"honest", &[&honest]).unwrap();
@@ -138,7 +110,7 @@ fn pool_forger(ch: Channel) -> i32 {
     m.extend_from_slice(&[0; 4]);
     m.extend_from_slice(&0u64.to_le_bytes()); // offset
     m.extend_from_slice(&99u64.to_le_bytes()); // generation
-    send_raw(rx.channel().as_fd(), &m, &[]);
+    common::forge::send_raw(rx.channel().as_fd(), &m, &[]);
     drop(buf);
     rx.flush_releases().unwrap();
     // Stay until the producer is done.

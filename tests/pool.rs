@@ -8,10 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{self, MemfdFlags, SealFlags};
-use rustix::net::{
-    recvmsg, sendmsg, RecvAncillaryBuffer, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
-    SendFlags,
-};
+use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvFlags, SendFlags};
 use sealpipe::pool::{Pool, PoolOptions, PoolReceiver, PoolSender};
 use sealpipe::wire::{self, PoolBufferRef};
 use sealpipe::{Channel, Error, Policy, Region};
@@ -287,29 +284,6 @@ fn a_consumer_that_exits_gives_back_what_it_held() {
 
 // ----- hostile consumer -----
 
-fn send_raw(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-    try_send_raw(sock, bytes, fds).unwrap();
-}
-
-fn try_send_raw(
-    sock: BorrowedFd<'_>,
-    bytes: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> Result<(), rustix::io::Errno> {
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
-    }
-    sendmsg(
-        sock,
-        &[std::io::IoSlice::new(bytes)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )
-    .map(drop)
-}
-
 /// Receives one datagram, dropping any descriptors; returns its bytes.
 fn recv_raw(sock: BorrowedFd<'_>) -> Vec<u8> {
     let mut buf = vec![0u8; 1 << 17];
@@ -392,13 +366,13 @@ fn hostile_consumer_releases_are_refused_and_free_nothing_held() {
                 // (SO_PASSRIGHTS): the kernel fails this send. Say so with a message the
                 // producer must reject, so the step is judged.
                 let memfd = Region::new(4096).unwrap().seal().unwrap();
-                let refused = try_send_raw(ch.as_fd(), &msg, &[memfd.as_fd()]);
+                let refused = common::forge::try_send_raw(ch.as_fd(), &msg, &[memfd.as_fd()]);
                 if refused == Err(rustix::io::Errno::PERM) {
-                    send_raw(ch.as_fd(), b"refused", &[]);
+                    common::forge::send_raw(ch.as_fd(), b"refused", &[]);
                 }
                 continue;
             }
-            send_raw(ch.as_fd(), &msg, &[]);
+            common::forge::send_raw(ch.as_fd(), &msg, &[]);
         }
         // Stay until the producer hangs up, so that every step is judged by its release.
         while !recv_raw(ch.as_fd()).is_empty() {}
@@ -433,7 +407,7 @@ fn hostile_consumer_releases_are_refused_and_free_nothing_held() {
     ];
     let go = |step: usize| {
         // The hostile side reads every pool message too: skip them, then step.
-        send_raw(hostile_tx.channel().as_fd(), &[step as u8], &[]);
+        common::forge::send_raw(hostile_tx.channel().as_fd(), &[step as u8], &[]);
     };
     let mut child = hostile.child;
     for (step, want) in expect.iter().enumerate() {
@@ -487,12 +461,12 @@ fn memfd(len: u64, seals: u32) -> std::os::fd::OwnedFd {
 const PRODUCER_WRITABLE: u32 = 0x10 | 0x2 | 0x4 | 0x1;
 
 fn announce(sock: BorrowedFd<'_>, id: u32, declared: u64, fd: BorrowedFd<'_>) {
-    send_raw(sock, &wire::encode_pool_announce(id, declared), &[fd]);
+    common::forge::send_raw(sock, &wire::encode_pool_announce(id, declared), &[fd]);
 }
 
 fn notice(sock: BorrowedFd<'_>, id: u32, offset: u64, len: u64, generation: u64) {
     let b = r(id, offset, generation);
-    send_raw(sock, &wire::encode_pool_notice(b, len), &[]);
+    common::forge::send_raw(sock, &wire::encode_pool_notice(b, len), &[]);
 }
 
 #[test]

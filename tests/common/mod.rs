@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use sealpipe::Channel;
 
 pub mod endpoints;
+pub mod forge;
 pub mod ring_peers;
 pub mod sandboxed;
 
