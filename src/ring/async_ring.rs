@@ -72,26 +72,31 @@ impl Reactor {
 
     /// Waits until `peer_index` differs from `seen`, as this side's `spin` says, parking in
     /// the reactor. `link` is the side's link (for its channel, spin policy and stats).
+    ///
+    /// The spin phases look at `changed()` only (a byte-ring consumer's header word, or
+    /// the index), as in `wait::wait_change`; a park ends when either has moved.
     async fn wait(
         &self,
         link: &mut Link,
         peer_index: &AtomicU32,
         own_wait: &AtomicU64,
         seen: u32,
+        changed: impl Fn() -> bool,
     ) -> Result<()> {
-        // Relaxed: the word is in the peer's read-only mapping, and the engine loads it
+        // Relaxed: the words are in the peer's read-only mapping, and the engine loads them
         // again with acquire semantics once this returns.
-        let moved = || peer_index.load(Ordering::Relaxed) != seen;
+        let spun = &changed;
+        let moved = || changed() || peer_index.load(Ordering::Relaxed) != seen;
         match link.spin {
             SpinPolicy::Spin => loop {
                 for _ in 0..SPINS_PER_CHECK {
-                    if moved() {
+                    if spun() {
                         return Ok(());
                     }
                     std::hint::spin_loop();
                 }
                 if peer_gone(&link.channel) || link.channel.peer_exited() {
-                    return if moved() {
+                    return if spun() {
                         Ok(())
                     } else {
                         Err(Error::PeerClosed)
@@ -103,7 +108,7 @@ impl Reactor {
             // (to the runtime: other tasks run meanwhile).
             SpinPolicy::SpinThenPark(steps) => {
                 for step in 0..steps {
-                    if moved() {
+                    if spun() {
                         return Ok(());
                     }
                     if step <= 6 {
@@ -124,7 +129,7 @@ impl Reactor {
                 let mut yielded = start;
                 loop {
                     for _ in 0..64 {
-                        if moved() {
+                        if spun() {
                             return Ok(());
                         }
                         std::hint::spin_loop();
@@ -402,8 +407,11 @@ impl AsyncProducer {
                 Err(blocked) => {
                     let p = &mut self.inner;
                     let (peer, own) = (p.engine.words.peer_index(), p.engine.words.own_wait());
+                    let seen = blocked.seen;
                     self.reactor
-                        .wait(&mut p.link, peer, own, blocked.seen)
+                        .wait(&mut p.link, peer, own, seen, || {
+                            peer.load(Ordering::Relaxed) != seen
+                        })
                         .await?;
                 }
             }
@@ -484,8 +492,10 @@ impl AsyncConsumer {
                 Err(blocked) => {
                     let c = &mut self.inner;
                     let (peer, own) = (c.engine.words.peer_index(), c.engine.words.own_wait());
+                    // Spin on the header word at the read position; park on the index.
+                    let header = c.engine.watcher(blocked.header);
                     self.reactor
-                        .wait(&mut c.link, peer, own, blocked.seen)
+                        .wait(&mut c.link, peer, own, blocked.seen, || header.changed())
                         .await?;
                 }
             }
@@ -555,8 +565,11 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
                 Err(blocked) => {
                     let p = &mut self.inner;
                     let (peer, own) = (p.engine.words.peer_index(), p.engine.words.own_wait());
+                    let seen = blocked.seen;
                     self.reactor
-                        .wait(&mut p.link, peer, own, blocked.seen)
+                        .wait(&mut p.link, peer, own, seen, || {
+                            peer.load(Ordering::Relaxed) != seen
+                        })
                         .await?;
                 }
             }
@@ -578,8 +591,11 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
                 Err(blocked) => {
                     let p = &mut self.inner;
                     let (peer, own) = (p.engine.words.peer_index(), p.engine.words.own_wait());
+                    let seen = blocked.seen;
                     self.reactor
-                        .wait(&mut p.link, peer, own, blocked.seen)
+                        .wait(&mut p.link, peer, own, seen, || {
+                            peer.load(Ordering::Relaxed) != seen
+                        })
                         .await?;
                 }
             }
@@ -650,8 +666,11 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
                 Err(blocked) => {
                     let c = &mut self.inner;
                     let (peer, own) = (c.engine.words.peer_index(), c.engine.words.own_wait());
+                    let seen = blocked.seen;
                     self.reactor
-                        .wait(&mut c.link, peer, own, blocked.seen)
+                        .wait(&mut c.link, peer, own, seen, || {
+                            peer.load(Ordering::Relaxed) != seen
+                        })
                         .await?;
                 }
             }
@@ -673,8 +692,11 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
                 Err(blocked) => {
                     let c = &mut self.inner;
                     let (peer, own) = (c.engine.words.peer_index(), c.engine.words.own_wait());
+                    let seen = blocked.seen;
                     self.reactor
-                        .wait(&mut c.link, peer, own, blocked.seen)
+                        .wait(&mut c.link, peer, own, seen, || {
+                            peer.load(Ordering::Relaxed) != seen
+                        })
                         .await?;
                 }
             }

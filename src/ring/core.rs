@@ -13,7 +13,13 @@
 //! - each side stores only its own index; the other side's index is loaded once into a
 //!   local (`cached_*`), validated (`check_write`/`check_read`) and only then used;
 //! - in the byte ring every record starts 8-aligned and is contiguous: a record that would
-//!   cross the end is preceded by a pad header that skips to position 0.
+//!   cross the end is preceded by a pad header that skips to position 0;
+//! - in the byte ring every header carries a tag, the index it sits at plus its kind, so
+//!   the consumer learns from the header itself that a record is ready (see [`parse`]);
+//!   the producer keeps an end mark (kind 0, tag = its write index) after its last record,
+//!   so the word at the consumer's position is always either that record's header or the
+//!   end mark written for that very index, never a stale header or payload bytes. That costs
+//!   8 bytes of slack: the producer keeps `write + 8 <= read + cap`.
 #![allow(unsafe_code)]
 
 use super::sync::{fence, AtomicU32, AtomicU64, Ordering};
@@ -25,10 +31,12 @@ pub(crate) const MAX_CAPACITY: u32 = 1 << 31;
 
 /// Bytes of the header in front of each byte-ring record.
 pub(crate) const RECORD_HEADER: u32 = 8;
-/// Header kind of a record.
-const KIND_RECORD: u32 = 0;
-/// Header kind of padding that skips to the start of the ring.
-const KIND_PAD: u32 = 1;
+/// Kind (low 3 bits of a header's tag) of the end mark: nothing is written here yet.
+const KIND_END: u32 = 0;
+/// Kind of a record.
+const KIND_RECORD: u32 = 1;
+/// Kind of padding that skips to the start of the ring.
+const KIND_PAD: u32 = 2;
 
 /// Bit of a wait word saying "this side is parked (or about to park)"; the low 32 bits hold
 /// the peer index value it saw and waits to change.
@@ -137,26 +145,36 @@ pub(crate) fn place(cap: u32, write: u32, free: u32, span: u32) -> Option<Placem
 /// A record header, parsed and validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Parsed {
+    /// The end mark for this index: nothing is published here yet.
+    NotReady,
     /// Skip this many bytes (to the end of the ring).
     Pad(u32),
     /// A record: payload at `offset + RECORD_HEADER`, `len` bytes, `span` units in all.
     Record { offset: u32, len: u32, span: u32 },
 }
 
-/// Parses the header word `header` found at `read`, with `avail` units published after it.
-pub(crate) fn parse(cap: u32, read: u32, avail: u32, header: u64) -> Result<Parsed, Corrupt> {
+/// Parses the header word `header` found at index `read` (the consumer's position).
+///
+/// The header's tag (high 32 bits) is the index it was written at plus its kind in the
+/// low 3 bits; its low 32 bits are the record's length. An honest producer leaves at the
+/// consumer's position either the end mark for exactly that index (not ready) or a header
+/// for exactly that index, so any other tag — another position, a former lap, an unknown
+/// kind — is corruption. A ready record must be within the length limit and not cross the
+/// end of the ring; padding never starts at position 0.
+pub(crate) fn parse(cap: u32, read: u32, header: u64) -> Result<Parsed, Corrupt> {
     let pos = read & (cap - 1);
+    let tag = (header >> 32) as u32;
     let len = header as u32;
-    match (header >> 32) as u32 {
+    if tag & !7 != read {
+        return Err(Corrupt("record header tagged for another index"));
+    }
+    match tag & 7 {
+        KIND_END => Ok(Parsed::NotReady),
         KIND_PAD => {
-            let skip = cap - pos;
-            if skip > avail {
-                return Err(Corrupt("padding beyond the published data"));
-            }
             if pos == 0 {
                 return Err(Corrupt("padding at the start of the ring"));
             }
-            Ok(Parsed::Pad(skip))
+            Ok(Parsed::Pad(cap - pos))
         }
         KIND_RECORD => {
             if len as usize > max_record_len(cap) {
@@ -164,9 +182,6 @@ pub(crate) fn parse(cap: u32, read: u32, avail: u32, header: u64) -> Result<Pars
             }
             // Cannot overflow: len <= cap / 2 - 8 <= 2^30.
             let span = len.div_ceil(8) * 8 + RECORD_HEADER;
-            if span > avail {
-                return Err(Corrupt("record longer than the published data"));
-            }
             if span > cap - pos {
                 return Err(Corrupt("record crosses the end of the ring"));
             }
@@ -180,14 +195,19 @@ pub(crate) fn parse(cap: u32, read: u32, avail: u32, header: u64) -> Result<Pars
     }
 }
 
-/// The header word of a record of `len` bytes.
-pub(crate) fn record_header(len: u32) -> u64 {
-    u64::from(KIND_RECORD) << 32 | u64::from(len)
+/// The header word of a record of `len` bytes at index `at`.
+pub(crate) fn record_header(at: u32, len: u32) -> u64 {
+    u64::from(at | KIND_RECORD) << 32 | u64::from(len)
 }
 
-/// The header word of padding.
-pub(crate) fn pad_header() -> u64 {
-    u64::from(KIND_PAD) << 32
+/// The header word of padding at index `at`.
+pub(crate) fn pad_header(at: u32) -> u64 {
+    u64::from(at | KIND_PAD) << 32
+}
+
+/// The end mark at index `at`: the producer's next header goes here, not yet written.
+pub(crate) fn end_header(at: u32) -> u64 {
+    u64::from(at | KIND_END) << 32
 }
 
 /// Copies `len` bytes out of the ring into `dst` with volatile loads (each byte read once,
@@ -420,17 +440,52 @@ mod engines {
     }
 
     /// What a side must wait for when it cannot proceed: the peer's index to move from
-    /// `seen`.
+    /// `seen` (the value a parked side announces and sleeps on); for a byte-ring consumer,
+    /// also the header word `value` at data offset `pos` to change, which is what it spins
+    /// on.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub(crate) struct Blocked {
         pub(crate) seen: u32,
+        pub(crate) header: Option<Watch>,
+    }
+
+    /// A header word a byte-ring consumer waits on: `value` at data offset `pos`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct Watch {
+        pub(crate) pos: u32,
+        pub(crate) value: u64,
+    }
+
+    /// A header word and the value a waiting consumer saw in it.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct Watcher<'a> {
+        word: Option<(&'a AtomicU64, u64)>,
+    }
+
+    impl Watcher<'_> {
+        /// Whether the word no longer holds the value seen (always, for no word): a
+        /// `Relaxed` load, for the spin loops.
+        #[inline]
+        pub(crate) fn changed(&self) -> bool {
+            self.word
+                .is_none_or(|(cell, seen)| u64::from_le(cell.load(Ordering::Relaxed)) != seen)
+        }
+    }
+
+    impl Blocked {
+        /// Blocked on the peer's index alone.
+        pub(crate) fn on_index(seen: u32) -> Blocked {
+            Blocked { seen, header: None }
+        }
     }
 
     /// Producer state of a byte ring.
     ///
     /// Invariants: `data` is valid for reads and writes of `cap` bytes, 8-aligned, and no
-    /// other process writes it; `read <= published <= write <= read + cap` (wrapping), all
-    /// multiples of 8.
+    /// other process writes it; `read <= published <= write <= read + cap - 8` (wrapping),
+    /// all multiples of 8; the word at `write` holds the end mark for `write`, and so does
+    /// the word at `published` while `write == published` (otherwise `first` waits to be
+    /// stored there).
     #[derive(Debug)]
     pub(crate) struct ByteProducer {
         data: NonNull<u8>,
@@ -441,6 +496,10 @@ mod engines {
         published: u32,
         /// The consumer's read index as last loaded and validated.
         cached_read: u32,
+        /// The header of the first record (or padding) committed after `published`, stored
+        /// at `published` by [`publish`](Self::publish): the store that makes the batch
+        /// visible.
+        first: u64,
         pub(crate) words: Words,
         pub(crate) peer_parks: bool,
         pub(crate) counters: Counters,
@@ -499,6 +558,7 @@ mod engines {
                 write: 0,
                 published: 0,
                 cached_read: 0,
+                first: 0,
                 words,
                 peer_parks,
                 counters: Counters::default(),
@@ -507,6 +567,18 @@ mod engines {
 
         pub(crate) fn capacity(&self) -> u32 {
             self.cap
+        }
+
+        /// Stores the header word `value` at data offset `pos` (8-aligned, `pos + 8 <=
+        /// cap`), atomically: the consumer may be loading that word.
+        #[inline]
+        fn store_header(&self, pos: u32, value: u64, order: Ordering) {
+            debug_assert!(pos % 8 == 0 && pos + 8 <= self.cap);
+            // SAFETY: pos is 8-aligned and pos + 8 <= cap, inside the mapping (type
+            // invariant), so the word is valid and aligned for an atomic access; every
+            // access of the consumer to a header word is an atomic load.
+            let word = unsafe { &*self.data.as_ptr().add(pos as usize).cast::<AtomicU64>() };
+            word.store(value.to_le(), order);
         }
 
         /// Loads, validates and caches the consumer's read index.
@@ -533,7 +605,9 @@ mod engines {
             let span = ((len as u32 + 7) & !7) + RECORD_HEADER;
             let pos = self.write & (self.cap - 1);
             let used = self.write.wrapping_sub(self.cached_read);
-            if span <= self.cap - pos && used + span <= self.cap {
+            // The end mark after the record needs 8 more bytes (cannot overflow: used <=
+            // cap <= 2^31, span <= 2^30).
+            if span <= self.cap - pos && used + span + RECORD_HEADER <= self.cap {
                 return Some(Placement {
                     pad: 0,
                     offset: pos,
@@ -551,13 +625,14 @@ mod engines {
         ) -> Result<Result<Placement, Blocked>, Corrupt> {
             debug_assert!(len <= max_record_len(self.cap));
             let span = record_span(len).unwrap_or(u32::MAX);
-            let free = self.cap - self.write.wrapping_sub(self.cached_read);
-            if let Some(p) = place(self.cap, self.write, free, span) {
+            // Free bytes, less the 8 of the end mark after the record.
+            let (cap, write) = (self.cap, self.write);
+            let free = |read: u32| (cap - write.wrapping_sub(read)).saturating_sub(RECORD_HEADER);
+            if let Some(p) = place(self.cap, self.write, free(self.cached_read), span) {
                 return Ok(Ok(p));
             }
             let r = self.refresh_read()?;
-            let free = self.cap - self.write.wrapping_sub(r);
-            let placed = place(self.cap, self.write, free, span).ok_or(Blocked { seen: r });
+            let placed = place(self.cap, self.write, free(r), span).ok_or(Blocked::on_index(r));
             if placed.is_err() {
                 self.counters.blocked += 1;
             }
@@ -572,28 +647,33 @@ mod engines {
 
         /// Writes the headers of a reserved record of `len` bytes and advances the local
         /// write position; the record becomes visible at the next [`publish`](Self::publish).
+        ///
+        /// Order: the end mark after the record, then the record's header (and the padding's,
+        /// if any), each stored at once unless it is the first header after `published`,
+        /// which `publish` stores (release) to make everything up to `write` visible. The
+        /// payload, written before this call, is covered by that release too.
         #[inline]
         pub(crate) fn commit(&mut self, p: Placement, len: usize) {
-            if p.pad != 0 {
-                let at = self.write & (self.cap - 1);
-                // SAFETY: `at` is 8-aligned and at + 8 <= cap (pad >= 8 bytes reach the end).
-                unsafe {
-                    self.data
-                        .as_ptr()
-                        .add(at as usize)
-                        .cast::<u64>()
-                        .write(pad_header().to_le())
-                };
-            }
-            // SAFETY: p.offset is 8-aligned and p.offset + span <= cap.
-            unsafe {
-                self.data
-                    .as_ptr()
-                    .add(p.offset as usize)
-                    .cast::<u64>()
-                    .write(record_header(len as u32).to_le())
+            let mask = self.cap - 1;
+            let at = self.write;
+            let record_at = at.wrapping_add(p.pad);
+            let end = record_at.wrapping_add(p.span);
+            // The end mark lies in free space: end + 8 <= read + cap (reserve's slack).
+            self.store_header(end & mask, end_header(end), Ordering::Relaxed);
+            let record = record_header(record_at, len as u32);
+            let head = if p.pad != 0 {
+                // The padding reaches the end of the ring: the record is at offset 0.
+                self.store_header(p.offset, record, Ordering::Relaxed);
+                pad_header(at)
+            } else {
+                record
             };
-            self.write = self.write.wrapping_add(p.pad + p.span);
+            if at == self.published {
+                self.first = head;
+            } else {
+                self.store_header(at & mask, head, Ordering::Relaxed);
+            }
+            self.write = end;
         }
 
         /// Bytes committed so far (records with their headers, and padding).
@@ -601,12 +681,20 @@ mod engines {
             self.counters.moved(self.write)
         }
 
-        /// Publishes every committed record. Returns how to wake the consumer.
+        /// Publishes every committed record: stores the first unpublished header
+        /// (release), then the write index (release, with the park protocol). Returns how
+        /// to wake the consumer.
         #[inline]
         pub(crate) fn publish(&mut self) -> Wake {
             if self.write == self.published {
                 return Wake::None;
             }
+            // Pairs with the fence after the consumer's header load (`header_at`).
+            self.store_header(
+                self.published & (self.cap - 1),
+                self.first,
+                Ordering::Release,
+            );
             self.published = self.write;
             let mut woken = self.words.woken;
             let wake = publish(
@@ -624,15 +712,14 @@ mod engines {
     /// Consumer state of a byte ring.
     ///
     /// Invariants: `data` is valid for reads of `cap` bytes for the life of the value (the
-    /// producer may write any of it at any time: it is only read by volatile copies);
-    /// `read <= cached_write <= read + cap` (wrapping).
+    /// producer may write any of it at any time: header words are only read by atomic
+    /// loads, payloads only by volatile copies); `published <= read` (wrapping).
     #[derive(Debug)]
     pub(crate) struct ByteConsumer {
         data: NonNull<u8>,
         cap: u32,
         read: u32,
         published: u32,
-        cached_write: u32,
         pub(crate) words: Words,
         pub(crate) peer_parks: bool,
         pub(crate) counters: Counters,
@@ -665,51 +752,59 @@ mod engines {
                 cap,
                 read: 0,
                 published: 0,
-                cached_write: 0,
                 words,
                 peer_parks,
                 counters: Counters::default(),
             }
         }
 
-        fn refresh_write(&mut self) -> Result<u32, Corrupt> {
-            self.counters.index_loads += 1;
-            self.counters.fold(self.read);
-            // Pairs with the Release store in the producer's `publish`.
-            let w = load_peer(self.words.peer_index());
-            check_write(self.cap, self.read, self.cached_write, w)?;
-            if w % 8 != 0 {
-                return Err(Corrupt("write index not 8-aligned"));
-            }
-            self.cached_write = w;
-            Ok(w)
+        /// The header word at data offset `pos` (8-aligned, `pos + 8 <= cap`), one
+        /// `Relaxed` atomic load of 8 bytes (the data area is the peer's read-only memory).
+        #[inline]
+        fn header_word(&self, pos: u32) -> u64 {
+            debug_assert!(pos % 8 == 0 && pos + 8 <= self.cap);
+            // SAFETY: pos is 8-aligned and pos + 8 <= cap, inside the mapping (type
+            // invariant); std allows `Relaxed` atomic loads of up to 8 bytes on read-only
+            // memory; the producer writes header words only with atomic stores.
+            let word = unsafe { &*self.data.as_ptr().add(pos as usize).cast::<AtomicU64>() };
+            u64::from_le(word.load(Ordering::Relaxed))
         }
 
-        /// The header word at `pos` (8-aligned, `pos + 8 <= cap`), loaded once.
+        /// The header word at `pos` with acquire semantics: a ready header makes the
+        /// record it describes (written before the producer's release store) visible.
         #[inline]
         fn header_at(&self, pos: u32) -> u64 {
-            debug_assert!(pos % 8 == 0 && pos + 8 <= self.cap);
-            // SAFETY: pos is 8-aligned and pos + 8 <= cap (caller), inside the mapping; a
-            // volatile load reads the word once, and any value is a valid u64.
-            u64::from_le(unsafe {
-                self.data
-                    .as_ptr()
-                    .add(pos as usize)
-                    .cast::<u64>()
-                    .read_volatile()
-            })
+            let h = self.header_word(pos);
+            // Pairs with the Release store in the producer's `publish`.
+            fence(Ordering::Acquire);
+            h
+        }
+
+        /// Whether the header word the consumer waits on has changed (a `Relaxed` look;
+        /// [`next`](Self::next) then loads it again with acquire semantics).
+        #[cfg(test)]
+        pub(crate) fn header_changed(&self, w: Watch) -> bool {
+            self.watcher(Some(w)).changed()
+        }
+
+        /// What the wait loops look at for `watch` (from a [`Blocked`] of this engine): the
+        /// header word itself, so that a waiting future holds no reference to the engine.
+        pub(crate) fn watcher(&self, watch: Option<Watch>) -> Watcher<'_> {
+            let word = watch.filter(|w| w.pos % 8 == 0 && w.pos < self.cap).map(|w| {
+                // SAFETY: as in header_word: 8-aligned, inside the mapping, only loaded.
+                let cell = unsafe { &*self.data.as_ptr().add(w.pos as usize).cast::<AtomicU64>() };
+                (cell, w.value)
+            });
+            Watcher { word }
         }
 
         /// Starts loading the cache line after the one that holds the header at `pos`, if
-        /// the published data reaches into it. A record that straddles two lines (a 64-byte
-        /// payload with its 8-byte header always does) then costs one cache miss rather
-        /// than two in a row: without the hint the payload's loads are issued only once the
-        /// header has arrived and been validated. Measured on the 64 B spin round trip
-        /// (two rings, 2-vCPU AMD EPYC): about half the time.
+        /// the record of `len` bytes reaches into it: its payload's first loads are then
+        /// already on the way while the record is handed out.
         #[inline]
-        fn prefetch_tail(&self, pos: u32, avail: u32) {
+        fn prefetch_tail(&self, pos: u32, len: u32) {
             let next_line = (pos | 63) + 1;
-            if next_line - pos < avail && next_line < self.cap {
+            if pos + RECORD_HEADER + len > next_line && next_line < self.cap {
                 #[cfg(all(target_arch = "x86_64", not(miri)))]
                 // SAFETY: a prefetch is a hint: it never faults and is not a memory access
                 // of the program; the address is inside the mapping (next_line < cap).
@@ -720,26 +815,25 @@ mod engines {
             }
         }
 
-        /// The next record if the cached write index shows one and its header is an
-        /// ordinary record (no shared index load): the fast path of [`next`](Self::next).
-        /// `None` sends the caller to `next`, which loads the header again and handles
-        /// padding, an empty ring and corruption (this load's value is not used).
+        /// The next record if its header says it is ready and is an ordinary record within
+        /// the limits (no index load): the fast path of [`next`](Self::next). `None` sends
+        /// the caller to `next`, which loads the header again and handles padding, an empty
+        /// ring and corruption (this load's value is not used).
         #[inline]
         pub(crate) fn next_cached(&self) -> Option<Record> {
-            let avail = self.cached_write.wrapping_sub(self.read);
-            if avail == 0 {
-                return None;
-            }
             let pos = self.read & (self.cap - 1);
             let header = self.header_at(pos);
-            // Kind KIND_RECORD (0) and a length within the ring's limit, in one compare.
-            if header > max_record_len(self.cap) as u64 {
+            // Tag: a record at exactly this index.
+            if (header >> 32) as u32 != self.read | KIND_RECORD {
                 return None;
             }
             let len = header as u32;
+            if len as usize > max_record_len(self.cap) {
+                return None;
+            }
             // Cannot overflow: len <= cap / 2 - 8.
             let span = ((len + 7) & !7) + RECORD_HEADER;
-            if span > avail || span > self.cap - pos {
+            if span > self.cap - pos {
                 return None;
             }
             Some(Record {
@@ -749,29 +843,73 @@ mod engines {
             })
         }
 
+        /// Loads and checks the producer's write index, which a consumer needs only once
+        /// the header at its position says "not ready": to tell an empty ring from a
+        /// producer that claims more, and for the value to park on.
+        fn load_write(&mut self) -> Result<u32, Corrupt> {
+            self.counters.index_loads += 1;
+            self.counters.fold(self.read);
+            // Pairs with the Release store in the producer's `publish`.
+            let w = load_peer(self.words.peer_index());
+            if w % 8 != 0 {
+                return Err(Corrupt("write index not 8-aligned"));
+            }
+            Ok(w)
+        }
+
         /// The next record, validated; `Ok(Err(blocked))` if none is published.
+        ///
+        /// The header at the read position decides (see [`parse`]). If it is the end mark,
+        /// the write index tells why: equal to the read index, the ring is empty; ahead of
+        /// it (at most `cap`), the producer has published past this header, so the header
+        /// is loaded once more (it must now be ready, or the producer is lying); behind it
+        /// (at most `cap`), the producer is between its header and index stores (or
+        /// stalling), and the consumer waits with that value. Anything else is corruption.
         pub(crate) fn next(&mut self) -> Result<Result<Record, Blocked>, Corrupt> {
+            let mut write = None;
             loop {
-                let mut avail = self.cached_write.wrapping_sub(self.read);
-                if avail == 0 {
-                    let w = self.refresh_write()?;
-                    avail = w.wrapping_sub(self.read);
-                    if avail == 0 {
-                        self.counters.blocked += 1;
-                        return Ok(Err(Blocked { seen: w }));
-                    }
-                }
                 let pos = self.read & (self.cap - 1);
-                self.prefetch_tail(pos, avail);
-                // avail >= 8 (multiples of 8), so pos + 8 <= cap.
-                match parse(self.cap, self.read, avail, self.header_at(pos))? {
+                let header = self.header_at(pos);
+                match parse(self.cap, self.read, header)? {
                     Parsed::Pad(skip) => self.read = self.read.wrapping_add(skip),
                     Parsed::Record { offset, len, span } => {
+                        self.prefetch_tail(pos, len);
                         return Ok(Ok(Record {
                             offset: offset + RECORD_HEADER,
                             len,
                             span,
-                        }))
+                        }));
+                    }
+                    Parsed::NotReady => {
+                        let w = match write {
+                            Some(w) => w,
+                            None => self.load_write()?,
+                        };
+                        let ahead = w.wrapping_sub(self.read);
+                        let behind = self.read.wrapping_sub(w);
+                        let seen = if ahead == 0 {
+                            self.read
+                        } else if ahead <= self.cap && write.is_none() {
+                            // Published past this header: look again (the acquire fence
+                            // of that index load makes its header visible).
+                            write = Some(w);
+                            continue;
+                        } else if ahead <= self.cap {
+                            return Err(Corrupt(
+                                "write index past a record header that is not ready",
+                            ));
+                        } else if behind <= self.cap {
+                            w
+                        } else {
+                            return Err(Corrupt(
+                                "write index more than the capacity away from the read index",
+                            ));
+                        };
+                        self.counters.blocked += 1;
+                        return Ok(Err(Blocked {
+                            seen,
+                            header: Some(Watch { pos, value: header }),
+                        }));
                     }
                 }
             }
@@ -831,6 +969,9 @@ mod engines {
             if self.read == self.published {
                 return Wake::None;
             }
+            // The consumer loads the producer's index only when the ring is empty, so the
+            // count of units is brought up to date here too (at least every `cap` units).
+            self.counters.fold(self.read);
             self.published = self.read;
             let mut woken = self.words.woken;
             let wake = publish(
@@ -907,7 +1048,7 @@ mod engines {
             let free = self.cap - self.write.wrapping_sub(r);
             Ok(if free == 0 {
                 self.counters.blocked += 1;
-                Err(Blocked { seen: r })
+                Err(Blocked::on_index(r))
             } else {
                 Ok(free)
             })
@@ -1036,7 +1177,7 @@ mod engines {
             let avail = w.wrapping_sub(self.read);
             Ok(if avail == 0 {
                 self.counters.blocked += 1;
-                Err(Blocked { seen: w })
+                Err(Blocked::on_index(w))
             } else {
                 Ok(avail)
             })
@@ -1130,36 +1271,52 @@ mod tests {
     }
 
     #[test]
-    fn headers_are_validated_against_capacity_and_published_data() {
+    fn headers_are_validated_against_capacity_and_their_tag() {
         let cap = 128;
         assert_eq!(
-            parse(cap, 0, 16, record_header(5)),
+            parse(cap, 0, record_header(0, 5)),
             Ok(Parsed::Record {
                 offset: 0,
                 len: 5,
                 span: 16
             })
         );
+        assert_eq!(parse(cap, 0, end_header(0)), Ok(Parsed::NotReady));
+        assert_eq!(parse(cap, 0, 0), Ok(Parsed::NotReady), "a fresh ring");
         assert!(
-            parse(cap, 0, 8, record_header(5)).is_err(),
-            "longer than published"
+            parse(cap, 0, record_header(128, 5)).is_err(),
+            "a header from the previous lap"
         );
         assert!(
-            parse(cap, 0, 128, record_header(57)).is_err(),
+            parse(cap, 128, record_header(0, 5)).is_err(),
+            "a header from the next lap"
+        );
+        assert!(
+            parse(cap, 8, end_header(0)).is_err(),
+            "an end mark for another index"
+        );
+        assert!(
+            parse(cap, 0, record_header(0, 57)).is_err(),
             "over half the ring"
         );
         assert!(
-            parse(cap, 120, 64, record_header(8)).is_err(),
+            parse(cap, 120, record_header(120, 8)).is_err(),
             "crosses the end"
         );
-        assert_eq!(parse(cap, 120, 64, pad_header()), Ok(Parsed::Pad(8)));
-        assert!(
-            parse(cap, 120, 0, pad_header()).is_err(),
-            "pad beyond published"
+        assert_eq!(parse(cap, 120, pad_header(120)), Ok(Parsed::Pad(8)));
+        assert!(parse(cap, 128, pad_header(128)).is_err(), "pad at start");
+        assert!(parse(cap, 0, u64::from(3u32) << 32).is_err(), "unknown kind");
+        assert!(parse(cap, 0, u64::MAX).is_err());
+        let wrapped = u32::MAX - 7;
+        assert_eq!(
+            parse(cap, wrapped, record_header(wrapped, 0)),
+            Ok(Parsed::Record {
+                offset: 120,
+                len: 0,
+                span: 8
+            }),
+            "indices wrap"
         );
-        assert!(parse(cap, 0, 128, pad_header()).is_err(), "pad at start");
-        assert!(parse(cap, 0, 128, 7 << 32).is_err(), "unknown kind");
-        assert!(parse(cap, 0, 128, u64::MAX).is_err());
         assert_eq!(max_record_len(128), 56);
         assert_eq!(record_span(usize::MAX), None);
     }
@@ -1313,19 +1470,71 @@ mod tests {
     }
 
     #[test]
-    fn consumer_rejects_a_forged_write_index_and_header() {
-        let mut mem = Mem::new(128);
-        let (mut p, mut c) = mem.engines();
-        assert!(send(&mut p, b"hello"));
-        mem.p_index.store(1000, Ordering::Relaxed);
-        assert!(c.next().is_err(), "index past capacity");
-
-        for forged in [record_header(100), 5 << 32, pad_header()] {
+    fn consumer_rejects_forged_headers_and_write_indices() {
+        // A forged header at the read position, whatever the write index says.
+        for forged in [
+            record_header(0, 100),
+            record_header(128, 5),
+            u64::from(5u32) << 32,
+            pad_header(0),
+            end_header(8),
+        ] {
             let mut mem = Mem::new(128);
             mem.p_index.store(16, Ordering::Relaxed);
             mem.data[0] = forged.to_le();
             let (_p, mut c) = mem.engines();
             assert!(c.next().is_err(), "header {forged:#x}");
+            assert!(c.next_cached().is_none(), "fast path, header {forged:#x}");
+        }
+        // A write index ahead of a header that is not ready, or far from the read index.
+        for index in [16, 1000, u32::MAX - 1023] {
+            let mut mem = Mem::new(128);
+            mem.p_index.store(index, Ordering::Relaxed);
+            let (_p, mut c) = mem.engines();
+            assert!(c.next().is_err(), "write index {index}");
+        }
+        // An index that lags behind the headers (the producer between its two stores) is
+        // waited on, not an error.
+        let mut mem = Mem::new(128);
+        let (mut p, mut c) = mem.engines();
+        assert!(send(&mut p, b"hello"));
+        assert_eq!(recv(&mut c).as_deref(), Some(&b"hello"[..]));
+        mem.p_index.store(0, Ordering::Relaxed);
+        let blocked = c.next().unwrap().unwrap_err();
+        assert_eq!(blocked.seen, 0);
+        assert_eq!(
+            blocked.header,
+            Some(Watch {
+                pos: 16,
+                value: end_header(16)
+            })
+        );
+        assert!(!c.header_changed(blocked.header.unwrap()));
+    }
+
+    #[test]
+    fn records_become_visible_at_publish_not_at_commit() {
+        let mut mem = Mem::new(256);
+        let (mut p, mut c) = mem.engines();
+        for round in 0..40u8 {
+            let mut places = Vec::new();
+            for i in 0..3 {
+                let len = usize::from(round % 7) * 5 + i;
+                let place = p.reserve(len).unwrap().unwrap();
+                // SAFETY: the reservation holds `len` bytes.
+                unsafe { std::ptr::write_bytes(p.payload_ptr(place), round, len) };
+                p.commit(place, len);
+                places.push(len);
+            }
+            assert_eq!(c.next_cached(), None, "committed, not published");
+            let blocked = c.next().unwrap().unwrap_err();
+            assert!(!c.header_changed(blocked.header.unwrap()));
+            p.publish();
+            assert!(c.header_changed(blocked.header.unwrap()));
+            for len in places {
+                assert_eq!(recv(&mut c), Some(vec![round; len]));
+            }
+            assert!(c.next().unwrap().is_err(), "empty again");
         }
     }
 

@@ -172,7 +172,7 @@ pub use api::*;
 mod api {
     use std::marker::PhantomData;
     use std::ptr::NonNull;
-    use std::sync::atomic::{AtomicU32, AtomicU64};
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
     use super::core::{self, Blocked, Corrupt, Placement, Words};
@@ -365,7 +365,23 @@ mod api {
             wait::wake(how, own_index, &self.channel);
         }
 
+        /// Waits for the peer's index to move from `seen`.
         fn wait(&mut self, words: &Words, seen: u32, deadline: Option<Instant>) -> Result<()> {
+            let index = words.peer_index();
+            self.wait_for(words, seen, deadline, || {
+                index.load(Ordering::Relaxed) != seen
+            })
+        }
+
+        /// Waits for `changed()` (what the side spins on) or the peer's index to move from
+        /// `seen` (what it parks on).
+        fn wait_for(
+            &mut self,
+            words: &Words,
+            seen: u32,
+            deadline: Option<Instant>,
+            changed: impl Fn() -> bool,
+        ) -> Result<()> {
             wait::wait_change(
                 self.spin,
                 &mut self.stats,
@@ -374,6 +390,7 @@ mod api {
                 seen,
                 deadline,
                 &self.channel,
+                changed,
             )
         }
     }
@@ -1256,7 +1273,13 @@ mod api {
                     Ok(rec) => return Ok(rec),
                     Err(blocked) => {
                         let deadline = wait.deadline(&mut self.link)?;
-                        self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                        // Spin on the header word at the read position (the producer's
+                        // publication lands there first); park on the write index.
+                        let header = self.engine.watcher(blocked.header);
+                        self.link
+                            .wait_for(&self.engine.words, blocked.seen, deadline, || {
+                                header.changed()
+                            })?;
                     }
                 }
             }
@@ -1818,7 +1841,7 @@ pub mod layout {
     /// Magic at the start of the consumer's memfd.
     pub const CONSUMER_MAGIC: [u8; 8] = *b"SPRINGC\x01";
     /// Ring protocol version.
-    pub const VERSION: u32 = 1;
+    pub const VERSION: u32 = 2;
     /// `KIND_AT` value of a byte-record ring.
     pub const KIND_BYTES: u32 = 1;
     /// `KIND_AT` value of a typed (`Pod`) ring.

@@ -41,7 +41,7 @@ const RING_MAX_OPS: usize = 1024;
 /// | 3 | consumer publishes |
 /// | 4 | hostile: overwrite the producer's write index (`u32` if `op & 0x10`, else current + `i8` × 8) |
 /// | 5 | hostile: overwrite the consumer's read index (same encoding) |
-/// | 6 | hostile: overwrite a header word of the data area (slot `u16`; value by `op >> 4 & 3`) |
+/// | 6 | hostile: overwrite a header word of the data area (slot `u16`, lap byte; value by `op >> 4 & 3`: record header, padding, any `u64`, any kind and length with the slot's tag) |
 /// | 7 | hostile: overwrite up to 16 payload bytes (offset `u16`, count, bytes) |
 /// | 8 | consumer takes a record, a hostile write (6 or 7 by `op & 0x10`) lands, then copies out |
 /// | 9 | hostile: overwrite a wait word (`u64`; the producer's if `op & 0x10`) |
@@ -94,11 +94,17 @@ pub fn ring_ops(data: &[u8]) {
     let hostile_data = |input: &mut Input, op: u8, header: bool| {
         if header {
             let slot = usize::from(input.u16()) % (cap as usize / 8);
+            // A tag for this slot in one of the first 256 laps: often the very index the
+            // consumer will read it at.
+            let at = (slot * 8) as u32 + u32::from(input.byte().unwrap_or(0)) * cap;
             let word = match op >> 4 & 3 {
-                0 => ring::record_header(u32::from(input.u16())),
-                1 => ring::pad_header(),
+                0 => ring::record_header(at, u32::from(input.u16())),
+                1 => ring::pad_header(at),
                 2 => input.u64(),
-                _ => u64::from(input.byte().unwrap_or(0)) << 32 | u64::from(input.u32()),
+                _ => {
+                    let kind = u32::from(input.byte().unwrap_or(0) & 7);
+                    u64::from(at | kind) << 32 | u64::from(input.u32())
+                }
             };
             // SAFETY: slot * 8 + 8 <= cap, 8-aligned, inside the Vec.
             unsafe {
@@ -527,9 +533,7 @@ impl<T> PodModel<T> {
         }
         self.producer_cached_read = self.read_published;
         match self.cap - (self.write - self.read_published) {
-            0 => Err(ring::Blocked {
-                seen: self.read_published as u32,
-            }),
+            0 => Err(ring::Blocked::on_index(self.read_published as u32)),
             free => Ok(free as u32),
         }
     }
@@ -550,9 +554,7 @@ impl<T> PodModel<T> {
         }
         self.consumer_cached_write = self.published;
         match self.published - self.read {
-            0 => Err(ring::Blocked {
-                seen: self.published as u32,
-            }),
+            0 => Err(ring::Blocked::on_index(self.published as u32)),
             avail => Ok(avail as u32),
         }
     }
@@ -607,7 +609,8 @@ impl RingModel {
         } else {
             0
         };
-        let free = self.cap - (self.write - self.read_published);
+        // Less the 8 bytes of the end mark after the record.
+        let free = self.cap - (self.write - self.read_published) - 8;
         if self.write == self.read_published {
             // Documented: a record of at most half the ring always fits an empty ring.
             assert!(pad + span <= free);

@@ -217,11 +217,15 @@ pub(crate) const PEER_CHECK: Duration = Duration::from_millis(20);
 /// Spins between liveness checks in [`SpinPolicy::Spin`].
 const SPINS_PER_CHECK: u32 = 4096;
 
-/// Waits until `peer_index` differs from `seen`, or fails.
+/// Waits until `peer_index` differs from `seen` or `changed()` says that what the engine
+/// waits for has changed, or fails. The spin phases look only at `changed()` (a byte-ring
+/// consumer spins on the header word at its read position, a producer on the index); a
+/// park sleeps on the index word, and ends when either has moved.
 ///
 /// # Errors
 /// [`Error::Timeout`] once `deadline` passes (`None`: never); [`Error::PeerClosed`] if the
 /// peer's end of `channel` is closed (it exited or dropped its side).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn wait_change(
     policy: SpinPolicy,
     stats: &mut RingStats,
@@ -230,29 +234,31 @@ pub(crate) fn wait_change(
     seen: u32,
     deadline: Option<Instant>,
     channel: &Channel,
+    changed: impl Fn() -> bool,
 ) -> Result<()> {
-    // Relaxed (the word is in the peer's read-only mapping): on return the engine loads it
-    // again with acquire semantics (`core::load_peer`).
-    let moved = || peer_index.load(Ordering::Relaxed) != seen;
+    // Relaxed (the words are in the peer's read-only mapping): on return the engine loads
+    // them again with acquire semantics.
+    let spun = &changed;
+    let moved = || changed() || peer_index.load(Ordering::Relaxed) != seen;
     let backoff = Backoff::new();
     match policy {
         // One pause per look: an exponential backoff would add up to 64 pauses (several
         // hundred ns) of latency after the peer has moved.
         SpinPolicy::Spin => loop {
             for _ in 0..SPINS_PER_CHECK {
-                if moved() {
+                if spun() {
                     return Ok(());
                 }
                 std::hint::spin_loop();
             }
             check(deadline, channel)?;
-            if moved() {
+            if spun() {
                 return Ok(());
             }
         },
         SpinPolicy::SpinThenPark(steps) => {
             for i in 0..steps {
-                if moved() {
+                if spun() {
                     return Ok(());
                 }
                 backoff.snooze();
@@ -272,7 +278,7 @@ pub(crate) fn wait_change(
             // whatever a `pause` costs on this CPU.
             loop {
                 for _ in 0..64 {
-                    if moved() {
+                    if spun() {
                         return Ok(());
                     }
                     std::hint::spin_loop();
