@@ -76,11 +76,14 @@ fn hostile_producer(ch: Channel, mode: &str, seed: u64) -> i32 {
             }
             // Plausible values that change between two reads: a valid record whose length
             // flips to huge and back, a write index that flips between valid and not.
+            // (A record header is `(index | kind) << 32 | length`, kind 1 = record, 0 =
+            // the end mark: PROTOCOL.md, Ring.)
             "flip" => {
-                put64(mem, data, 5);
+                put64(mem, data, 1 << 32 | 5);
                 put32(mem, layout::INDEX_AT, 16);
-                put64(mem, data, u64::from(u32::MAX));
-                put64(mem, data, 5);
+                put64(mem, data, 1 << 32 | u64::from(u32::MAX));
+                put64(mem, data, 0);
+                put64(mem, data, 1 << 32 | 5);
                 put32(mem, layout::INDEX_AT, if x % 2 == 0 { 1 << 30 } else { 16 });
                 put64(mem, data, 0x1_0000_0000 | (x & 0xffff));
             }
@@ -94,10 +97,13 @@ fn hostile_producer(ch: Channel, mode: &str, seed: u64) -> i32 {
                 );
                 let read: u32 = ack.read_value(layout::INDEX_AT).unwrap();
                 let pos = (w as usize) % cap;
-                if w.wrapping_sub(read) as usize + 16 <= cap && pos + 16 <= cap {
-                    put64(mem, data + pos, 8);
+                // 16 bytes of record and the 8 of the end mark after it.
+                if w.wrapping_sub(read) as usize + 24 <= cap && pos + 16 <= cap {
+                    let end = w.wrapping_add(16);
+                    put64(mem, data + end as usize % cap, u64::from(end) << 32);
                     put64(mem, data + pos + 8, x);
-                    put32(mem, layout::INDEX_AT, w.wrapping_add(16));
+                    put64(mem, data + pos, u64::from(w | 1) << 32 | 8);
+                    put32(mem, layout::INDEX_AT, end);
                 }
                 // Rewrite the payload of every record in the ring.
                 for at in (0..cap).step_by(16) {

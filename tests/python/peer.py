@@ -365,7 +365,8 @@ RING_HEADER = struct.Struct("<8sIIIIIIII")  # magic, version, kind, cap, unit, d
 #                                              index offset, wait offset
 INDEX_AT, WAIT_AT = 128, 256  # x86-64 and aarch64 (PROTOCOL.md)
 PARKED, SIGNAL = 1 << 32, 1 << 33
-KIND_RECORD, KIND_PAD = 0, 1
+KIND_END, KIND_RECORD, KIND_PAD = 0, 1, 2  # low 3 bits of a record header's tag
+RING_VERSION = 2
 RING_RECORDS = 3000  # the same constant as the Rust test's
 
 
@@ -429,7 +430,7 @@ def recv_ring_memfd(sock, min_len, max_len):
 
 def check_ring_header(m, magic):
     h = RING_HEADER.unpack_from(m, 0)
-    if h[0] != magic or h[1] != 1 or h[7:] != (INDEX_AT, WAIT_AT):
+    if h[0] != magic or h[1] != RING_VERSION or h[7:] != (INDEX_AT, WAIT_AT):
         raise Fail("ring header %r" % (h,))
     return h
 
@@ -442,7 +443,7 @@ def ring_consumer(sock):
     if len(peer) != CONTROL_LEN + cap:
         raise Fail("ring memfd size does not match its capacity")
     # Flags bit 0: we park, so the producer must look at our wait word.
-    header = RING_HEADER.pack(b"SPRINGC\x01", 1, 0, 0, 0, 0, 1, INDEX_AT, WAIT_AT)
+    header = RING_HEADER.pack(b"SPRINGC\x01", RING_VERSION, 0, 0, 0, 0, 1, INDEX_AT, WAIT_AT)
     fd, own = ring_memfd(CONTROL_LEN, header)
     send(sock, encode([CONTROL_LEN], RING_PAYLOAD), [fd])
     os.close(fd)
@@ -479,10 +480,15 @@ def ring_consumer(sock):
                         eof = True
             store_u64(own, WAIT_AT, 0)
             continue
+        # This consumer reads up to the published write index (every header below it is
+        # ready); each header's tag must name its own index.
         while avail:
             pos = read & (cap - 1)
             word = u64_at(peer, CONTROL_LEN + pos)
-            length, rkind = word & 0xFFFFFFFF, word >> 32
+            length, tag = word & 0xFFFFFFFF, word >> 32
+            if tag & ~7 != read:
+                raise Fail("header %#x at index %d is tagged for another index" % (word, read))
+            rkind = tag & 7
             if rkind == KIND_PAD:
                 if pos == 0 or cap - pos > avail:
                     raise Fail("bad padding at %d" % pos)
@@ -539,7 +545,9 @@ def ring_publish(sock, own, value, peer, peer_flags):
 def ring_producer(sock):
     cap = 4096
     # Flags 0: we never park, so the consumer never needs to wake us.
-    header = RING_HEADER.pack(b"SPRINGP\x01", 1, 1, cap, 1, CONTROL_LEN, 0, INDEX_AT, WAIT_AT)
+    header = RING_HEADER.pack(
+        b"SPRINGP\x01", RING_VERSION, 1, cap, 1, CONTROL_LEN, 0, INDEX_AT, WAIT_AT
+    )
     fd, own = ring_memfd(CONTROL_LEN + cap, header)
     send(sock, encode([CONTROL_LEN + cap], RING_PAYLOAD), [fd])
     os.close(fd)
@@ -561,18 +569,24 @@ def ring_producer(sock):
             free = cap - ((write - read) & 0xFFFFFFFF)
             pos = write & (cap - 1)
             pad = 0 if span <= cap - pos else cap - pos
-            if pad + span <= free:
+            if pad + span + 8 <= free:  # 8: the end mark after the record
                 break
             if time.monotonic() > deadline:
                 raise Fail("the consumer stopped reading")
             time.sleep(0.0002)
+        # The end mark after the record, the payload, the record's header, and last the
+        # header at the old write index (the padding's, if any): the consumer may be
+        # waiting on that word. Then the index.
+        at = write
+        record_at = (write + pad) & 0xFFFFFFFF
+        end = (record_at + span) & 0xFFFFFFFF
+        store_u64(own, CONTROL_LEN + (end & (cap - 1)), (end | KIND_END) << 32)
+        rpos = record_at & (cap - 1)
+        own[CONTROL_LEN + rpos + 8 : CONTROL_LEN + rpos + 8 + len(rec)] = rec
+        store_u64(own, CONTROL_LEN + rpos, (record_at | KIND_RECORD) << 32 | len(rec))
         if pad:
-            store_u64(own, CONTROL_LEN + pos, KIND_PAD << 32)
-            write = (write + pad) & 0xFFFFFFFF
-            pos = 0
-        own[CONTROL_LEN + pos + 8 : CONTROL_LEN + pos + 8 + len(rec)] = rec
-        store_u64(own, CONTROL_LEN + pos, KIND_RECORD << 32 | len(rec))
-        write = (write + span) & 0xFFFFFFFF
+            store_u64(own, CONTROL_LEN + pos, (at | KIND_PAD) << 32)
+        write = end
         ring_publish(sock, own, write, peer, peer_flags)
         if i % 100 == 99:
             time.sleep(0.002)  # let the consumer run dry and park
