@@ -183,9 +183,11 @@ pub struct RingStats {
     /// its index: a wakeup that was due but did not come. Stays 0 unless the protocol is
     /// broken (or the peer is hostile, or was descheduled between publishing and waking).
     pub missed_wakes: u64,
-    /// Loads of the peer's index word outside waits: the ring caches the peer's index and
-    /// reloads it only when the cached copy shows the ring full (producer) or empty
-    /// (consumer), so this stays far below the record count on a busy stream.
+    /// Loads of the peer's index word outside waits: a producer caches the consumer's
+    /// index and reloads it only when the cached copy shows the ring full; a consumer loads
+    /// the producer's index only when it finds the ring empty (a byte-ring consumer learns
+    /// that a record is ready from the record's header, a typed-ring consumer from its
+    /// cached copy of the index). This stays far below the record count on a busy stream.
     pub index_loads: u64,
     /// Times a reload of the peer's index still found the ring full (producer) or empty
     /// (consumer): the calls that then waited or returned [`Error::WouldBlock`].
