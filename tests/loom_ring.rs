@@ -12,9 +12,16 @@
 //! and asks (with the `SIGNAL` bit of its wait word) for a byte on the socket rather than a
 //! futex wake. That is modelled as a readiness flag: the signal sets it, the waiter sleeps
 //! until it is set and clears it (drains the socket) before it looks at the index again.
+//!
+//! The byte ring's consumer learns that a record is ready from the record's header (ring
+//! version 2: the header is tagged with its index), spins on that header, and parks on the
+//! producer's index; the producer stores the header (release) and then its index with the
+//! park protocol. The `byte_ring_*` models check that this two-word publication loses no
+//! wakeup, makes the record visible with its header, and never shows an index ahead of a
+//! header that is not ready.
 #![cfg(loom)]
 
-use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
 use sealpipe::ring::loom_api::{end_park, load_peer, prepare_park, publish};
 
@@ -192,6 +199,90 @@ fn async_and_blocking_sides_park_on_each_other() {
         });
         publisher(&ping, &[1]);
         wait_until(&pong, 1);
+        t.join().unwrap();
+    });
+}
+
+/// A byte ring's data area reduced to what the publication rule touches: the header word
+/// at the consumer's position (holding the end mark, then the record's header) and the
+/// record's payload, next to the producer's index and the consumer's wait word.
+#[derive(Default)]
+struct ByteRing {
+    ring: Ring,
+    header: AtomicU64,
+    payload: AtomicU64,
+}
+
+/// The header of the record at index 0 (tag 0 | kind 1, length 8); the end mark is 0.
+const READY: u64 = 1 << 32 | 8;
+/// The write index after that record.
+const AFTER: u32 = 16;
+
+/// `ByteProducer::commit` + `publish`: payload, then the header (release), then the index
+/// with the park protocol, waking the consumer the way its wait word asks.
+fn byte_producer(r: &ByteRing) {
+    r.payload.store(42, Ordering::Relaxed);
+    r.header.store(READY, Ordering::Release);
+    let mut woken = 0;
+    match publish(&r.ring.index, AFTER, &r.ring.wait, true, &mut woken) {
+        Some(true) => r.ring.socket.signal(),
+        Some(false) => r.ring.futex.wake(),
+        None => {}
+    }
+}
+
+/// `ByteConsumer::next` and the park loop of `wait::wait_change`/the async wait: the header
+/// decides; on the end mark, the index tells an empty ring (park on it) from one published
+/// past the header (which must then be ready).
+fn byte_consumer(r: &ByteRing, signal: bool) {
+    let header = || {
+        let h = r.header.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        h
+    };
+    loop {
+        if header() == READY {
+            break;
+        }
+        let w = load_peer(&r.ring.index);
+        if w != 0 {
+            assert_eq!(header(), READY, "index ahead of a header that is not ready");
+            break;
+        }
+        // Blocked { seen: 0, header: end mark }: park on the index.
+        if r.header.load(Ordering::Relaxed) != 0 {
+            continue;
+        }
+        if prepare_park(&r.ring.wait, &r.ring.index, 0, signal) {
+            if signal {
+                r.ring.socket.wait_and_drain();
+            } else {
+                r.ring.futex.wait(&r.ring.index, 0);
+            }
+            end_park(&r.ring.wait);
+        }
+    }
+    assert_eq!(r.payload.load(Ordering::Relaxed), 42, "record visible with its header");
+}
+
+#[test]
+fn byte_ring_header_publication_wakes_a_parked_consumer() {
+    loom::model(|| {
+        let ring = Arc::new(ByteRing::default());
+        let r = ring.clone();
+        let t = loom::thread::spawn(move || byte_producer(&r));
+        byte_consumer(&ring, false);
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn byte_ring_header_publication_signals_an_async_consumer() {
+    loom::model(|| {
+        let ring = Arc::new(ByteRing::default());
+        let r = ring.clone();
+        let t = loom::thread::spawn(move || byte_producer(&r));
+        byte_consumer(&ring, true);
         t.join().unwrap();
     });
 }
