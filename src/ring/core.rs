@@ -1424,9 +1424,19 @@ mod tests {
     fn send(p: &mut ByteProducer, msg: &[u8]) -> bool {
         match p.reserve(msg.len()).unwrap() {
             Ok(place) => {
-                // SAFETY: the reservation holds msg.len() bytes.
+                // The payload is written in whole words, padding included: Miri (nightly
+                // 2026-05) crashes on an atomic store to a word that an earlier non-atomic
+                // write covered only in part ("cannot have empty store buffer when previous
+                // write was atomic"), and header words become payload words on later laps.
+                let mut padded = msg.to_vec();
+                padded.resize(msg.len().div_ceil(8) * 8, 0);
+                // SAFETY: the reservation holds msg.len() bytes rounded up to 8 (span - 8).
                 unsafe {
-                    std::ptr::copy_nonoverlapping(msg.as_ptr(), p.payload_ptr(place), msg.len())
+                    std::ptr::copy_nonoverlapping(
+                        padded.as_ptr(),
+                        p.payload_ptr(place),
+                        padded.len(),
+                    )
                 };
                 p.commit(place, msg.len());
                 p.publish();
@@ -1521,8 +1531,9 @@ mod tests {
             for i in 0..3 {
                 let len = usize::from(round % 7) * 5 + i;
                 let place = p.reserve(len).unwrap().unwrap();
-                // SAFETY: the reservation holds `len` bytes.
-                unsafe { std::ptr::write_bytes(p.payload_ptr(place), round, len) };
+                // SAFETY: the reservation holds `len` bytes rounded up to 8 (whole words:
+                // see `send`).
+                unsafe { std::ptr::write_bytes(p.payload_ptr(place), round, len.div_ceil(8) * 8) };
                 p.commit(place, len);
                 places.push(len);
             }
