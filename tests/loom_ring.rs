@@ -262,7 +262,11 @@ fn byte_consumer(r: &ByteRing, signal: bool) {
             end_park(&r.ring.wait);
         }
     }
-    assert_eq!(r.payload.load(Ordering::Relaxed), 42, "record visible with its header");
+    assert_eq!(
+        r.payload.load(Ordering::Relaxed),
+        42,
+        "record visible with its header"
+    );
 }
 
 #[test]

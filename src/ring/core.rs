@@ -790,11 +790,14 @@ mod engines {
         /// What the wait loops look at for `watch` (from a [`Blocked`] of this engine): the
         /// header word itself, so that a waiting future holds no reference to the engine.
         pub(crate) fn watcher(&self, watch: Option<Watch>) -> Watcher<'_> {
-            let word = watch.filter(|w| w.pos % 8 == 0 && w.pos < self.cap).map(|w| {
-                // SAFETY: as in header_word: 8-aligned, inside the mapping, only loaded.
-                let cell = unsafe { &*self.data.as_ptr().add(w.pos as usize).cast::<AtomicU64>() };
-                (cell, w.value)
-            });
+            let word = watch
+                .filter(|w| w.pos % 8 == 0 && w.pos < self.cap)
+                .map(|w| {
+                    // SAFETY: as in header_word: 8-aligned, inside the mapping, only loaded.
+                    let cell =
+                        unsafe { &*self.data.as_ptr().add(w.pos as usize).cast::<AtomicU64>() };
+                    (cell, w.value)
+                });
             Watcher { word }
         }
 
@@ -1305,7 +1308,10 @@ mod tests {
         );
         assert_eq!(parse(cap, 120, pad_header(120)), Ok(Parsed::Pad(8)));
         assert!(parse(cap, 128, pad_header(128)).is_err(), "pad at start");
-        assert!(parse(cap, 0, u64::from(3u32) << 32).is_err(), "unknown kind");
+        assert!(
+            parse(cap, 0, u64::from(3u32) << 32).is_err(),
+            "unknown kind"
+        );
         assert!(parse(cap, 0, u64::MAX).is_err());
         let wrapped = u32::MAX - 7;
         assert_eq!(
