@@ -38,9 +38,14 @@
 //! Records: [`Producer`]/[`Consumer`] carry variable-length byte records (an 8-byte header,
 //! payload padded to 8 bytes, never split across the end of the ring, so they can be written
 //! in place); [`PodProducer`]/[`PodConsumer`] carry `T: bytemuck::Pod` items in fixed slots
-//! with no per-item header. Each side caches the peer's index and reloads it only when the
-//! ring looks full (producer) or empty (consumer); the consumer publishes its read index
-//! lazily (every quarter of the ring, and whenever it finds the ring empty).
+//! with no per-item header. A byte record's header is tagged with the index it sits at, and
+//! the producer keeps an end mark after its last record, so a byte consumer learns from the
+//! header itself that a record is ready and waits on that header's cache line; it loads the
+//! producer's index only when it finds the ring empty (to park on it, and to catch a
+//! producer whose index and headers disagree). A typed consumer caches the producer's index
+//! and reloads it when the ring looks empty, a producer the consumer's when it looks full;
+//! the consumer publishes its read index lazily (every quarter of the ring, and whenever it
+//! finds the ring empty).
 //! [`RingStats`] counts those reloads and how often they found the ring full or empty.
 //!
 //! Batches: [`Producer::batch`] publishes many records with one index store,
