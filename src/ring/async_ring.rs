@@ -483,6 +483,10 @@ impl AsyncConsumer {
         if self.inner.recv_cached(out, true) {
             return Ok(());
         }
+        if let Some(rec) = self.inner.watch_briefly() {
+            self.inner.take(rec, out);
+            return Ok(());
+        }
         loop {
             match self.inner.attempt_next()? {
                 Ok(rec) => {

@@ -1273,18 +1273,9 @@ mod api {
         }
 
         fn next(&mut self, mut wait: Patience) -> Result<core::Record> {
-            if !matches!(wait, Patience::Never) && self.link.ok() {
-                // A call that may wait first watches the header at its read position for a
-                // few looks: a record that is on its way (a ping-pong's answer) is taken
-                // without the index load, publication and clock read of the blocked path.
-                let header = self.engine.watcher_at_read();
-                for _ in 0..64 {
-                    header.prefetch_next_line();
-                    if let Some(rec) = self.engine.next_cached() {
-                        self.link.unblocked();
-                        return Ok(rec);
-                    }
-                    std::hint::spin_loop();
+            if !matches!(wait, Patience::Never) {
+                if let Some(rec) = self.watch_briefly() {
+                    return Ok(rec);
                 }
             }
             loop {
@@ -1302,6 +1293,26 @@ mod api {
                     }
                 }
             }
+        }
+
+        /// For a call that may wait: watches the header at the read position for a few
+        /// looks before the blocked path, so that a record on its way (a ping-pong's answer)
+        /// is taken without that path's index load, publication and clock read.
+        #[inline]
+        pub(super) fn watch_briefly(&mut self) -> Option<core::Record> {
+            if !self.link.ok() {
+                return None;
+            }
+            let header = self.engine.watcher_at_read();
+            for _ in 0..64 {
+                header.prefetch_next_line();
+                if let Some(rec) = self.engine.next_cached() {
+                    self.link.unblocked();
+                    return Some(rec);
+                }
+                std::hint::spin_loop();
+            }
+            None
         }
 
         /// The next record if one is published, or what to wait for.
