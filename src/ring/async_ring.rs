@@ -483,6 +483,10 @@ impl AsyncConsumer {
         if self.inner.recv_cached(out, true) {
             return Ok(());
         }
+        if let Some(rec) = self.inner.watch_briefly() {
+            self.inner.take(rec, out);
+            return Ok(());
+        }
         loop {
             match self.inner.attempt_next()? {
                 Ok(rec) => {
@@ -490,10 +494,6 @@ impl AsyncConsumer {
                     return Ok(());
                 }
                 Err(blocked) => {
-                    if let Some(rec) = self.inner.watch_briefly() {
-                        self.inner.take(rec, out);
-                        return Ok(());
-                    }
                     let c = &mut self.inner;
                     let (peer, own) = (c.engine.words.peer_index(), c.engine.words.own_wait());
                     // Spin on the header word at the read position; park on the index.
@@ -501,10 +501,6 @@ impl AsyncConsumer {
                     self.reactor
                         .wait(&mut c.link, peer, own, blocked.seen, || header.changed())
                         .await?;
-                    if let Some(rec) = self.inner.engine.next_by_header() {
-                        self.inner.take(rec, out);
-                        return Ok(());
-                    }
                 }
             }
         }

@@ -741,9 +741,6 @@ mod engines {
         cap: u32,
         read: u32,
         published: u32,
-        /// The producer's write index as last loaded: the records below it are known to be
-        /// published (a stream takes them without looking at the producer's newest lines).
-        ready_to: u32,
         pub(crate) words: Words,
         pub(crate) peer_parks: bool,
         pub(crate) counters: Counters,
@@ -776,7 +773,6 @@ mod engines {
                 cap,
                 read: 0,
                 published: 0,
-                ready_to: 0,
                 words,
                 peer_parks,
                 counters: Counters::default(),
@@ -858,23 +854,12 @@ mod engines {
             }
         }
 
-        /// Bytes below the write index as last loaded (`ready_to`) and not yet consumed: 0
-        /// once the consumer has reached it, or gone past it by taking records on the word
-        /// of their headers alone.
+        /// The next record if its header says it is ready and is an ordinary record within
+        /// the limits (no index load): the fast path of [`next`](Self::next). `None` sends
+        /// the caller to `next`, which loads the header again and handles padding, an empty
+        /// ring and corruption (this load's value is not used).
         #[inline]
-        fn avail(&self) -> u32 {
-            let avail = self.ready_to.wrapping_sub(self.read);
-            if avail > self.cap {
-                0
-            } else {
-                avail
-            }
-        }
-
-        /// An ordinary record at the read position whose header says it is ready and is
-        /// within the limits, and that fits in `avail` bytes; `None` otherwise.
-        #[inline]
-        fn ready_record(&self, avail: u32) -> Option<Record> {
+        pub(crate) fn next_cached(&self) -> Option<Record> {
             let pos = self.read & (self.cap - 1);
             let header = self.header_at(pos);
             // Tag: a record at exactly this index.
@@ -887,7 +872,7 @@ mod engines {
             }
             // Cannot overflow: len <= cap / 2 - 8.
             let span = ((len + 7) & !7) + RECORD_HEADER;
-            if span > avail || span > self.cap - pos {
+            if span > self.cap - pos {
                 return None;
             }
             Some(Record {
@@ -897,32 +882,9 @@ mod engines {
             })
         }
 
-        /// The next record if the write index as last loaded covers it and its header is
-        /// an ordinary record (no index load): the fast path of [`next`](Self::next) on a
-        /// stream, which takes records the producer has finished with. `None` sends the
-        /// caller to `next`, which loads the header again and handles padding, an empty
-        /// ring and corruption (this load's value is not used).
-        #[inline]
-        pub(crate) fn next_cached(&self) -> Option<Record> {
-            let avail = self.avail();
-            if avail == 0 {
-                return None;
-            }
-            self.ready_record(avail)
-        }
-
-        /// The next record if its header alone says it is ready (no index load): what a
-        /// consumer that has waited for that header takes, so that a record that has just
-        /// arrived costs one cache-line transfer, not the index's too. `None` sends the
-        /// caller to [`next`](Self::next), as for `next_cached`.
-        #[inline]
-        pub(crate) fn next_by_header(&self) -> Option<Record> {
-            self.ready_record(self.cap)
-        }
-
-        /// Loads and checks the producer's write index (acquire): 8-aligned, within `cap`
-        /// of the read index either way (behind: the producer is between its header and
-        /// index stores), never behind its last value.
+        /// Loads and checks the producer's write index, which a consumer needs only once
+        /// the header at its position says "not ready": to tell an empty ring from a
+        /// producer that claims more, and for the value to park on.
         fn load_write(&mut self) -> Result<u32, Corrupt> {
             self.counters.index_loads += 1;
             self.counters.fold(self.read);
@@ -931,50 +893,25 @@ mod engines {
             if w % 8 != 0 {
                 return Err(Corrupt("write index not 8-aligned"));
             }
-            if w.wrapping_sub(self.read) > self.cap && self.read.wrapping_sub(w) > self.cap {
-                return Err(Corrupt(
-                    "write index more than the capacity away from the read index",
-                ));
-            }
-            if self.ready_to.wrapping_sub(w).wrapping_sub(1) < self.cap {
-                return Err(Corrupt("write index moved backwards"));
-            }
             Ok(w)
         }
 
         /// The next record, validated; `Ok(Err(blocked))` if none is published.
         ///
-        /// Records below the write index as last loaded must be ready and fit below it.
-        /// Past it, the index is loaded again (one load shows every record published since).
-        /// If the header at the read position is then the end mark, the write index tells
-        /// why: equal to the read index, the ring is empty; ahead of it, the producer
-        /// claims a record its header does not show (corruption); behind it, the producer
-        /// is between its header and index stores, and the consumer waits with that value.
+        /// The header at the read position decides (see [`parse`]). If it is the end mark,
+        /// the write index tells why: equal to the read index, the ring is empty; ahead of
+        /// it (at most `cap`), the producer has published past this header, so the header
+        /// is loaded once more (it must now be ready, or the producer is lying); behind it
+        /// (at most `cap`), the producer is between its header and index stores (or
+        /// stalling), and the consumer waits with that value. Anything else is corruption.
         pub(crate) fn next(&mut self) -> Result<Result<Record, Blocked>, Corrupt> {
-            let mut loaded = None;
+            let mut write = None;
             loop {
-                let mut avail = self.avail();
-                if avail == 0 && loaded.is_none() {
-                    let w = self.load_write()?;
-                    loaded = Some(w);
-                    if w.wrapping_sub(self.read) <= self.cap {
-                        self.ready_to = w;
-                        avail = self.avail();
-                    }
-                }
                 let pos = self.read & (self.cap - 1);
                 let header = self.header_at(pos);
                 match parse(self.cap, self.read, header)? {
-                    Parsed::Pad(skip) => {
-                        if avail != 0 && skip > avail {
-                            return Err(Corrupt("padding beyond the published data"));
-                        }
-                        self.read = self.read.wrapping_add(skip);
-                    }
+                    Parsed::Pad(skip) => self.read = self.read.wrapping_add(skip),
                     Parsed::Record { offset, len, span } => {
-                        if avail != 0 && span > avail {
-                            return Err(Corrupt("record longer than the published data"));
-                        }
                         self.prefetch_tail(pos, len);
                         return Ok(Ok(Record {
                             offset: offset + RECORD_HEADER,
@@ -983,14 +920,30 @@ mod engines {
                         }));
                     }
                     Parsed::NotReady => {
-                        if avail != 0 {
+                        let w = match write {
+                            Some(w) => w,
+                            None => self.load_write()?,
+                        };
+                        let ahead = w.wrapping_sub(self.read);
+                        let behind = self.read.wrapping_sub(w);
+                        let seen = if ahead == 0 {
+                            self.read
+                        } else if ahead <= self.cap && write.is_none() {
+                            // Published past this header: look again (the acquire fence
+                            // of that index load makes its header visible).
+                            write = Some(w);
+                            continue;
+                        } else if ahead <= self.cap {
                             return Err(Corrupt(
                                 "write index past a record header that is not ready",
                             ));
-                        }
-                        // avail == 0, so the index was loaded in this call: equal to the
-                        // read index (empty), or behind it (between two stores).
-                        let seen = loaded.unwrap_or(self.read);
+                        } else if behind <= self.cap {
+                            w
+                        } else {
+                            return Err(Corrupt(
+                                "write index more than the capacity away from the read index",
+                            ));
+                        };
                         self.counters.blocked += 1;
                         return Ok(Err(Blocked {
                             seen,
@@ -1593,14 +1546,12 @@ mod tests {
             assert!(c.next().is_err(), "write index {index}");
         }
         // An index that lags behind the headers (the producer between its two stores) is
-        // waited on, not an error; one that moves backwards is.
+        // waited on, not an error.
         let mut mem = Mem::new(128);
         let (mut p, mut c) = mem.engines();
         assert!(send(&mut p, b"hello"));
+        assert_eq!(recv(&mut c).as_deref(), Some(&b"hello"[..]));
         mem.p_index.store(0, Ordering::Relaxed);
-        assert_eq!(c.next_cached(), None, "not below the index as loaded");
-        let rec = c.next_by_header().expect("ready by its header");
-        c.consume(rec);
         let blocked = c.next().unwrap().unwrap_err();
         assert_eq!(blocked.seen, 0);
         assert_eq!(
@@ -1611,10 +1562,6 @@ mod tests {
             })
         );
         assert!(!c.header_changed(blocked.header.unwrap()));
-        mem.p_index.store(16, Ordering::Relaxed);
-        assert!(c.next().unwrap().is_err(), "caught up, still empty");
-        mem.p_index.store(8, Ordering::Relaxed);
-        assert!(c.next().is_err(), "index moved backwards");
     }
 
     #[test]

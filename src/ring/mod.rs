@@ -1273,14 +1273,16 @@ mod api {
         }
 
         fn next(&mut self, mut wait: Patience) -> Result<core::Record> {
+            if !matches!(wait, Patience::Never) {
+                if let Some(rec) = self.watch_briefly() {
+                    return Ok(rec);
+                }
+            }
             loop {
                 match self.attempt_next()? {
                     Ok(rec) => return Ok(rec),
                     Err(blocked) => {
                         let deadline = wait.deadline(&mut self.link)?;
-                        if let Some(rec) = self.watch_briefly() {
-                            return Ok(rec);
-                        }
                         // Spin on the header word at the read position (the producer's
                         // publication lands there first); park on the write index.
                         let header = self.engine.watcher(blocked.header);
@@ -1288,19 +1290,15 @@ mod api {
                             .wait_for(&self.engine.words, blocked.seen, deadline, || {
                                 header.changed()
                             })?;
-                        if let Some(rec) = self.engine.next_by_header() {
-                            self.link.unblocked();
-                            return Ok(rec);
-                        }
                     }
                 }
             }
         }
 
-        /// For a call that found the ring empty and may wait: watches the header at the
-        /// read position for a few looks before the wait proper, and takes a record that
-        /// arrives meanwhile (a ping-pong's answer) on the word of its header, without
-        /// loading the write index again.
+        /// For a call that may wait: watches the header at the read position for a few
+        /// looks before the blocked path, so that a record on its way (a ping-pong's answer)
+        /// is taken without that path's index load, publication and clock read.
+        #[inline]
         pub(super) fn watch_briefly(&mut self) -> Option<core::Record> {
             if !self.link.ok() {
                 return None;
@@ -1308,7 +1306,7 @@ mod api {
             let header = self.engine.watcher_at_read();
             for _ in 0..64 {
                 header.prefetch_next_line();
-                if let Some(rec) = self.engine.next_by_header() {
+                if let Some(rec) = self.engine.next_cached() {
                     self.link.unblocked();
                     return Some(rec);
                 }
