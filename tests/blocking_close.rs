@@ -277,18 +277,18 @@ impl Drop for TempPath {
 
 /// Waits (at most 5 s) for the descriptor count to come back to `baseline`: descriptors
 /// that are not shared memory are closed on sealpipe's background closer.
-/// Waits up to 5 s for the descriptor count to come back to `expected` (the background
-/// closer finishes disposals at its own pace), then asserts it did.
-fn assert_fds_settle(expected: usize, what: &str) {
+/// Waits up to 5 s (the background closer finishes disposals at its own pace) until
+/// exactly `new` of the descriptors open now were not open at `baseline`, then asserts it.
+fn assert_fds_settle(baseline: &common::Fds, new: usize, what: &str) {
     let end = Instant::now() + Duration::from_secs(5);
-    while common::fd_count() != expected && Instant::now() < end {
+    while baseline.opened_since().len() != new && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(5));
     }
+    let opened = baseline.opened_since();
     assert_eq!(
-        common::fd_count(),
-        expected,
-        "{what}: descriptors leaked: {:#?}",
-        common::fd_table()
+        opened.len(),
+        new,
+        "{what}: descriptors left open: {opened:#?}"
     );
 }
 
@@ -329,7 +329,7 @@ fn recv_timeout_keeps_its_deadline_with_a_lingering_socket() {
         "{err:?}"
     );
     assert!(took < DEADLINE + MARGIN, "took {took:?}");
-    assert_fds_settle(baseline.count(), "linger_region");
+    assert_fds_settle(&baseline, 0, "linger_region");
     expect_honest(&peer.channel);
     assert_eq!(peer.wait(), 0);
 }
@@ -350,7 +350,7 @@ fn try_recv_returns_at_once_with_a_lingering_socket() {
     eprintln!("try_recv, region 0 a socket lingering 5 s: {took:?}");
     assert!(matches!(err, Error::NotMemfd { index: 0, .. }), "{err:?}");
     assert!(took < MARGIN, "took {took:?}");
-    assert_fds_settle(baseline.count(), "try_recv");
+    assert_fds_settle(&baseline, 0, "try_recv");
     expect_honest(&peer.channel);
     assert_eq!(peer.wait(), 0);
 }
@@ -383,7 +383,7 @@ fn a_flood_of_lingering_sockets_keeps_every_deadline() {
     }
     // 200 descriptors, each of which would have taken 5 s to close in this thread.
     eprintln!("20 messages of 10 lingering sockets: {:?}", start.elapsed());
-    assert_fds_settle(baseline.count(), "flood");
+    assert_fds_settle(&baseline, 0, "flood");
     expect_honest(&peer.channel);
     assert_eq!(peer.wait(), 0);
 }
@@ -416,7 +416,7 @@ fn surplus_descriptors_beyond_the_policy_do_not_block() {
         "{err:?}"
     );
     assert!(took < DEADLINE + MARGIN, "took {took:?}");
-    assert_fds_settle(baseline.count(), "surplus");
+    assert_fds_settle(&baseline, 0, "surplus");
     expect_honest(&peer.channel);
     assert_eq!(peer.wait(), 0);
 }
@@ -447,7 +447,7 @@ fn dropping_a_channel_with_lingering_sockets_queued_does_not_block() {
     eprintln!("drop of a channel with 200 lingering sockets queued: {took:?}");
     assert!(took < MARGIN, "took {took:?}");
     drop(_spare);
-    assert_fds_settle(baseline.count() - 1, "drop"); // the old channel had a pidfd too
+    assert_fds_settle(&baseline, 1, "drop"); // the replacement channel in `peer`
     assert_eq!(peer.wait(), 0);
 }
 
@@ -519,7 +519,7 @@ fn connect_to_a_hostile_server_keeps_its_deadline() {
     eprintln!("connect(1 s) to a server sending a lingering socket: {took:?}, {err}");
     assert!(matches!(err, Error::Timeout), "{err:?}");
     assert!(took < DEADLINE + MARGIN, "took {took:?}");
-    assert_fds_settle(baseline.count(), "connect");
+    assert_fds_settle(&baseline, 0, "connect");
     assert_eq!(
         peer.wait(),
         refused_code(),
@@ -587,7 +587,7 @@ fn async_recv_keeps_its_deadline_with_a_lingering_socket() {
     });
     drop(rt);
     drop(_spare);
-    assert_fds_settle(baseline.count() + 1, "async");
+    assert_fds_settle(&baseline, 1, "async"); // the replacement channel in `peer`
     expect_honest(&channel);
     drop(channel);
     assert_eq!(peer.wait(), 0);
@@ -647,7 +647,7 @@ fn spawn_handshake_with_a_hostile_child_keeps_its_deadline() {
     }
     // The child starts (a test binary) and exits at once; no 5 s linger in between.
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    assert_fds_settle(baseline.count(), "spawn");
+    assert_fds_settle(&baseline, 0, "spawn");
 }
 
 #[cfg(feature = "tokio")]
