@@ -229,21 +229,32 @@ impl Outgoing {
             .send_buffer(&self.pool, &self.memfd, self.slot, buffer, self.len, wait)
     }
 
-    /// Sends to every consumer in `to`: first to each without waiting, then, as `wait`
-    /// allows, to each whose socket was full. Returns the first error.
-    pub(super) fn fan_out(self, to: &[&PoolSender], wait: Wait) -> Result<()> {
+    /// The first pass of a fan-out: sends to each consumer in `to` without waiting. Returns
+    /// the indices of the consumers whose socket was full if `keep_full` (allocates only
+    /// then; otherwise a full socket is an error like any other), and the first error.
+    pub(super) fn try_send_each(
+        &self,
+        to: &[&PoolSender],
+        keep_full: bool,
+    ) -> (Vec<usize>, Option<Error>) {
         let mut first_err = None;
-        // Indices of consumers whose socket was full (allocates only then).
         let mut full = Vec::new();
         for (i, tx) in to.iter().enumerate() {
             match self.send_to_with(tx, Wait::Never) {
                 Ok(()) => {}
-                Err(Error::WouldBlock) if !matches!(wait, Wait::Never) => full.push(i),
+                Err(Error::WouldBlock) if keep_full => full.push(i),
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
             }
         }
+        (full, first_err)
+    }
+
+    /// Sends to every consumer in `to`: first to each without waiting, then, as `wait`
+    /// allows, to each whose socket was full. Returns the first error.
+    pub(super) fn fan_out(self, to: &[&PoolSender], wait: Wait) -> Result<()> {
+        let (full, mut first_err) = self.try_send_each(to, !matches!(wait, Wait::Never));
         for i in full {
             if let Err(e) = self.send_to_with(to[i], wait) {
                 first_err.get_or_insert(e);

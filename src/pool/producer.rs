@@ -356,8 +356,8 @@ impl Pool {
                 }))
             }
         };
-        self.shared.waiters.fetch_add(1, Ordering::SeqCst);
-        // A buffer freed between our last look and the increment above did not write
+        let waiting = self.waiting();
+        // A buffer freed between our last look and the registration above did not write
         // `wake`: look once more before sleeping.
         let freed = lock(&self.shared.state)
             .classes
@@ -372,10 +372,8 @@ impl Pool {
                 Err(e) => Err(Error::io("epoll_wait", e)),
             }
         };
-        self.shared.waiters.fetch_sub(1, Ordering::SeqCst);
-        // Consume one wake-up, if there is one (a semaphore: one per freed buffer).
-        let mut word = [0u8; 8];
-        let _ = rustix::io::read(&self.shared.wake, &mut word);
+        drop(waiting);
+        self.take_wake_token();
         r
     }
 
@@ -433,14 +431,12 @@ impl Pool {
 
     /// Registers a waiter until the guard is dropped: buffers freed meanwhile write the
     /// wake-up eventfd.
-    #[cfg(feature = "tokio")]
     pub(super) fn waiting(&self) -> Waiting<'_> {
         self.shared.waiters.fetch_add(1, Ordering::SeqCst);
         Waiting(&self.shared)
     }
 
-    /// Consumes one wake-up token, if there is one.
-    #[cfg(feature = "tokio")]
+    /// Consumes one wake-up token, if there is one (a semaphore: one per freed buffer).
     pub(super) fn take_wake_token(&self) {
         let mut word = [0u8; 8];
         let _ = rustix::io::read(&self.shared.wake, &mut word);
@@ -460,10 +456,8 @@ impl Pool {
 }
 
 /// A registered waiter (see [`Pool::waiting`]).
-#[cfg(feature = "tokio")]
 pub(super) struct Waiting<'a>(&'a PoolShared);
 
-#[cfg(feature = "tokio")]
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.waiters.fetch_sub(1, Ordering::SeqCst);

@@ -80,10 +80,7 @@ impl Drop for PoolSender {
         let mut links = lock(&self.pool.links);
         links.retain(|l| !Arc::ptr_eq(l, &self.link));
         drop(links);
-        let _ = epoll::delete(&self.pool.epoll, &self.link.channel);
-        if let Some(pidfd) = self.link.channel.peer_pidfd() {
-            let _ = epoll::delete(&self.pool.epoll, pidfd);
-        }
+        self.link.unwatch(&self.pool);
         let ls = lock(&self.link.state);
         if ls.closed {
             return;
@@ -205,14 +202,19 @@ impl Link {
         }
     }
 
-    /// The consumer has gone: every buffer it held is released.
-    fn close(&self, pool: &PoolShared, st: &mut LinkState) {
-        st.closed = true;
-        // A hung-up socket stays readable: stop waking waiting leases with it.
+    /// Takes this consumer's socket (and peer pidfd) out of the pool's epoll set.
+    fn unwatch(&self, pool: &PoolShared) {
         let _ = epoll::delete(&pool.epoll, &self.channel);
         if let Some(pidfd) = self.channel.peer_pidfd() {
             let _ = epoll::delete(&pool.epoll, pidfd);
         }
+    }
+
+    /// The consumer has gone: every buffer it held is released.
+    fn close(&self, pool: &PoolShared, st: &mut LinkState) {
+        st.closed = true;
+        // A hung-up socket stays readable: stop waking waiting leases with it.
+        self.unwatch(pool);
         let mut freed = 0;
         let mut ps = lock(&pool.state);
         for (slot, g) in st.outstanding.iter_mut().enumerate() {
