@@ -98,6 +98,14 @@ impl PoolState {
         }
     }
 
+    /// Takes `slot` (in state `Sent`) out of circulation for good.
+    pub(super) fn retire(&mut self, slot: usize) {
+        let len = self.memfds[self.slots[slot].memfd].buffer_len;
+        self.slots[slot].state = SlotState::Retired;
+        self.held -= 1;
+        self.retired_bytes += len;
+    }
+
     pub(super) fn free_slot(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
         s.state = SlotState::Free;

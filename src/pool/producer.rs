@@ -412,11 +412,8 @@ impl Pool {
                     *g = 0;
                 }
             }
-            let s = &mut st.slots[slot];
-            s.state = SlotState::Retired;
-            s.holders = 0;
-            st.held -= 1;
-            st.retired_bytes += len;
+            st.slots[slot].holders = 0;
+            st.retire(slot);
             retired += 1;
         }
         Ok(retired)

@@ -93,10 +93,7 @@ impl Drop for PoolSender {
             let s = &mut st.slots[slot];
             s.holders = s.holders.saturating_sub(1);
             if s.state == SlotState::Sent {
-                let len = st.memfds[st.slots[slot].memfd].buffer_len;
-                st.slots[slot].state = SlotState::Retired;
-                st.held -= 1;
-                st.retired_bytes += len;
+                st.retire(slot);
             }
         }
     }
