@@ -90,18 +90,7 @@ impl AsyncPool {
     /// [`Lease::into_outgoing`] and [`send_to`](AsyncPool::send_to), which are cancel safe.
     pub async fn send(&self, lease: Lease, to: &[&PoolSender]) -> Result<()> {
         let out = lease.into_outgoing();
-        let mut first_err = None;
-        // Indices of consumers whose socket was full (allocates only then).
-        let mut full = Vec::new();
-        for (i, tx) in to.iter().enumerate() {
-            match out.try_send_to(tx) {
-                Ok(()) => {}
-                Err(Error::WouldBlock) => full.push(i),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
+        let (full, mut first_err) = out.try_send_each(to, true);
         for i in full {
             if let Err(e) = self.send_to(&out, to[i]).await {
                 first_err.get_or_insert(e);

@@ -124,13 +124,18 @@
 #[cfg(feature = "tokio")]
 mod async_pool;
 mod consumer;
+mod lease;
+mod memory;
 mod producer;
+mod sender;
 
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use async_pool::{AsyncPool, AsyncPoolReceiver};
 pub use consumer::{PoolBuffer, PoolReceiver};
-pub use producer::{Lease, Outgoing, Pool, PoolOptions, PoolSender, PoolStats};
+pub use lease::{Lease, Outgoing};
+pub use producer::{Pool, PoolOptions, PoolStats};
+pub use sender::PoolSender;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 

@@ -1,8 +1,7 @@
-//! The producer side: [`Pool`], [`Lease`], [`PoolSender`].
+//! The pool itself: [`Pool`], [`PoolOptions`], [`PoolStats`].
 
-use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,18 +10,13 @@ use memmap2::MmapRaw;
 use rustix::event::{epoll, eventfd, EventfdFlags, Timespec};
 use rustix::io::Errno;
 
+use super::lease::Lease;
 use super::lock;
+use super::memory::{class_len, Class, Memfd, PoolState, Slot, SlotState};
+use super::sender::{Link, PoolSender};
 use crate::error::{Error, Result};
-use crate::region::{Region, SealedRegion};
-use crate::stats::ChannelStats;
+use crate::region::Region;
 use crate::transport::{Channel, Wait};
-use crate::wire::{self, PoolBufferRef, PoolMessage};
-
-/// Buffers are multiples of this many bytes (and page-aligned within their memfd).
-const GRANULE: usize = 4096;
-/// Most messages one drain reads from one consumer: a consumer that sends releases
-/// without end cannot keep a lease in its drain loop.
-const MAX_DRAIN: usize = 64;
 
 /// Limits and layout of a [`Pool`]. A builder: `PoolOptions::new().max_bytes(..)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,119 +74,22 @@ impl Default for PoolOptions {
     }
 }
 
-/// The buffer length of the class that holds `len` bytes: whole 4 KiB granules, rounded up
-/// to one of four steps per doubling (at most 25% slack beyond the first 16 KiB).
-fn class_len(len: usize) -> Option<usize> {
-    if len == 0 {
-        return None;
-    }
-    let granules = len.checked_add(GRANULE - 1)? / GRANULE;
-    let granules = if granules <= 4 {
-        granules
-    } else {
-        let k = usize::BITS - 1 - granules.leading_zeros();
-        let step = 1usize << (k - 2);
-        granules.checked_add(step - 1)? & !(step - 1)
-    };
-    granules.checked_mul(GRANULE)
-}
-
-/// One backing memfd: a slab of `buffers` buffers of `buffer_len` bytes.
-#[derive(Debug)]
-pub(super) struct Memfd {
-    /// Index in `PoolState::memfds`, and the id announced on the wire.
-    id: u32,
-    region: SealedRegion,
-    /// The producer's writable shared mapping, made before the seals.
-    map: MmapRaw,
-    buffer_len: usize,
-    buffers: usize,
-    /// Index in `PoolState::slots` of this memfd's first buffer.
-    first_slot: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    Free,
-    Leased,
-    /// Sent to `holders` consumers that have not released it yet.
-    Sent,
-    /// Taken out of circulation for good.
-    Retired,
-}
-
-#[derive(Debug)]
-struct Slot {
-    memfd: usize,
-    offset: usize,
-    state: SlotState,
-    holders: u32,
-    sent_at: Instant,
-}
-
-#[derive(Debug)]
-struct Class {
-    buffer_len: usize,
-    free: Vec<usize>,
-}
-
-#[derive(Debug)]
-struct PoolState {
-    memfds: Vec<Arc<Memfd>>,
-    slots: Vec<Slot>,
-    classes: Vec<Class>,
-    /// Bytes of all memfds.
-    bytes: usize,
-    /// Bytes of retired buffers (included in `bytes`).
-    retired_bytes: usize,
-    /// Buffers in state `Sent`.
-    held: usize,
-}
-
-impl PoolState {
-    /// Drops one holder of `slot`; frees it when none is left. Returns whether it was freed.
-    fn unhold(&mut self, slot: usize) -> bool {
-        let s = &mut self.slots[slot];
-        s.holders = s.holders.saturating_sub(1);
-        if s.holders > 0 {
-            return false;
-        }
-        match s.state {
-            SlotState::Sent => {
-                self.held -= 1;
-                self.free_slot(slot);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn free_slot(&mut self, slot: usize) {
-        let s = &mut self.slots[slot];
-        s.state = SlotState::Free;
-        let len = self.memfds[s.memfd].buffer_len;
-        if let Some(class) = self.classes.iter_mut().find(|c| c.buffer_len == len) {
-            class.free.push(slot);
-        }
-    }
-}
-
 #[derive(Debug)]
 pub(super) struct PoolShared {
-    options: PoolOptions,
-    state: Mutex<PoolState>,
-    links: Mutex<Vec<Arc<Link>>>,
+    pub(super) options: PoolOptions,
+    pub(super) state: Mutex<PoolState>,
+    pub(super) links: Mutex<Vec<Arc<Link>>>,
     /// Every link's socket (and peer pidfd) and `wake`: what a waiting `lease` sleeps on.
-    epoll: OwnedFd,
+    pub(super) epoll: OwnedFd,
     /// A semaphore eventfd, written when a buffer is freed while someone waits.
-    wake: OwnedFd,
-    waiters: AtomicUsize,
-    next_link: AtomicUsize,
+    pub(super) wake: OwnedFd,
+    pub(super) waiters: AtomicUsize,
+    pub(super) next_link: AtomicUsize,
 }
 
 impl PoolShared {
     /// Called after freeing buffers outside a waiting `lease`'s own drain.
-    fn notify(&self, freed: usize) {
+    pub(super) fn notify(&self, freed: usize) {
         if freed > 0 && self.waiters.load(Ordering::SeqCst) > 0 {
             let _ = rustix::io::write(&self.wake, &(freed as u64).to_ne_bytes());
         }
@@ -273,18 +170,7 @@ impl Pool {
             epoll::add(&self.shared.epoll, pidfd, data, epoll::EventFlags::IN)
                 .map_err(|e| Error::io("epoll_ctl", e))?;
         }
-        let link = Arc::new(Link {
-            channel,
-            id,
-            state: Mutex::new(LinkState {
-                announced: Vec::new(),
-                outstanding: Vec::new(),
-                next_generation: 1,
-                buf: vec![0u8; wire::POOL_MAX_MESSAGE_LEN + 1].into_boxed_slice(),
-                fault: None,
-                closed: false,
-            }),
-        });
+        let link = Arc::new(Link::new(channel, id));
         lock(&self.shared.links).push(Arc::clone(&link));
         Ok(PoolSender {
             pool: Arc::clone(&self.shared),
@@ -364,14 +250,13 @@ impl Pool {
         st.slots[slot].state = SlotState::Leased;
         let memfd = Arc::clone(&st.memfds[st.slots[slot].memfd]);
         let offset = st.slots[slot].offset;
-        Some(Lease {
-            pool: Arc::clone(&self.shared),
+        Some(Lease::new(
+            Arc::clone(&self.shared),
             memfd,
             slot,
             offset,
             len,
-            cursor: 0,
-        })
+        ))
     }
 
     /// Makes a new memfd for `class` if the limits allow, and leases its first buffer.
@@ -430,14 +315,13 @@ impl Pool {
         let memfd = Arc::clone(&st.memfds[id]);
         drop(st);
         self.shared.notify(buffers - 1);
-        Ok(Some(Lease {
-            pool: Arc::clone(&self.shared),
+        Ok(Some(Lease::new(
+            Arc::clone(&self.shared),
             memfd,
-            slot: first_slot,
-            offset: 0,
+            first_slot,
+            0,
             len,
-            cursor: 0,
-        }))
+        )))
     }
 
     /// Reads the releases queued on every consumer's channel (without waiting).
@@ -472,8 +356,8 @@ impl Pool {
                 }))
             }
         };
-        self.shared.waiters.fetch_add(1, Ordering::SeqCst);
-        // A buffer freed between our last look and the increment above did not write
+        let waiting = self.waiting();
+        // A buffer freed between our last look and the registration above did not write
         // `wake`: look once more before sleeping.
         let freed = lock(&self.shared.state)
             .classes
@@ -488,10 +372,8 @@ impl Pool {
                 Err(e) => Err(Error::io("epoll_wait", e)),
             }
         };
-        self.shared.waiters.fetch_sub(1, Ordering::SeqCst);
-        // Consume one wake-up, if there is one (a semaphore: one per freed buffer).
-        let mut word = [0u8; 8];
-        let _ = rustix::io::read(&self.shared.wake, &mut word);
+        drop(waiting);
+        self.take_wake_token();
         r
     }
 
@@ -530,11 +412,8 @@ impl Pool {
                     *g = 0;
                 }
             }
-            let s = &mut st.slots[slot];
-            s.state = SlotState::Retired;
-            s.holders = 0;
-            st.held -= 1;
-            st.retired_bytes += len;
+            st.slots[slot].holders = 0;
+            st.retire(slot);
             retired += 1;
         }
         Ok(retired)
@@ -543,19 +422,18 @@ impl Pool {
     /// The epoll descriptor a waiting lease sleeps on (for the async pool).
     #[cfg(feature = "tokio")]
     pub(super) fn epoll_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
         self.shared.epoll.as_fd()
     }
 
     /// Registers a waiter until the guard is dropped: buffers freed meanwhile write the
     /// wake-up eventfd.
-    #[cfg(feature = "tokio")]
     pub(super) fn waiting(&self) -> Waiting<'_> {
         self.shared.waiters.fetch_add(1, Ordering::SeqCst);
         Waiting(&self.shared)
     }
 
-    /// Consumes one wake-up token, if there is one.
-    #[cfg(feature = "tokio")]
+    /// Consumes one wake-up token, if there is one (a semaphore: one per freed buffer).
     pub(super) fn take_wake_token(&self) {
         let mut word = [0u8; 8];
         let _ = rustix::io::read(&self.shared.wake, &mut word);
@@ -575,10 +453,8 @@ impl Pool {
 }
 
 /// A registered waiter (see [`Pool::waiting`]).
-#[cfg(feature = "tokio")]
 pub(super) struct Waiting<'a>(&'a PoolShared);
 
-#[cfg(feature = "tokio")]
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.waiters.fetch_sub(1, Ordering::SeqCst);
@@ -599,597 +475,4 @@ pub struct PoolStats {
     pub free: usize,
     /// Bytes of retired buffers.
     pub retired_bytes: usize,
-}
-
-/// A buffer of a [`Pool`], writable by this process only: `&mut [u8]` (through `Deref`),
-/// typed views, [`io::Write`]. [`send`](Lease::send) it, or drop it to give it back unsent.
-///
-/// Its contents are whatever the buffer held last (this producer's earlier data, or zeros
-/// for new memory): write what you send.
-#[derive(Debug)]
-pub struct Lease {
-    pool: Arc<PoolShared>,
-    memfd: Arc<Memfd>,
-    /// In state `Leased` while this lease lives (until [`Lease::into_outgoing`]).
-    slot: usize,
-    offset: usize,
-    len: usize,
-    cursor: usize,
-}
-
-impl Lease {
-    /// Length in bytes (what was asked for; what is sent).
-    #[allow(
-        clippy::len_without_is_empty,
-        reason = "a lease is never empty: `lease(0)` and `truncate(0)` are refused"
-    )]
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Sends `len` bytes instead of [`len`](Lease::len) (to shrink a lease once the data's
-    /// size is known).
-    ///
-    /// # Errors
-    /// [`Error::ZeroLength`] if `len` is 0, [`Error::OutOfBounds`] if it is larger than the
-    /// lease.
-    pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len == 0 {
-            return Err(Error::ZeroLength { what: "lease" });
-        }
-        if len > self.len {
-            return Err(Error::OutOfBounds {
-                offset: 0,
-                len: len as u64,
-                region_len: self.len as u64,
-            });
-        }
-        self.len = len;
-        self.cursor = self.cursor.min(len);
-        Ok(())
-    }
-
-    /// The buffer as a mutable byte slice.
-    #[allow(unsafe_code)]
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `offset..offset + len` lies inside the memfd's mapping (a slot of
-        // `buffer_len >= len` bytes at `offset`), which lives as long as `self.memfd`. The
-        // slot is in state `Leased` and this lease is its only owner: no other lease, no
-        // consumer (the pool never sends a leased slot) and no other process (the memfd is
-        // sealed FUTURE_WRITE; consumers map it read-only) writes it while the borrow of
-        // `self` lasts.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.memfd.map.as_mut_ptr().add(self.offset), self.len)
-        }
-    }
-
-    /// The buffer as `&mut [T]` (buffers are page-aligned).
-    ///
-    /// # Errors
-    /// [`Error::Cast`] if the length is not a multiple of `size_of::<T>()`.
-    pub fn as_mut_slice_of<T: bytemuck::Pod>(&mut self) -> Result<&mut [T]> {
-        let bytes = self.as_mut_slice();
-        let len = bytes.len();
-        bytemuck::try_cast_slice_mut(bytes).map_err(|e| Error::cast::<T>(e, len))
-    }
-
-    /// Ends the writing: the buffer becomes an [`Outgoing`], which safe code can no longer
-    /// write, to be sent to consumers one at a time, each with its own result.
-    pub fn into_outgoing(self) -> Outgoing {
-        {
-            let mut st = lock(&self.pool.state);
-            let s = &mut st.slots[self.slot];
-            s.state = SlotState::Sent;
-            s.holders = 1; // the `Outgoing` itself
-            s.sent_at = Instant::now();
-            st.held += 1;
-        }
-        // `self` is dropped here and sees the slot `Sent`: it leaves it alone.
-        Outgoing {
-            pool: Arc::clone(&self.pool),
-            memfd: Arc::clone(&self.memfd),
-            slot: self.slot,
-            offset: self.offset,
-            len: self.len,
-        }
-    }
-
-    /// Sends the buffer to every consumer in `to` (a consumer listed twice gets it once),
-    /// announcing its memfd first to a consumer that has not seen it; it returns to the
-    /// pool when every consumer that got it has released it. A consumer whose socket is
-    /// full does not hold up the others: they get the buffer first, then this waits for
-    /// room in each full socket in turn. See [`send_timeout`](Lease::send_timeout).
-    ///
-    /// # Errors
-    /// As [`send_timeout`](Lease::send_timeout), without [`Error::Timeout`].
-    pub fn send(self, to: &[&PoolSender]) -> Result<()> {
-        self.into_outgoing().fan_out(to, Wait::Forever)
-    }
-
-    /// [`send`](Lease::send), giving up on a consumer whose socket stays full past
-    /// `timeout` (the deadline is for the whole call).
-    ///
-    /// # Errors
-    /// The first error of any consumer: [`Error::PeerClosed`], [`Error::Timeout`], a fault
-    /// recorded on that consumer since its last call ([`Error::BadRelease`], ...), or
-    /// [`Error::LimitExceeded`] if a sender belongs to another pool. A consumer that fails
-    /// does not get the buffer; every other one does, and the buffer returns to the pool
-    /// once those have released it (at once if none got it). To learn which consumer
-    /// failed, send an [`Outgoing`] to each ([`Lease::into_outgoing`]).
-    pub fn send_timeout(self, to: &[&PoolSender], timeout: Duration) -> Result<()> {
-        self.into_outgoing().fan_out(to, Wait::timeout(timeout))
-    }
-}
-
-/// A leased buffer on its way to consumers ([`Lease::into_outgoing`]): safe code can no
-/// longer write it. Send it to each consumer with [`send_to`](Outgoing::send_to),
-/// [`send_to_timeout`](Outgoing::send_to_timeout) or
-/// [`try_send_to`](Outgoing::try_send_to) (or, async,
-/// `AsyncPool::send_to`), each call with its own result: a consumer whose socket is full can
-/// be tried again later, and one that has gone does not stop the others.
-///
-/// The buffer returns to the pool once this handle is dropped **and** every consumer it
-/// was actually sent to has released it: at once if it was sent to none. `Send + Sync`.
-#[derive(Debug)]
-pub struct Outgoing {
-    pool: Arc<PoolShared>,
-    memfd: Arc<Memfd>,
-    /// In state `Sent` (or `Retired`); this handle is one of its holders.
-    slot: usize,
-    offset: usize,
-    len: usize,
-}
-
-impl Outgoing {
-    /// Length in bytes (what is sent).
-    #[allow(
-        clippy::len_without_is_empty,
-        reason = "a lease is never empty: `lease(0)` and `truncate(0)` are refused"
-    )]
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Sends the buffer to `to`, announcing its memfd first if `to` has not seen it,
-    /// waiting for room if its socket is full. Sending it to a consumer that still holds
-    /// it (from an earlier call) does nothing.
-    ///
-    /// # Errors
-    /// As [`send_to_timeout`](Outgoing::send_to_timeout), without [`Error::Timeout`].
-    pub fn send_to(&self, to: &PoolSender) -> Result<()> {
-        self.send_to_with(to, Wait::Forever)
-    }
-
-    /// [`send_to`](Outgoing::send_to), giving up after `timeout`.
-    ///
-    /// # Errors
-    /// [`Error::Timeout`] if the socket stayed full (the consumer did not get the buffer;
-    /// its memfd may have been announced, which is kept); [`Error::PeerClosed`] if the
-    /// consumer has gone; a fault recorded on this consumer since its last call
-    /// ([`Error::BadRelease`], ...: reported once, the buffer was not sent);
-    /// [`Error::LimitExceeded`] if `to` belongs to another pool; [`Error::Io`].
-    pub fn send_to_timeout(&self, to: &PoolSender, timeout: Duration) -> Result<()> {
-        self.send_to_with(to, Wait::timeout(timeout))
-    }
-
-    /// [`send_to`](Outgoing::send_to) without waiting: [`Error::WouldBlock`] if `to`'s
-    /// socket is full (it did not get the buffer; try again later).
-    ///
-    /// # Errors
-    /// As [`send_to_timeout`](Outgoing::send_to_timeout), with [`Error::WouldBlock`]
-    /// instead of [`Error::Timeout`].
-    pub fn try_send_to(&self, to: &PoolSender) -> Result<()> {
-        self.send_to_with(to, Wait::Never)
-    }
-
-    pub(super) fn send_to_with(&self, to: &PoolSender, wait: Wait) -> Result<()> {
-        if !Arc::ptr_eq(&to.pool, &self.pool) {
-            return Err(Error::LimitExceeded {
-                what: "sender of another pool",
-                got: 1,
-                max: 0,
-            });
-        }
-        let buffer = PoolBufferRef {
-            memfd_id: self.memfd.id,
-            offset: self.offset as u64,
-            generation: 0,
-        };
-        to.link
-            .send_buffer(&self.pool, &self.memfd, self.slot, buffer, self.len, wait)
-    }
-
-    /// Sends to every consumer in `to`: first to each without waiting, then, as `wait`
-    /// allows, to each whose socket was full. Returns the first error.
-    pub(super) fn fan_out(self, to: &[&PoolSender], wait: Wait) -> Result<()> {
-        let mut first_err = None;
-        // Indices of consumers whose socket was full (allocates only then).
-        let mut full = Vec::new();
-        for (i, tx) in to.iter().enumerate() {
-            match self.send_to_with(tx, Wait::Never) {
-                Ok(()) => {}
-                Err(Error::WouldBlock) if !matches!(wait, Wait::Never) => full.push(i),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        for i in full {
-            if let Err(e) = self.send_to_with(to[i], wait) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    }
-}
-
-impl Drop for Outgoing {
-    fn drop(&mut self) {
-        let freed = lock(&self.pool.state).unhold(self.slot);
-        self.pool.notify(usize::from(freed));
-    }
-}
-
-impl std::ops::Deref for Lease {
-    type Target = [u8];
-    #[allow(unsafe_code)]
-    fn deref(&self) -> &[u8] {
-        // SAFETY: as in `as_mut_slice`: the range is mapped and only this lease writes it,
-        // and it cannot while this shared borrow lives.
-        unsafe { std::slice::from_raw_parts(self.memfd.map.as_ptr().add(self.offset), self.len) }
-    }
-}
-
-impl std::ops::DerefMut for Lease {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        self.as_mut_slice()
-    }
-}
-
-impl io::Write for Lease {
-    /// Copies into the lease at its cursor (starting at 0); `Ok(0)` once it is full.
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let at = self.cursor;
-        let n = buf.len().min(self.len - at);
-        self.as_mut_slice()[at..at + n].copy_from_slice(&buf[..n]);
-        self.cursor += n;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let mut st = lock(&self.pool.state);
-        // `Sent` after `into_outgoing`: the `Outgoing` owns it now.
-        if st.slots[self.slot].state == SlotState::Leased {
-            st.free_slot(self.slot);
-            drop(st);
-            self.pool.notify(1);
-        }
-    }
-}
-
-/// A consumer of a [`Pool`]: the producer's end of one channel bound to the pool
-/// ([`Pool::attach`]). Pass it to [`Lease::send`]. `Send + Sync`.
-///
-/// Dropping it closes the channel; buffers the consumer still held are never reused (it
-/// can no longer say it is done with them) and count as retired.
-#[derive(Debug)]
-pub struct PoolSender {
-    pool: Arc<PoolShared>,
-    link: Arc<Link>,
-}
-
-impl PoolSender {
-    /// A number identifying this consumer within its pool (in [`Error::BadRelease`]).
-    pub fn id(&self) -> usize {
-        self.link.id
-    }
-
-    /// A snapshot of this consumer's counters (those of its channel): release messages
-    /// received, and releases or messages refused by reason ([`Error::BadRelease`], ...).
-    pub fn stats(&self) -> ChannelStats {
-        self.link.channel.stats()
-    }
-
-    /// The channel underneath.
-    pub fn channel(&self) -> &Channel {
-        &self.link.channel
-    }
-
-    /// Reads the releases this consumer has sent (without waiting) and returns how many
-    /// buffers it released; reports a fault recorded since the last call.
-    ///
-    /// # Errors
-    /// [`Error::BadRelease`] and other peer faults (the valid entries were applied);
-    /// [`Error::PeerClosed`] once the consumer has gone and there is no release left to
-    /// report (every buffer it held was freed).
-    pub fn poll_releases(&self) -> Result<usize> {
-        let mut st = lock(&self.link.state);
-        let n = self.link.drain(&self.pool, &mut st);
-        if let Some(e) = st.fault.take() {
-            return Err(e);
-        }
-        if st.closed && n == 0 {
-            return Err(Error::PeerClosed);
-        }
-        Ok(n)
-    }
-
-    /// Buffers this consumer holds (sent, not released).
-    pub fn held(&self) -> usize {
-        lock(&self.link.state)
-            .outstanding
-            .iter()
-            .filter(|g| **g != 0)
-            .count()
-    }
-}
-
-impl Drop for PoolSender {
-    fn drop(&mut self) {
-        let mut links = lock(&self.pool.links);
-        links.retain(|l| !Arc::ptr_eq(l, &self.link));
-        drop(links);
-        let _ = epoll::delete(&self.pool.epoll, &self.link.channel);
-        if let Some(pidfd) = self.link.channel.peer_pidfd() {
-            let _ = epoll::delete(&self.pool.epoll, pidfd);
-        }
-        let ls = lock(&self.link.state);
-        if ls.closed {
-            return;
-        }
-        let mut st = lock(&self.pool.state);
-        for (slot, g) in ls.outstanding.iter().enumerate() {
-            if *g == 0 {
-                continue;
-            }
-            let s = &mut st.slots[slot];
-            s.holders = s.holders.saturating_sub(1);
-            if s.state == SlotState::Sent {
-                let len = st.memfds[st.slots[slot].memfd].buffer_len;
-                st.slots[slot].state = SlotState::Retired;
-                st.held -= 1;
-                st.retired_bytes += len;
-            }
-        }
-    }
-}
-
-/// One consumer's channel and what the producer knows about it.
-#[derive(Debug)]
-struct Link {
-    channel: Channel,
-    id: usize,
-    state: Mutex<LinkState>,
-}
-
-#[derive(Debug)]
-struct LinkState {
-    /// By memfd id: whether this consumer has been sent the memfd.
-    announced: Vec<bool>,
-    /// By slot: the generation this consumer holds the slot under, 0 if none.
-    outstanding: Vec<u64>,
-    /// The next notice's generation (its sequence number on this channel, from 1).
-    next_generation: u64,
-    /// Receive buffer for releases.
-    buf: Box<[u8]>,
-    /// A fault to report on the next call.
-    fault: Option<Error>,
-    /// The consumer has gone; its buffers were freed.
-    closed: bool,
-}
-
-impl Link {
-    /// Announces the memfd if needed, then sends the notice. On success the consumer holds
-    /// the slot (one more holder); on failure nothing changed but, perhaps, the
-    /// announcement (kept: the consumer has the memfd).
-    fn send_buffer(
-        &self,
-        pool: &PoolShared,
-        memfd: &Memfd,
-        slot: usize,
-        mut buffer: PoolBufferRef,
-        len: usize,
-        wait: Wait,
-    ) -> Result<()> {
-        let mut st = lock(&self.state);
-        if let Some(e) = st.fault.take() {
-            return Err(e);
-        }
-        if st.closed {
-            return Err(Error::PeerClosed);
-        }
-        let id = memfd.id as usize;
-        if st.announced.len() <= id {
-            st.announced.resize(id + 1, false);
-        }
-        if st.outstanding.len() <= slot {
-            st.outstanding.resize(memfd.first_slot + memfd.buffers, 0);
-        }
-        if st.outstanding[slot] != 0 {
-            // This consumer holds the buffer already: one claim, not two.
-            return Ok(());
-        }
-        let r = (|| {
-            if !st.announced[id] {
-                let msg = wire::encode_pool_announce(memfd.id, memfd.region.len() as u64);
-                self.channel
-                    .send_encoded(&msg, &[memfd.region.as_fd()], wait)?;
-                st.announced[id] = true;
-            }
-            buffer.generation = st.next_generation;
-            let msg = wire::encode_pool_notice(buffer, len as u64);
-            self.channel.send_encoded(&msg, &[], wait)
-        })();
-        match r {
-            Ok(()) => {
-                // Under this link's lock: no release of it can be read before the claim
-                // is counted.
-                st.outstanding[slot] = buffer.generation;
-                st.next_generation += 1;
-                let mut ps = lock(&pool.state);
-                ps.slots[slot].holders = ps.slots[slot].holders.saturating_add(1);
-                Ok(())
-            }
-            Err(Error::PeerClosed) => {
-                self.close(pool, &mut st);
-                Err(Error::PeerClosed)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The consumer has gone: every buffer it held is released.
-    fn close(&self, pool: &PoolShared, st: &mut LinkState) {
-        st.closed = true;
-        // A hung-up socket stays readable: stop waking waiting leases with it.
-        let _ = epoll::delete(&pool.epoll, &self.channel);
-        if let Some(pidfd) = self.channel.peer_pidfd() {
-            let _ = epoll::delete(&pool.epoll, pidfd);
-        }
-        let mut freed = 0;
-        let mut ps = lock(&pool.state);
-        for (slot, g) in st.outstanding.iter_mut().enumerate() {
-            if *g != 0 {
-                *g = 0;
-                if ps.unhold(slot) {
-                    freed += 1;
-                }
-            }
-        }
-        drop(ps);
-        pool.notify(freed);
-    }
-
-    /// Reads every queued release message and applies it; returns the buffers released.
-    /// Faults are recorded in `st.fault` (the first one wins).
-    fn drain(&self, pool: &PoolShared, st: &mut LinkState) -> usize {
-        if st.closed {
-            return 0;
-        }
-        let mut released = 0;
-        let mut freed = 0;
-        let mut no_fds = Vec::new();
-        for _ in 0..MAX_DRAIN {
-            let LinkState {
-                buf,
-                outstanding,
-                fault,
-                ..
-            } = &mut *st;
-            let r =
-                self.channel
-                    .recv_pool(buf, &mut no_fds, &[wire::KIND_POOL_RELEASE], Wait::Never);
-            let counters = self.channel.counters();
-            counters.disposed(crate::closer::dispose_all(no_fds.drain(..)));
-            if let Err(e) = &r {
-                counters.failed(e, self.channel.peer_credentials());
-            }
-            match r {
-                Ok(PoolMessage::Release { entries }) => {
-                    counters.received(0, 0);
-                    let mut ps = lock(&pool.state);
-                    let mut i = 0;
-                    while let Some(b) = wire::pool_release_entry(entries, i) {
-                        i += 1;
-                        match release_one(&mut ps, outstanding, b) {
-                            Ok(f) => {
-                                released += 1;
-                                freed += usize::from(f);
-                            }
-                            Err(reason) => {
-                                let e = Error::BadRelease {
-                                    consumer: self.id,
-                                    reason,
-                                    memfd_id: b.memfd_id,
-                                    offset: b.offset,
-                                    generation: b.generation,
-                                };
-                                counters.failed(&e, self.channel.peer_credentials());
-                                fault.get_or_insert(e);
-                            }
-                        }
-                    }
-                    if i * wire::POOL_RELEASE_ENTRY_LEN != entries.len() {
-                        let e = Error::Malformed {
-                            reason: "reserved word of a release entry is not zero",
-                        };
-                        counters.failed(&e, self.channel.peer_credentials());
-                        fault.get_or_insert(e);
-                    }
-                }
-                Ok(_) => {} // check_pool_received accepts only releases here
-                Err(Error::WouldBlock) => break,
-                Err(Error::PeerClosed) => {
-                    self.close(pool, st);
-                    break;
-                }
-                Err(e) if e.is_peer_fault() => {
-                    fault.get_or_insert(e);
-                }
-                Err(e) => {
-                    fault.get_or_insert(e);
-                    break;
-                }
-            }
-        }
-        pool.notify(freed);
-        released
-    }
-}
-
-/// Applies one release entry; returns whether the buffer became free, or why the entry is
-/// refused (nothing changed then).
-fn release_one(
-    ps: &mut PoolState,
-    outstanding: &mut [u64],
-    b: PoolBufferRef,
-) -> std::result::Result<bool, &'static str> {
-    let memfd = ps
-        .memfds
-        .get(b.memfd_id as usize)
-        .ok_or("unknown memfd id")?;
-    let len = memfd.buffer_len as u64;
-    if b.offset % len != 0 || b.offset / len >= memfd.buffers as u64 {
-        return Err("offset is not a buffer of that memfd");
-    }
-    let slot = memfd.first_slot + (b.offset / len) as usize;
-    match outstanding.get(slot).copied().unwrap_or(0) {
-        0 => Err(
-            "buffer is not held by this consumer (duplicate, late, retired or never sent to it)",
-        ),
-        g if g != b.generation => Err("stale or forged generation"),
-        _ => {
-            outstanding[slot] = 0;
-            Ok(ps.unhold(slot))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classes_round_up_by_at_most_a_quarter() {
-        assert_eq!(class_len(0), None);
-        assert_eq!(class_len(1), Some(4096));
-        assert_eq!(class_len(4096), Some(4096));
-        assert_eq!(class_len(4097), Some(8192));
-        assert_eq!(class_len(16 << 10), Some(16 << 10));
-        assert_eq!(class_len((16 << 10) + 1), Some(20 << 10));
-        assert_eq!(class_len(1 << 20), Some(1 << 20));
-        assert_eq!(class_len(1920 * 1080 * 4), Some(8 << 20));
-        assert_eq!(class_len(usize::MAX), None);
-        for len in (1..(64 << 20)).step_by(9973) {
-            let c = class_len(len).unwrap();
-            assert!(c >= len && c % GRANULE == 0);
-            assert!(c <= 16 << 10 || (c - len) * 4 <= len, "{len} -> {c}");
-        }
-    }
 }
