@@ -99,11 +99,41 @@ impl<'a> SharedBytes<'a> {
         Ok(())
     }
 
-    /// Reads one `T` at byte `offset` by copy (any alignment).
+    /// Copies `dst.len()` bytes starting at `offset` into `dst`, which need not be
+    /// initialised (a `Vec`'s spare capacity): as [`copy_out`](SharedBytes::copy_out). On
+    /// `Ok` every byte of `dst` is initialised.
+    ///
+    /// # Errors
+    /// [`Error::OutOfBounds`] (copying nothing) if the range does not fit.
+    #[inline]
+    pub(crate) fn copy_out_uninit(
+        &self,
+        offset: usize,
+        dst: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<()> {
+        self.check(offset, dst.len())?;
+        // SAFETY: the source range lies inside the mapping (checked above, as in
+        // copy_out); `dst` is valid for writes of its length, and the copy only writes it.
+        unsafe { volatile_copy_raw(self.ptr.add(offset), dst.as_mut_ptr().cast(), dst.len()) };
+        Ok(())
+    }
+
+    /// Reads one `T` at byte `offset` by copy (any alignment). Where the address is aligned
+    /// for `T`, that is one volatile load of a `T` (a single 8-byte load for a `u64`);
+    /// elsewhere the general copy.
     ///
     /// # Errors
     /// [`Error::OutOfBounds`] if `offset + size_of::<T>()` exceeds the length.
+    #[inline]
     pub(crate) fn read<T: bytemuck::Pod>(&self, offset: usize) -> Result<T> {
+        self.check(offset, std::mem::size_of::<T>())?;
+        let src = self.ptr.wrapping_add(offset).cast::<T>();
+        if src.is_aligned() {
+            // SAFETY: the `size_of::<T>()` bytes at `src` lie inside the mapping (checked
+            // above) and `src` is aligned for `T`; one volatile load reads each byte once,
+            // and any bit pattern is a valid `T` (Pod).
+            return Ok(unsafe { src.read_volatile() });
+        }
         let mut v = T::zeroed();
         self.copy_out(offset, bytemuck::bytes_of_mut(&mut v))?;
         Ok(v)
@@ -162,8 +192,17 @@ const WIDE: usize = 8;
 /// for the duration of the call.
 #[inline]
 pub(crate) unsafe fn volatile_copy(src: *const u8, dst: &mut [u8]) {
-    let len = dst.len();
-    let d = dst.as_mut_ptr();
+    // SAFETY: the caller's contract for the source; `dst` is writable for its length.
+    unsafe { volatile_copy_raw(src, dst.as_mut_ptr(), dst.len()) }
+}
+
+/// [`volatile_copy`] into `len` bytes at `d`, which need not be initialised.
+///
+/// # Safety
+/// As [`volatile_copy`] for the source; `d` must be valid for writes of `len` bytes and not
+/// overlap the source.
+#[inline]
+unsafe fn volatile_copy_raw(src: *const u8, d: *mut u8, len: usize) {
     let addr = src.addr();
     let mut i = 0;
     // Head: the source's low address bits, smallest first. Each step leaves `src + i`

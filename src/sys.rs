@@ -18,10 +18,6 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 use crate::shm::SharedBytes;
 
-/// The copy routine, where the ring still calls it by this path.
-#[cfg(not(loom))]
-pub(crate) use crate::shm::volatile_copy;
-
 /// A read-only mapping of a verified region.
 #[derive(Debug)]
 pub(crate) enum ReadMap {

@@ -225,13 +225,6 @@ impl RegionView {
         self.map.bytes()
     }
 
-    /// Start of the read-only mapping (for the ring, which reads it only by atomic loads
-    /// and volatile copies).
-    #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) fn as_ptr(&self) -> *const u8 {
-        self.map.bytes().as_ptr()
-    }
-
     /// The region's descriptor, if the receiving policy kept it
     /// ([`Policy::keep_descriptors`]); `None` by default.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {

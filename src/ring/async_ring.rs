@@ -413,7 +413,7 @@ impl AsyncConsumer {
     /// `setup` fails.
     pub async fn setup(channel: Channel, options: &RingOptions) -> Result<AsyncConsumer> {
         let (link, cap, flags) = consumer_setup_async(channel, options, BYTES).await?;
-        AsyncConsumer::new(Consumer::from_link(link, cap, flags))
+        AsyncConsumer::new(Consumer::from_link(link, cap, flags)?)
     }
 
     /// Drives a set-up [`Consumer`] on the current runtime.
@@ -588,7 +588,7 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
     pub async fn setup(channel: Channel, options: &RingOptions) -> Result<AsyncPodConsumer<T>> {
         let kind = pod_kind::<T>()?;
         let (link, cap, flags) = consumer_setup_async(channel, options, kind).await?;
-        AsyncPodConsumer::new(PodConsumer::from_link(link, cap, flags))
+        AsyncPodConsumer::new(PodConsumer::from_link(link, cap, flags)?)
     }
 
     /// Drives a set-up [`PodConsumer`] on the current runtime.

@@ -190,76 +190,6 @@ pub(crate) fn pad_header() -> u64 {
     u64::from(KIND_PAD) << 32
 }
 
-/// Copies `len` bytes out of the ring into `dst` with volatile loads (each byte read once,
-/// no reference to the shared memory is ever made): from 16 bytes on, 16-byte SSE2 loads
-/// (four per step while 64 bytes remain) after at most one 8-byte load that aligns the
-/// source to 16; then 8-byte loads.
-///
-/// Records use this rather than the general [`crate::sys::volatile_copy`]: a payload starts
-/// 8-aligned and is padded to 8, so there is no byte-wise head or tail to handle.
-///
-/// # Safety
-/// `src` must be 8-aligned and `src .. src + len` rounded up to 8 must be readable; `dst`
-/// must be valid for writes of `len` bytes and not overlap the source.
-#[cfg(not(loom))]
-#[inline]
-pub(crate) unsafe fn copy_words(src: *const u8, dst: *mut u8, len: usize) {
-    let mut i = 0;
-    #[cfg(target_arch = "x86_64")]
-    if len >= 16 {
-        use std::arch::x86_64::{__m128i, _mm_storeu_si128};
-        if src as usize % 16 != 0 {
-            // SAFETY: the first word is readable (len >= 16) and dst has room for it.
-            unsafe {
-                dst.cast::<u64>()
-                    .write_unaligned(src.cast::<u64>().read_volatile())
-            };
-            i = 8;
-        }
-        while i + 64 <= len {
-            // SAFETY: src + i is 16-aligned and src + i + 64 <= src + len is readable;
-            // `__m128i` has no invalid bit patterns; SSE2 is baseline on x86_64; the
-            // unaligned stores stay inside dst[..len].
-            unsafe {
-                let s = src.add(i).cast::<__m128i>();
-                let d = dst.add(i).cast::<__m128i>();
-                let (a, b) = (s.read_volatile(), s.add(1).read_volatile());
-                let (c, e) = (s.add(2).read_volatile(), s.add(3).read_volatile());
-                _mm_storeu_si128(d, a);
-                _mm_storeu_si128(d.add(1), b);
-                _mm_storeu_si128(d.add(2), c);
-                _mm_storeu_si128(d.add(3), e);
-            }
-            i += 64;
-        }
-        while i + 16 <= len {
-            // SAFETY: as above, for 16 bytes.
-            unsafe {
-                let v = src.add(i).cast::<__m128i>().read_volatile();
-                _mm_storeu_si128(dst.add(i).cast::<__m128i>(), v);
-            }
-            i += 16;
-        }
-    }
-    while i + 8 <= len {
-        // SAFETY: the word at i is inside the readable, 8-aligned source; dst has room.
-        unsafe {
-            dst.add(i)
-                .cast::<u64>()
-                .write_unaligned(src.add(i).cast::<u64>().read_volatile())
-        };
-        i += 8;
-    }
-    if i < len {
-        // SAFETY: the last, partial word is readable in full (length rounded up to 8), and
-        // dst has `len - i` bytes left.
-        unsafe {
-            let w = src.add(i).cast::<u64>().read_volatile().to_ne_bytes();
-            std::ptr::copy_nonoverlapping(w.as_ptr(), dst.add(i), len - i);
-        }
-    }
-}
-
 /// Publishes `new` as this side's index. Returns whether the peer may be parked waiting for
 /// it, so that the caller must wake it.
 ///
@@ -366,6 +296,7 @@ mod engines {
     use std::sync::atomic::{AtomicU32, AtomicU64};
 
     use super::*;
+    use crate::shm::SharedBytes;
 
     /// The four control words of a ring, seen from one side.
     ///
@@ -623,12 +554,12 @@ mod engines {
 
     /// Consumer state of a byte ring.
     ///
-    /// Invariants: `data` is valid for reads of `cap` bytes for the life of the value (the
-    /// producer may write any of it at any time: it is only read by volatile copies);
-    /// `read <= cached_write <= read + cap` (wrapping).
+    /// Invariants: `data` is `cap` bytes, 8-aligned, valid for the life of the value (its
+    /// `'static` stands for that; the producer may write any of it at any time: it is only
+    /// read by copy); `read <= cached_write <= read + cap` (wrapping).
     #[derive(Debug)]
     pub(crate) struct ByteConsumer {
-        data: NonNull<u8>,
+        data: SharedBytes<'static>,
         cap: u32,
         read: u32,
         published: u32,
@@ -650,18 +581,24 @@ mod engines {
     }
 
     impl ByteConsumer {
+        /// The consumer over `data`, whose length is its capacity (`None` if that is not a
+        /// valid capacity or `data` is not 8-aligned).
+        ///
         /// # Safety
-        /// `data` must be 8-aligned and valid for reads of `cap` bytes for the life of the
-        /// value; `cap` must be a valid capacity.
+        /// `data` must stay mapped for the life of the value (not only for `'a`).
         pub(crate) unsafe fn new(
-            data: NonNull<u8>,
-            cap: u32,
+            data: SharedBytes<'_>,
             words: Words,
             peer_parks: bool,
-        ) -> Self {
-            debug_assert!(valid_capacity(u64::from(cap)) && data.as_ptr() as usize % 8 == 0);
-            ByteConsumer {
-                data,
+        ) -> Option<Self> {
+            let cap = u32::try_from(data.len()).ok()?;
+            if !valid_capacity(u64::from(cap)) || data.as_ptr() as usize % 8 != 0 {
+                return None;
+            }
+            Some(ByteConsumer {
+                // SAFETY: the same bytes, valid for the life of the value (the caller's
+                // contract), which is what the `'static` of the field stands for.
+                data: unsafe { SharedBytes::new(data.as_ptr(), data.len()) },
                 cap,
                 read: 0,
                 published: 0,
@@ -669,7 +606,7 @@ mod engines {
                 words,
                 peer_parks,
                 counters: Counters::default(),
-            }
+            })
         }
 
         fn refresh_write(&mut self) -> Result<u32, Corrupt> {
@@ -685,19 +622,12 @@ mod engines {
             Ok(w)
         }
 
-        /// The header word at `pos` (8-aligned, `pos + 8 <= cap`), loaded once.
+        /// The header word at `pos` (8-aligned, `pos + 8 <= cap`), loaded once (one aligned
+        /// 8-byte load); `None` only if `pos` broke that contract.
         #[inline]
-        fn header_at(&self, pos: u32) -> u64 {
+        fn header_at(&self, pos: u32) -> Option<u64> {
             debug_assert!(pos % 8 == 0 && pos + 8 <= self.cap);
-            // SAFETY: pos is 8-aligned and pos + 8 <= cap (caller), inside the mapping; a
-            // volatile load reads the word once, and any value is a valid u64.
-            u64::from_le(unsafe {
-                self.data
-                    .as_ptr()
-                    .add(pos as usize)
-                    .cast::<u64>()
-                    .read_volatile()
-            })
+            self.data.read::<u64>(pos as usize).ok().map(u64::from_le)
         }
 
         /// Starts loading the cache line after the one that holds the header at `pos`, if
@@ -731,7 +661,7 @@ mod engines {
                 return None;
             }
             let pos = self.read & (self.cap - 1);
-            let header = self.header_at(pos);
+            let header = self.header_at(pos)?;
             // Kind KIND_RECORD (0) and a length within the ring's limit, in one compare.
             if header > max_record_len(self.cap) as u64 {
                 return None;
@@ -764,7 +694,8 @@ mod engines {
                 let pos = self.read & (self.cap - 1);
                 self.prefetch_tail(pos, avail);
                 // avail >= 8 (multiples of 8), so pos + 8 <= cap.
-                match parse(self.cap, self.read, avail, self.header_at(pos))? {
+                let header = self.header_at(pos).ok_or(Corrupt("header out of bounds"))?;
+                match parse(self.cap, self.read, avail, header)? {
                     Parsed::Pad(skip) => self.read = self.read.wrapping_add(skip),
                     Parsed::Record { offset, len, span } => {
                         return Ok(Ok(Record {
@@ -782,31 +713,34 @@ mod engines {
         #[cfg(any(test, fuzzing))]
         pub(crate) fn copy_out(&self, rec: Record, dst: &mut [u8]) {
             debug_assert_eq!(dst.len(), rec.len as usize);
-            let len = dst.len().min(rec.len as usize);
-            // SAFETY: parse() checked offset - 8 + span <= cap, and span - 8 is len rounded
-            // up to 8; the payload starts 8-aligned; dst has `len` bytes.
-            unsafe { copy_words(self.payload_ptr(rec), dst.as_mut_ptr(), len) };
+            // Cannot fail: parse() checked that the record lies inside the ring.
+            let _ = self.data.copy_out(rec.offset as usize, dst);
         }
 
         /// Replaces the contents of `out` by the payload of `rec`, without zero-filling it
-        /// first.
+        /// first. (`out` stays empty if `rec` did not come from [`next`](Self::next).)
         #[inline]
         pub(crate) fn copy_into(&self, rec: Record, out: &mut Vec<u8>) {
             let len = rec.len as usize;
             out.clear();
             out.reserve(len);
-            // SAFETY: as in copy_out, the source is in bounds; `out` has capacity for
-            // `len` bytes, all of which copy_words writes before `set_len` exposes them.
-            unsafe {
-                copy_words(self.payload_ptr(rec), out.as_mut_ptr(), len);
-                out.set_len(len);
+            let spare = &mut out.spare_capacity_mut()[..len];
+            if self
+                .data
+                .copy_out_uninit(rec.offset as usize, spare)
+                .is_ok()
+            {
+                // SAFETY: capacity >= len (reserved above), and the copy initialised all of
+                // the first `len` bytes (it returned Ok).
+                unsafe { out.set_len(len) };
             }
         }
 
-        /// Pointer to the payload of `rec`.
-        pub(crate) fn payload_ptr(&self, rec: Record) -> *const u8 {
-            // SAFETY: in bounds, see copy_out.
-            unsafe { self.data.as_ptr().add(rec.offset as usize) }
+        /// The payload of `rec` (from [`next`](Self::next)), in the shared memory.
+        pub(crate) fn payload(&self, rec: Record) -> Option<SharedBytes<'_>> {
+            self.data
+                .subslice(rec.offset as usize, rec.len as usize)
+                .ok()
         }
 
         /// Marks `rec` consumed (visible to the producer at the next publish).
@@ -980,11 +914,12 @@ mod engines {
 
     /// Consumer state of a typed ring of `T` slots.
     ///
-    /// Invariants: `data` is valid for reads of `cap` `T`s, aligned for `T` (read only by
-    /// volatile copies); `read <= cached_write <= read + cap`.
+    /// Invariants: `data` is `cap` `T`s, aligned for `T`, valid for the life of the value
+    /// (its `'static` stands for that; read only by copy); `read <= cached_write <= read +
+    /// cap`.
     #[derive(Debug)]
     pub(crate) struct PodConsumer<T> {
-        data: NonNull<T>,
+        data: SharedBytes<'static>,
         cap: u32,
         read: u32,
         published: u32,
@@ -999,17 +934,25 @@ mod engines {
     unsafe impl<T: bytemuck::Pod> Send for PodConsumer<T> {}
 
     impl<T: bytemuck::Pod> PodConsumer<T> {
+        /// The consumer over `data`, `cap` slots of `T` (`None` if `cap` is not a valid
+        /// capacity, `data` is not `cap` `T`s long, or not aligned for `T`).
+        ///
         /// # Safety
-        /// As [`ByteConsumer::new`], for `cap` elements of `T`, aligned for `T`.
+        /// As [`ByteConsumer::new`].
         pub(crate) unsafe fn new(
-            data: NonNull<T>,
+            data: SharedBytes<'_>,
             cap: u32,
             words: Words,
             peer_parks: bool,
-        ) -> Self {
-            debug_assert!(valid_capacity(u64::from(cap)) && data.as_ptr().is_aligned());
-            PodConsumer {
-                data,
+        ) -> Option<Self> {
+            let fits = (cap as usize).checked_mul(std::mem::size_of::<T>()) == Some(data.len());
+            if !valid_capacity(u64::from(cap)) || !fits || !data.as_ptr().cast::<T>().is_aligned() {
+                return None;
+            }
+            Some(PodConsumer {
+                // SAFETY: the same bytes, valid for the life of the value (the caller's
+                // contract), which is what the `'static` of the field stands for.
+                data: unsafe { SharedBytes::new(data.as_ptr(), data.len()) },
                 cap,
                 read: 0,
                 published: 0,
@@ -1018,7 +961,7 @@ mod engines {
                 peer_parks,
                 counters: Counters::default(),
                 _t: PhantomData,
-            }
+            })
         }
 
         /// Items available; refreshes the cached write index only if none are.
@@ -1049,9 +992,11 @@ mod engines {
                 return None;
             }
             let pos = self.read & (self.cap - 1);
-            // SAFETY: pos < cap, inside the mapping, aligned for T; a volatile read copies
-            // the slot once, and any bit pattern is a valid T (Pod).
-            let item = unsafe { self.data.as_ptr().add(pos as usize).read_volatile() };
+            // pos < cap, so the slot lies in `data` and is aligned for T: one volatile load.
+            let item = self
+                .data
+                .read::<T>(pos as usize * std::mem::size_of::<T>())
+                .ok()?;
             self.read = self.read.wrapping_add(1);
             Some(item)
         }
@@ -1069,10 +1014,14 @@ mod engines {
                 let pos = self.read & (self.cap - 1);
                 let run = (out.len() - done).min((self.cap - pos) as usize);
                 let dst = bytemuck::cast_slice_mut(&mut out[done..done + run]);
-                // SAFETY: pos + run <= cap, inside the mapping.
-                unsafe {
-                    crate::sys::volatile_copy(self.data.as_ptr().add(pos as usize).cast(), dst)
-                };
+                // pos + run <= cap, inside `data`, so this cannot fail.
+                if self
+                    .data
+                    .copy_out(pos as usize * std::mem::size_of::<T>(), dst)
+                    .is_err()
+                {
+                    return;
+                }
                 done += run;
                 self.read = self.read.wrapping_add(run as u32);
             }
@@ -1258,7 +1207,12 @@ mod tests {
                     .unwrap();
                 (
                     ByteProducer::new(data, cap, pw, true),
-                    ByteConsumer::new(data, cap, cw, true),
+                    ByteConsumer::new(
+                        crate::shm::SharedBytes::new(data.as_ptr(), cap as usize),
+                        cw,
+                        true,
+                    )
+                    .unwrap(),
                 )
             }
         }
@@ -1373,7 +1327,13 @@ mod tests {
         let (mut p, mut c) = unsafe {
             (
                 PodProducer::<u64>::new(ptr, 16, Words::new(&pi, &pw, &ci, &cw).unwrap(), false),
-                PodConsumer::<u64>::new(ptr, 16, Words::new(&ci, &cw, &pi, &pw).unwrap(), false),
+                PodConsumer::<u64>::new(
+                    crate::shm::SharedBytes::new(ptr.as_ptr().cast(), 16 * 8),
+                    16,
+                    Words::new(&ci, &cw, &pi, &pw).unwrap(),
+                    false,
+                )
+                .unwrap(),
             )
         };
         let mut next = 0u64;

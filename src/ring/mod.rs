@@ -183,6 +183,7 @@ mod api {
     use super::wait;
     pub use super::wait::{calibrated_spin_budget, RingStats, SpinPolicy};
     use crate::error::{Error, Result};
+    use crate::shm::SharedBytes;
     use crate::{Channel, Message, Policy, ProducerWritableRegion, Region, RegionView};
 
     /// How to build one side of a ring.
@@ -384,7 +385,7 @@ mod api {
     /// The control words of a side, as pointers into the two mappings.
     fn words(own: &mut ProducerWritableRegion, peer: &RegionView) -> Words {
         let own_ptr = own.as_mut_slice().as_mut_ptr();
-        let peer_ptr = peer.as_ptr();
+        let peer_ptr = peer.bytes().as_ptr();
         // SAFETY: both mappings are at least CONTROL_LEN bytes (checked at setup) and
         // page-aligned, so the words at INDEX_AT/WAIT_AT are in bounds and aligned; the
         // mappings live in the same Link as the engine that holds these pointers and are
@@ -742,10 +743,9 @@ mod api {
         NonNull::new(unsafe { p.add(CONTROL_LEN) }.cast()).unwrap_or_else(|| unreachable!())
     }
 
-    fn peer_data_ptr<T>(link: &Link) -> NonNull<T> {
-        // SAFETY: the mapping is CONTROL_LEN + capacity bytes (checked in consumer_setup).
-        let p = unsafe { link.peer.as_ptr().add(CONTROL_LEN) };
-        NonNull::new(p.cast_mut().cast()).unwrap_or_else(|| unreachable!())
+    /// The peer's data area: `len` bytes after its control page.
+    fn peer_data(link: &Link, len: usize) -> Result<SharedBytes<'_>> {
+        link.peer.bytes().subslice(CONTROL_LEN, len)
     }
 
     // ------------------------------------------------------------------ byte ring
@@ -1101,24 +1101,22 @@ mod api {
         /// use (bad magic, version, kind, capacity, size or layout).
         pub fn setup(channel: Channel, options: &RingOptions) -> Result<Consumer> {
             let (link, cap, peer_flags) = consumer_setup(channel, options, BYTES)?;
-            Ok(Consumer::from_link(link, cap, peer_flags))
+            Consumer::from_link(link, cap, peer_flags)
         }
 
         /// The consumer over a ring set up by `consumer_setup` (or its async twin).
-        pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> Consumer {
+        pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> Result<Consumer> {
             let words = words(&mut link.own, &link.peer);
-            // SAFETY: the data area follows the control page of the producer's mapping:
-            // `cap` bytes (size checked in setup), page-aligned, read only by volatile copies;
-            // it lives as long as `link`.
-            let engine = unsafe {
-                core::ByteConsumer::new(
-                    peer_data_ptr(&link),
-                    cap,
-                    words,
-                    peer_flags & FLAG_PARKS != 0,
-                )
-            };
-            Consumer { engine, link, cap }
+            let data = peer_data(&link, cap as usize)?;
+            // SAFETY: the data area (`cap` bytes after the producer's page-aligned control
+            // page, size checked in setup) lives in `link.peer`, which lives as long as the
+            // engine: both sit in the Consumer, and `link` is never replaced.
+            let engine =
+                unsafe { core::ByteConsumer::new(data, words, peer_flags & FLAG_PARKS != 0) };
+            let engine = engine.ok_or(Error::PeerCorrupt {
+                what: "ring data area",
+            })?;
+            Ok(Consumer { engine, link, cap })
         }
 
         /// Capacity in bytes.
@@ -1243,12 +1241,12 @@ mod api {
         /// behaviour.)
         pub unsafe fn try_recv_in_place<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
             let rec = self.next(Patience::Never)?;
-            // SAFETY: `next` validated that the record lies inside the mapping; the caller
-            // guarantees that nobody writes it while the slice lives.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(self.engine.payload_ptr(rec), rec.len as usize)
-            };
-            let r = f(bytes);
+            let payload = self.engine.payload(rec).ok_or(Error::PeerCorrupt {
+                what: "ring record out of bounds",
+            })?;
+            // SAFETY: the caller guarantees that nobody writes the record while the slice
+            // lives (`next` validated that it lies inside the mapping).
+            let r = f(unsafe { payload.as_slice() });
             self.consume(rec);
             Ok(r)
         }
@@ -1619,28 +1617,31 @@ mod api {
         /// differs from `size_of::<T>()`.
         pub fn setup(channel: Channel, options: &RingOptions) -> Result<PodConsumer<T>> {
             let (link, cap, peer_flags) = consumer_setup(channel, options, pod_kind::<T>()?)?;
-            Ok(PodConsumer::from_link(link, cap, peer_flags))
+            PodConsumer::from_link(link, cap, peer_flags)
         }
 
         /// The consumer over a ring set up by `consumer_setup` (or its async twin).
-        pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> PodConsumer<T> {
+        pub(super) fn from_link(
+            mut link: Link,
+            cap: u32,
+            peer_flags: u32,
+        ) -> Result<PodConsumer<T>> {
             let words = words(&mut link.own, &link.peer);
+            let data = peer_data(&link, cap as usize * std::mem::size_of::<T>())?;
             // SAFETY: `cap` slots of T (size checked in setup) follow the page-aligned
-            // control page of the producer's mapping; read only by volatile copies.
-            let engine = unsafe {
-                core::PodConsumer::new(
-                    peer_data_ptr(&link),
-                    cap,
-                    words,
-                    peer_flags & FLAG_PARKS != 0,
-                )
-            };
-            PodConsumer {
+            // control page of the producer's mapping, in `link.peer`, which lives as long as
+            // the engine: both sit in the PodConsumer, and `link` is never replaced.
+            let engine =
+                unsafe { core::PodConsumer::new(data, cap, words, peer_flags & FLAG_PARKS != 0) };
+            let engine = engine.ok_or(Error::PeerCorrupt {
+                what: "ring data area",
+            })?;
+            Ok(PodConsumer {
                 engine,
                 link,
                 cap,
                 _t: PhantomData,
-            }
+            })
         }
 
         /// This side's counters: units moved, waits, parks, wakes, index loads, peer

@@ -82,11 +82,11 @@ pub fn ring_ops(data: &[u8]) {
                 true,
             ),
             ByteConsumer::new(
-                base,
-                cap,
+                crate::shm::SharedBytes::new(base.as_ptr(), cap as usize),
                 Words::new(&c_index, &c_wait, &p_index, &p_wait).expect("non-null"),
                 true,
-            ),
+            )
+            .expect("a valid capacity, 8-aligned"),
         )
     };
     // The model is authoritative until the first hostile operation.
@@ -335,11 +335,15 @@ where
                 true,
             ),
             PodConsumer::new(
-                base,
+                crate::shm::SharedBytes::new(
+                    base.as_ptr().cast::<u8>(),
+                    cap as usize * std::mem::size_of::<T>(),
+                ),
                 cap,
                 Words::new(&c_index, &c_wait, &p_index, &p_wait).expect("non-null"),
                 true,
-            ),
+            )
+            .expect("a valid capacity, aligned"),
         )
     };
     let mut model = Some(PodModel::new(cap));
