@@ -32,9 +32,12 @@ use rustix::io::Errno;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::api::*;
+use super::bytes::*;
 use super::core;
+use super::setup::*;
+use super::typed::*;
 use super::wait::peer_gone;
+use super::wait::{RingStats, SpinPolicy};
 use crate::asyncio::{ready_or_exit, register, watch_exit, AsyncChannel};
 use crate::closer::{recv_taking_fds, PeerSocket, Received};
 use crate::error::{Error, Result};

@@ -1,0 +1,443 @@
+//! The typed ring: [`PodProducer`] and [`PodConsumer`] of `T` items in fixed slots.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use super::core;
+use super::layout::*;
+use super::setup::*;
+use super::wait::RingStats;
+use crate::error::{Error, Result};
+use crate::Channel;
+
+/// The producer of a ring of `T` items in fixed slots (no per-item header).
+#[derive(Debug)]
+pub struct PodProducer<T: bytemuck::Pod> {
+    pub(super) engine: core::PodProducer<T>,
+    pub(super) link: Link,
+}
+
+impl<T: bytemuck::Pod> PodProducer<T> {
+    /// Creates a ring of `options.capacity()` items of `T` and hands it to the consumer
+    /// at the other end of `channel` (which calls [`PodConsumer::setup`] with the same
+    /// `T`).
+    ///
+    /// # Errors
+    /// As [`Producer::setup`](super::Producer::setup).
+    pub fn setup(channel: Channel, options: &RingOptions) -> Result<PodProducer<T>> {
+        let (link, cap, peer_flags) = producer_setup(channel, options, pod_kind::<T>()?)?;
+        Ok(PodProducer::from_link(link, cap, peer_flags))
+    }
+
+    /// The producer over a ring set up by `producer_setup` (or its async twin).
+    pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> PodProducer<T> {
+        let words = words(&mut link.own, &link.peer);
+        // SAFETY: `cap` slots of T follow the page-aligned control page of our own
+        // mapping (align_of::<T>() <= 4096 checked in pod_kind); written only by us.
+        let engine = unsafe {
+            core::PodProducer::new(
+                data_ptr(&mut link),
+                cap,
+                words,
+                peer_flags & FLAG_PARKS != 0,
+            )
+        };
+        PodProducer { engine, link }
+    }
+
+    /// This side's counters: units moved, waits, parks, wakes, index loads, peer
+    /// corruption ([`RingStats`]).
+    pub fn stats(&self) -> RingStats {
+        self.link.stats(self.engine.counters, self.engine.units())
+    }
+
+    /// Sends `item` (publishes it), if there is room now.
+    ///
+    /// # Errors
+    /// [`Error::WouldBlock`] if the ring is full; [`Error::PeerClosed`] if it has stayed
+    /// full and the consumer is gone; [`Error::PeerCorrupt`].
+    #[inline]
+    pub fn try_send(&mut self, item: T) -> Result<()> {
+        self.push_one(item, Patience::Never)
+    }
+
+    /// Sends `item` (publishes it), waiting up to `timeout` for room.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::PeerClosed`], [`Error::PeerCorrupt`].
+    #[inline]
+    pub fn send_timeout(&mut self, item: T, timeout: Duration) -> Result<()> {
+        self.push_one(item, Patience::For(timeout))
+    }
+
+    /// Pushes into a free slot the cached read index shows (the fast path: no shared
+    /// load), or goes the slow way.
+    #[inline]
+    fn push_one(&mut self, item: T, wait: Patience) -> Result<()> {
+        if self.link.ok() && self.engine.push_cached(item) {
+            self.publish();
+            return Ok(());
+        }
+        self.push_slow(item, wait)
+    }
+
+    #[cold]
+    fn push_slow(&mut self, item: T, mut wait: Patience) -> Result<()> {
+        loop {
+            match self.attempt_push(item)? {
+                Ok(()) => return Ok(()),
+                Err(blocked) => {
+                    let deadline = wait.deadline(&mut self.link)?;
+                    self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                }
+            }
+        }
+    }
+
+    /// Pushes and publishes `item` if there is room, or says what to wait for.
+    #[inline]
+    pub(super) fn attempt_push(&mut self, item: T) -> Result<Attempt<()>> {
+        self.link.check_failed()?;
+        loop {
+            if self.engine.push_cached(item) {
+                self.publish();
+                return Ok(Ok(()));
+            }
+            match self.engine.free(1) {
+                Ok(Ok(_)) => self.link.unblocked(),
+                Ok(Err(blocked)) => return Ok(Err(blocked)),
+                Err(c) => return Err(self.link.corrupt(c)),
+            }
+        }
+    }
+
+    /// Sends as many of `items` as fit now, with one publication; returns how many.
+    ///
+    /// # Errors
+    /// [`Error::WouldBlock`] if none fit (and `items` is not empty); [`Error::PeerCorrupt`].
+    pub fn try_send_slice(&mut self, items: &[T]) -> Result<usize> {
+        self.send_slice(items, Patience::Never)
+    }
+
+    fn send_slice(&mut self, items: &[T], mut wait: Patience) -> Result<usize> {
+        loop {
+            match self.attempt_push_slice(items)? {
+                Ok(n) => return Ok(n),
+                Err(blocked) => {
+                    let deadline = wait.deadline(&mut self.link)?;
+                    self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                }
+            }
+        }
+    }
+
+    /// Pushes and publishes as many of `items` as fit (at least one), or says what to
+    /// wait for.
+    pub(super) fn attempt_push_slice(&mut self, items: &[T]) -> Result<Attempt<usize>> {
+        self.link.check_failed()?;
+        if items.is_empty() {
+            return Ok(Ok(0));
+        }
+        match self.engine.free(items.len().min(u32::MAX as usize) as u32) {
+            Ok(Ok(free)) => {
+                self.link.unblocked();
+                let n = items.len().min(free as usize);
+                self.engine.write(&items[..n]);
+                self.publish();
+                Ok(Ok(n))
+            }
+            Ok(Err(blocked)) => Ok(Err(blocked)),
+            Err(c) => Err(self.link.corrupt(c)),
+        }
+    }
+
+    /// Reserves up to `max` consecutive free slots, to be written in place and then
+    /// [committed](PodReservation::commit) with one publication, if any slot is free
+    /// now. The reservation may be shorter than `max`: it holds the free slots up to the
+    /// end of the ring (the next reservation continues at the start).
+    ///
+    /// ```no_run
+    /// # fn main() -> sealpipe::Result<()> {
+    /// # let (a, _b) = sealpipe::Channel::pair()?;
+    /// use sealpipe::ring::{PodProducer, RingOptions};
+    /// let mut tx = PodProducer::<u64>::setup(a, &RingOptions::new(1024))?;
+    /// let mut slots = tx.try_reserve_slice(32)?;
+    /// let n = slots.len();
+    /// for (i, slot) in slots.as_mut_slice().iter_mut().enumerate() {
+    ///     *slot = i as u64; // written straight into the ring
+    /// }
+    /// slots.commit(n); // one index publication for all of them
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::WouldBlock`] if the ring is full (and `max` is not 0);
+    /// [`Error::PeerClosed`] if it stays full and the consumer is gone;
+    /// [`Error::PeerCorrupt`].
+    pub fn try_reserve_slice(&mut self, max: usize) -> Result<PodReservation<'_, T>> {
+        self.reserve_slice(max, Patience::Never)
+    }
+
+    /// [`try_reserve_slice`](Self::try_reserve_slice), waiting up to `timeout` for a
+    /// free slot.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::PeerClosed`], [`Error::PeerCorrupt`].
+    pub fn reserve_slice_timeout(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<PodReservation<'_, T>> {
+        self.reserve_slice(max, Patience::For(timeout))
+    }
+
+    fn reserve_slice(&mut self, max: usize, mut wait: Patience) -> Result<PodReservation<'_, T>> {
+        // At most the capacity: asking for more would reload the consumer's index on
+        // every call.
+        let want = max.min(self.engine.capacity() as usize) as u32;
+        loop {
+            self.link.check_failed()?;
+            if want == 0 {
+                break;
+            }
+            match self.engine.free(want) {
+                Ok(Ok(_)) => {
+                    self.link.unblocked();
+                    break;
+                }
+                Ok(Err(blocked)) => {
+                    let deadline = wait.deadline(&mut self.link)?;
+                    self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                }
+                Err(c) => return Err(self.link.corrupt(c)),
+            }
+        }
+        let (slots, len) = self.engine.contiguous(want);
+        Ok(PodReservation {
+            producer: self,
+            slots,
+            len: len as usize,
+        })
+    }
+
+    #[inline]
+    fn publish(&mut self) {
+        let wake = self.engine.publish();
+        self.link.wake(wake, self.engine.words.own_index());
+    }
+}
+
+/// Consecutive free slots of a typed ring, written in place; see
+/// [`PodProducer::try_reserve_slice`].
+///
+/// Dropping it without [`commit`](PodReservation::commit) abandons it.
+#[derive(Debug)]
+pub struct PodReservation<'a, T: bytemuck::Pod> {
+    producer: &'a mut PodProducer<T>,
+    slots: *mut T,
+    len: usize,
+}
+
+impl<T: bytemuck::Pod> PodReservation<'_, T> {
+    /// How many slots are reserved.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no slot is reserved (only when asked for 0).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The reserved slots, in the ring (initially whatever the ring held there).
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: the reservation covers `len` free slots from `slots`, inside the data
+        // area of the producer's own mapping, aligned for T; no other process writes it
+        // (FUTURE_WRITE seal), the consumer does not read free slots before they are
+        // published, and the `&mut self` borrow keeps the producer from handing them
+        // out again while the slice lives. Any bit pattern is a valid T (Pod).
+        unsafe { std::slice::from_raw_parts_mut(self.slots, self.len) }
+    }
+
+    /// Publishes the first `n` reserved slots (at most [`len`](Self::len); the rest are
+    /// abandoned), with one index publication.
+    pub fn commit(self, n: usize) {
+        let p = self.producer;
+        p.engine.advance(n.min(self.len) as u32);
+        p.publish();
+    }
+}
+
+/// The consumer of a ring of `T` items.
+#[derive(Debug)]
+pub struct PodConsumer<T: bytemuck::Pod> {
+    pub(super) engine: core::PodConsumer<T>,
+    pub(super) link: Link,
+    cap: u32,
+    _t: PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> PodConsumer<T> {
+    /// Receives a typed ring of `T` from the producer at the other end of `channel`.
+    ///
+    /// # Errors
+    /// As [`Consumer::setup`](super::Consumer::setup); [`Error::RingMismatch`] if the producer's item size
+    /// differs from `size_of::<T>()`.
+    pub fn setup(channel: Channel, options: &RingOptions) -> Result<PodConsumer<T>> {
+        let (link, cap, peer_flags) = consumer_setup(channel, options, pod_kind::<T>()?)?;
+        PodConsumer::from_link(link, cap, peer_flags)
+    }
+
+    /// The consumer over a ring set up by `consumer_setup` (or its async twin).
+    pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> Result<PodConsumer<T>> {
+        let words = words(&mut link.own, &link.peer);
+        let data = peer_data(&link, cap as usize * std::mem::size_of::<T>())?;
+        // SAFETY: `cap` slots of T (size checked in setup) follow the page-aligned
+        // control page of the producer's mapping, in `link.peer`, which lives as long as
+        // the engine: both sit in the PodConsumer, and `link` is never replaced.
+        let engine =
+            unsafe { core::PodConsumer::new(data, cap, words, peer_flags & FLAG_PARKS != 0) };
+        let engine = engine.ok_or(Error::PeerCorrupt {
+            what: "ring data area",
+        })?;
+        Ok(PodConsumer {
+            engine,
+            link,
+            cap,
+            _t: PhantomData,
+        })
+    }
+
+    /// This side's counters: units moved, waits, parks, wakes, index loads, peer
+    /// corruption ([`RingStats`]).
+    pub fn stats(&self) -> RingStats {
+        self.link.stats(self.engine.counters, self.engine.units())
+    }
+
+    /// Capacity in items.
+    pub fn capacity(&self) -> usize {
+        self.cap as usize
+    }
+
+    /// Takes the next item, if one is published.
+    ///
+    /// # Errors
+    /// [`Error::WouldBlock`] if the ring is empty; [`Error::PeerClosed`] if it has stayed
+    /// empty and the producer is gone; [`Error::PeerCorrupt`].
+    #[inline]
+    pub fn try_recv(&mut self) -> Result<T> {
+        self.pop_one(Patience::Never)
+    }
+
+    /// Takes the next item, waiting up to `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::PeerClosed`] (once the producer is gone and the ring
+    /// is empty), [`Error::PeerCorrupt`].
+    #[inline]
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        self.pop_one(Patience::For(timeout))
+    }
+
+    /// Fills the start of `out` with as many items as are published; returns how many.
+    ///
+    /// # Errors
+    /// [`Error::WouldBlock`] if the ring is empty (and `out` is not); [`Error::PeerCorrupt`].
+    pub fn try_recv_slice(&mut self, out: &mut [T]) -> Result<usize> {
+        self.recv_slice(out, Patience::Never)
+    }
+
+    /// Takes an item the cached write index shows (the fast path: no shared load), or
+    /// goes the slow way.
+    #[inline]
+    fn pop_one(&mut self, wait: Patience) -> Result<T> {
+        if self.link.ok() {
+            if let Some(item) = self.engine.pop_cached() {
+                self.consumed();
+                return Ok(item);
+            }
+        }
+        self.pop_slow(wait)
+    }
+
+    #[cold]
+    fn pop_slow(&mut self, mut wait: Patience) -> Result<T> {
+        loop {
+            match self.attempt_pop()? {
+                Ok(item) => return Ok(item),
+                Err(blocked) => {
+                    let deadline = wait.deadline(&mut self.link)?;
+                    self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                }
+            }
+        }
+    }
+
+    /// Takes the next item if one is published, or says what to wait for.
+    #[inline]
+    pub(super) fn attempt_pop(&mut self) -> Result<Attempt<T>> {
+        self.link.check_failed()?;
+        loop {
+            if let Some(item) = self.engine.pop_cached() {
+                self.consumed();
+                return Ok(Ok(item));
+            }
+            match self.engine.available() {
+                Ok(Ok(_)) => self.link.unblocked(),
+                Ok(Err(blocked)) => {
+                    self.publish();
+                    return Ok(Err(blocked));
+                }
+                Err(c) => return Err(self.link.corrupt(c)),
+            }
+        }
+    }
+
+    fn recv_slice(&mut self, out: &mut [T], mut wait: Patience) -> Result<usize> {
+        loop {
+            match self.attempt_pop_slice(out)? {
+                Ok(n) => return Ok(n),
+                Err(blocked) => {
+                    let deadline = wait.deadline(&mut self.link)?;
+                    self.link.wait(&self.engine.words, blocked.seen, deadline)?;
+                }
+            }
+        }
+    }
+
+    /// Fills the start of `out` with the published items (at least one), or says what
+    /// to wait for.
+    pub(super) fn attempt_pop_slice(&mut self, out: &mut [T]) -> Result<Attempt<usize>> {
+        self.link.check_failed()?;
+        if out.is_empty() {
+            return Ok(Ok(0));
+        }
+        match self.engine.available() {
+            Ok(Ok(avail)) => {
+                self.link.unblocked();
+                let n = out.len().min(avail as usize);
+                self.engine.read(&mut out[..n]);
+                self.consumed();
+                Ok(Ok(n))
+            }
+            Ok(Err(blocked)) => {
+                self.publish();
+                Ok(Err(blocked))
+            }
+            Err(c) => Err(self.link.corrupt(c)),
+        }
+    }
+
+    /// Publishes the read index once a quarter of the ring has been consumed.
+    #[inline]
+    fn consumed(&mut self) {
+        if self.engine.unpublished() >= self.cap / 4 {
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        let wake = self.engine.publish();
+        self.link.wake(wake, self.engine.words.own_index());
+    }
+}
