@@ -106,6 +106,7 @@ impl<'a> SharedBytes<'a> {
     /// # Errors
     /// [`Error::OutOfBounds`] (copying nothing) if the range does not fit.
     #[inline]
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn copy_out_uninit(
         &self,
         offset: usize,

@@ -1,0 +1,274 @@
+//! The typed ring's engines: [`PodProducer`] and [`PodConsumer`] of `T` slots.
+
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use super::*;
+use crate::shm::SharedBytes;
+
+/// Producer state of a typed ring of `T` slots.
+///
+/// Invariants: `data` is valid for reads and writes of `cap` `T`s, aligned for `T`, and
+/// no other process writes it; `cached_read <= published <= write <= cached_read + cap`.
+#[derive(Debug)]
+pub(crate) struct PodProducer<T> {
+    data: NonNull<T>,
+    cap: u32,
+    write: u32,
+    published: u32,
+    cached_read: u32,
+    pub(crate) words: Words,
+    pub(crate) peer_parks: bool,
+    pub(crate) counters: Counters,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: see ByteProducer; T: Pod is Send.
+unsafe impl<T: bytemuck::Pod> Send for PodProducer<T> {}
+
+impl<T: bytemuck::Pod> PodProducer<T> {
+    /// # Safety
+    /// As [`ByteProducer::new`], for `cap` elements of `T`, aligned for `T`.
+    pub(crate) unsafe fn new(data: NonNull<T>, cap: u32, words: Words, peer_parks: bool) -> Self {
+        debug_assert!(valid_capacity(u64::from(cap)) && data.as_ptr().is_aligned());
+        PodProducer {
+            data,
+            cap,
+            write: 0,
+            published: 0,
+            cached_read: 0,
+            words,
+            peer_parks,
+            counters: Counters::default(),
+            _t: PhantomData,
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> u32 {
+        self.cap
+    }
+
+    /// Free slots; refreshes the cached read index only if fewer than `want` are free.
+    pub(crate) fn free(&mut self, want: u32) -> Result<Result<u32, Blocked>, Corrupt> {
+        let free = self.cap - self.write.wrapping_sub(self.cached_read);
+        if free >= want {
+            return Ok(Ok(free));
+        }
+        self.counters.index_loads += 1;
+        self.counters.fold(self.write);
+        // Pairs with the Release store in the consumer's `publish`.
+        let r = load_peer(self.words.peer_index());
+        check_read(self.published, self.cached_read, r)?;
+        self.cached_read = r;
+        let free = self.cap - self.write.wrapping_sub(r);
+        Ok(if free == 0 {
+            self.counters.blocked += 1;
+            Err(Blocked { seen: r })
+        } else {
+            Ok(free)
+        })
+    }
+
+    /// Writes one item if the cached read index shows a free slot (no shared load).
+    #[inline]
+    pub(crate) fn push_cached(&mut self, item: T) -> bool {
+        if self.write.wrapping_sub(self.cached_read) >= self.cap {
+            return false;
+        }
+        let pos = self.write & (self.cap - 1);
+        // SAFETY: pos < cap; the slot is free, so the consumer does not read it.
+        unsafe { self.data.as_ptr().add(pos as usize).write(item) };
+        self.write = self.write.wrapping_add(1);
+        true
+    }
+
+    /// The slot at the write position and how many free slots follow it without
+    /// crossing the end of the ring, at most `max` (by the cached read index).
+    pub(crate) fn contiguous(&self, max: u32) -> (*mut T, u32) {
+        let pos = self.write & (self.cap - 1);
+        let free = self.cap - self.write.wrapping_sub(self.cached_read);
+        let n = max.min(free).min(self.cap - pos);
+        // SAFETY: pos < cap, inside the data area.
+        (unsafe { self.data.as_ptr().add(pos as usize) }, n)
+    }
+
+    /// Advances the local write index over `n` slots written in place (at most what
+    /// [`contiguous`](Self::contiguous) returned).
+    pub(crate) fn advance(&mut self, n: u32) {
+        debug_assert!(n <= self.cap - self.write.wrapping_sub(self.cached_read));
+        self.write = self.write.wrapping_add(n);
+    }
+
+    /// Writes `items` (at most the free slots) and advances the local write index.
+    pub(crate) fn write(&mut self, items: &[T]) {
+        for item in items {
+            let pos = self.write & (self.cap - 1);
+            // SAFETY: pos < cap; the slot is free (caller checked `free`), so the
+            // consumer does not read it.
+            unsafe { self.data.as_ptr().add(pos as usize).write(*item) };
+            self.write = self.write.wrapping_add(1);
+        }
+    }
+
+    /// Items written so far.
+    pub(crate) fn units(&self) -> u64 {
+        self.counters.moved(self.write)
+    }
+
+    /// Publishes written items. Returns how to wake the consumer.
+    pub(crate) fn publish(&mut self) -> Wake {
+        if self.write == self.published {
+            return Wake::None;
+        }
+        self.published = self.write;
+        let mut woken = self.words.woken;
+        let wake = publish(
+            self.words.own_index(),
+            self.write,
+            self.words.peer_wait(),
+            self.peer_parks,
+            &mut woken,
+        );
+        self.words.woken = woken;
+        wake
+    }
+}
+
+/// Consumer state of a typed ring of `T` slots.
+///
+/// Invariants: `data` is `cap` `T`s, aligned for `T`, valid for the life of the value
+/// (its `'static` stands for that; read only by copy); `read <= cached_write <= read +
+/// cap`.
+#[derive(Debug)]
+pub(crate) struct PodConsumer<T> {
+    data: SharedBytes<'static>,
+    cap: u32,
+    read: u32,
+    published: u32,
+    cached_write: u32,
+    pub(crate) words: Words,
+    pub(crate) peer_parks: bool,
+    pub(crate) counters: Counters,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: see ByteProducer.
+unsafe impl<T: bytemuck::Pod> Send for PodConsumer<T> {}
+
+impl<T: bytemuck::Pod> PodConsumer<T> {
+    /// The consumer over `data`, `cap` slots of `T` (`None` if `cap` is not a valid
+    /// capacity, `data` is not `cap` `T`s long, or not aligned for `T`).
+    ///
+    /// # Safety
+    /// As [`ByteConsumer::new`].
+    pub(crate) unsafe fn new(
+        data: SharedBytes<'_>,
+        cap: u32,
+        words: Words,
+        peer_parks: bool,
+    ) -> Option<Self> {
+        let fits = (cap as usize).checked_mul(std::mem::size_of::<T>()) == Some(data.len());
+        if !valid_capacity(u64::from(cap)) || !fits || !data.as_ptr().cast::<T>().is_aligned() {
+            return None;
+        }
+        Some(PodConsumer {
+            // SAFETY: the same bytes, valid for the life of the value (the caller's
+            // contract), which is what the `'static` of the field stands for.
+            data: unsafe { SharedBytes::new(data.as_ptr(), data.len()) },
+            cap,
+            read: 0,
+            published: 0,
+            cached_write: 0,
+            words,
+            peer_parks,
+            counters: Counters::default(),
+            _t: PhantomData,
+        })
+    }
+
+    /// Items available; refreshes the cached write index only if none are.
+    pub(crate) fn available(&mut self) -> Result<Result<u32, Blocked>, Corrupt> {
+        let avail = self.cached_write.wrapping_sub(self.read);
+        if avail != 0 {
+            return Ok(Ok(avail));
+        }
+        self.counters.index_loads += 1;
+        self.counters.fold(self.read);
+        // Pairs with the Release store in the producer's `publish`.
+        let w = load_peer(self.words.peer_index());
+        check_write(self.cap, self.read, self.cached_write, w)?;
+        self.cached_write = w;
+        let avail = w.wrapping_sub(self.read);
+        Ok(if avail == 0 {
+            self.counters.blocked += 1;
+            Err(Blocked { seen: w })
+        } else {
+            Ok(avail)
+        })
+    }
+
+    /// Takes one item if the cached write index shows one (no shared load).
+    #[inline]
+    pub(crate) fn pop_cached(&mut self) -> Option<T> {
+        if self.cached_write == self.read {
+            return None;
+        }
+        let pos = self.read & (self.cap - 1);
+        // pos < cap, so the slot lies in `data` and is aligned for T: one volatile load.
+        let item = self
+            .data
+            .read::<T>(pos as usize * std::mem::size_of::<T>())
+            .ok()?;
+        self.read = self.read.wrapping_add(1);
+        Some(item)
+    }
+
+    /// Items consumed since the last publication.
+    #[inline]
+    pub(crate) fn unpublished(&self) -> u32 {
+        self.read.wrapping_sub(self.published)
+    }
+
+    /// Copies `out.len()` items (at most the available ones) out and consumes them.
+    pub(crate) fn read(&mut self, out: &mut [T]) {
+        let mut done = 0;
+        while done < out.len() {
+            let pos = self.read & (self.cap - 1);
+            let run = (out.len() - done).min((self.cap - pos) as usize);
+            let dst = bytemuck::cast_slice_mut(&mut out[done..done + run]);
+            // pos + run <= cap, inside `data`, so this cannot fail.
+            if self
+                .data
+                .copy_out(pos as usize * std::mem::size_of::<T>(), dst)
+                .is_err()
+            {
+                return;
+            }
+            done += run;
+            self.read = self.read.wrapping_add(run as u32);
+        }
+    }
+
+    /// Units (bytes with headers and padding, or items) consumed so far.
+    pub(crate) fn units(&self) -> u64 {
+        self.counters.moved(self.read)
+    }
+
+    /// Publishes the read index. Returns how to wake the producer.
+    pub(crate) fn publish(&mut self) -> Wake {
+        if self.read == self.published {
+            return Wake::None;
+        }
+        self.published = self.read;
+        let mut woken = self.words.woken;
+        let wake = publish(
+            self.words.own_index(),
+            self.read,
+            self.words.peer_wait(),
+            self.peer_parks,
+            &mut woken,
+        );
+        self.words.woken = woken;
+        wake
+    }
+}
