@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::core::{self, Placement};
+use super::core::{self, Placement, Words};
 use super::layout::*;
 use super::setup::*;
 use super::wait::RingStats;
@@ -175,16 +175,8 @@ impl Producer {
     }
 
     #[cold]
-    fn reserve_slow(&mut self, len: usize, mut wait: Patience) -> Result<Placement> {
-        loop {
-            match self.attempt_reserve(len)? {
-                Ok(place) => return Ok(place),
-                Err(blocked) => {
-                    let deadline = wait.deadline(&mut self.link)?;
-                    self.link.wait(&self.engine.words, blocked.seen, deadline)?;
-                }
-            }
-        }
+    fn reserve_slow(&mut self, len: usize, wait: Patience) -> Result<Placement> {
+        self.drive(wait, |s| s.attempt_reserve(len))
     }
 
     /// Reserves room now, or says what to wait for.
@@ -212,6 +204,12 @@ impl Producer {
     fn publish(&mut self) {
         let wake = self.engine.publish();
         self.link.wake(wake, self.engine.words.own_index());
+    }
+}
+
+impl Side for Producer {
+    fn link_and_words(&mut self) -> (&mut Link, &Words) {
+        (&mut self.link, &self.engine.words)
     }
 }
 
@@ -498,16 +496,8 @@ impl Consumer {
         Ok(r)
     }
 
-    fn next(&mut self, mut wait: Patience) -> Result<core::Record> {
-        loop {
-            match self.attempt_next()? {
-                Ok(rec) => return Ok(rec),
-                Err(blocked) => {
-                    let deadline = wait.deadline(&mut self.link)?;
-                    self.link.wait(&self.engine.words, blocked.seen, deadline)?;
-                }
-            }
-        }
+    fn next(&mut self, wait: Patience) -> Result<core::Record> {
+        self.drive(wait, |s| s.attempt_next())
     }
 
     /// The next record if one is published, or what to wait for.
@@ -542,6 +532,12 @@ impl Consumer {
     fn publish(&mut self) {
         let wake = self.engine.publish();
         self.link.wake(wake, self.engine.words.own_index());
+    }
+}
+
+impl Side for Consumer {
+    fn link_and_words(&mut self) -> (&mut Link, &Words) {
+        (&mut self.link, &self.engine.words)
     }
 }
 

@@ -261,6 +261,35 @@ impl Patience {
     }
 }
 
+/// One side of a ring as the wait driver sees it: its link and its control words.
+pub(super) trait Side {
+    /// The link and the control words, borrowed together.
+    fn link_and_words(&mut self) -> (&mut Link, &Words);
+
+    /// The one wait loop of the blocking sides: runs `attempt` until it gives a value,
+    /// waiting between tries for what it says (the peer's index to move from the value it
+    /// saw) as long as `wait` allows.
+    fn drive<T>(
+        &mut self,
+        mut wait: Patience,
+        mut attempt: impl FnMut(&mut Self) -> Result<Attempt<T>>,
+    ) -> Result<T>
+    where
+        Self: Sized,
+    {
+        loop {
+            match attempt(self)? {
+                Ok(v) => return Ok(v),
+                Err(blocked) => {
+                    let (link, words) = self.link_and_words();
+                    let deadline = wait.deadline(link)?;
+                    link.wait(words, blocked.seen, deadline)?;
+                }
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------ setup
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

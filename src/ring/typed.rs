@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use super::core;
+use super::core::{self, Words};
 use super::layout::*;
 use super::setup::*;
 use super::wait::RingStats;
@@ -82,16 +82,8 @@ impl<T: bytemuck::Pod> PodProducer<T> {
     }
 
     #[cold]
-    fn push_slow(&mut self, item: T, mut wait: Patience) -> Result<()> {
-        loop {
-            match self.attempt_push(item)? {
-                Ok(()) => return Ok(()),
-                Err(blocked) => {
-                    let deadline = wait.deadline(&mut self.link)?;
-                    self.link.wait(&self.engine.words, blocked.seen, deadline)?;
-                }
-            }
-        }
+    fn push_slow(&mut self, item: T, wait: Patience) -> Result<()> {
+        self.drive(wait, |s| s.attempt_push(item))
     }
 
     /// Pushes and publishes `item` if there is room, or says what to wait for.
@@ -119,16 +111,8 @@ impl<T: bytemuck::Pod> PodProducer<T> {
         self.send_slice(items, Patience::Never)
     }
 
-    fn send_slice(&mut self, items: &[T], mut wait: Patience) -> Result<usize> {
-        loop {
-            match self.attempt_push_slice(items)? {
-                Ok(n) => return Ok(n),
-                Err(blocked) => {
-                    let deadline = wait.deadline(&mut self.link)?;
-                    self.link.wait(&self.engine.words, blocked.seen, deadline)?;
-                }
-            }
-        }
+    fn send_slice(&mut self, items: &[T], wait: Patience) -> Result<usize> {
+        self.drive(wait, |s| s.attempt_push_slice(items))
     }
 
     /// Pushes and publishes as many of `items` as fit (at least one), or says what to
@@ -191,27 +175,24 @@ impl<T: bytemuck::Pod> PodProducer<T> {
         self.reserve_slice(max, Patience::For(timeout))
     }
 
-    fn reserve_slice(&mut self, max: usize, mut wait: Patience) -> Result<PodReservation<'_, T>> {
+    fn reserve_slice(&mut self, max: usize, wait: Patience) -> Result<PodReservation<'_, T>> {
         // At most the capacity: asking for more would reload the consumer's index on
         // every call.
         let want = max.min(self.engine.capacity() as usize) as u32;
-        loop {
-            self.link.check_failed()?;
+        self.drive(wait, |s| {
+            s.link.check_failed()?;
             if want == 0 {
-                break;
+                return Ok(Ok(()));
             }
-            match self.engine.free(want) {
+            match s.engine.free(want) {
                 Ok(Ok(_)) => {
-                    self.link.unblocked();
-                    break;
+                    s.link.unblocked();
+                    Ok(Ok(()))
                 }
-                Ok(Err(blocked)) => {
-                    let deadline = wait.deadline(&mut self.link)?;
-                    self.link.wait(&self.engine.words, blocked.seen, deadline)?;
-                }
-                Err(c) => return Err(self.link.corrupt(c)),
+                Ok(Err(blocked)) => Ok(Err(blocked)),
+                Err(c) => Err(s.link.corrupt(c)),
             }
-        }
+        })?;
         let (slots, len) = self.engine.contiguous(want);
         Ok(PodReservation {
             producer: self,
@@ -224,6 +205,12 @@ impl<T: bytemuck::Pod> PodProducer<T> {
     fn publish(&mut self) {
         let wake = self.engine.publish();
         self.link.wake(wake, self.engine.words.own_index());
+    }
+}
+
+impl<T: bytemuck::Pod> Side for PodProducer<T> {
+    fn link_and_words(&mut self) -> (&mut Link, &Words) {
+        (&mut self.link, &self.engine.words)
     }
 }
 
@@ -361,16 +348,8 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
     }
 
     #[cold]
-    fn pop_slow(&mut self, mut wait: Patience) -> Result<T> {
-        loop {
-            match self.attempt_pop()? {
-                Ok(item) => return Ok(item),
-                Err(blocked) => {
-                    let deadline = wait.deadline(&mut self.link)?;
-                    self.link.wait(&self.engine.words, blocked.seen, deadline)?;
-                }
-            }
-        }
+    fn pop_slow(&mut self, wait: Patience) -> Result<T> {
+        self.drive(wait, |s| s.attempt_pop())
     }
 
     /// Takes the next item if one is published, or says what to wait for.
@@ -393,16 +372,8 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
         }
     }
 
-    fn recv_slice(&mut self, out: &mut [T], mut wait: Patience) -> Result<usize> {
-        loop {
-            match self.attempt_pop_slice(out)? {
-                Ok(n) => return Ok(n),
-                Err(blocked) => {
-                    let deadline = wait.deadline(&mut self.link)?;
-                    self.link.wait(&self.engine.words, blocked.seen, deadline)?;
-                }
-            }
-        }
+    fn recv_slice(&mut self, out: &mut [T], wait: Patience) -> Result<usize> {
+        self.drive(wait, |s| s.attempt_pop_slice(out))
     }
 
     /// Fills the start of `out` with the published items (at least one), or says what
@@ -439,5 +410,11 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
     fn publish(&mut self) {
         let wake = self.engine.publish();
         self.link.wake(wake, self.engine.words.own_index());
+    }
+}
+
+impl<T: bytemuck::Pod> Side for PodConsumer<T> {
+    fn link_and_words(&mut self) -> (&mut Link, &Words) {
+        (&mut self.link, &self.engine.words)
     }
 }
