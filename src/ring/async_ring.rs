@@ -60,6 +60,26 @@ struct Reactor {
 }
 
 impl Reactor {
+    /// The async twin of [`Side::drive`]: runs `attempt` until it gives a value, awaiting
+    /// between tries (with [`wait`](Self::wait)) the peer index it saw to move. Cancel
+    /// safe as far as `attempt` is: nothing is kept across an await.
+    async fn drive<S: Side, T>(
+        &self,
+        side: &mut S,
+        mut attempt: impl FnMut(&mut S) -> Result<Attempt<T>>,
+    ) -> Result<T> {
+        loop {
+            match attempt(side)? {
+                Ok(v) => return Ok(v),
+                Err(blocked) => {
+                    let (link, words) = side.link_and_words();
+                    let (peer, own) = (words.peer_index(), words.own_wait());
+                    self.wait(link, peer, own, blocked.seen).await?;
+                }
+            }
+        }
+    }
+
     fn new(channel: &Channel) -> Result<Reactor> {
         let fd = rustix::io::fcntl_dupfd_cloexec(channel, 0)
             .map_err(|e| Error::io("duplicate the ring channel", e))?;
@@ -382,18 +402,10 @@ impl AsyncProducer {
     /// # Cancel safety
     /// Cancel safe: nothing is reserved until the future completes.
     pub async fn reserve(&mut self, len: usize) -> Result<Reservation<'_>> {
-        loop {
-            match self.inner.attempt_reserve(len)? {
-                Ok(place) => return Ok(Reservation::new(&mut self.inner, place, len)),
-                Err(blocked) => {
-                    let p = &mut self.inner;
-                    let (peer, own) = (p.engine.words.peer_index(), p.engine.words.own_wait());
-                    self.reactor
-                        .wait(&mut p.link, peer, own, blocked.seen)
-                        .await?;
-                }
-            }
-        }
+        let place = (self.reactor)
+            .drive(&mut self.inner, |p| p.attempt_reserve(len))
+            .await?;
+        Ok(Reservation::new(&mut self.inner, place, len))
     }
 }
 
@@ -461,21 +473,12 @@ impl AsyncConsumer {
         if self.inner.recv_cached(out, true) {
             return Ok(());
         }
-        loop {
-            match self.inner.attempt_next()? {
-                Ok(rec) => {
-                    self.inner.take(rec, out);
-                    return Ok(());
-                }
-                Err(blocked) => {
-                    let c = &mut self.inner;
-                    let (peer, own) = (c.engine.words.peer_index(), c.engine.words.own_wait());
-                    self.reactor
-                        .wait(&mut c.link, peer, own, blocked.seen)
-                        .await?;
-                }
-            }
-        }
+        // Taken in the poll that finds it (no await between the attempt and `take`).
+        let rec = (self.reactor)
+            .drive(&mut self.inner, |c| c.attempt_next())
+            .await?;
+        self.inner.take(rec, out);
+        Ok(())
     }
 }
 
@@ -535,18 +538,9 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
     /// # Cancel safety
     /// Cancel safe: a dropped future sent nothing.
     pub async fn send(&mut self, item: T) -> Result<()> {
-        loop {
-            match self.inner.attempt_push(item)? {
-                Ok(()) => return Ok(()),
-                Err(blocked) => {
-                    let p = &mut self.inner;
-                    let (peer, own) = (p.engine.words.peer_index(), p.engine.words.own_wait());
-                    self.reactor
-                        .wait(&mut p.link, peer, own, blocked.seen)
-                        .await?;
-                }
-            }
-        }
+        self.reactor
+            .drive(&mut self.inner, |p| p.attempt_push(item))
+            .await
     }
 
     /// Sends as many of `items` as fit, awaiting room for at least one, with one
@@ -558,18 +552,9 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
     /// # Cancel safety
     /// Cancel safe: a dropped future sent nothing.
     pub async fn send_slice(&mut self, items: &[T]) -> Result<usize> {
-        loop {
-            match self.inner.attempt_push_slice(items)? {
-                Ok(n) => return Ok(n),
-                Err(blocked) => {
-                    let p = &mut self.inner;
-                    let (peer, own) = (p.engine.words.peer_index(), p.engine.words.own_wait());
-                    self.reactor
-                        .wait(&mut p.link, peer, own, blocked.seen)
-                        .await?;
-                }
-            }
-        }
+        self.reactor
+            .drive(&mut self.inner, |p| p.attempt_push_slice(items))
+            .await
     }
 }
 
@@ -630,18 +615,9 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
     /// # Cancel safety
     /// Cancel safe: an item is taken only in the poll that returns it.
     pub async fn recv(&mut self) -> Result<T> {
-        loop {
-            match self.inner.attempt_pop()? {
-                Ok(item) => return Ok(item),
-                Err(blocked) => {
-                    let c = &mut self.inner;
-                    let (peer, own) = (c.engine.words.peer_index(), c.engine.words.own_wait());
-                    self.reactor
-                        .wait(&mut c.link, peer, own, blocked.seen)
-                        .await?;
-                }
-            }
-        }
+        self.reactor
+            .drive(&mut self.inner, |c| c.attempt_pop())
+            .await
     }
 
     /// Fills the start of `out` with the published items, awaiting at least one; returns
@@ -653,17 +629,8 @@ impl<T: bytemuck::Pod> AsyncPodConsumer<T> {
     /// # Cancel safety
     /// Cancel safe: items are taken only in the poll that returns them.
     pub async fn recv_slice(&mut self, out: &mut [T]) -> Result<usize> {
-        loop {
-            match self.inner.attempt_pop_slice(out)? {
-                Ok(n) => return Ok(n),
-                Err(blocked) => {
-                    let c = &mut self.inner;
-                    let (peer, own) = (c.engine.words.peer_index(), c.engine.words.own_wait());
-                    self.reactor
-                        .wait(&mut c.link, peer, own, blocked.seen)
-                        .await?;
-                }
-            }
-        }
+        self.reactor
+            .drive(&mut self.inner, |c| c.attempt_pop_slice(out))
+            .await
     }
 }
