@@ -341,6 +341,28 @@ mod tests {
     }
 
     #[test]
+    fn copies_into_uninitialised_memory_and_reads_at_any_alignment() {
+        let src: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(31)).collect();
+        let bytes = over(&src);
+        for start in 0..20 {
+            for len in [0, 1, 7, 8, 9, 16, 33, 64, 79] {
+                let mut v: Vec<u8> = Vec::with_capacity(len);
+                bytes
+                    .copy_out_uninit(start, &mut v.spare_capacity_mut()[..len])
+                    .unwrap();
+                // SAFETY: copy_out_uninit returned Ok, so it wrote all `len` bytes.
+                unsafe { v.set_len(len) };
+                assert_eq!(v, &src[start..start + len], "start {start} len {len}");
+            }
+            // Aligned or not, `read` gives the same bytes as a copy.
+            let want = u64::from_ne_bytes(src[start..start + 8].try_into().unwrap());
+            assert_eq!(bytes.read::<u64>(start).unwrap(), want, "start {start}");
+        }
+        let mut spare = [std::mem::MaybeUninit::<u8>::uninit(); 8];
+        assert!(bytes.copy_out_uninit(93, &mut spare).is_err());
+    }
+
+    #[test]
     fn refuses_ranges_out_of_bounds() {
         let src = [7u8; 32];
         let bytes = over(&src);
