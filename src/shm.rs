@@ -99,23 +99,36 @@ impl<'a> SharedBytes<'a> {
         Ok(())
     }
 
-    /// Copies `dst.len()` bytes starting at `offset` into `dst`, which need not be
-    /// initialised (a `Vec`'s spare capacity): as [`copy_out`](SharedBytes::copy_out). On
-    /// `Ok` every byte of `dst` is initialised.
+    /// Copies `dst.len()` bytes of a ring record starting at `offset` into `dst`, which
+    /// need not be initialised (a `Vec`'s spare capacity); on `Ok` every byte of `dst` is
+    /// initialised. `offset`
+    /// is 8-aligned and the record's length rounded up to 8 bytes lies in bounds (the
+    /// record's padding), so the copy is whole aligned words, the last one read in full and
+    /// stored in part, with no per-byte steps. This is the ring's per-record copy, where a
+    /// few branches per record show in the throughput.
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] (copying nothing) if the range does not fit.
+    /// [`Error::OutOfBounds`] (copying nothing) if `offset` is not 8-aligned or the padded
+    /// range does not fit.
     #[inline]
     #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) fn copy_out_uninit(
+    pub(crate) fn copy_padded_uninit(
         &self,
         offset: usize,
         dst: &mut [std::mem::MaybeUninit<u8>],
     ) -> Result<()> {
-        self.check(offset, dst.len())?;
-        // SAFETY: the source range lies inside the mapping (checked above, as in
-        // copy_out); `dst` is valid for writes of its length, and the copy only writes it.
-        unsafe { volatile_copy_raw(self.ptr.add(offset), dst.as_mut_ptr().cast(), dst.len()) };
+        let padded = dst.len().next_multiple_of(8);
+        if offset % 8 != 0 || self.ptr.addr() % 8 != 0 {
+            return Err(Error::OutOfBounds {
+                offset: offset as u64,
+                len: dst.len() as u64,
+                region_len: self.len as u64,
+            });
+        }
+        self.check(offset, padded)?;
+        // SAFETY: `offset .. offset + padded` lies inside the mapping (checked above), the
+        // source is 8-aligned (checked above), and `dst` is valid for writes of its length.
+        unsafe { copy_words_raw(self.ptr.add(offset), dst.as_mut_ptr().cast(), dst.len()) };
         Ok(())
     }
 
@@ -286,6 +299,61 @@ unsafe fn volatile_copy_raw(src: *const u8, d: *mut u8, len: usize) {
     }
 }
 
+/// Copies `len` bytes from an 8-aligned `src` whose `len` rounded up to 8 bytes is
+/// readable: 16-byte loads where the source allows, then whole words, the last word read
+/// in full and stored in part.
+///
+/// # Safety
+/// `src` is 8-aligned and readable for `len.next_multiple_of(8)` bytes (the mapping's
+/// contract of [`SharedBytes::new`]); `d` is valid for writes of `len` bytes and does not
+/// overlap the source.
+#[inline]
+unsafe fn copy_words_raw(src: *const u8, d: *mut u8, len: usize) {
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if len >= 16 {
+        use std::arch::x86_64::__m128i;
+        if src.addr() % 16 != 0 {
+            // SAFETY: the first word is readable and aligned (len >= 16); dst has room.
+            unsafe { copy_one::<u64>(src, d) };
+            i = 8;
+        }
+        while i + 64 <= len {
+            // SAFETY: src + i is 16-aligned and its 64 bytes are readable; `__m128i` has no
+            // invalid bit patterns; the unaligned stores stay inside dst[..len].
+            unsafe {
+                let s = src.add(i).cast::<__m128i>();
+                let o = d.add(i).cast::<__m128i>();
+                let (a, b) = (s.read_volatile(), s.add(1).read_volatile());
+                let (c, e) = (s.add(2).read_volatile(), s.add(3).read_volatile());
+                o.write_unaligned(a);
+                o.add(1).write_unaligned(b);
+                o.add(2).write_unaligned(c);
+                o.add(3).write_unaligned(e);
+            }
+            i += 64;
+        }
+        while i + 16 <= len {
+            // SAFETY: as above, for 16 bytes.
+            unsafe { copy_one::<__m128i>(src.add(i), d.add(i)) };
+            i += 16;
+        }
+    }
+    while i + 8 <= len {
+        // SAFETY: the word at i is 8-aligned and readable; dst has room for it.
+        unsafe { copy_one::<u64>(src.add(i), d.add(i)) };
+        i += 8;
+    }
+    if i < len {
+        // SAFETY: the last, partial word is readable in full (the caller's padded length)
+        // and aligned; dst has `len - i` bytes left.
+        unsafe {
+            let w = src.add(i).cast::<u64>().read_volatile().to_ne_bytes();
+            std::ptr::copy_nonoverlapping(w.as_ptr(), d.add(i), len - i);
+        }
+    }
+}
+
 /// Copies one `T` with one volatile load.
 ///
 /// # Safety
@@ -341,25 +409,38 @@ mod tests {
     }
 
     #[test]
-    fn copies_into_uninitialised_memory_and_reads_at_any_alignment() {
-        let src: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(31)).collect();
-        let bytes = over(&src);
-        for start in 0..20 {
-            for len in [0, 1, 7, 8, 9, 16, 33, 64, 79] {
+    fn copies_records_into_uninitialised_memory_and_reads_at_any_alignment() {
+        #[repr(C, align(16))]
+        struct Aligned([u8; 128]);
+        let mut src = Aligned([0; 128]);
+        for (i, b) in src.0.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31);
+        }
+        let src = &src.0;
+        let bytes = over(src);
+        for start in (0..96).step_by(8) {
+            for len in [0usize, 1, 7, 8, 9, 16, 17, 33, 64, 65, 79] {
+                if start + len.next_multiple_of(8) > src.len() {
+                    continue;
+                }
                 let mut v: Vec<u8> = Vec::with_capacity(len);
                 bytes
-                    .copy_out_uninit(start, &mut v.spare_capacity_mut()[..len])
+                    .copy_padded_uninit(start, &mut v.spare_capacity_mut()[..len])
                     .unwrap();
-                // SAFETY: copy_out_uninit returned Ok, so it wrote all `len` bytes.
+                // SAFETY: copy_padded_uninit returned Ok, so it wrote all `len` bytes.
                 unsafe { v.set_len(len) };
                 assert_eq!(v, &src[start..start + len], "start {start} len {len}");
             }
+        }
+        let mut spare = [std::mem::MaybeUninit::<u8>::uninit(); 9];
+        // Not 8-aligned; padded past the end (121 + 16 > 128, 120 + 16 > 128).
+        assert!(bytes.copy_padded_uninit(4, &mut spare).is_err());
+        assert!(bytes.copy_padded_uninit(120, &mut spare).is_err());
+        for start in 0..20 {
             // Aligned or not, `read` gives the same bytes as a copy.
             let want = u64::from_ne_bytes(src[start..start + 8].try_into().unwrap());
             assert_eq!(bytes.read::<u64>(start).unwrap(), want, "start {start}");
         }
-        let mut spare = [std::mem::MaybeUninit::<u8>::uninit(); 8];
-        assert!(bytes.copy_out_uninit(93, &mut spare).is_err());
     }
 
     #[test]

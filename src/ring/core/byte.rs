@@ -336,7 +336,7 @@ impl ByteConsumer {
         let spare = &mut out.spare_capacity_mut()[..len];
         if self
             .data
-            .copy_out_uninit(rec.offset as usize, spare)
+            .copy_padded_uninit(rec.offset as usize, spare)
             .is_ok()
         {
             // SAFETY: capacity >= len (reserved above), and the copy initialised all of
