@@ -100,36 +100,50 @@ impl<'a> SharedBytes<'a> {
     }
 
     /// Copies `dst.len()` bytes of a ring record starting at `offset` into `dst`, which
-    /// need not be initialised (a `Vec`'s spare capacity); on `Ok` every byte of `dst` is
-    /// initialised. `offset`
-    /// is 8-aligned and the record's length rounded up to 8 bytes lies in bounds (the
-    /// record's padding), so the copy is whole aligned words, the last one read in full and
-    /// stored in part, with no per-byte steps. This is the ring's per-record copy, where a
-    /// few branches per record show in the throughput.
-    ///
-    /// # Errors
-    /// [`Error::OutOfBounds`] (copying nothing) if `offset` is not 8-aligned or the padded
-    /// range does not fit.
+    /// need not be initialised (a `Vec`'s spare capacity); returns whether it did, and then
+    /// every byte of `dst` is initialised. It copies nothing and returns `false` unless
+    /// `offset` and the base are 8-aligned and the length rounded up to 8 bytes (the
+    /// record's padding) lies in bounds.
     #[inline]
     #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn copy_padded_uninit(
         &self,
         offset: usize,
         dst: &mut [std::mem::MaybeUninit<u8>],
-    ) -> Result<()> {
-        let padded = dst.len().next_multiple_of(8);
-        if offset % 8 != 0 || self.ptr.addr() % 8 != 0 {
-            return Err(Error::OutOfBounds {
-                offset: offset as u64,
-                len: dst.len() as u64,
-                region_len: self.len as u64,
-            });
+    ) -> bool {
+        let fits = offset
+            .checked_add(dst.len().next_multiple_of(8))
+            .is_some_and(|end| end <= self.len);
+        if !fits || offset % 8 != 0 || self.ptr.addr() % 8 != 0 {
+            return false;
         }
-        self.check(offset, padded)?;
-        // SAFETY: `offset .. offset + padded` lies inside the mapping (checked above), the
-        // source is 8-aligned (checked above), and `dst` is valid for writes of its length.
+        // SAFETY: the conditions were checked just above.
+        unsafe { self.copy_padded_uninit_unchecked(offset, dst) };
+        true
+    }
+
+    /// [`copy_padded_uninit`](Self::copy_padded_uninit) without its checks: whole aligned
+    /// words, the last one read in full and stored in part, no per-byte steps. This is the
+    /// byte ring's per-record copy, whose record the ring has just validated; at 8 to 64
+    /// bytes a record, the repeated checks cost a third of the throughput (measured: 64 B
+    /// batched, 2-vCPU AMD EPYC).
+    ///
+    /// # Safety
+    /// `offset` and the base are 8-aligned, and `offset + dst.len()` rounded up to 8 is at
+    /// most [`len`](Self::len).
+    #[inline]
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) unsafe fn copy_padded_uninit_unchecked(
+        &self,
+        offset: usize,
+        dst: &mut [std::mem::MaybeUninit<u8>],
+    ) {
+        debug_assert!(offset % 8 == 0 && self.ptr.addr() % 8 == 0);
+        debug_assert!(offset + dst.len().next_multiple_of(8) <= self.len);
+        // SAFETY: `offset .. offset + dst.len()` rounded up to 8 lies inside the mapping
+        // and the source is 8-aligned (the caller's contract); `dst` is valid for writes
+        // of its length.
         unsafe { copy_words_raw(self.ptr.add(offset), dst.as_mut_ptr().cast(), dst.len()) };
-        Ok(())
     }
 
     /// Reads one `T` at byte `offset` by copy (any alignment). Where the address is aligned
@@ -140,17 +154,41 @@ impl<'a> SharedBytes<'a> {
     /// [`Error::OutOfBounds`] if `offset + size_of::<T>()` exceeds the length.
     #[inline]
     pub(crate) fn read<T: bytemuck::Pod>(&self, offset: usize) -> Result<T> {
-        self.check(offset, std::mem::size_of::<T>())?;
-        let src = self.ptr.wrapping_add(offset).cast::<T>();
-        if src.is_aligned() {
-            // SAFETY: the `size_of::<T>()` bytes at `src` lie inside the mapping (checked
-            // above) and `src` is aligned for `T`; one volatile load reads each byte once,
-            // and any bit pattern is a valid `T` (Pod).
-            return Ok(unsafe { src.read_volatile() });
+        if let Some(v) = self.read_aligned(offset) {
+            return Ok(v);
         }
         let mut v = T::zeroed();
         self.copy_out(offset, bytemuck::bytes_of_mut(&mut v))?;
         Ok(v)
+    }
+
+    /// Reads one `T` at byte `offset` with a single volatile load, if the range fits and
+    /// the address is aligned for `T`; `None` otherwise. The ring's per-record header and
+    /// slot loads: no fallback copy, so nothing but two compares joins the load.
+    #[inline]
+    pub(crate) fn read_aligned<T: bytemuck::Pod>(&self, offset: usize) -> Option<T> {
+        let end = offset.checked_add(std::mem::size_of::<T>())?;
+        if end > self.len || !self.ptr.wrapping_add(offset).cast::<T>().is_aligned() {
+            return None;
+        }
+        // SAFETY: the conditions were checked just above.
+        Some(unsafe { self.read_aligned_unchecked(offset) })
+    }
+
+    /// [`read_aligned`](Self::read_aligned) without its checks: one volatile load. The
+    /// byte ring's header load, at a position the ring keeps in bounds and aligned.
+    ///
+    /// # Safety
+    /// `offset + size_of::<T>()` is at most [`len`](Self::len) and the base plus `offset`
+    /// is aligned for `T`.
+    #[inline]
+    pub(crate) unsafe fn read_aligned_unchecked<T: bytemuck::Pod>(&self, offset: usize) -> T {
+        let src = self.ptr.wrapping_add(offset).cast::<T>();
+        debug_assert!(offset + std::mem::size_of::<T>() <= self.len && src.is_aligned());
+        // SAFETY: the `size_of::<T>()` bytes at `src` lie inside the mapping and `src` is
+        // aligned for `T` (the caller's contract); one volatile load reads each byte once,
+        // and any bit pattern is a valid `T` (Pod).
+        unsafe { src.read_volatile() }
     }
 
     /// The bytes as a slice: the one reference into shared memory.
@@ -424,18 +462,16 @@ mod tests {
                     continue;
                 }
                 let mut v: Vec<u8> = Vec::with_capacity(len);
-                bytes
-                    .copy_padded_uninit(start, &mut v.spare_capacity_mut()[..len])
-                    .unwrap();
-                // SAFETY: copy_padded_uninit returned Ok, so it wrote all `len` bytes.
+                assert!(bytes.copy_padded_uninit(start, &mut v.spare_capacity_mut()[..len]));
+                // SAFETY: copy_padded_uninit returned true, so it wrote all `len` bytes.
                 unsafe { v.set_len(len) };
                 assert_eq!(v, &src[start..start + len], "start {start} len {len}");
             }
         }
         let mut spare = [std::mem::MaybeUninit::<u8>::uninit(); 9];
         // Not 8-aligned; padded past the end (121 + 16 > 128, 120 + 16 > 128).
-        assert!(bytes.copy_padded_uninit(4, &mut spare).is_err());
-        assert!(bytes.copy_padded_uninit(120, &mut spare).is_err());
+        assert!(!bytes.copy_padded_uninit(4, &mut spare));
+        assert!(!bytes.copy_padded_uninit(120, &mut spare));
         for start in 0..20 {
             // Aligned or not, `read` gives the same bytes as a copy.
             let want = u64::from_ne_bytes(src[start..start + 8].try_into().unwrap());

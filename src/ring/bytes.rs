@@ -442,17 +442,13 @@ impl Consumer {
         if !self.link.ok() {
             return false;
         }
-        match self.engine.next_cached() {
-            Some(rec) => {
-                self.engine.copy_into(rec, out);
-                self.engine.consume(rec);
-                if publish && self.engine.unpublished() >= self.cap / 4 {
-                    self.publish();
-                }
-                true
-            }
-            None => false,
+        if !self.engine.take_cached(out) {
+            return false;
         }
+        if publish && self.engine.unpublished() >= self.cap / 4 {
+            self.publish();
+        }
+        true
     }
 
     #[cold]

@@ -231,12 +231,17 @@ impl ByteConsumer {
         Ok(w)
     }
 
-    /// The header word at `pos` (8-aligned, `pos + 8 <= cap`), loaded once (one aligned
-    /// 8-byte load); `None` only if `pos` broke that contract.
+    /// The header word at the current read position, loaded once (one aligned 8-byte
+    /// load), and that position.
     #[inline]
-    fn header_at(&self, pos: u32) -> Option<u64> {
-        debug_assert!(pos % 8 == 0 && pos + 8 <= self.cap);
-        self.data.read::<u64>(pos as usize).ok().map(u64::from_le)
+    fn header(&self) -> (u32, u64) {
+        let pos = self.read & (self.cap - 1);
+        // SAFETY: `pos < cap = data.len()`, and `pos` and `cap` are multiples of 8 (`read`
+        // only ever advances by record spans and padding, multiples of 8, and `cap` is a
+        // power of two >= 8), so `pos + 8 <= data.len()`; the base is 8-aligned (checked
+        // in `new`), so `pos` is aligned for a u64.
+        let word = unsafe { self.data.read_aligned_unchecked::<u64>(pos as usize) };
+        (pos, u64::from_le(word))
     }
 
     /// Starts loading the cache line after the one that holds the header at `pos`, if
@@ -260,17 +265,18 @@ impl ByteConsumer {
     }
 
     /// The next record if the cached write index shows one and its header is an
-    /// ordinary record (no shared index load): the fast path of [`next`](Self::next).
-    /// `None` sends the caller to `next`, which loads the header again and handles
+    /// ordinary record (no shared index load): the check of [`take_cached`]. `None` sends
+    /// the caller to [`next`](Self::next), which loads the header again and handles
     /// padding, an empty ring and corruption (this load's value is not used).
+    ///
+    /// [`take_cached`]: Self::take_cached
     #[inline]
     pub(crate) fn next_cached(&self) -> Option<Record> {
         let avail = self.cached_write.wrapping_sub(self.read);
         if avail == 0 {
             return None;
         }
-        let pos = self.read & (self.cap - 1);
-        let header = self.header_at(pos)?;
+        let (pos, header) = self.header();
         // Kind KIND_RECORD (0) and a length within the ring's limit, in one compare.
         if header > max_record_len(self.cap) as u64 {
             return None;
@@ -288,6 +294,32 @@ impl ByteConsumer {
         })
     }
 
+    /// Takes the record [`next_cached`](Self::next_cached) finds into `out`; `false` if
+    /// it finds none. The fast path of a receive.
+    #[inline]
+    pub(crate) fn take_cached(&mut self, out: &mut Vec<u8>) -> bool {
+        let Some(rec) = self.next_cached() else {
+            return false;
+        };
+        let len = rec.len as usize;
+        out.clear();
+        out.reserve(len);
+        // SAFETY: `next_cached` just made `rec`: its payload starts 8-aligned (a header
+        // position plus 8, see `header`), and its length rounded up to 8 ends at
+        // `pos + span <= cap = data.len()` (checked there).
+        unsafe {
+            self.data.copy_padded_uninit_unchecked(
+                rec.offset as usize,
+                &mut out.spare_capacity_mut()[..len],
+            )
+        };
+        // SAFETY: capacity >= len (reserved above) and the copy initialised the first `len`
+        // bytes.
+        unsafe { out.set_len(len) };
+        self.consume(rec);
+        true
+    }
+
     /// The next record, validated; `Ok(Err(blocked))` if none is published.
     pub(crate) fn next(&mut self) -> Result<Result<Record, Blocked>, Corrupt> {
         loop {
@@ -300,10 +332,8 @@ impl ByteConsumer {
                     return Ok(Err(Blocked { seen: w }));
                 }
             }
-            let pos = self.read & (self.cap - 1);
-            self.prefetch_tail(pos, avail);
-            // avail >= 8 (multiples of 8), so pos + 8 <= cap.
-            let header = self.header_at(pos).ok_or(Corrupt("header out of bounds"))?;
+            self.prefetch_tail(self.read & (self.cap - 1), avail);
+            let (_, header) = self.header();
             match parse(self.cap, self.read, avail, header)? {
                 Parsed::Pad(skip) => self.read = self.read.wrapping_add(skip),
                 Parsed::Record { offset, len, span } => {
@@ -334,13 +364,9 @@ impl ByteConsumer {
         out.clear();
         out.reserve(len);
         let spare = &mut out.spare_capacity_mut()[..len];
-        if self
-            .data
-            .copy_padded_uninit(rec.offset as usize, spare)
-            .is_ok()
-        {
+        if self.data.copy_padded_uninit(rec.offset as usize, spare) {
             // SAFETY: capacity >= len (reserved above), and the copy initialised all of
-            // the first `len` bytes (it returned Ok).
+            // the first `len` bytes (it returned true).
             unsafe { out.set_len(len) };
         }
     }

@@ -217,8 +217,7 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
         // pos < cap, so the slot lies in `data` and is aligned for T: one volatile load.
         let item = self
             .data
-            .read::<T>(pos as usize * std::mem::size_of::<T>())
-            .ok()?;
+            .read_aligned::<T>(pos as usize * std::mem::size_of::<T>())?;
         self.read = self.read.wrapping_add(1);
         Some(item)
     }
