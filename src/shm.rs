@@ -281,38 +281,9 @@ unsafe fn volatile_copy_raw(src: *const u8, d: *mut u8, len: usize) {
             i += 8;
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::__m128i;
-        while i + 64 <= len {
-            // SAFETY: src + i is 16-aligned (the head brought it there, then 64s) and
-            // src + i + 64 <= src + len lies in the readable range; `__m128i` has no
-            // invalid bit patterns; the unaligned stores stay inside dst[..len].
-            unsafe {
-                let s = src.add(i).cast::<__m128i>();
-                let o = d.add(i).cast::<__m128i>();
-                let (a, b) = (s.read_volatile(), s.add(1).read_volatile());
-                let (c, e) = (s.add(2).read_volatile(), s.add(3).read_volatile());
-                o.write_unaligned(a);
-                o.add(1).write_unaligned(b);
-                o.add(2).write_unaligned(c);
-                o.add(3).write_unaligned(e);
-            }
-            i += 64;
-        }
-        while i + 16 <= len {
-            // SAFETY: as above, for 16 bytes.
-            unsafe { copy_one::<__m128i>(src.add(i), d.add(i)) };
-            i += 16;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    while i + 8 <= len {
-        // SAFETY: src + i is 8-aligned (the head brought it there, then 8s) and the 8
-        // bytes lie in the readable range; dst has room for them.
-        unsafe { copy_one::<u64>(src.add(i), d.add(i)) };
-        i += 8;
-    }
+    // SAFETY: the head left `src + i` aligned to WIDE, or fewer than WIDE bytes remain
+    // (then this copies nothing); the rest is the caller's contract.
+    i = unsafe { copy_wide(src, d, i, len) };
     // Tail: fewer than WIDE bytes left, from an address aligned to WIDE (or, after a short
     // head, to more than what is left).
     let rem = len - i;
@@ -348,16 +319,47 @@ unsafe fn volatile_copy_raw(src: *const u8, d: *mut u8, len: usize) {
 #[inline]
 unsafe fn copy_words_raw(src: *const u8, d: *mut u8, len: usize) {
     let mut i = 0;
-    #[cfg(target_arch = "x86_64")]
-    if len >= 16 {
-        use std::arch::x86_64::__m128i;
-        if src.addr() % 16 != 0 {
-            // SAFETY: the first word is readable and aligned (len >= 16); dst has room.
-            unsafe { copy_one::<u64>(src, d) };
-            i = 8;
+    if WIDE > 8 && len >= WIDE && src.addr() % WIDE != 0 {
+        // SAFETY: the first word is readable and aligned (len >= 16); dst has room.
+        unsafe { copy_one::<u64>(src, d) };
+        i = 8;
+    }
+    // SAFETY: `src + i` is aligned to WIDE (an 8-aligned source, moved by one word if
+    // needed), or fewer than WIDE bytes remain and this copies nothing; the rest is the
+    // caller's contract.
+    i = unsafe { copy_wide(src, d, i, len) };
+    while i + 8 <= len {
+        // SAFETY: the word at i is 8-aligned and readable; dst has room for it.
+        unsafe { copy_one::<u64>(src.add(i), d.add(i)) };
+        i += 8;
+    }
+    if i < len {
+        // SAFETY: the last, partial word is readable in full (the caller's padded length)
+        // and aligned; dst has `len - i` bytes left.
+        unsafe {
+            let w = src.add(i).cast::<u64>().read_volatile().to_ne_bytes();
+            std::ptr::copy_nonoverlapping(w.as_ptr(), d.add(i), len - i);
         }
+    }
+}
+
+/// Copies from `i` on, in units of `WIDE` bytes while that many remain: four 16-byte SSE2
+/// loads per 64 bytes, then 16 at a time (x86_64; elsewhere 8 bytes at a time). Returns
+/// the index after the last byte copied. The body shared by [`volatile_copy_raw`] and
+/// [`copy_words_raw`], which bring the source to a `WIDE` boundary first.
+///
+/// # Safety
+/// `src + i` is aligned to `WIDE` (or fewer than `WIDE` bytes remain after `i`);
+/// `src .. src + len` is readable as [`SharedBytes::new`] describes, and `d` is valid for
+/// writes of `len` bytes and does not overlap it.
+#[inline(always)]
+unsafe fn copy_wide(src: *const u8, d: *mut u8, mut i: usize, len: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__m128i;
         while i + 64 <= len {
-            // SAFETY: src + i is 16-aligned and its 64 bytes are readable; `__m128i` has no
+            // SAFETY: src + i is 16-aligned (the caller's contract, then 64s) and
+            // src + i + 64 <= src + len lies in the readable range; `__m128i` has no
             // invalid bit patterns; the unaligned stores stay inside dst[..len].
             unsafe {
                 let s = src.add(i).cast::<__m128i>();
@@ -377,19 +379,14 @@ unsafe fn copy_words_raw(src: *const u8, d: *mut u8, len: usize) {
             i += 16;
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
     while i + 8 <= len {
-        // SAFETY: the word at i is 8-aligned and readable; dst has room for it.
+        // SAFETY: src + i is 8-aligned (the caller's contract, then 8s) and the 8 bytes lie
+        // in the readable range; dst has room for them.
         unsafe { copy_one::<u64>(src.add(i), d.add(i)) };
         i += 8;
     }
-    if i < len {
-        // SAFETY: the last, partial word is readable in full (the caller's padded length)
-        // and aligned; dst has `len - i` bytes left.
-        unsafe {
-            let w = src.add(i).cast::<u64>().read_volatile().to_ne_bytes();
-            std::ptr::copy_nonoverlapping(w.as_ptr(), d.add(i), len - i);
-        }
-    }
+    i
 }
 
 /// Copies one `T` with one volatile load.

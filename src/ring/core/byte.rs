@@ -17,8 +17,6 @@ pub(crate) struct ByteProducer {
     cap: u32,
     /// Position after the last committed record (published or not).
     write: u32,
-    /// Index last stored to the shared write index.
-    published: u32,
     /// The consumer's read index as last loaded and validated.
     cached_read: u32,
     pub(crate) words: Words,
@@ -40,7 +38,6 @@ impl ByteProducer {
             data,
             cap,
             write: 0,
-            published: 0,
             cached_read: 0,
             words,
             peer_parks,
@@ -54,11 +51,8 @@ impl ByteProducer {
 
     /// Loads, validates and caches the consumer's read index.
     fn refresh_read(&mut self) -> Result<u32, Corrupt> {
-        self.counters.index_loads += 1;
-        self.counters.fold(self.write);
-        // Pairs with the Release store in the consumer's `publish`.
-        let r = load_peer(self.words.peer_index());
-        check_read(self.published, self.cached_read, r)?;
+        let r = self.counters.load_peer_index(&self.words, self.write);
+        check_read(self.words.published(), self.cached_read, r)?;
         if r % 8 != 0 {
             return Err(Corrupt("read index not 8-aligned"));
         }
@@ -144,20 +138,7 @@ impl ByteProducer {
     /// Publishes every committed record. Returns how to wake the consumer.
     #[inline]
     pub(crate) fn publish(&mut self) -> Wake {
-        if self.write == self.published {
-            return Wake::None;
-        }
-        self.published = self.write;
-        let mut woken = self.words.woken;
-        let wake = publish(
-            self.words.own_index(),
-            self.write,
-            self.words.peer_wait(),
-            self.peer_parks,
-            &mut woken,
-        );
-        self.words.woken = woken;
-        wake
+        self.words.publish(self.write, self.peer_parks)
     }
 }
 
@@ -171,7 +152,6 @@ pub(crate) struct ByteConsumer {
     data: SharedBytes<'static>,
     cap: u32,
     read: u32,
-    published: u32,
     cached_write: u32,
     pub(crate) words: Words,
     pub(crate) peer_parks: bool,
@@ -210,7 +190,6 @@ impl ByteConsumer {
             data: unsafe { SharedBytes::new(data.as_ptr(), data.len()) },
             cap,
             read: 0,
-            published: 0,
             cached_write: 0,
             words,
             peer_parks,
@@ -219,10 +198,7 @@ impl ByteConsumer {
     }
 
     fn refresh_write(&mut self) -> Result<u32, Corrupt> {
-        self.counters.index_loads += 1;
-        self.counters.fold(self.read);
-        // Pairs with the Release store in the producer's `publish`.
-        let w = load_peer(self.words.peer_index());
+        let w = self.counters.load_peer_index(&self.words, self.read);
         check_write(self.cap, self.read, self.cached_write, w)?;
         if w % 8 != 0 {
             return Err(Corrupt("write index not 8-aligned"));
@@ -387,7 +363,7 @@ impl ByteConsumer {
     /// Bytes consumed since the last publication.
     #[inline]
     pub(crate) fn unpublished(&self) -> u32 {
-        self.read.wrapping_sub(self.published)
+        self.read.wrapping_sub(self.words.published())
     }
 
     /// Units (bytes with headers and padding, or items) consumed so far.
@@ -397,19 +373,6 @@ impl ByteConsumer {
 
     /// Publishes the read index. Returns how to wake the producer.
     pub(crate) fn publish(&mut self) -> Wake {
-        if self.read == self.published {
-            return Wake::None;
-        }
-        self.published = self.read;
-        let mut woken = self.words.woken;
-        let wake = publish(
-            self.words.own_index(),
-            self.read,
-            self.words.peer_wait(),
-            self.peer_parks,
-            &mut woken,
-        );
-        self.words.woken = woken;
-        wake
+        self.words.publish(self.read, self.peer_parks)
     }
 }

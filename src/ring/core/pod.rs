@@ -15,7 +15,6 @@ pub(crate) struct PodProducer<T> {
     data: NonNull<T>,
     cap: u32,
     write: u32,
-    published: u32,
     cached_read: u32,
     pub(crate) words: Words,
     pub(crate) peer_parks: bool,
@@ -35,7 +34,6 @@ impl<T: bytemuck::Pod> PodProducer<T> {
             data,
             cap,
             write: 0,
-            published: 0,
             cached_read: 0,
             words,
             peer_parks,
@@ -54,11 +52,8 @@ impl<T: bytemuck::Pod> PodProducer<T> {
         if free >= want {
             return Ok(Ok(free));
         }
-        self.counters.index_loads += 1;
-        self.counters.fold(self.write);
-        // Pairs with the Release store in the consumer's `publish`.
-        let r = load_peer(self.words.peer_index());
-        check_read(self.published, self.cached_read, r)?;
+        let r = self.counters.load_peer_index(&self.words, self.write);
+        check_read(self.words.published(), self.cached_read, r)?;
         self.cached_read = r;
         let free = self.cap - self.write.wrapping_sub(r);
         Ok(if free == 0 {
@@ -117,20 +112,7 @@ impl<T: bytemuck::Pod> PodProducer<T> {
 
     /// Publishes written items. Returns how to wake the consumer.
     pub(crate) fn publish(&mut self) -> Wake {
-        if self.write == self.published {
-            return Wake::None;
-        }
-        self.published = self.write;
-        let mut woken = self.words.woken;
-        let wake = publish(
-            self.words.own_index(),
-            self.write,
-            self.words.peer_wait(),
-            self.peer_parks,
-            &mut woken,
-        );
-        self.words.woken = woken;
-        wake
+        self.words.publish(self.write, self.peer_parks)
     }
 }
 
@@ -144,7 +126,6 @@ pub(crate) struct PodConsumer<T> {
     data: SharedBytes<'static>,
     cap: u32,
     read: u32,
-    published: u32,
     cached_write: u32,
     pub(crate) words: Words,
     pub(crate) peer_parks: bool,
@@ -177,7 +158,6 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
             data: unsafe { SharedBytes::new(data.as_ptr(), data.len()) },
             cap,
             read: 0,
-            published: 0,
             cached_write: 0,
             words,
             peer_parks,
@@ -192,10 +172,7 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
         if avail != 0 {
             return Ok(Ok(avail));
         }
-        self.counters.index_loads += 1;
-        self.counters.fold(self.read);
-        // Pairs with the Release store in the producer's `publish`.
-        let w = load_peer(self.words.peer_index());
+        let w = self.counters.load_peer_index(&self.words, self.read);
         check_write(self.cap, self.read, self.cached_write, w)?;
         self.cached_write = w;
         let avail = w.wrapping_sub(self.read);
@@ -225,7 +202,7 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
     /// Items consumed since the last publication.
     #[inline]
     pub(crate) fn unpublished(&self) -> u32 {
-        self.read.wrapping_sub(self.published)
+        self.read.wrapping_sub(self.words.published())
     }
 
     /// Copies `out.len()` items (at most the available ones) out and consumes them.
@@ -255,19 +232,6 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
 
     /// Publishes the read index. Returns how to wake the producer.
     pub(crate) fn publish(&mut self) -> Wake {
-        if self.read == self.published {
-            return Wake::None;
-        }
-        self.published = self.read;
-        let mut woken = self.words.woken;
-        let wake = publish(
-            self.words.own_index(),
-            self.read,
-            self.words.peer_wait(),
-            self.peer_parks,
-            &mut woken,
-        );
-        self.words.woken = woken;
-        wake
+        self.words.publish(self.read, self.peer_parks)
     }
 }

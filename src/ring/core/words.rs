@@ -4,6 +4,8 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
+use super::{load_peer, publish, Wake};
+
 /// The four control words of a ring, seen from one side.
 ///
 /// Invariant: every pointer is valid and aligned for the whole life of the value (the
@@ -15,8 +17,10 @@ pub(crate) struct Words {
     own_wait: NonNull<AtomicU64>,
     peer_index: NonNull<AtomicU32>,
     peer_wait: NonNull<AtomicU64>,
+    /// The index this side last stored to its index word.
+    published: u32,
     /// The peer's wait word this side last woke (see [`publish`]).
-    pub(crate) woken: u64,
+    woken: u64,
 }
 
 impl Words {
@@ -34,6 +38,7 @@ impl Words {
             own_wait: NonNull::new(own_wait.cast_mut())?,
             peer_index: NonNull::new(peer_index.cast_mut())?,
             peer_wait: NonNull::new(peer_wait.cast_mut())?,
+            published: 0,
             woken: 0,
         })
     }
@@ -53,6 +58,32 @@ impl Words {
     pub(crate) fn peer_wait(&self) -> &AtomicU64 {
         // SAFETY: valid for the life of self (type invariant); only loaded.
         unsafe { self.peer_wait.as_ref() }
+    }
+
+    /// The index this side last published.
+    #[inline]
+    pub(crate) fn published(&self) -> u32 {
+        self.published
+    }
+
+    /// Publishes `new` as this side's index ([`publish`]) unless it already is, keeping
+    /// the wait word last woken. Returns how to wake the peer.
+    #[inline]
+    pub(crate) fn publish(&mut self, new: u32, peer_parks: bool) -> Wake {
+        if new == self.published {
+            return Wake::None;
+        }
+        self.published = new;
+        let mut woken = self.woken;
+        let wake = publish(
+            self.own_index(),
+            new,
+            self.peer_wait(),
+            peer_parks,
+            &mut woken,
+        );
+        self.woken = woken;
+        wake
     }
 }
 
@@ -87,6 +118,15 @@ impl Counters {
     pub(crate) fn fold(&mut self, pos: u32) {
         self.moved += u64::from(pos.wrapping_sub(self.folded_at));
         self.folded_at = pos;
+    }
+
+    /// Loads the peer's index ([`load_peer`]; it pairs with the Release store in the
+    /// peer's `publish`), counting the load and the units moved up to the own index `own`.
+    #[inline]
+    pub(crate) fn load_peer_index(&mut self, words: &Words, own: u32) -> u32 {
+        self.index_loads += 1;
+        self.fold(own);
+        load_peer(words.peer_index())
     }
 
     /// Units moved up to the own local index `pos`.
