@@ -215,17 +215,11 @@ impl<'a> SharedBytes<'a> {
     }
 }
 
-/// The widest load the copy makes, and the alignment it first brings the source to.
-#[cfg(target_arch = "x86_64")]
-const WIDE: usize = 16;
-#[cfg(not(target_arch = "x86_64"))]
-const WIDE: usize = 8;
-
 /// Copies `dst.len()` bytes from `src` with volatile loads, each as wide as the source's
-/// alignment allows: at most one 1-, 2-, 4- and 8-byte load to reach a 16-byte boundary,
-/// then four 16-byte SSE2 loads per 64 bytes and 16 at a time (x86_64; elsewhere 8 bytes
-/// at a time), then at most one 8-, 4-, 2- and 1-byte load for the tail. Every load is
-/// aligned to its width; the stores into `dst` need no alignment. No loops at the ends:
+/// alignment allows: at most one 1-, 2- and 4-byte load to reach an 8-byte boundary, then
+/// the whole words as [`copy_words_raw`] copies them (16-byte SSE2 loads from a 16-byte
+/// boundary on x86_64), then at most one 4-, 2- and 1-byte load for the tail. Every load
+/// is aligned to its width; the stores into `dst` need no alignment. No loops at the ends:
 /// short and unaligned copies cost a few predictable branches.
 ///
 /// Volatile loads are what the unsafe-code guidelines recommend for memory that another
@@ -276,24 +270,22 @@ unsafe fn volatile_copy_raw(src: *const u8, d: *mut u8, len: usize) {
             copy_one::<u32>(src.add(i), d.add(i));
             i += 4;
         }
-        if WIDE > 8 && (addr + i) & 8 != 0 && len - i >= 8 {
-            copy_one::<u64>(src.add(i), d.add(i));
-            i += 8;
-        }
     }
-    // SAFETY: the head left `src + i` aligned to WIDE, or fewer than WIDE bytes remain
-    // (then this copies nothing); the rest is the caller's contract.
-    i = unsafe { copy_wide(src, d, i, len) };
-    // Tail: fewer than WIDE bytes left, from an address aligned to WIDE (or, after a short
-    // head, to more than what is left).
+    // Body: the whole words that remain, from an 8-aligned address (if a head step was
+    // skipped, fewer than 8 bytes remain and there are none).
+    let words = (len - i) & !7;
+    if words > 0 {
+        // SAFETY: `src + i` is 8-aligned (the head) and its `words` bytes, a multiple of 8,
+        // lie in the readable source; `d + i` has room for them.
+        unsafe { copy_words_raw(src.add(i), d.add(i), words) };
+        i += words;
+    }
+    // Tail: fewer than 8 bytes left, from an 8-aligned address (or, after a short head,
+    // one aligned to more than what is left).
     let rem = len - i;
     // SAFETY: as for the head: each step's bytes fit in what is left, and the address is
     // aligned to the step's width (only narrower steps than the alignment remain).
     unsafe {
-        if rem & 8 != 0 {
-            copy_one::<u64>(src.add(i), d.add(i));
-            i += 8;
-        }
         if rem & 4 != 0 {
             copy_one::<u32>(src.add(i), d.add(i));
             i += 4;
@@ -319,47 +311,16 @@ unsafe fn volatile_copy_raw(src: *const u8, d: *mut u8, len: usize) {
 #[inline]
 unsafe fn copy_words_raw(src: *const u8, d: *mut u8, len: usize) {
     let mut i = 0;
-    if WIDE > 8 && len >= WIDE && src.addr() % WIDE != 0 {
-        // SAFETY: the first word is readable and aligned (len >= 16); dst has room.
-        unsafe { copy_one::<u64>(src, d) };
-        i = 8;
-    }
-    // SAFETY: `src + i` is aligned to WIDE (an 8-aligned source, moved by one word if
-    // needed), or fewer than WIDE bytes remain and this copies nothing; the rest is the
-    // caller's contract.
-    i = unsafe { copy_wide(src, d, i, len) };
-    while i + 8 <= len {
-        // SAFETY: the word at i is 8-aligned and readable; dst has room for it.
-        unsafe { copy_one::<u64>(src.add(i), d.add(i)) };
-        i += 8;
-    }
-    if i < len {
-        // SAFETY: the last, partial word is readable in full (the caller's padded length)
-        // and aligned; dst has `len - i` bytes left.
-        unsafe {
-            let w = src.add(i).cast::<u64>().read_volatile().to_ne_bytes();
-            std::ptr::copy_nonoverlapping(w.as_ptr(), d.add(i), len - i);
-        }
-    }
-}
-
-/// Copies from `i` on, in units of `WIDE` bytes while that many remain: four 16-byte SSE2
-/// loads per 64 bytes, then 16 at a time (x86_64; elsewhere 8 bytes at a time). Returns
-/// the index after the last byte copied. The body shared by [`volatile_copy_raw`] and
-/// [`copy_words_raw`], which bring the source to a `WIDE` boundary first.
-///
-/// # Safety
-/// `src + i` is aligned to `WIDE` (or fewer than `WIDE` bytes remain after `i`);
-/// `src .. src + len` is readable as [`SharedBytes::new`] describes, and `d` is valid for
-/// writes of `len` bytes and does not overlap it.
-#[inline(always)]
-unsafe fn copy_wide(src: *const u8, d: *mut u8, mut i: usize, len: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    {
+    if len >= 16 {
         use std::arch::x86_64::__m128i;
+        if src.addr() % 16 != 0 {
+            // SAFETY: the first word is readable and aligned (len >= 16); dst has room.
+            unsafe { copy_one::<u64>(src, d) };
+            i = 8;
+        }
         while i + 64 <= len {
-            // SAFETY: src + i is 16-aligned (the caller's contract, then 64s) and
-            // src + i + 64 <= src + len lies in the readable range; `__m128i` has no
+            // SAFETY: src + i is 16-aligned and its 64 bytes are readable; `__m128i` has no
             // invalid bit patterns; the unaligned stores stay inside dst[..len].
             unsafe {
                 let s = src.add(i).cast::<__m128i>();
@@ -379,14 +340,19 @@ unsafe fn copy_wide(src: *const u8, d: *mut u8, mut i: usize, len: usize) -> usi
             i += 16;
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
     while i + 8 <= len {
-        // SAFETY: src + i is 8-aligned (the caller's contract, then 8s) and the 8 bytes lie
-        // in the readable range; dst has room for them.
+        // SAFETY: the word at i is 8-aligned and readable; dst has room for it.
         unsafe { copy_one::<u64>(src.add(i), d.add(i)) };
         i += 8;
     }
-    i
+    if i < len {
+        // SAFETY: the last, partial word is readable in full (the caller's padded length)
+        // and aligned; dst has `len - i` bytes left.
+        unsafe {
+            let w = src.add(i).cast::<u64>().read_volatile().to_ne_bytes();
+            std::ptr::copy_nonoverlapping(w.as_ptr(), d.add(i), len - i);
+        }
+    }
 }
 
 /// Copies one `T` with one volatile load.
