@@ -99,51 +99,53 @@ impl<'a> SharedBytes<'a> {
         Ok(())
     }
 
-    /// Copies `dst.len()` bytes of a ring record starting at `offset` into `dst`, which
-    /// need not be initialised (a `Vec`'s spare capacity); returns whether it did, and then
-    /// every byte of `dst` is initialised. It copies nothing and returns `false` unless
-    /// `offset` and the base are 8-aligned and the length rounded up to 8 bytes (the
-    /// record's padding) lies in bounds.
+    /// Replaces the contents of `out` by the `len` bytes of a ring record at `offset`,
+    /// without zero-filling `out` first; returns whether it did. It leaves `out` empty and
+    /// returns `false` unless `offset` and the base are 8-aligned and the length rounded up
+    /// to 8 bytes (the record's padding) lies in bounds.
     #[inline]
     #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) fn copy_padded_uninit(
-        &self,
-        offset: usize,
-        dst: &mut [std::mem::MaybeUninit<u8>],
-    ) -> bool {
+    pub(crate) fn copy_record_into(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> bool {
         let fits = offset
-            .checked_add(dst.len().next_multiple_of(8))
+            .checked_add(len.next_multiple_of(8))
             .is_some_and(|end| end <= self.len);
         if !fits || offset % 8 != 0 || self.ptr.addr() % 8 != 0 {
+            out.clear();
             return false;
         }
         // SAFETY: the conditions were checked just above.
-        unsafe { self.copy_padded_uninit_unchecked(offset, dst) };
+        unsafe { self.copy_record_into_unchecked(offset, len, out) };
         true
     }
 
-    /// [`copy_padded_uninit`](Self::copy_padded_uninit) without its checks: whole aligned
+    /// [`copy_record_into`](Self::copy_record_into) without its checks: whole aligned
     /// words, the last one read in full and stored in part, no per-byte steps. This is the
     /// byte ring's per-record copy, whose record the ring has just validated; at 8 to 64
-    /// bytes a record, the repeated checks cost a third of the throughput (measured: 64 B
+    /// bytes a record, repeating the checks costs a third of the throughput (measured: 64 B
     /// batched, 2-vCPU AMD EPYC).
     ///
     /// # Safety
-    /// `offset` and the base are 8-aligned, and `offset + dst.len()` rounded up to 8 is at
-    /// most [`len`](Self::len).
+    /// `offset` and the base are 8-aligned, and `offset + len` rounded up to 8 is at most
+    /// [`len`](Self::len).
     #[inline]
     #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) unsafe fn copy_padded_uninit_unchecked(
+    pub(crate) unsafe fn copy_record_into_unchecked(
         &self,
         offset: usize,
-        dst: &mut [std::mem::MaybeUninit<u8>],
+        len: usize,
+        out: &mut Vec<u8>,
     ) {
         debug_assert!(offset % 8 == 0 && self.ptr.addr() % 8 == 0);
-        debug_assert!(offset + dst.len().next_multiple_of(8) <= self.len);
-        // SAFETY: `offset .. offset + dst.len()` rounded up to 8 lies inside the mapping
-        // and the source is 8-aligned (the caller's contract); `dst` is valid for writes
-        // of its length.
-        unsafe { copy_words_raw(self.ptr.add(offset), dst.as_mut_ptr().cast(), dst.len()) };
+        debug_assert!(offset + len.next_multiple_of(8) <= self.len);
+        out.clear();
+        out.reserve(len);
+        // SAFETY: `offset .. offset + len` rounded up to 8 lies inside the mapping and the
+        // source is 8-aligned (the caller's contract); `out` has capacity for `len` bytes
+        // (reserved above), all of which the copy writes before `set_len` exposes them.
+        unsafe {
+            copy_words_raw(self.ptr.add(offset), out.as_mut_ptr(), len);
+            out.set_len(len);
+        }
     }
 
     /// Reads one `T` at byte `offset` by copy (any alignment). Where the address is aligned
@@ -424,17 +426,16 @@ mod tests {
                 if start + len.next_multiple_of(8) > src.len() {
                     continue;
                 }
-                let mut v: Vec<u8> = Vec::with_capacity(len);
-                assert!(bytes.copy_padded_uninit(start, &mut v.spare_capacity_mut()[..len]));
-                // SAFETY: copy_padded_uninit returned true, so it wrote all `len` bytes.
-                unsafe { v.set_len(len) };
+                let mut v = vec![0xAA; 3];
+                assert!(bytes.copy_record_into(start, len, &mut v));
                 assert_eq!(v, &src[start..start + len], "start {start} len {len}");
             }
         }
-        let mut spare = [std::mem::MaybeUninit::<u8>::uninit(); 9];
+        let mut v = vec![1, 2, 3];
         // Not 8-aligned; padded past the end (121 + 16 > 128, 120 + 16 > 128).
-        assert!(!bytes.copy_padded_uninit(4, &mut spare));
-        assert!(!bytes.copy_padded_uninit(120, &mut spare));
+        assert!(!bytes.copy_record_into(4, 9, &mut v));
+        assert!(v.is_empty());
+        assert!(!bytes.copy_record_into(120, 9, &mut v));
         for start in 0..20 {
             // Aligned or not, `read` gives the same bytes as a copy.
             let want = u64::from_ne_bytes(src[start..start + 8].try_into().unwrap());

@@ -277,21 +277,13 @@ impl ByteConsumer {
         let Some(rec) = self.next_cached() else {
             return false;
         };
-        let len = rec.len as usize;
-        out.clear();
-        out.reserve(len);
         // SAFETY: `next_cached` just made `rec`: its payload starts 8-aligned (a header
         // position plus 8, see `header`), and its length rounded up to 8 ends at
         // `pos + span <= cap = data.len()` (checked there).
         unsafe {
-            self.data.copy_padded_uninit_unchecked(
-                rec.offset as usize,
-                &mut out.spare_capacity_mut()[..len],
-            )
+            self.data
+                .copy_record_into_unchecked(rec.offset as usize, rec.len as usize, out)
         };
-        // SAFETY: capacity >= len (reserved above) and the copy initialised the first `len`
-        // bytes.
-        unsafe { out.set_len(len) };
         self.consume(rec);
         true
     }
@@ -333,18 +325,11 @@ impl ByteConsumer {
     }
 
     /// Replaces the contents of `out` by the payload of `rec`, without zero-filling it
-    /// first. (`out` stays empty if `rec` did not come from [`next`](Self::next).)
+    /// first. (`out` is left empty if `rec` did not come from [`next`](Self::next).)
     #[inline]
     pub(crate) fn copy_into(&self, rec: Record, out: &mut Vec<u8>) {
-        let len = rec.len as usize;
-        out.clear();
-        out.reserve(len);
-        let spare = &mut out.spare_capacity_mut()[..len];
-        if self.data.copy_padded_uninit(rec.offset as usize, spare) {
-            // SAFETY: capacity >= len (reserved above), and the copy initialised all of
-            // the first `len` bytes (it returned true).
-            unsafe { out.set_len(len) };
-        }
+        self.data
+            .copy_record_into(rec.offset as usize, rec.len as usize, out);
     }
 
     /// The payload of `rec` (from [`next`](Self::next)), in the shared memory.
