@@ -21,19 +21,15 @@
 //!
 //! # Design
 //!
-//! Two memfds, each written by one side only:
-//!
-//! - the **producer's** memfd holds a header page (ring header, the write index and the
-//!   producer's wait word, each on its own cache line) followed by the data area. It is
-//!   sealed `FUTURE_WRITE | SHRINK | GROW | SEAL`: the producer keeps the writable mapping it
-//!   made before sealing; the consumer can only map it read-only;
-//! - the **consumer's** memfd is one page: its header, the read index and its wait word,
-//!   sealed the same way, mapped read-only by the producer.
-//!
-//! [`Producer::setup`] and [`Consumer::setup`] exchange the two memfds over a
-//! [`Channel`](crate::Channel); each side verifies the other's memfd like any region (seals, size) and
-//! validates its header (magic, version, kind, element size, capacity, layout offsets). The
+//! Two memfds, each written by one side only: the **producer's** holds a control page (its
+//! write index and wait word) and the data area; the **consumer's** is one control page
+//! (its read index and wait word). Each is sealed `FUTURE_WRITE | SHRINK | GROW | SEAL`
+//! before it is sent: its owner keeps the writable mapping it made before sealing, the
+//! other side can only map it read-only. [`Producer::setup`] and [`Consumer::setup`]
+//! exchange them over a [`Channel`](crate::Channel) and verify them like any region. The
 //! channel then stays open: its end-of-file is how a waiting side learns that the peer died.
+//! The layout, the record framing and the wait protocol are specified in `PROTOCOL.md`
+//! (section "Ring"), so a peer in another language can take either side.
 //!
 //! Records: [`Producer`]/[`Consumer`] carry variable-length byte records (an 8-byte header,
 //! payload padded to 8 bytes, never split across the end of the ring, so they can be written
@@ -49,22 +45,15 @@
 //! [`PodConsumer::try_recv_slice`] takes many items at once.
 //!
 //! Waiting follows [`SpinPolicy`] (by default [`SpinPolicy::Calibrated`]: spin for a time
-//! budget set by the measured cost of a futex wake on the running machine), then park
-//! with a non-private `FUTEX_WAIT` on the peer's index word, through this side's *read-only* mapping of the peer's memfd (a futex
-//! wait only reads the word, and the futex key of a shared mapping is the page, not the
-//! address; the peer wakes it with `FUTEX_WAKE` through its own writable mapping — verified
-//! on Linux 6.18 by the park/wake tests in `tests/ring.rs`). A side records in its wait word that it is parked *and the index
-//! value it saw*; the peer issues a `FUTEX_WAKE` only when that word says someone waits on a
-//! value other than the one just published (and only once per such announcement), so a
-//! busy stream makes no system calls. Non-waiting calls (`try_*`) that keep finding the
-//! ring blocked also notice a dead peer, with one `poll` per 20 ms at most. Every
-//! wait has a deadline and checks every 20 ms whether the peer's end of the channel is still
-//! open (and, for a spawned worker's channel, whether the peer process is still alive).
+//! budget set by the measured cost of a futex wake on the running machine), then parks on
+//! a futex on the peer's index word. A side that parks says so in its wait word, and the
+//! peer wakes it only then, once: a busy stream makes no system call. Every wait has a
+//! deadline and notices a dead peer within about 20 ms; non-waiting calls (`try_*`) that
+//! keep finding the ring blocked notice it too.
 //!
-//! With the `tokio` feature, `AsyncProducer` and its siblings wait in the
-//! runtime's reactor instead: the wait word then also says "signal me", and the peer wakes
-//! it by sending one byte on the setup channel (`MSG_DONTWAIT`: never blocks) rather than
-//! with `FUTEX_WAKE`. Blocking and async sides work together on the same ring.
+//! With the `tokio` feature, `AsyncProducer` and its siblings wait in the runtime's
+//! reactor instead (the peer wakes them with a byte on the setup channel). Blocking and
+//! async sides work together on the same ring.
 //!
 //! # Threat model
 //!
