@@ -16,7 +16,7 @@ use crate::Channel;
 /// take at most half the ring ([`max_record_len`](Producer::max_record_len)).
 #[derive(Debug)]
 pub struct Producer {
-    pub(super) engine: core::ByteProducer,
+    pub(super) engine: core::ByteProducer<'static>,
     pub(super) link: Link,
 }
 
@@ -35,17 +35,12 @@ impl Producer {
 
     /// The producer over a ring set up by `producer_setup` (or its async twin).
     pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> Producer {
-        let words = words(&mut link.own, &link.peer);
+        let m = mapped(&mut link);
         // SAFETY: the data area follows the control page in our own mapping: `cap`
         // bytes, page-aligned, written only by us; it lives as long as `link`, which is
         // stored next to the engine.
         let engine = unsafe {
-            core::ByteProducer::new(
-                data_ptr(&mut link),
-                cap,
-                words,
-                peer_flags & FLAG_PARKS != 0,
-            )
+            core::ByteProducer::new(m.own_data, cap, m.words, peer_flags & FLAG_PARKS != 0)
         };
         Producer { engine, link }
     }
@@ -208,7 +203,7 @@ impl Producer {
 }
 
 impl Side for Producer {
-    fn link_and_words(&mut self) -> (&mut Link, &Words) {
+    fn link_and_words(&mut self) -> (&mut Link, &Words<'static>) {
         (&mut self.link, &self.engine.words)
     }
 }
@@ -332,7 +327,7 @@ impl Drop for SendBatch<'_> {
 /// The consumer of a ring of variable-length byte records.
 #[derive(Debug)]
 pub struct Consumer {
-    pub(super) engine: core::ByteConsumer,
+    pub(super) engine: core::ByteConsumer<'static>,
     pub(super) link: Link,
     cap: u32,
 }
@@ -352,12 +347,9 @@ impl Consumer {
 
     /// The consumer over a ring set up by `consumer_setup` (or its async twin).
     pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> Result<Consumer> {
-        let words = words(&mut link.own, &link.peer);
-        let data = peer_data(&link, cap as usize)?;
-        // SAFETY: the data area (`cap` bytes after the producer's page-aligned control
-        // page, size checked in setup) lives in `link.peer`, which lives as long as the
-        // engine: both sit in the Consumer, and `link` is never replaced.
-        let engine = unsafe { core::ByteConsumer::new(data, words, peer_flags & FLAG_PARKS != 0) };
+        let m = mapped(&mut link);
+        let data = peer_data(&m.peer, cap as usize)?;
+        let engine = core::ByteConsumer::new(data, m.words, peer_flags & FLAG_PARKS != 0);
         let engine = engine.ok_or(Error::PeerCorrupt {
             what: "ring data area",
         })?;
@@ -532,7 +524,7 @@ impl Consumer {
 }
 
 impl Side for Consumer {
-    fn link_and_words(&mut self) -> (&mut Link, &Words) {
+    fn link_and_words(&mut self) -> (&mut Link, &Words<'static>) {
         (&mut self.link, &self.engine.words)
     }
 }

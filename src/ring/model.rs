@@ -78,12 +78,12 @@ pub fn ring_ops(data: &[u8]) {
             ByteProducer::new(
                 base,
                 cap,
-                Words::new(&p_index, &p_wait, &c_index, &c_wait).expect("non-null"),
+                Words::new(&p_index, &p_wait, &c_index, &c_wait),
                 true,
             ),
             ByteConsumer::new(
                 crate::shm::SharedBytes::new(base.as_ptr(), cap as usize),
-                Words::new(&c_index, &c_wait, &p_index, &p_wait).expect("non-null"),
+                Words::new(&c_index, &c_wait, &p_index, &p_wait),
                 true,
             )
             .expect("a valid capacity, 8-aligned"),
@@ -331,7 +331,7 @@ where
             PodProducer::new(
                 base,
                 cap,
-                Words::new(&p_index, &p_wait, &c_index, &c_wait).expect("non-null"),
+                Words::new(&p_index, &p_wait, &c_index, &c_wait),
                 true,
             ),
             PodConsumer::new(
@@ -340,7 +340,7 @@ where
                     cap as usize * std::mem::size_of::<T>(),
                 ),
                 cap,
-                Words::new(&c_index, &c_wait, &p_index, &p_wait).expect("non-null"),
+                Words::new(&c_index, &c_wait, &p_index, &p_wait),
                 true,
             )
             .expect("a valid capacity, aligned"),

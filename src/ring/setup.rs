@@ -197,7 +197,7 @@ impl Link {
 
     pub(super) fn wait(
         &mut self,
-        words: &Words,
+        words: &Words<'_>,
         seen: u32,
         deadline: Option<Instant>,
     ) -> Result<()> {
@@ -213,24 +213,44 @@ impl Link {
     }
 }
 
-/// The control words of a side, as pointers into the two mappings.
-pub(super) fn words(own: &mut ProducerWritableRegion, peer: &RegionView) -> Words {
-    let own_ptr = own.as_mut_slice().as_mut_ptr();
-    let peer_ptr = peer.bytes().as_ptr();
+/// What an engine needs from the two mappings of a [`Link`], taken once.
+///
+/// `'static` stands for "as long as the link": the engine is stored next to its link in
+/// one struct that never replaces the link, and moving the link does not move the mappings.
+pub(super) struct Mapped {
+    /// This side's control words.
+    pub(super) words: Words<'static>,
+    /// The first byte after our own control page: a producer's data area.
+    pub(super) own_data: NonNull<u8>,
+    /// The peer's whole mapping, which the peer may write at any time.
+    pub(super) peer: SharedBytes<'static>,
+}
+
+/// Takes what the engine needs from `link`'s mappings. Every pointer into our own
+/// mapping comes from one mutable borrow of it (a second borrow would invalidate the
+/// pointers taken from the first).
+pub(super) fn mapped(link: &mut Link) -> Mapped {
+    let own = link.own.as_mut_slice().as_mut_ptr();
+    let peer = link.peer.bytes();
     // SAFETY: both mappings are at least CONTROL_LEN bytes (checked at setup) and
-    // page-aligned, so the words at INDEX_AT/WAIT_AT are in bounds and aligned; the
-    // mappings live in the same Link as the engine that holds these pointers and are
-    // never unmapped before it. Peer words are only loaded (atomic loads of <= 8 bytes
-    // are allowed on read-only memory).
-    let words = unsafe {
-        Words::new(
-            own_ptr.add(INDEX_AT).cast::<AtomicU32>(),
-            own_ptr.add(WAIT_AT).cast::<AtomicU64>(),
-            peer_ptr.add(INDEX_AT).cast::<AtomicU32>(),
-            peer_ptr.add(WAIT_AT).cast::<AtomicU64>(),
-        )
-    };
-    words.unwrap_or_else(|| unreachable!("mappings are never null"))
+    // page-aligned, so the words at INDEX_AT and WAIT_AT are in bounds and aligned for
+    // their atomics, and `own + CONTROL_LEN` is in bounds or one past the end; the
+    // mappings live as long as the link (see `Mapped`). Our own words are written only by
+    // us (the memfd is sealed against other writers); the peer's are only loaded (relaxed
+    // atomic loads of at most 8 bytes are allowed on its read-only mapping), and nothing
+    // takes a `&mut` to either control page.
+    unsafe {
+        Mapped {
+            words: Words::new(
+                &*own.add(INDEX_AT).cast::<AtomicU32>(),
+                &*own.add(WAIT_AT).cast::<AtomicU64>(),
+                &*peer.as_ptr().add(INDEX_AT).cast::<AtomicU32>(),
+                &*peer.as_ptr().add(WAIT_AT).cast::<AtomicU64>(),
+            ),
+            own_data: NonNull::new_unchecked(own.add(CONTROL_LEN)),
+            peer: SharedBytes::new(peer.as_ptr(), peer.len()),
+        }
+    }
 }
 
 /// What a non-waiting step produced: a value, or the peer index value to wait on.
@@ -264,7 +284,7 @@ impl Patience {
 /// One side of a ring as the wait driver sees it: its link and its control words.
 pub(super) trait Side {
     /// The link and the control words, borrowed together.
-    fn link_and_words(&mut self) -> (&mut Link, &Words);
+    fn link_and_words(&mut self) -> (&mut Link, &Words<'static>);
 
     /// The one wait loop of the blocking sides: runs `attempt` until it gives a value,
     /// waiting between tries for what it says (the peer's index to move from the value it
@@ -593,13 +613,7 @@ pub(super) fn get(header: &[u8; HEADER_LEN], at: usize) -> u32 {
     u32::from_le_bytes(b)
 }
 
-pub(super) fn data_ptr<T>(link: &mut Link) -> NonNull<T> {
-    let p = link.own.as_mut_slice().as_mut_ptr();
-    // SAFETY: the memfd is CONTROL_LEN + capacity bytes (we created it).
-    NonNull::new(unsafe { p.add(CONTROL_LEN) }.cast()).unwrap_or_else(|| unreachable!())
-}
-
 /// The peer's data area: `len` bytes after its control page.
-pub(super) fn peer_data(link: &Link, len: usize) -> Result<SharedBytes<'_>> {
-    link.peer.bytes().subslice(CONTROL_LEN, len)
+pub(super) fn peer_data(peer: &SharedBytes<'static>, len: usize) -> Result<SharedBytes<'static>> {
+    peer.subslice(CONTROL_LEN, len)
 }

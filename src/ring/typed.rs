@@ -13,7 +13,7 @@ use crate::Channel;
 /// The producer of a ring of `T` items in fixed slots (no per-item header).
 #[derive(Debug)]
 pub struct PodProducer<T: bytemuck::Pod> {
-    pub(super) engine: core::PodProducer<T>,
+    pub(super) engine: core::PodProducer<'static, T>,
     pub(super) link: Link,
 }
 
@@ -31,14 +31,15 @@ impl<T: bytemuck::Pod> PodProducer<T> {
 
     /// The producer over a ring set up by `producer_setup` (or its async twin).
     pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> PodProducer<T> {
-        let words = words(&mut link.own, &link.peer);
+        let m = mapped(&mut link);
         // SAFETY: `cap` slots of T follow the page-aligned control page of our own
-        // mapping (align_of::<T>() <= 4096 checked in pod_kind); written only by us.
+        // mapping (align_of::<T>() <= 4096 checked in pod_kind); written only by us; it
+        // lives as long as `link`, which is stored next to the engine.
         let engine = unsafe {
             core::PodProducer::new(
-                data_ptr(&mut link),
+                m.own_data.cast(),
                 cap,
-                words,
+                m.words,
                 peer_flags & FLAG_PARKS != 0,
             )
         };
@@ -209,7 +210,7 @@ impl<T: bytemuck::Pod> PodProducer<T> {
 }
 
 impl<T: bytemuck::Pod> Side for PodProducer<T> {
-    fn link_and_words(&mut self) -> (&mut Link, &Words) {
+    fn link_and_words(&mut self) -> (&mut Link, &Words<'static>) {
         (&mut self.link, &self.engine.words)
     }
 }
@@ -258,7 +259,7 @@ impl<T: bytemuck::Pod> PodReservation<'_, T> {
 /// The consumer of a ring of `T` items.
 #[derive(Debug)]
 pub struct PodConsumer<T: bytemuck::Pod> {
-    pub(super) engine: core::PodConsumer<T>,
+    pub(super) engine: core::PodConsumer<'static, T>,
     pub(super) link: Link,
     cap: u32,
     _t: PhantomData<T>,
@@ -277,13 +278,9 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
 
     /// The consumer over a ring set up by `consumer_setup` (or its async twin).
     pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> Result<PodConsumer<T>> {
-        let words = words(&mut link.own, &link.peer);
-        let data = peer_data(&link, cap as usize * std::mem::size_of::<T>())?;
-        // SAFETY: `cap` slots of T (size checked in setup) follow the page-aligned
-        // control page of the producer's mapping, in `link.peer`, which lives as long as
-        // the engine: both sit in the PodConsumer, and `link` is never replaced.
-        let engine =
-            unsafe { core::PodConsumer::new(data, cap, words, peer_flags & FLAG_PARKS != 0) };
+        let m = mapped(&mut link);
+        let data = peer_data(&m.peer, cap as usize * std::mem::size_of::<T>())?;
+        let engine = core::PodConsumer::new(data, cap, m.words, peer_flags & FLAG_PARKS != 0);
         let engine = engine.ok_or(Error::PeerCorrupt {
             what: "ring data area",
         })?;
@@ -414,7 +411,7 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
 }
 
 impl<T: bytemuck::Pod> Side for PodConsumer<T> {
-    fn link_and_words(&mut self) -> (&mut Link, &Words) {
+    fn link_and_words(&mut self) -> (&mut Link, &Words<'static>) {
         (&mut self.link, &self.engine.words)
     }
 }

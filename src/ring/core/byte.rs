@@ -12,27 +12,33 @@ use crate::shm::SharedBytes;
 /// other process writes it; `read <= published <= write <= read + cap` (wrapping), all
 /// multiples of 8.
 #[derive(Debug)]
-pub(crate) struct ByteProducer {
+pub(crate) struct ByteProducer<'a> {
     data: NonNull<u8>,
     cap: u32,
     /// Position after the last committed record (published or not).
     write: u32,
     /// The consumer's read index as last loaded and validated.
     cached_read: u32,
-    pub(crate) words: Words,
+    pub(crate) words: Words<'a>,
     pub(crate) peer_parks: bool,
     pub(crate) counters: Counters,
 }
 
-// SAFETY: the engine owns its side of the ring; the pointers are valid for its life
-// wherever it moves (the owner moves the mappings with it).
-unsafe impl Send for ByteProducer {}
+// SAFETY: the engine owns its side of the ring; `data` is valid for its life wherever it
+// moves (the owner moves the mappings with it), and the words are shared references to
+// atomics, which are Sync.
+unsafe impl Send for ByteProducer<'_> {}
 
-impl ByteProducer {
+impl<'a> ByteProducer<'a> {
     /// # Safety
     /// `data` must be 8-aligned and valid for reads and writes of `cap` bytes that no
     /// one else writes, for the life of the value; `cap` must be a valid capacity.
-    pub(crate) unsafe fn new(data: NonNull<u8>, cap: u32, words: Words, peer_parks: bool) -> Self {
+    pub(crate) unsafe fn new(
+        data: NonNull<u8>,
+        cap: u32,
+        words: Words<'a>,
+        peer_parks: bool,
+    ) -> Self {
         debug_assert!(valid_capacity(u64::from(cap)) && data.as_ptr() as usize % 8 == 0);
         ByteProducer {
             data,
@@ -144,22 +150,18 @@ impl ByteProducer {
 
 /// Consumer state of a byte ring.
 ///
-/// Invariants: `data` is `cap` bytes, 8-aligned, valid for the life of the value (its
-/// `'static` stands for that; the producer may write any of it at any time: it is only
-/// read by copy); `read <= cached_write <= read + cap` (wrapping).
+/// Invariants: `data` is `cap` bytes, 8-aligned (the producer may write any of it at any
+/// time: it is only read by copy); `read <= cached_write <= read + cap` (wrapping).
 #[derive(Debug)]
-pub(crate) struct ByteConsumer {
-    data: SharedBytes<'static>,
+pub(crate) struct ByteConsumer<'a> {
+    data: SharedBytes<'a>,
     cap: u32,
     read: u32,
     cached_write: u32,
-    pub(crate) words: Words,
+    pub(crate) words: Words<'a>,
     pub(crate) peer_parks: bool,
     pub(crate) counters: Counters,
 }
-
-// SAFETY: see ByteProducer.
-unsafe impl Send for ByteConsumer {}
 
 /// A validated record in the ring: payload at `offset`, `len` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,25 +171,16 @@ pub(crate) struct Record {
     span: u32,
 }
 
-impl ByteConsumer {
+impl<'a> ByteConsumer<'a> {
     /// The consumer over `data`, whose length is its capacity (`None` if that is not a
     /// valid capacity or `data` is not 8-aligned).
-    ///
-    /// # Safety
-    /// `data` must stay mapped for the life of the value (not only for `'a`).
-    pub(crate) unsafe fn new(
-        data: SharedBytes<'_>,
-        words: Words,
-        peer_parks: bool,
-    ) -> Option<Self> {
+    pub(crate) fn new(data: SharedBytes<'a>, words: Words<'a>, peer_parks: bool) -> Option<Self> {
         let cap = u32::try_from(data.len()).ok()?;
         if !valid_capacity(u64::from(cap)) || data.as_ptr() as usize % 8 != 0 {
             return None;
         }
         Some(ByteConsumer {
-            // SAFETY: the same bytes, valid for the life of the value (the caller's
-            // contract), which is what the `'static` of the field stands for.
-            data: unsafe { SharedBytes::new(data.as_ptr(), data.len()) },
+            data,
             cap,
             read: 0,
             cached_write: 0,
@@ -333,7 +326,7 @@ impl ByteConsumer {
     }
 
     /// The payload of `rec` (from [`next`](Self::next)), in the shared memory.
-    pub(crate) fn payload(&self, rec: Record) -> Option<SharedBytes<'_>> {
+    pub(crate) fn payload(&self, rec: Record) -> Option<SharedBytes<'a>> {
         self.data
             .subslice(rec.offset as usize, rec.len as usize)
             .ok()

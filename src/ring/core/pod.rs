@@ -11,24 +11,29 @@ use crate::shm::SharedBytes;
 /// Invariants: `data` is valid for reads and writes of `cap` `T`s, aligned for `T`, and
 /// no other process writes it; `cached_read <= published <= write <= cached_read + cap`.
 #[derive(Debug)]
-pub(crate) struct PodProducer<T> {
+pub(crate) struct PodProducer<'a, T> {
     data: NonNull<T>,
     cap: u32,
     write: u32,
     cached_read: u32,
-    pub(crate) words: Words,
+    pub(crate) words: Words<'a>,
     pub(crate) peer_parks: bool,
     pub(crate) counters: Counters,
     _t: PhantomData<T>,
 }
 
 // SAFETY: see ByteProducer; T: Pod is Send.
-unsafe impl<T: bytemuck::Pod> Send for PodProducer<T> {}
+unsafe impl<T: bytemuck::Pod> Send for PodProducer<'_, T> {}
 
-impl<T: bytemuck::Pod> PodProducer<T> {
+impl<'a, T: bytemuck::Pod> PodProducer<'a, T> {
     /// # Safety
     /// As [`ByteProducer::new`], for `cap` elements of `T`, aligned for `T`.
-    pub(crate) unsafe fn new(data: NonNull<T>, cap: u32, words: Words, peer_parks: bool) -> Self {
+    pub(crate) unsafe fn new(
+        data: NonNull<T>,
+        cap: u32,
+        words: Words<'a>,
+        peer_parks: bool,
+    ) -> Self {
         debug_assert!(valid_capacity(u64::from(cap)) && data.as_ptr().is_aligned());
         PodProducer {
             data,
@@ -118,34 +123,27 @@ impl<T: bytemuck::Pod> PodProducer<T> {
 
 /// Consumer state of a typed ring of `T` slots.
 ///
-/// Invariants: `data` is `cap` `T`s, aligned for `T`, valid for the life of the value
-/// (its `'static` stands for that; read only by copy); `read <= cached_write <= read +
-/// cap`.
+/// Invariants: `data` is `cap` `T`s, aligned for `T` (read only by copy);
+/// `read <= cached_write <= read + cap`.
 #[derive(Debug)]
-pub(crate) struct PodConsumer<T> {
-    data: SharedBytes<'static>,
+pub(crate) struct PodConsumer<'a, T> {
+    data: SharedBytes<'a>,
     cap: u32,
     read: u32,
     cached_write: u32,
-    pub(crate) words: Words,
+    pub(crate) words: Words<'a>,
     pub(crate) peer_parks: bool,
     pub(crate) counters: Counters,
     _t: PhantomData<T>,
 }
 
-// SAFETY: see ByteProducer.
-unsafe impl<T: bytemuck::Pod> Send for PodConsumer<T> {}
-
-impl<T: bytemuck::Pod> PodConsumer<T> {
+impl<'a, T: bytemuck::Pod> PodConsumer<'a, T> {
     /// The consumer over `data`, `cap` slots of `T` (`None` if `cap` is not a valid
     /// capacity, `data` is not `cap` `T`s long, or not aligned for `T`).
-    ///
-    /// # Safety
-    /// As [`ByteConsumer::new`].
-    pub(crate) unsafe fn new(
-        data: SharedBytes<'_>,
+    pub(crate) fn new(
+        data: SharedBytes<'a>,
         cap: u32,
-        words: Words,
+        words: Words<'a>,
         peer_parks: bool,
     ) -> Option<Self> {
         let fits = (cap as usize).checked_mul(std::mem::size_of::<T>()) == Some(data.len());
@@ -153,9 +151,7 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
             return None;
         }
         Some(PodConsumer {
-            // SAFETY: the same bytes, valid for the life of the value (the caller's
-            // contract), which is what the `'static` of the field stands for.
-            data: unsafe { SharedBytes::new(data.as_ptr(), data.len()) },
+            data,
             cap,
             read: 0,
             cached_write: 0,

@@ -122,7 +122,8 @@ fn a_waiter_is_woken_only_if_it_waits_on_another_value() {
 /// A byte ring over ordinary memory: both engines in one test, with the control words in
 /// boxes and the data in a Vec (this is what Miri runs).
 struct Mem {
-    data: Vec<u64>,
+    /// In cells: the engines write it through a pointer taken from `&self`.
+    data: Vec<std::cell::UnsafeCell<u64>>,
     p_index: Box<AtomicU32>,
     p_wait: Box<AtomicU64>,
     c_index: Box<AtomicU32>,
@@ -132,23 +133,24 @@ struct Mem {
 impl Mem {
     fn new(cap: usize) -> Mem {
         Mem {
-            data: vec![0; cap / 8],
+            data: (0..cap / 8)
+                .map(|_| std::cell::UnsafeCell::new(0))
+                .collect(),
             p_index: Box::default(),
             p_wait: Box::default(),
             c_index: Box::default(),
             c_wait: Box::default(),
         }
     }
-    fn engines(&mut self) -> (ByteProducer, ByteConsumer) {
+    fn engines(&self) -> (ByteProducer<'_>, ByteConsumer<'_>) {
         let cap = (self.data.len() * 8) as u32;
-        let data = NonNull::new(self.data.as_mut_ptr().cast::<u8>()).unwrap();
+        let data =
+            NonNull::new(std::cell::UnsafeCell::raw_get(self.data.as_ptr()).cast::<u8>()).unwrap();
         // SAFETY: the boxes and the Vec outlive the engines (the tests drop the engines
         // first); only the producer writes `data`, the consumer reads by volatile copy.
         unsafe {
-            let pw =
-                Words::new(&*self.p_index, &*self.p_wait, &*self.c_index, &*self.c_wait).unwrap();
-            let cw =
-                Words::new(&*self.c_index, &*self.c_wait, &*self.p_index, &*self.p_wait).unwrap();
+            let pw = Words::new(&self.p_index, &self.p_wait, &self.c_index, &self.c_wait);
+            let cw = Words::new(&self.c_index, &self.c_wait, &self.p_index, &self.p_wait);
             (
                 ByteProducer::new(data, cap, pw, true),
                 ByteConsumer::new(
@@ -193,7 +195,7 @@ fn recv(c: &mut ByteConsumer) -> Option<Vec<u8>> {
 
 #[test]
 fn byte_ring_wraps_and_keeps_order() {
-    let mut mem = Mem::new(256);
+    let mem = Mem::new(256);
     let (mut p, mut c) = mem.engines();
     let mut next_in = 0u32;
     let mut next_out = 0u32;
@@ -217,7 +219,7 @@ fn byte_ring_wraps_and_keeps_order() {
 
 #[test]
 fn consumer_rejects_a_forged_write_index_and_header() {
-    let mut mem = Mem::new(128);
+    let mem = Mem::new(128);
     let (mut p, mut c) = mem.engines();
     assert!(send(&mut p, b"hello"));
     mem.p_index.store(1000, Ordering::Relaxed);
@@ -226,7 +228,7 @@ fn consumer_rejects_a_forged_write_index_and_header() {
     for forged in [record_header(100), 5 << 32, pad_header()] {
         let mut mem = Mem::new(128);
         mem.p_index.store(16, Ordering::Relaxed);
-        mem.data[0] = forged.to_le();
+        *mem.data[0].get_mut() = forged.to_le();
         let (_p, mut c) = mem.engines();
         assert!(c.next().is_err(), "header {forged:#x}");
     }
@@ -234,7 +236,7 @@ fn consumer_rejects_a_forged_write_index_and_header() {
 
 #[test]
 fn two_threads_stream_through_the_byte_ring() {
-    let mut mem = Mem::new(512);
+    let mem = Mem::new(512);
     let (mut p, mut c) = mem.engines();
     let n: u32 = if cfg!(miri) { 300 } else { 20_000 };
     std::thread::scope(|s| {
@@ -275,11 +277,11 @@ fn pod_ring_moves_items_in_order_across_the_wrap() {
     // SAFETY: locals outlive the engines; only the producer writes `data`.
     let (mut p, mut c) = unsafe {
         (
-            PodProducer::<u64>::new(ptr, 16, Words::new(&pi, &pw, &ci, &cw).unwrap(), false),
+            PodProducer::<u64>::new(ptr, 16, Words::new(&pi, &pw, &ci, &cw), false),
             PodConsumer::<u64>::new(
                 crate::shm::SharedBytes::new(ptr.as_ptr().cast(), 16 * 8),
                 16,
-                Words::new(&ci, &cw, &pi, &pw).unwrap(),
+                Words::new(&ci, &cw, &pi, &pw),
                 false,
             )
             .unwrap(),

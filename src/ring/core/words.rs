@@ -1,63 +1,54 @@
 //! The state both sides of every ring engine share: the control [`Words`], what a side
 //! waits for ([`Blocked`]) and its [`Counters`].
 
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use super::{load_peer, publish, Wake};
 
-/// The four control words of a ring, seen from one side.
-///
-/// Invariant: every pointer is valid and aligned for the whole life of the value (the
-/// owner keeps the mappings or boxes alive); `own_*` point to memory only this side
-/// writes, `peer_*` to memory only the peer writes (we only load it).
+/// The four control words of a ring, seen from one side: `own_*` in memory only this side
+/// writes, `peer_*` in memory only the peer writes (mapped read-only here: only loaded).
 #[derive(Debug)]
-pub(crate) struct Words {
-    own_index: NonNull<AtomicU32>,
-    own_wait: NonNull<AtomicU64>,
-    peer_index: NonNull<AtomicU32>,
-    peer_wait: NonNull<AtomicU64>,
+pub(crate) struct Words<'a> {
+    own_index: &'a AtomicU32,
+    own_wait: &'a AtomicU64,
+    peer_index: &'a AtomicU32,
+    peer_wait: &'a AtomicU64,
     /// The index this side last stored to its index word.
     published: u32,
     /// The peer's wait word this side last woke (see [`publish`]).
     woken: u64,
 }
 
-impl Words {
-    /// # Safety
-    /// The four pointers must be non-null, aligned, and valid for atomic access (loads
-    /// only for `peer_*`, which may be read-only memory) for the life of the value.
-    pub(crate) unsafe fn new(
-        own_index: *const AtomicU32,
-        own_wait: *const AtomicU64,
-        peer_index: *const AtomicU32,
-        peer_wait: *const AtomicU64,
-    ) -> Option<Words> {
-        Some(Words {
-            own_index: NonNull::new(own_index.cast_mut())?,
-            own_wait: NonNull::new(own_wait.cast_mut())?,
-            peer_index: NonNull::new(peer_index.cast_mut())?,
-            peer_wait: NonNull::new(peer_wait.cast_mut())?,
+impl<'a> Words<'a> {
+    /// The words of one side. `peer_*` may be in read-only memory: they are only loaded
+    /// (relaxed atomic loads of at most 8 bytes are allowed there).
+    pub(crate) fn new(
+        own_index: &'a AtomicU32,
+        own_wait: &'a AtomicU64,
+        peer_index: &'a AtomicU32,
+        peer_wait: &'a AtomicU64,
+    ) -> Words<'a> {
+        Words {
+            own_index,
+            own_wait,
+            peer_index,
+            peer_wait,
             published: 0,
             woken: 0,
-        })
+        }
     }
 
     pub(crate) fn own_index(&self) -> &AtomicU32 {
-        // SAFETY: valid for the life of self (type invariant).
-        unsafe { self.own_index.as_ref() }
+        self.own_index
     }
     pub(crate) fn own_wait(&self) -> &AtomicU64 {
-        // SAFETY: valid for the life of self (type invariant).
-        unsafe { self.own_wait.as_ref() }
+        self.own_wait
     }
     pub(crate) fn peer_index(&self) -> &AtomicU32 {
-        // SAFETY: valid for the life of self (type invariant); only loaded.
-        unsafe { self.peer_index.as_ref() }
+        self.peer_index
     }
     pub(crate) fn peer_wait(&self) -> &AtomicU64 {
-        // SAFETY: valid for the life of self (type invariant); only loaded.
-        unsafe { self.peer_wait.as_ref() }
+        self.peer_wait
     }
 
     /// The index this side last published.
