@@ -1,5 +1,6 @@
 //! The few places that need `unsafe`: mapping descriptors and copying out of memory that
-//! another process may write.
+//! another process may write; the system calls rustix does not wrap (Landlock, seccomp,
+//! `fork`); and the code a spawn runs in the child between `fork` and `exec`.
 //!
 //! Invariants the safe layers rely on:
 //! - a [`ReadMap`] is only created over a file whose size was checked to be at least the
@@ -11,12 +12,20 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{Advice, Mmap, MmapMut, MmapOptions, MmapRaw};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::FdFlags;
+use rustix::thread::UnshareFlags;
+use seccompiler::BpfProgramRef;
 
+use crate::sandbox::Prepared;
 use crate::shm::SharedBytes;
+use crate::spawn::ENV_VAR;
 
 /// A read-only mapping of a verified region.
 #[derive(Debug)]
@@ -208,4 +217,235 @@ pub(crate) fn unsent_bytes(fd: impl AsFd) -> io::Result<usize> {
         )
     }?;
     Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// The Landlock ABI version the running kernel supports (0: none, or the call is refused).
+///
+/// # References
+///  - [`landlock_create_ruleset(2)`](https://man7.org/linux/man-pages/man2/landlock_create_ruleset.2.html),
+///    `LANDLOCK_CREATE_RULESET_VERSION`
+pub(crate) fn landlock_abi() -> u32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+    // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the VERSION flag
+    // only returns the ABI version (or an error); it reads no memory and creates nothing.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    u32::try_from(v).unwrap_or(0)
+}
+
+/// Restricts the calling thread with the Landlock ruleset `ruleset`, for good.
+///
+/// Async-signal-safe (one raw system call; the error is made from `errno`).
+///
+/// # References
+///  - [`landlock_restrict_self(2)`](https://man7.org/linux/man-pages/man2/landlock_restrict_self.2.html)
+pub(crate) fn landlock_restrict_self(ruleset: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: landlock_restrict_self takes a descriptor, borrowed for the call, and flags
+    // (0); it touches no memory of ours.
+    if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Installs the seccomp filter `program` on the calling thread
+/// (`seccomp(SECCOMP_SET_MODE_FILTER, flags, program)`); with `SECCOMP_FILTER_FLAG_TSYNC`
+/// in `flags`, on every thread of the process.
+///
+/// Async-signal-safe (one raw system call; the error is made from `errno`).
+///
+/// # References
+///  - [`seccomp(2)`](https://man7.org/linux/man-pages/man2/seccomp.2.html)
+pub(crate) fn seccomp_set_mode_filter(
+    program: BpfProgramRef<'_>,
+    flags: libc::c_ulong,
+) -> io::Result<()> {
+    // The kernel refuses more than BPF_MAXINSNS (4096) instructions with EINVAL anyway;
+    // a length that does not fit must not be truncated into a shorter, weaker filter.
+    let Ok(len) = libc::c_ushort::try_from(program.len()) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: seccompiler's `sock_filter` has the kernel's layout (repr(C): u16, u8, u8,
+    // u32), `prog` points at `len` instructions of `program`, which is borrowed for the
+    // call, and the kernel only reads them (it copies the program before returning).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    // With TSYNC, a positive value is the id of a thread that could not be synchronized.
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `unshare(flags)` for new namespaces only: any flag that is not a `CLONE_NEW*` namespace
+/// flag is refused with `EINVAL`, before the call.
+///
+/// Async-signal-safe (rustix's raw system call; the error is made from its `errno`).
+///
+/// # References
+///  - [`unshare(2)`](https://man7.org/linux/man-pages/man2/unshare.2.html)
+pub(crate) fn unshare_namespaces(flags: UnshareFlags) -> io::Result<()> {
+    let namespaces = UnshareFlags::NEWCGROUP
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWNET
+        | UnshareFlags::NEWNS
+        | UnshareFlags::NEWPID
+        | UnshareFlags::NEWTIME
+        | UnshareFlags::NEWUSER
+        | UnshareFlags::NEWUTS;
+    if !namespaces.contains(flags) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `unshare_unsafe` is unsafe for `CLONE_FILES`, after which descriptors of
+    // other threads would not be valid in this one; `flags` holds namespace flags only
+    // (checked above), which change no descriptor table.
+    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(io::Error::from)
+}
+
+/// Whether a child process may `unshare(flags)`: forks a child that tries it and exits,
+/// and reaps it. This process is not changed.
+///
+/// # References
+///  - [`fork(2)`](https://man7.org/linux/man-pages/man2/fork.2.html),
+///    [`signal-safety(7)`](https://man7.org/linux/man-pages/man7/signal-safety.7.html)
+pub(crate) fn child_can_unshare(flags: UnshareFlags) -> bool {
+    // SAFETY: fork copies only the calling thread of a possibly multi-threaded process, so
+    // the child may only make async-signal-safe calls: it runs only `unshare_namespaces`
+    // (a raw system call) and `_exit`, which never returns. The parent reaps the child it
+    // forked.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let ok = unshare_namespaces(flags).is_ok();
+        // SAFETY: _exit ends the child at once, running no exit handlers of the parent's
+        // copy of this process.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return false; // fork failed
+    };
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, status))) => return status.exit_status() == Some(0),
+            Ok(None) => return false,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Has the child of `cmd` place descriptor `fd` on `target`, without close-on-exec, between
+/// `fork` and `exec`: the child inherits it (and this process never makes it inheritable).
+///
+/// `fd` must stay open until `cmd`'s spawn has returned; otherwise the child's spawn fails
+/// (`EBADF`) or the child receives whatever descriptor then has its number.
+///
+/// # References
+///  - [`dup2(2)`](https://man7.org/linux/man-pages/man2/dup2.2.html),
+///    [`signal-safety(7)`](https://man7.org/linux/man-pages/man7/signal-safety.7.html)
+pub(crate) fn pre_exec_dup_to(cmd: &mut Command, fd: BorrowedFd<'_>, target: RawFd) {
+    let raw = fd.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec, so it may only make
+    // async-signal-safe calls: `fcntl` and `dup2` (both on POSIX's list) on raw descriptor
+    // numbers, and reading errno; it allocates nothing and creates no `OwnedFd` (`target`
+    // need not be open, and must never be closed by us). Whatever `raw` names in the child,
+    // no memory is touched: the worst outcome is an error or a wrong descriptor on `target`
+    // in a process about to exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if raw == target {
+                // dup2 onto itself would keep FD_CLOEXEC: clear it instead.
+                libc::fcntl(raw, libc::F_SETFD, 0)
+            } else {
+                // dup2 creates the new descriptor without FD_CLOEXEC: the one inherited fd.
+                libc::dup2(raw, target)
+            };
+            if rc == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Has the child of `cmd` apply the sandbox `prepared` between `fork` and `exec` (after the
+/// hooks registered before), so that its program starts sandboxed. Without
+/// `SECCOMP_FILTER_FLAG_TSYNC`: the child of `fork` has one thread.
+///
+/// # References
+///  - [`signal-safety(7)`](https://man7.org/linux/man-pages/man7/signal-safety.7.html)
+pub(crate) fn pre_exec_sandbox(cmd: &mut Command, prepared: Prepared) {
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed. `Prepared::apply` is written for exactly this
+    // (see its documentation): it allocates nothing and takes no lock; it makes only raw
+    // system calls (prlimit64, unshare, open/write/close of /proc/self/*_map, prctl,
+    // landlock_restrict_self, seccomp) on memory built before fork and owned by the
+    // closure; its error is an io::Error made from errno, which does not allocate.
+    unsafe {
+        cmd.pre_exec(move || prepared.apply(0).map_err(|(_, e)| e));
+    }
+}
+
+/// Why [`claim_inherited_fd`] found no descriptor to own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unclaimable {
+    /// [`ENV_VAR`] is not set (or not Unicode).
+    Unset,
+    /// [`ENV_VAR`] is not a descriptor number of 3 or more (0 to 2 are the standard
+    /// streams, which the standard library uses).
+    NotADescriptor,
+    /// The descriptor was already claimed in this process.
+    AlreadyClaimed,
+    /// The descriptor is not open.
+    NotOpen,
+    /// The descriptor is close-on-exec: this process opened it itself.
+    NotInherited,
+}
+
+/// Takes ownership of the descriptor named by [`ENV_VAR`], which this process inherited
+/// across `exec` from the parent that spawned it (it lacks close-on-exec, unlike every
+/// descriptor Rust opens). Succeeds at most once per process: the first call that finds a
+/// number of 3 or more claims the right, whatever its outcome.
+///
+/// # References
+///  - [`fcntl(2)`](https://man7.org/linux/man-pages/man2/fcntl.2.html), `F_GETFD`
+pub(crate) fn claim_inherited_fd() -> Result<OwnedFd, Unclaimable> {
+    static CLAIMED: AtomicBool = AtomicBool::new(false);
+    let value = std::env::var(ENV_VAR).map_err(|_| Unclaimable::Unset)?;
+    let fd: RawFd = match value.parse() {
+        Ok(fd) if fd >= 3 => fd,
+        _ => return Err(Unclaimable::NotADescriptor),
+    };
+    if CLAIMED.swap(true, Ordering::AcqRel) {
+        return Err(Unclaimable::AlreadyClaimed);
+    }
+    // SAFETY: fcntl(F_GETFD) on a descriptor number touches no memory; if `fd` is not open
+    // the kernel answers EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    let Ok(flags) = u32::try_from(flags) else {
+        return Err(Unclaimable::NotOpen);
+    };
+    if FdFlags::from_bits_retain(flags).contains(FdFlags::CLOEXEC) {
+        return Err(Unclaimable::NotInherited);
+    }
+    // SAFETY: `fd` is open, was inherited across exec (no FD_CLOEXEC), and is named by the
+    // variable our parent set for exactly this purpose: handing this process a descriptor
+    // to own. CLAIMED guarantees that this process creates at most one owner for it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(owned)
 }
