@@ -11,6 +11,7 @@
 //!   `RegionView`) or by callers who vouch for their producer.
 #![allow(unsafe_code)]
 
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -19,13 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{Advice, Mmap, MmapMut, MmapOptions, MmapRaw};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::fs::{Mode, OFlags};
 use rustix::io::FdFlags;
+use rustix::process::{Resource, Rlimit};
 use rustix::thread::UnshareFlags;
-use seccompiler::BpfProgramRef;
+use seccompiler::{BpfProgram, BpfProgramRef};
 
-use crate::sandbox::Prepared;
 use crate::shm::SharedBytes;
-use crate::spawn::ENV_VAR;
 
 /// A read-only mapping of a verified region.
 #[derive(Debug)]
@@ -239,13 +240,101 @@ pub(crate) fn landlock_abi() -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
+/// The paths and lines that map this process's own uid and gid in a new user namespace.
+pub(crate) struct IdMaps {
+    pub(crate) setgroups: &'static CStr,
+    pub(crate) uid_map: &'static CStr,
+    pub(crate) gid_map: &'static CStr,
+    pub(crate) uid_line: Vec<u8>,
+    pub(crate) gid_line: Vec<u8>,
+}
+
+/// A sandbox built (by `sandbox`) and ready to apply with raw system calls only.
+pub(crate) struct RawSandbox {
+    /// The Landlock ruleset, if the kernel has Landlock.
+    pub(crate) landlock: Option<OwnedFd>,
+    /// The seccomp programs, in installation order.
+    pub(crate) filters: Vec<BpfProgram>,
+    /// Soft and hard limits to set.
+    pub(crate) rlimits: Vec<(Resource, u64)>,
+    /// The namespaces to create (empty: none).
+    pub(crate) ns_flags: UnshareFlags,
+    /// With a new user namespace: the id maps to write.
+    pub(crate) id_maps: Option<IdMaps>,
+}
+
+impl RawSandbox {
+    /// Applies the sandbox to the calling thread (and, with TSYNC, the seccomp filter to
+    /// every thread). On failure, says which step failed.
+    ///
+    /// Written to run in a child between `fork` and `exec` ([`pre_exec_sandbox`] relies on
+    /// it): it allocates nothing, takes no lock and makes only async-signal-safe calls
+    /// (rustix's raw system calls `prlimit64`, `unshare`, `openat`/`write` and `prctl`, raw
+    /// `syscall`s for `landlock_restrict_self` and `seccomp`, and `close`), reading only
+    /// memory prepared before `fork`; its error is an `io::Error` built from `errno` (no
+    /// allocation).
+    ///
+    /// # References
+    ///  - [`signal-safety(7)`](https://man7.org/linux/man-pages/man7/signal-safety.7.html)
+    pub(crate) fn apply(
+        &self,
+        seccomp_flags: libc::c_ulong,
+    ) -> Result<(), (&'static str, io::Error)> {
+        // Namespaces first: if the kernel refuses them, nothing has been applied yet.
+        if !self.ns_flags.is_empty() {
+            unshare_namespaces(self.ns_flags).map_err(|e| ("unshare", e))?;
+            if let Some(maps) = &self.id_maps {
+                write_file(maps.setgroups, b"deny")?;
+                write_file(maps.uid_map, &maps.uid_line)?;
+                write_file(maps.gid_map, &maps.gid_line)?;
+            }
+        }
+        for &(resource, value) in &self.rlimits {
+            let lim = Rlimit {
+                current: Some(value),
+                maximum: Some(value),
+            };
+            rustix::process::setrlimit(resource, lim).map_err(|e| ("setrlimit", e.into()))?;
+        }
+        rustix::thread::set_no_new_privs(true)
+            .map_err(|e| ("prctl(PR_SET_NO_NEW_PRIVS)", e.into()))?;
+        if let Some(fd) = &self.landlock {
+            landlock_restrict_self(fd.as_fd()).map_err(|e| ("landlock_restrict_self", e))?;
+        }
+        for program in &self.filters {
+            seccomp_set_mode_filter(program, seccomp_flags)
+                .map_err(|e| ("seccomp(SECCOMP_SET_MODE_FILTER)", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `data` to the file at `path` with raw calls (async-signal-safe: rustix's
+/// `openat` with a `&CStr` and `write` allocate nothing; dropping the descriptor is
+/// `close`).
+fn write_file(path: &CStr, data: &[u8]) -> Result<(), (&'static str, io::Error)> {
+    let fd = rustix::fs::openat(
+        rustix::fs::CWD,
+        path,
+        OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ("open(/proc/self/*_map)", e.into()))?;
+    match rustix::io::write(&fd, data) {
+        Ok(n) if n == data.len() => Ok(()),
+        // A short write: the kernel takes an id map whole or not at all, so not expected.
+        Ok(_) => Err(("write(/proc/self/*_map)", rustix::io::Errno::IO.into())),
+        Err(e) => Err(("write(/proc/self/*_map)", e.into())),
+    }
+}
+
 /// Restricts the calling thread with the Landlock ruleset `ruleset`, for good.
 ///
 /// Async-signal-safe (one raw system call; the error is made from `errno`).
 ///
 /// # References
 ///  - [`landlock_restrict_self(2)`](https://man7.org/linux/man-pages/man2/landlock_restrict_self.2.html)
-pub(crate) fn landlock_restrict_self(ruleset: BorrowedFd<'_>) -> io::Result<()> {
+fn landlock_restrict_self(ruleset: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: landlock_restrict_self takes a descriptor, borrowed for the call, and flags
     // (0); it touches no memory of ours.
     if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) } != 0 {
@@ -262,10 +351,7 @@ pub(crate) fn landlock_restrict_self(ruleset: BorrowedFd<'_>) -> io::Result<()> 
 ///
 /// # References
 ///  - [`seccomp(2)`](https://man7.org/linux/man-pages/man2/seccomp.2.html)
-pub(crate) fn seccomp_set_mode_filter(
-    program: BpfProgramRef<'_>,
-    flags: libc::c_ulong,
-) -> io::Result<()> {
+fn seccomp_set_mode_filter(program: BpfProgramRef<'_>, flags: libc::c_ulong) -> io::Result<()> {
     // The kernel refuses more than BPF_MAXINSNS (4096) instructions with EINVAL anyway;
     // a length that does not fit must not be truncated into a shorter, weaker filter.
     let Ok(len) = libc::c_ushort::try_from(program.len()) else {
@@ -300,7 +386,7 @@ pub(crate) fn seccomp_set_mode_filter(
 ///
 /// # References
 ///  - [`unshare(2)`](https://man7.org/linux/man-pages/man2/unshare.2.html)
-pub(crate) fn unshare_namespaces(flags: UnshareFlags) -> io::Result<()> {
+fn unshare_namespaces(flags: UnshareFlags) -> io::Result<()> {
     let namespaces = UnshareFlags::NEWCGROUP
         | UnshareFlags::NEWIPC
         | UnshareFlags::NEWNET
@@ -383,33 +469,30 @@ pub(crate) fn pre_exec_dup_to(cmd: &mut Command, fd: BorrowedFd<'_>, target: Raw
     }
 }
 
-/// Has the child of `cmd` apply the sandbox `prepared` between `fork` and `exec` (after the
+/// Has the child of `cmd` apply `sandbox` between `fork` and `exec` (after the
 /// hooks registered before), so that its program starts sandboxed. Without
 /// `SECCOMP_FILTER_FLAG_TSYNC`: the child of `fork` has one thread.
 ///
 /// # References
 ///  - [`signal-safety(7)`](https://man7.org/linux/man-pages/man7/signal-safety.7.html)
-pub(crate) fn pre_exec_sandbox(cmd: &mut Command, prepared: Prepared) {
+pub(crate) fn pre_exec_sandbox(cmd: &mut Command, sandbox: RawSandbox) {
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed. `Prepared::apply` is written for exactly this
+    // async-signal-safe calls are allowed. `RawSandbox::apply` is written for exactly this
     // (see its documentation): it allocates nothing and takes no lock; it makes only raw
-    // system calls (prlimit64, unshare, open/write/close of /proc/self/*_map, prctl,
+    // system calls (prlimit64, unshare, openat/write/close of /proc/self/*_map, prctl,
     // landlock_restrict_self, seccomp) on memory built before fork and owned by the
     // closure; its error is an io::Error made from errno, which does not allocate.
     unsafe {
-        cmd.pre_exec(move || prepared.apply(0).map_err(|(_, e)| e));
+        cmd.pre_exec(move || sandbox.apply(0).map_err(|(_, e)| e));
     }
 }
 
-/// Why [`claim_inherited_fd`] found no descriptor to own.
+/// Why [`claim_inherited_fd`] refused a descriptor number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unclaimable {
-    /// [`ENV_VAR`] is not set (or not Unicode).
-    Unset,
-    /// [`ENV_VAR`] is not a descriptor number of 3 or more (0 to 2 are the standard
-    /// streams, which the standard library uses).
+    /// Below 3: not a descriptor, or a standard stream, which the standard library uses.
     NotADescriptor,
-    /// The descriptor was already claimed in this process.
+    /// A descriptor was already claimed in this process.
     AlreadyClaimed,
     /// The descriptor is not open.
     NotOpen,
@@ -417,20 +500,19 @@ pub(crate) enum Unclaimable {
     NotInherited,
 }
 
-/// Takes ownership of the descriptor named by [`ENV_VAR`], which this process inherited
-/// across `exec` from the parent that spawned it (it lacks close-on-exec, unlike every
-/// descriptor Rust opens). Succeeds at most once per process: the first call that finds a
-/// number of 3 or more claims the right, whatever its outcome.
+/// Takes ownership of descriptor `fd`: the one the parent that spawned this process handed
+/// it to own, named by `SEALPIPE_FD` (the caller's only source of `fd`), inherited across
+/// `exec` (it lacks close-on-exec, unlike every descriptor Rust opens). Succeeds at most
+/// once per process: the first call with `fd` of 3 or more claims the right, whatever its
+/// outcome.
 ///
 /// # References
 ///  - [`fcntl(2)`](https://man7.org/linux/man-pages/man2/fcntl.2.html), `F_GETFD`
-pub(crate) fn claim_inherited_fd() -> Result<OwnedFd, Unclaimable> {
+pub(crate) fn claim_inherited_fd(fd: RawFd) -> Result<OwnedFd, Unclaimable> {
     static CLAIMED: AtomicBool = AtomicBool::new(false);
-    let value = std::env::var(ENV_VAR).map_err(|_| Unclaimable::Unset)?;
-    let fd: RawFd = match value.parse() {
-        Ok(fd) if fd >= 3 => fd,
-        _ => return Err(Unclaimable::NotADescriptor),
-    };
+    if fd < 3 {
+        return Err(Unclaimable::NotADescriptor);
+    }
     if CLAIMED.swap(true, Ordering::AcqRel) {
         return Err(Unclaimable::AlreadyClaimed);
     }
@@ -443,9 +525,10 @@ pub(crate) fn claim_inherited_fd() -> Result<OwnedFd, Unclaimable> {
     if FdFlags::from_bits_retain(flags).contains(FdFlags::CLOEXEC) {
         return Err(Unclaimable::NotInherited);
     }
-    // SAFETY: `fd` is open, was inherited across exec (no FD_CLOEXEC), and is named by the
-    // variable our parent set for exactly this purpose: handing this process a descriptor
-    // to own. CLAIMED guarantees that this process creates at most one owner for it.
+    // SAFETY: `fd` is open, was inherited across exec (no FD_CLOEXEC), and is named by
+    // `SEALPIPE_FD`, the variable our parent set for exactly this purpose: handing this
+    // process a descriptor to own. CLAIMED guarantees that this process creates at most
+    // one owner for it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok(owned)
 }

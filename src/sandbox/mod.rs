@@ -403,6 +403,7 @@ impl Sandbox {
         }
         let prepared = self.prepare(None)?;
         prepared
+            .raw
             .apply(SECCOMP_FILTER_FLAG_TSYNC)
             .map_err(|(op, source)| match (op, source.raw_os_error()) {
                 // Unprivileged user namespaces disabled, or too many: nothing applied.

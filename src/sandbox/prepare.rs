@@ -1,17 +1,16 @@
-//! Building a sandbox for this process or a spawn, and applying it with raw system calls
-//! only (async-signal-safe, so that a spawn can apply it between `fork` and `exec`).
+//! Building a sandbox for this process or a spawn, to apply with raw system calls only
+//! (`sys::RawSandbox::apply`: async-signal-safe, so that a spawn can apply it between
+//! `fork` and `exec`).
 
-use std::ffi::CStr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
-use rustix::fs::{Mode, OFlags};
-use rustix::process::{Resource, Rlimit};
+use rustix::process::Resource;
 use rustix::thread::UnshareFlags;
-use seccompiler::BpfProgram;
 
 use super::startup::StartupPaths;
 use super::{landlock_abi, Enforcement, Sandbox};
 use crate::error::{Error, Result};
+use crate::sys::{IdMaps, RawSandbox};
 
 impl Sandbox {
     /// Builds everything (Landlock ruleset descriptor, BPF programs, rlimit values) for
@@ -101,31 +100,22 @@ impl Sandbox {
             None
         };
         Ok(Prepared {
-            landlock,
-            filters,
-            rlimits,
-            ns_flags,
-            id_maps,
+            raw: RawSandbox {
+                landlock,
+                filters,
+                rlimits,
+                ns_flags,
+                id_maps,
+            },
             report,
         })
     }
 }
 
-struct IdMaps {
-    setgroups: &'static CStr,
-    uid_map: &'static CStr,
-    gid_map: &'static CStr,
-    uid_line: Vec<u8>,
-    gid_line: Vec<u8>,
-}
-
-/// A sandbox built and ready to apply with raw system calls only.
+/// A sandbox built and ready to apply, and what it enforces.
 pub(crate) struct Prepared {
-    landlock: Option<OwnedFd>,
-    filters: Vec<BpfProgram>,
-    rlimits: Vec<(Resource, u64)>,
-    ns_flags: UnshareFlags,
-    id_maps: Option<IdMaps>,
+    /// What `sys` applies with raw system calls only.
+    pub(crate) raw: RawSandbox,
     pub(crate) report: Enforcement,
 }
 
@@ -133,73 +123,12 @@ impl Prepared {
     /// Moves the descriptors this sandbox holds above `fd`, so that a child's `dup2` onto
     /// a low number cannot replace them.
     pub(crate) fn move_fds_above(&mut self, fd: std::os::fd::RawFd) -> Result<()> {
-        if let Some(ruleset) = &mut self.landlock {
+        if let Some(ruleset) = &mut self.raw.landlock {
             if ruleset.as_raw_fd() <= fd {
                 *ruleset = rustix::io::fcntl_dupfd_cloexec(&*ruleset, fd + 1)
                     .map_err(|e| Error::io("fcntl(F_DUPFD_CLOEXEC)", e))?;
             }
         }
         Ok(())
-    }
-
-    /// Applies the sandbox to the calling thread (and, with TSYNC, the seccomp filter to
-    /// every thread). On failure, says which step failed.
-    ///
-    /// Written to run in a child between `fork` and `exec` (`sys::pre_exec_sandbox` relies
-    /// on it): it allocates nothing, takes no lock and makes only async-signal-safe calls
-    /// (rustix's raw system calls `prlimit64`, `unshare`, `openat`/`write` and `prctl`, the
-    /// raw `syscall`s of `sys::landlock_restrict_self` and `sys::seccomp_set_mode_filter`,
-    /// and `close`), reading only memory prepared before `fork`; its error is an
-    /// `io::Error` built from `errno` (no allocation).
-    pub(crate) fn apply(
-        &self,
-        seccomp_flags: libc::c_ulong,
-    ) -> std::result::Result<(), (&'static str, std::io::Error)> {
-        // Namespaces first: if the kernel refuses them, nothing has been applied yet.
-        if !self.ns_flags.is_empty() {
-            crate::sys::unshare_namespaces(self.ns_flags).map_err(|e| ("unshare", e))?;
-            if let Some(maps) = &self.id_maps {
-                write_file(maps.setgroups, b"deny")?;
-                write_file(maps.uid_map, &maps.uid_line)?;
-                write_file(maps.gid_map, &maps.gid_line)?;
-            }
-        }
-        for &(resource, value) in &self.rlimits {
-            let lim = Rlimit {
-                current: Some(value),
-                maximum: Some(value),
-            };
-            rustix::process::setrlimit(resource, lim).map_err(|e| ("setrlimit", e.into()))?;
-        }
-        rustix::thread::set_no_new_privs(true)
-            .map_err(|e| ("prctl(PR_SET_NO_NEW_PRIVS)", e.into()))?;
-        if let Some(fd) = &self.landlock {
-            crate::sys::landlock_restrict_self(fd.as_fd())
-                .map_err(|e| ("landlock_restrict_self", e))?;
-        }
-        for program in &self.filters {
-            crate::sys::seccomp_set_mode_filter(program, seccomp_flags)
-                .map_err(|e| ("seccomp(SECCOMP_SET_MODE_FILTER)", e))?;
-        }
-        Ok(())
-    }
-}
-
-/// Writes `data` to the file at `path` with raw calls (async-signal-safe: rustix's
-/// `openat` with a `&CStr` and `write` allocate nothing; dropping the descriptor is
-/// `close`).
-fn write_file(path: &CStr, data: &[u8]) -> std::result::Result<(), (&'static str, std::io::Error)> {
-    let fd = rustix::fs::openat(
-        rustix::fs::CWD,
-        path,
-        OFlags::WRONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| ("open(/proc/self/*_map)", e.into()))?;
-    match rustix::io::write(&fd, data) {
-        Ok(n) if n == data.len() => Ok(()),
-        // A short write: the kernel takes an id map whole or not at all, so not expected.
-        Ok(_) => Err(("write(/proc/self/*_map)", rustix::io::Errno::IO.into())),
-        Err(e) => Err(("write(/proc/self/*_map)", e.into())),
     }
 }
