@@ -532,3 +532,50 @@ pub(crate) fn claim_inherited_fd(fd: RawFd) -> Result<OwnedFd, Unclaimable> {
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok(owned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claiming_refuses_standard_streams_descriptors_opened_here_and_a_second_claim() {
+        // Below 3: refused before the claim is taken.
+        for fd in [-1, 0, 2] {
+            assert_eq!(
+                claim_inherited_fd(fd).err(),
+                Some(Unclaimable::NotADescriptor)
+            );
+        }
+        // Rust opens everything close-on-exec: not inherited. This takes the claim.
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        assert_eq!(
+            claim_inherited_fd(file.as_raw_fd()).err(),
+            Some(Unclaimable::NotInherited)
+        );
+        assert_eq!(
+            claim_inherited_fd(file.as_raw_fd()).err(),
+            Some(Unclaimable::AlreadyClaimed)
+        );
+    }
+
+    #[test]
+    fn unshare_refuses_flags_other_than_namespaces_before_the_call() {
+        let err = unshare_namespaces(UnshareFlags::FILES).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn a_filter_too_long_for_sock_fprog_is_refused_not_truncated() {
+        // SECCOMP_RET_ALLOW everywhere: truncated to 65537 % 65536 = 1 instruction this
+        // would be a valid filter (EACCES without no_new_privs, installed as root).
+        let allow = seccompiler::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        };
+        let long = vec![allow; usize::from(u16::MAX) + 2];
+        let err = seccomp_set_mode_filter(&long, 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    }
+}
