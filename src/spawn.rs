@@ -198,13 +198,9 @@ fn authenticate_child_untraced(parent: &OwnedFd, child: &Child) -> Result<PeerCr
 /// [`handshake::DEFAULT_TIMEOUT`], [`Error::PeerClosed`] if it closes the channel during
 /// it, [`Error::Handshake`] if the handshake fails.
 pub fn worker_channel() -> Result<Channel> {
-    let value = std::env::var(ENV_VAR).map_err(|_| Error::NoInheritedChannel {
-        reason: "SEALPIPE_FD is not set",
-    })?;
-    // Not a number: -1, refused as not a descriptor.
-    let fd: RawFd = value.parse().unwrap_or(-1);
-    let owned = sys::claim_inherited_fd(fd).map_err(|e| Error::NoInheritedChannel {
+    let owned = sys::claim_inherited_fd().map_err(|e| Error::NoInheritedChannel {
         reason: match e {
+            Unclaimable::NotSet => "SEALPIPE_FD is not set",
             Unclaimable::NotADescriptor => "SEALPIPE_FD is not a descriptor number of 3 or more",
             Unclaimable::AlreadyClaimed => "the inherited channel was already claimed",
             Unclaimable::NotOpen => "SEALPIPE_FD names a descriptor that is not open",

@@ -487,10 +487,17 @@ pub(crate) fn pre_exec_sandbox(cmd: &mut Command, sandbox: RawSandbox) {
     }
 }
 
-/// Why [`claim_inherited_fd`] refused a descriptor number.
+/// The environment variable that names the descriptor a spawned worker inherits
+/// (`sealpipe::spawn::ENV_VAR`, which a unit test keeps equal to this).
+pub(crate) const INHERITED_FD_VAR: &str = "SEALPIPE_FD";
+
+/// Why [`claim_inherited_fd`] refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unclaimable {
-    /// Below 3: not a descriptor, or a standard stream, which the standard library uses.
+    /// [`INHERITED_FD_VAR`] is not set.
+    NotSet,
+    /// Not a number, or below 3: not a descriptor, or a standard stream, which the
+    /// standard library uses.
     NotADescriptor,
     /// A descriptor was already claimed in this process.
     AlreadyClaimed,
@@ -500,15 +507,29 @@ pub(crate) enum Unclaimable {
     NotInherited,
 }
 
-/// Takes ownership of descriptor `fd`: the one the parent that spawned this process handed
-/// it to own, named by `SEALPIPE_FD` (the caller's only source of `fd`), inherited across
-/// `exec` (it lacks close-on-exec, unlike every descriptor Rust opens). Succeeds at most
-/// once per process: the first call with `fd` of 3 or more claims the right, whatever its
-/// outcome.
+/// Takes ownership of the descriptor [`INHERITED_FD_VAR`] names: the one the parent that
+/// spawned this process handed it to own, inherited across `exec` (it lacks
+/// close-on-exec, unlike every descriptor Rust opens). Succeeds at most once per process:
+/// the first call that finds a number of 3 or more claims the right, whatever its outcome.
 ///
 /// # References
 ///  - [`fcntl(2)`](https://man7.org/linux/man-pages/man2/fcntl.2.html), `F_GETFD`
-pub(crate) fn claim_inherited_fd(fd: RawFd) -> Result<OwnedFd, Unclaimable> {
+pub(crate) fn claim_inherited_fd() -> Result<OwnedFd, Unclaimable> {
+    let value = std::env::var(INHERITED_FD_VAR).map_err(|_| Unclaimable::NotSet)?;
+    // Not a number: -1, refused as not a descriptor.
+    let fd: RawFd = value.parse().unwrap_or(-1);
+    // SAFETY: `fd` is the number the variable names, which our parent set for exactly this
+    // purpose: handing this process a descriptor to own. Nothing else in this process
+    // takes ownership of it (Rust's own descriptors are close-on-exec, checked below).
+    unsafe { claim_fd(fd) }
+}
+
+/// The checks and the claim of [`claim_inherited_fd`], for the descriptor number `fd`.
+///
+/// # Safety
+/// If `fd` is 3 or more, open and inherited, nothing else in this process owns it or will
+/// close it: the caller hands its ownership over.
+unsafe fn claim_fd(fd: RawFd) -> Result<OwnedFd, Unclaimable> {
     static CLAIMED: AtomicBool = AtomicBool::new(false);
     if fd < 3 {
         return Err(Unclaimable::NotADescriptor);
@@ -525,10 +546,8 @@ pub(crate) fn claim_inherited_fd(fd: RawFd) -> Result<OwnedFd, Unclaimable> {
     if FdFlags::from_bits_retain(flags).contains(FdFlags::CLOEXEC) {
         return Err(Unclaimable::NotInherited);
     }
-    // SAFETY: `fd` is open, was inherited across exec (no FD_CLOEXEC), and is named by
-    // `SEALPIPE_FD`, the variable our parent set for exactly this purpose: handing this
-    // process a descriptor to own. CLAIMED guarantees that this process creates at most
-    // one owner for it.
+    // SAFETY: `fd` is open and inherited, and nobody else owns it (the caller's contract);
+    // CLAIMED guarantees that this process creates at most one owner for it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok(owned)
 }
@@ -541,21 +560,25 @@ mod tests {
     fn claiming_refuses_standard_streams_descriptors_opened_here_and_a_second_claim() {
         // Below 3: refused before the claim is taken.
         for fd in [-1, 0, 2] {
-            assert_eq!(
-                claim_inherited_fd(fd).err(),
-                Some(Unclaimable::NotADescriptor)
-            );
+            // SAFETY: numbers below 3 are refused before anything is owned.
+            let refused = unsafe { claim_fd(fd) }.err();
+            assert_eq!(refused, Some(Unclaimable::NotADescriptor));
         }
         // Rust opens everything close-on-exec: not inherited. This takes the claim.
         let file = std::fs::File::open("/proc/self/stat").unwrap();
-        assert_eq!(
-            claim_inherited_fd(file.as_raw_fd()).err(),
-            Some(Unclaimable::NotInherited)
-        );
-        assert_eq!(
-            claim_inherited_fd(file.as_raw_fd()).err(),
-            Some(Unclaimable::AlreadyClaimed)
-        );
+        // SAFETY: a close-on-exec descriptor is refused before it is owned (and the second
+        // call is refused before anything is looked at).
+        unsafe {
+            assert_eq!(
+                claim_fd(file.as_raw_fd()).err(),
+                Some(Unclaimable::NotInherited)
+            );
+            assert_eq!(
+                claim_fd(file.as_raw_fd()).err(),
+                Some(Unclaimable::AlreadyClaimed)
+            );
+        }
+        assert_eq!(crate::spawn::ENV_VAR, INHERITED_FD_VAR);
     }
 
     #[test]
