@@ -12,16 +12,13 @@
 //! child. The parent's channel watches the child's pidfd; the child's watches the parent's.
 //! The child trusts its inherited descriptor (it comes from its parent) and checks only
 //! the protocol.
-#![allow(unsafe_code)]
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustix::event::{poll, PollFd, PollFlags};
-use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
+use rustix::io::{fcntl_setfd, FdFlags};
 use rustix::net::sockopt;
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
 
@@ -29,6 +26,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handshake::{self, PeerCredentials, ServerHandshake};
 use crate::sandbox::{Enforcement, Prepared, Sandbox, StartupPaths};
+use crate::sys::{self, Unclaimable};
 use crate::transport::Channel;
 
 /// The environment variable that tells the child which descriptor holds its channel.
@@ -104,39 +102,13 @@ fn spawn_with(cmd: &mut Command, sandbox: Option<Prepared>) -> Result<(Child, Ch
     sockopt::set_socket_passcred(&parent, true)
         .map_err(|e| Error::io("setsockopt(SO_PASSCRED)", e))?;
     let child_end: OwnedFd = child_end.into_fd();
-    let raw = child_end.as_raw_fd();
     cmd.env(ENV_VAR, CHILD_FD.to_string());
-    // SAFETY: the closure runs in the child between fork and exec, so it may only make
-    // async-signal-safe calls: `fcntl` and `dup2` (both on POSIX's list) on raw descriptor
-    // numbers, and reading errno; it allocates nothing and creates no `OwnedFd` (CHILD_FD
-    // need not be open, and must never be closed by us). `raw` is open in the child
-    // because `child_end` lives in the parent until `spawn` has returned, and fork copied
-    // it.
-    unsafe {
-        cmd.pre_exec(move || {
-            let rc = if raw == CHILD_FD {
-                // dup2 onto itself would keep FD_CLOEXEC: clear it instead.
-                libc::fcntl(raw, libc::F_SETFD, 0)
-            } else {
-                // dup2 creates the new descriptor without FD_CLOEXEC: the one inherited fd.
-                libc::dup2(raw, CHILD_FD)
-            };
-            if rc == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // `child_end` is open in the child because it lives here until `spawn` has returned,
+    // and fork copied it.
+    sys::pre_exec_dup_to(cmd, child_end.as_fd(), CHILD_FD);
     if let Some(prepared) = sandbox {
-        // SAFETY: runs in the child after the closure above, between fork and exec, where
-        // only async-signal-safe calls are allowed. `Prepared::apply` is written for
-        // exactly this: it allocates nothing and takes no lock; it makes only raw system
-        // calls (setrlimit, unshare, open/write/close of /proc/self/*_map, prctl,
-        // landlock_restrict_self, seccomp) on memory built before fork and owned by the
-        // closure; its error is an io::Error made from errno, which does not allocate.
-        unsafe {
-            cmd.pre_exec(move || prepared.apply(0).map_err(|(_, e)| e));
-        }
+        // Applied in the child after the dup2 above, between fork and exec.
+        sys::pre_exec_sandbox(cmd, prepared.raw);
     }
     let mut child = cmd.spawn().map_err(|source| Error::Io {
         op: "spawn",
@@ -226,74 +198,51 @@ fn authenticate_child_untraced(parent: &OwnedFd, child: &Child) -> Result<PeerCr
 /// [`handshake::DEFAULT_TIMEOUT`], [`Error::PeerClosed`] if it closes the channel during
 /// it, [`Error::Handshake`] if the handshake fails.
 pub fn worker_channel() -> Result<Channel> {
-    static CLAIMED: AtomicBool = AtomicBool::new(false);
-    let value = std::env::var(ENV_VAR).map_err(|_| Error::NoInheritedChannel {
-        reason: "SEALPIPE_FD is not set",
-    })?;
-    let fd: RawFd = match value.parse() {
-        Ok(fd) if fd >= 3 => fd,
-        _ => {
-            return Err(Error::NoInheritedChannel {
-                reason: "SEALPIPE_FD is not a descriptor number of 3 or more",
-            })
-        }
-    };
-    if CLAIMED.swap(true, Ordering::AcqRel) {
-        return Err(Error::NoInheritedChannel {
-            reason: "the inherited channel was already claimed",
-        });
-    }
-    // SAFETY: the borrow is only used for fcntl(F_GETFD) right here. If `fd` is not open the
-    // kernel answers EBADF; no memory is touched either way.
-    let flags = fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) });
-    match flags {
-        Err(_) => Err(Error::NoInheritedChannel {
-            reason: "SEALPIPE_FD names a descriptor that is not open",
-        }),
-        Ok(flags) if flags.contains(FdFlags::CLOEXEC) => Err(Error::NoInheritedChannel {
-            reason: "SEALPIPE_FD names a descriptor this process opened itself",
-        }),
-        Ok(_) => {
-            // SAFETY: `fd` is open, was inherited across exec (no FD_CLOEXEC), and is named by
-            // the variable our parent set for exactly this purpose; CLAIMED guarantees that
-            // this process creates at most one owner for it.
-            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-            fcntl_setfd(&owned, FdFlags::CLOEXEC).map_err(|e| Error::io("fcntl(F_SETFD)", e))?;
-            let sock = Channel::from_fd(owned).map_err(|(e, _)| e)?.into_fd();
-            // On a socketpair SO_PEERCRED names its creator: the parent that spawned us.
-            let parent = sockopt::socket_peercred(&sock)
-                .map(PeerCredentials::from_ucred)
-                .ok();
-            let ends = handshake::Ends {
-                server: parent.unwrap_or(PeerCredentials {
-                    pid: 0,
-                    uid: 0,
-                    gid: 0,
-                }),
-                client: PeerCredentials::own(),
-            };
-            {
-                #[cfg(feature = "tracing")]
-                let _span = tracing::info_span!("sealpipe_handshake", side = "worker").entered();
-                crate::stats::traced(
-                    "handshake",
-                    handshake::run_client(
-                        &sock,
-                        None,
-                        true,
-                        ends,
-                        Deadline::after(handshake::DEFAULT_TIMEOUT),
-                    ),
-                )?;
+    let owned = sys::claim_inherited_fd().map_err(|e| Error::NoInheritedChannel {
+        reason: match e {
+            Unclaimable::NotSet => "SEALPIPE_FD is not set",
+            Unclaimable::NotADescriptor => "SEALPIPE_FD is not a descriptor number of 3 or more",
+            Unclaimable::AlreadyClaimed => "the inherited channel was already claimed",
+            Unclaimable::NotOpen => "SEALPIPE_FD names a descriptor that is not open",
+            Unclaimable::NotInherited => {
+                "SEALPIPE_FD names a descriptor this process opened itself"
             }
-            let pidfd = parent
-                .and_then(|p| Pid::from_raw(i32::try_from(p.pid).ok()?))
-                .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
-            Ok(Channel::new(
-                crate::closer::PeerSocket::new(sock),
-                parent,
-                pidfd,
-            ))
-        }
+        },
+    })?;
+    fcntl_setfd(&owned, FdFlags::CLOEXEC).map_err(|e| Error::io("fcntl(F_SETFD)", e))?;
+    let sock = Channel::from_fd(owned).map_err(|(e, _)| e)?.into_fd();
+    // On a socketpair SO_PEERCRED names its creator: the parent that spawned us.
+    let parent = sockopt::socket_peercred(&sock)
+        .map(PeerCredentials::from_ucred)
+        .ok();
+    let ends = handshake::Ends {
+        server: parent.unwrap_or(PeerCredentials {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        }),
+        client: PeerCredentials::own(),
+    };
+    {
+        #[cfg(feature = "tracing")]
+        let _span = tracing::info_span!("sealpipe_handshake", side = "worker").entered();
+        crate::stats::traced(
+            "handshake",
+            handshake::run_client(
+                &sock,
+                None,
+                true,
+                ends,
+                Deadline::after(handshake::DEFAULT_TIMEOUT),
+            ),
+        )?;
     }
+    let pidfd = parent
+        .and_then(|p| Pid::from_raw(i32::try_from(p.pid).ok()?))
+        .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
+    Ok(Channel::new(
+        crate::closer::PeerSocket::new(sock),
+        parent,
+        pidfd,
+    ))
 }

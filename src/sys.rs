@@ -1,5 +1,6 @@
 //! The few places that need `unsafe`: mapping descriptors and copying out of memory that
-//! another process may write.
+//! another process may write; the system calls rustix does not wrap (Landlock, seccomp,
+//! `fork`); and the code a spawn runs in the child between `fork` and `exec`.
 //!
 //! Invariants the safe layers rely on:
 //! - a [`ReadMap`] is only created over a file whose size was checked to be at least the
@@ -10,11 +11,20 @@
 //!   `RegionView`) or by callers who vouch for their producer.
 #![allow(unsafe_code)]
 
+use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{Advice, Mmap, MmapMut, MmapOptions, MmapRaw};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::FdFlags;
+use rustix::process::{Resource, Rlimit};
+use rustix::thread::UnshareFlags;
+use seccompiler::{BpfProgram, BpfProgramRef};
 
 use crate::shm::SharedBytes;
 
@@ -208,4 +218,387 @@ pub(crate) fn unsent_bytes(fd: impl AsFd) -> io::Result<usize> {
         )
     }?;
     Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// The Landlock ABI version the running kernel supports (0: none, or the call is refused).
+///
+/// # References
+///  - [`landlock_create_ruleset(2)`](https://man7.org/linux/man-pages/man2/landlock_create_ruleset.2.html),
+///    `LANDLOCK_CREATE_RULESET_VERSION`
+pub(crate) fn landlock_abi() -> u32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+    // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the VERSION flag
+    // only returns the ABI version (or an error); it reads no memory and creates nothing.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    u32::try_from(v).unwrap_or(0)
+}
+
+/// The paths and lines that map this process's own uid and gid in a new user namespace.
+pub(crate) struct IdMaps {
+    pub(crate) setgroups: &'static CStr,
+    pub(crate) uid_map: &'static CStr,
+    pub(crate) gid_map: &'static CStr,
+    pub(crate) uid_line: Vec<u8>,
+    pub(crate) gid_line: Vec<u8>,
+}
+
+/// A sandbox built (by `sandbox`) and ready to apply with raw system calls only.
+pub(crate) struct RawSandbox {
+    /// The Landlock ruleset, if the kernel has Landlock.
+    pub(crate) landlock: Option<OwnedFd>,
+    /// The seccomp programs, in installation order.
+    pub(crate) filters: Vec<BpfProgram>,
+    /// Soft and hard limits to set.
+    pub(crate) rlimits: Vec<(Resource, u64)>,
+    /// The namespaces to create (empty: none).
+    pub(crate) ns_flags: UnshareFlags,
+    /// With a new user namespace: the id maps to write.
+    pub(crate) id_maps: Option<IdMaps>,
+}
+
+impl RawSandbox {
+    /// Applies the sandbox to the calling thread (and, with TSYNC, the seccomp filter to
+    /// every thread). On failure, says which step failed.
+    ///
+    /// Written to run in a child between `fork` and `exec` ([`pre_exec_sandbox`] relies on
+    /// it): it allocates nothing, takes no lock and makes only async-signal-safe calls
+    /// (rustix's raw system calls `prlimit64`, `unshare`, `openat`/`write` and `prctl`, raw
+    /// `syscall`s for `landlock_restrict_self` and `seccomp`, and `close`), reading only
+    /// memory prepared before `fork`; its error is an `io::Error` built from `errno` (no
+    /// allocation).
+    ///
+    /// # References
+    ///  - [`signal-safety(7)`](https://man7.org/linux/man-pages/man7/signal-safety.7.html)
+    pub(crate) fn apply(
+        &self,
+        seccomp_flags: libc::c_ulong,
+    ) -> Result<(), (&'static str, io::Error)> {
+        // Namespaces first: if the kernel refuses them, nothing has been applied yet.
+        if !self.ns_flags.is_empty() {
+            unshare_namespaces(self.ns_flags).map_err(|e| ("unshare", e))?;
+            if let Some(maps) = &self.id_maps {
+                write_file(maps.setgroups, b"deny")?;
+                write_file(maps.uid_map, &maps.uid_line)?;
+                write_file(maps.gid_map, &maps.gid_line)?;
+            }
+        }
+        for &(resource, value) in &self.rlimits {
+            let lim = Rlimit {
+                current: Some(value),
+                maximum: Some(value),
+            };
+            rustix::process::setrlimit(resource, lim).map_err(|e| ("setrlimit", e.into()))?;
+        }
+        rustix::thread::set_no_new_privs(true)
+            .map_err(|e| ("prctl(PR_SET_NO_NEW_PRIVS)", e.into()))?;
+        if let Some(fd) = &self.landlock {
+            landlock_restrict_self(fd.as_fd()).map_err(|e| ("landlock_restrict_self", e))?;
+        }
+        for program in &self.filters {
+            seccomp_set_mode_filter(program, seccomp_flags)
+                .map_err(|e| ("seccomp(SECCOMP_SET_MODE_FILTER)", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `data` to the file at `path` with raw calls (async-signal-safe: rustix's
+/// `openat` with a `&CStr` and `write` allocate nothing; dropping the descriptor is
+/// `close`).
+fn write_file(path: &CStr, data: &[u8]) -> Result<(), (&'static str, io::Error)> {
+    let fd = rustix::fs::openat(
+        rustix::fs::CWD,
+        path,
+        OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ("open(/proc/self/*_map)", e.into()))?;
+    match rustix::io::write(&fd, data) {
+        Ok(n) if n == data.len() => Ok(()),
+        // A short write: the kernel takes an id map whole or not at all, so not expected.
+        Ok(_) => Err(("write(/proc/self/*_map)", rustix::io::Errno::IO.into())),
+        Err(e) => Err(("write(/proc/self/*_map)", e.into())),
+    }
+}
+
+/// Restricts the calling thread with the Landlock ruleset `ruleset`, for good.
+///
+/// Async-signal-safe (one raw system call; the error is made from `errno`).
+///
+/// # References
+///  - [`landlock_restrict_self(2)`](https://man7.org/linux/man-pages/man2/landlock_restrict_self.2.html)
+fn landlock_restrict_self(ruleset: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: landlock_restrict_self takes a descriptor, borrowed for the call, and flags
+    // (0); it touches no memory of ours.
+    if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Installs the seccomp filter `program` on the calling thread
+/// (`seccomp(SECCOMP_SET_MODE_FILTER, flags, program)`); with `SECCOMP_FILTER_FLAG_TSYNC`
+/// in `flags`, on every thread of the process.
+///
+/// Async-signal-safe (one raw system call; the error is made from `errno`).
+///
+/// # References
+///  - [`seccomp(2)`](https://man7.org/linux/man-pages/man2/seccomp.2.html)
+fn seccomp_set_mode_filter(program: BpfProgramRef<'_>, flags: libc::c_ulong) -> io::Result<()> {
+    // The kernel refuses more than BPF_MAXINSNS (4096) instructions with EINVAL anyway;
+    // a length that does not fit must not be truncated into a shorter, weaker filter.
+    let Ok(len) = libc::c_ushort::try_from(program.len()) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: seccompiler's `sock_filter` has the kernel's layout (repr(C): u16, u8, u8,
+    // u32), `prog` points at `len` instructions of `program`, which is borrowed for the
+    // call, and the kernel only reads them (it copies the program before returning).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    // With TSYNC, a positive value is the id of a thread that could not be synchronized.
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `unshare(flags)` for new namespaces only: any flag that is not a `CLONE_NEW*` namespace
+/// flag is refused with `EINVAL`, before the call.
+///
+/// Async-signal-safe (rustix's raw system call; the error is made from its `errno`).
+///
+/// # References
+///  - [`unshare(2)`](https://man7.org/linux/man-pages/man2/unshare.2.html)
+fn unshare_namespaces(flags: UnshareFlags) -> io::Result<()> {
+    let namespaces = UnshareFlags::NEWCGROUP
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWNET
+        | UnshareFlags::NEWNS
+        | UnshareFlags::NEWPID
+        | UnshareFlags::NEWTIME
+        | UnshareFlags::NEWUSER
+        | UnshareFlags::NEWUTS;
+    if !namespaces.contains(flags) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `unshare_unsafe` is unsafe for `CLONE_FILES`, after which descriptors of
+    // other threads would not be valid in this one; `flags` holds namespace flags only
+    // (checked above), which change no descriptor table.
+    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(io::Error::from)
+}
+
+/// Whether a child process may `unshare(flags)`: forks a child that tries it and exits,
+/// and reaps it. This process is not changed.
+///
+/// # References
+///  - [`fork(2)`](https://man7.org/linux/man-pages/man2/fork.2.html),
+///    [`signal-safety(7)`](https://man7.org/linux/man-pages/man7/signal-safety.7.html)
+pub(crate) fn child_can_unshare(flags: UnshareFlags) -> bool {
+    // SAFETY: fork copies only the calling thread of a possibly multi-threaded process, so
+    // the child may only make async-signal-safe calls: it runs only `unshare_namespaces`
+    // (a raw system call) and `_exit`, which never returns. The parent reaps the child it
+    // forked.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let ok = unshare_namespaces(flags).is_ok();
+        // SAFETY: _exit ends the child at once, running no exit handlers of the parent's
+        // copy of this process.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return false; // fork failed
+    };
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, status))) => return status.exit_status() == Some(0),
+            Ok(None) => return false,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Has the child of `cmd` place descriptor `fd` on `target`, without close-on-exec, between
+/// `fork` and `exec`: the child inherits it (and this process never makes it inheritable).
+///
+/// `fd` must stay open until `cmd`'s spawn has returned; otherwise the child's spawn fails
+/// (`EBADF`) or the child receives whatever descriptor then has its number.
+///
+/// # References
+///  - [`dup2(2)`](https://man7.org/linux/man-pages/man2/dup2.2.html),
+///    [`signal-safety(7)`](https://man7.org/linux/man-pages/man7/signal-safety.7.html)
+pub(crate) fn pre_exec_dup_to(cmd: &mut Command, fd: BorrowedFd<'_>, target: RawFd) {
+    let raw = fd.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec, so it may only make
+    // async-signal-safe calls: `fcntl` and `dup2` (both on POSIX's list) on raw descriptor
+    // numbers, and reading errno; it allocates nothing and creates no `OwnedFd` (`target`
+    // need not be open, and must never be closed by us). Whatever `raw` names in the child,
+    // no memory is touched: the worst outcome is an error or a wrong descriptor on `target`
+    // in a process about to exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if raw == target {
+                // dup2 onto itself would keep FD_CLOEXEC: clear it instead.
+                libc::fcntl(raw, libc::F_SETFD, 0)
+            } else {
+                // dup2 creates the new descriptor without FD_CLOEXEC: the one inherited fd.
+                libc::dup2(raw, target)
+            };
+            if rc == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Has the child of `cmd` apply `sandbox` between `fork` and `exec` (after the
+/// hooks registered before), so that its program starts sandboxed. Without
+/// `SECCOMP_FILTER_FLAG_TSYNC`: the child of `fork` has one thread.
+///
+/// # References
+///  - [`signal-safety(7)`](https://man7.org/linux/man-pages/man7/signal-safety.7.html)
+pub(crate) fn pre_exec_sandbox(cmd: &mut Command, sandbox: RawSandbox) {
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed. `RawSandbox::apply` is written for exactly this
+    // (see its documentation): it allocates nothing and takes no lock; it makes only raw
+    // system calls (prlimit64, unshare, openat/write/close of /proc/self/*_map, prctl,
+    // landlock_restrict_self, seccomp) on memory built before fork and owned by the
+    // closure; its error is an io::Error made from errno, which does not allocate.
+    unsafe {
+        cmd.pre_exec(move || sandbox.apply(0).map_err(|(_, e)| e));
+    }
+}
+
+/// The environment variable that names the descriptor a spawned worker inherits
+/// (`sealpipe::spawn::ENV_VAR`, which a unit test keeps equal to this).
+pub(crate) const INHERITED_FD_VAR: &str = "SEALPIPE_FD";
+
+/// Why [`claim_inherited_fd`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unclaimable {
+    /// [`INHERITED_FD_VAR`] is not set.
+    NotSet,
+    /// Not a number, or below 3: not a descriptor, or a standard stream, which the
+    /// standard library uses.
+    NotADescriptor,
+    /// A descriptor was already claimed in this process.
+    AlreadyClaimed,
+    /// The descriptor is not open.
+    NotOpen,
+    /// The descriptor is close-on-exec: this process opened it itself.
+    NotInherited,
+}
+
+/// Takes ownership of the descriptor [`INHERITED_FD_VAR`] names: the one the parent that
+/// spawned this process handed it to own, inherited across `exec` (it lacks
+/// close-on-exec, unlike every descriptor Rust opens). Succeeds at most once per process:
+/// the first call that finds a number of 3 or more claims the right, whatever its outcome.
+///
+/// # References
+///  - [`fcntl(2)`](https://man7.org/linux/man-pages/man2/fcntl.2.html), `F_GETFD`
+pub(crate) fn claim_inherited_fd() -> Result<OwnedFd, Unclaimable> {
+    let value = std::env::var(INHERITED_FD_VAR).map_err(|_| Unclaimable::NotSet)?;
+    // Not a number: -1, refused as not a descriptor.
+    let fd: RawFd = value.parse().unwrap_or(-1);
+    // SAFETY: `fd` is the number the variable names, which our parent set for exactly this
+    // purpose: handing this process a descriptor to own. Nothing else in this process
+    // takes ownership of it (Rust's own descriptors are close-on-exec, checked below).
+    unsafe { claim_fd(fd) }
+}
+
+/// The checks and the claim of [`claim_inherited_fd`], for the descriptor number `fd`.
+///
+/// # Safety
+/// If `fd` is 3 or more, open and inherited, nothing else in this process owns it or will
+/// close it: the caller hands its ownership over.
+unsafe fn claim_fd(fd: RawFd) -> Result<OwnedFd, Unclaimable> {
+    static CLAIMED: AtomicBool = AtomicBool::new(false);
+    if fd < 3 {
+        return Err(Unclaimable::NotADescriptor);
+    }
+    if CLAIMED.swap(true, Ordering::AcqRel) {
+        return Err(Unclaimable::AlreadyClaimed);
+    }
+    // SAFETY: fcntl(F_GETFD) on a descriptor number touches no memory; if `fd` is not open
+    // the kernel answers EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    let Ok(flags) = u32::try_from(flags) else {
+        return Err(Unclaimable::NotOpen);
+    };
+    if FdFlags::from_bits_retain(flags).contains(FdFlags::CLOEXEC) {
+        return Err(Unclaimable::NotInherited);
+    }
+    // SAFETY: `fd` is open and inherited, and nobody else owns it (the caller's contract);
+    // CLAIMED guarantees that this process creates at most one owner for it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claiming_refuses_standard_streams_descriptors_opened_here_and_a_second_claim() {
+        // Below 3: refused before the claim is taken.
+        for fd in [-1, 0, 2] {
+            // SAFETY: numbers below 3 are refused before anything is owned.
+            let refused = unsafe { claim_fd(fd) }.err();
+            assert_eq!(refused, Some(Unclaimable::NotADescriptor));
+        }
+        // Rust opens everything close-on-exec: not inherited. This takes the claim.
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        // SAFETY: a close-on-exec descriptor is refused before it is owned (and the second
+        // call is refused before anything is looked at).
+        unsafe {
+            assert_eq!(
+                claim_fd(file.as_raw_fd()).err(),
+                Some(Unclaimable::NotInherited)
+            );
+            assert_eq!(
+                claim_fd(file.as_raw_fd()).err(),
+                Some(Unclaimable::AlreadyClaimed)
+            );
+        }
+        assert_eq!(crate::spawn::ENV_VAR, INHERITED_FD_VAR);
+    }
+
+    #[test]
+    fn unshare_refuses_flags_other_than_namespaces_before_the_call() {
+        let err = unshare_namespaces(UnshareFlags::FILES).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn a_filter_too_long_for_sock_fprog_is_refused_not_truncated() {
+        // SECCOMP_RET_ALLOW everywhere: truncated to 65537 % 65536 = 1 instruction this
+        // would be a valid filter (EACCES without no_new_privs, installed as root).
+        let allow = seccompiler::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        };
+        let long = vec![allow; usize::from(u16::MAX) + 2];
+        let err = seccomp_set_mode_filter(&long, 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    }
 }

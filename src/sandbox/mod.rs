@@ -77,12 +77,12 @@
 //! succeeds and the seals refuse every write), map it executable, `ptrace` or
 //! `process_vm_writev` the producer, or signal it. Seals are still what protects the
 //! region: the sandbox does not replace verifying them.
-#![allow(unsafe_code)]
 
 use std::fmt;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::sys::landlock_abi;
 
 mod prepare;
 mod ruleset;
@@ -135,53 +135,13 @@ impl Support {
     pub fn detect() -> Support {
         Support {
             landlock_abi: landlock_abi(),
-            // SAFETY: PR_GET_SECCOMP only reads this thread's seccomp mode.
-            seccomp: unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } >= 0,
-            user_namespaces: probe_user_namespaces(),
+            // prctl(PR_GET_SECCOMP): a mode (the kernel has only 0, 1 and 2), or EINVAL
+            // without seccomp (EPERM under a filter that refuses prctl).
+            seccomp: rustix::thread::secure_computing_mode().is_ok(),
+            user_namespaces: crate::sys::child_can_unshare(
+                rustix::thread::UnshareFlags::NEWUSER | rustix::thread::UnshareFlags::NEWNET,
+            ),
         }
-    }
-}
-
-/// The Landlock ABI version the running kernel supports (0: none).
-fn landlock_abi() -> u32 {
-    // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the VERSION flag
-    // only returns the ABI version (or an error); it reads no memory and creates nothing.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    u32::try_from(v).unwrap_or(0)
-}
-
-const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
-
-fn probe_user_namespaces() -> bool {
-    // SAFETY: in the child (a copy of a possibly multi-threaded process) only the
-    // async-signal-safe `unshare` and `_exit` run; the parent reaps the child it forked.
-    unsafe {
-        let pid = libc::fork();
-        if pid == 0 {
-            let ok = libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) == 0;
-            libc::_exit(if ok { 0 } else { 1 });
-        }
-        if pid < 0 {
-            return false;
-        }
-        let mut status = 0;
-        loop {
-            let r = libc::waitpid(pid, &mut status, 0);
-            if r == pid {
-                break;
-            }
-            if r < 0 && *libc::__errno_location() != libc::EINTR {
-                return false;
-            }
-        }
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
     }
 }
 
@@ -443,6 +403,7 @@ impl Sandbox {
         }
         let prepared = self.prepare(None)?;
         prepared
+            .raw
             .apply(SECCOMP_FILTER_FLAG_TSYNC)
             .map_err(|(op, source)| match (op, source.raw_os_error()) {
                 // Unprivileged user namespaces disabled, or too many: nothing applied.
