@@ -193,6 +193,23 @@ impl<'a> SharedBytes<'a> {
         unsafe { src.read_volatile() }
     }
 
+    /// Asks the CPU to start loading the cache line that holds byte `offset` (nothing if
+    /// `offset` is out of bounds, or off x86_64). A hint: no load of the program, no fault.
+    #[inline]
+    pub(crate) fn prefetch(&self, offset: usize) {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        if offset < self.len {
+            // SAFETY: `offset` lies inside the mapping (checked above), so the address is
+            // in bounds; a prefetch never faults and reads nothing the program sees.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(self.ptr.add(offset).cast());
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        let _ = offset;
+    }
+
     /// The bytes as a slice: the one reference into shared memory.
     ///
     /// # Safety
@@ -213,6 +230,78 @@ impl<'a> SharedBytes<'a> {
                 len: len as u64,
                 region_len: self.len as u64,
             }),
+        }
+    }
+}
+
+/// `len` bytes of a mapping that this process writes and other processes may only read: a
+/// ring producer's data area in its own memfd, sealed against every other writer.
+///
+/// Ordinary memory from this process's point of view (nobody else changes it), so it
+/// lends plain `&mut [u8]`, bounds-checked and only for the borrow of `&mut self`; it is
+/// a pointer rather than a `&'a mut [u8]` because a test may run the consumer over the
+/// same bytes in this process, reading ranges the producer is not writing.
+#[derive(Debug)]
+pub(crate) struct SharedBytesMut<'a> {
+    ptr: *mut u8,
+    len: usize,
+    _mapping: PhantomData<&'a mut [u8]>,
+}
+
+// SAFETY: the value lends its bytes only as `&mut [u8]` for the borrow of `&mut self`, and
+// nothing else touches a lent range (the constructor's contract): like a `&mut [u8]`, which
+// is Send.
+unsafe impl Send for SharedBytesMut<'_> {}
+
+impl<'a> SharedBytesMut<'a> {
+    /// The `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// For all of `'a`: `ptr .. ptr + len` lies inside one writable mapping of this process
+    /// that stays mapped; no other process writes it; in this process no reference to
+    /// these bytes exists other than the slices this value lends, and nothing else touches
+    /// a range while it is lent (readers use raw pointers, as [`SharedBytes`] does).
+    pub(crate) unsafe fn new(ptr: *mut u8, len: usize) -> SharedBytesMut<'a> {
+        SharedBytesMut {
+            ptr,
+            len,
+            _mapping: PhantomData,
+        }
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The first byte's address (for alignment checks, and for a reader over the same
+    /// bytes in tests).
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
+    /// The `len` bytes at `offset`, to write; `None` if they do not fit.
+    #[inline]
+    pub(crate) fn range_mut(&mut self, offset: usize, len: usize) -> Option<&mut [u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `offset .. offset + len` lies inside the mapping (checked above), which
+        // only this value writes (the constructor's contract); the `&mut self` borrow keeps
+        // any other slice of it from being made while this one lives.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) })
+    }
+
+    /// Writes `value` at `offset` (any alignment); `false` if it does not fit.
+    #[inline]
+    pub(crate) fn write<T: bytemuck::Pod>(&mut self, offset: usize, value: T) -> bool {
+        match self.range_mut(offset, std::mem::size_of::<T>()) {
+            Some(bytes) => {
+                bytes.copy_from_slice(bytemuck::bytes_of(&value));
+                true
+            }
+            None => false,
         }
     }
 }

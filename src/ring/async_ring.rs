@@ -346,7 +346,7 @@ impl AsyncProducer {
     /// `setup` fails.
     pub async fn setup(channel: Channel, options: &RingOptions) -> Result<AsyncProducer> {
         let (link, cap, flags) = producer_setup_async(channel, options, BYTES).await?;
-        AsyncProducer::new(Producer::from_link(link, cap, flags))
+        AsyncProducer::new(Producer::from_link(link, cap, flags)?)
     }
 
     /// Drives a set-up [`Producer`] on the current runtime.
@@ -500,7 +500,7 @@ impl<T: bytemuck::Pod> AsyncPodProducer<T> {
     pub async fn setup(channel: Channel, options: &RingOptions) -> Result<AsyncPodProducer<T>> {
         let kind = pod_kind::<T>()?;
         let (link, cap, flags) = producer_setup_async(channel, options, kind).await?;
-        AsyncPodProducer::new(PodProducer::from_link(link, cap, flags))
+        AsyncPodProducer::new(PodProducer::from_link(link, cap, flags)?)
     }
 
     /// Drives a set-up [`PodProducer`] on the current runtime.

@@ -30,19 +30,18 @@ impl Producer {
     /// its control memfd is not what the protocol requires; errors creating the memfd.
     pub fn setup(channel: Channel, options: &RingOptions) -> Result<Producer> {
         let (link, cap, peer_flags) = producer_setup(channel, options, BYTES)?;
-        Ok(Producer::from_link(link, cap, peer_flags))
+        Producer::from_link(link, cap, peer_flags)
     }
 
     /// The producer over a ring set up by `producer_setup` (or its async twin).
-    pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> Producer {
+    pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> Result<Producer> {
         let m = mapped(&mut link);
-        // SAFETY: the data area follows the control page in our own mapping: `cap`
-        // bytes, page-aligned, written only by us; it lives as long as `link`, which is
-        // stored next to the engine.
-        let engine = unsafe {
-            core::ByteProducer::new(m.own_data, cap, m.words, peer_flags & FLAG_PARKS != 0)
-        };
-        Producer { engine, link }
+        // `cap` bytes follow the control page: the memfd was made that size.
+        let engine = core::ByteProducer::new(m.own_data, m.words, peer_flags & FLAG_PARKS != 0)
+            .ok_or(Error::InvalidCapacity {
+                capacity: u64::from(cap),
+            })?;
+        Ok(Producer { engine, link })
     }
 
     /// Capacity in bytes.
@@ -117,15 +116,10 @@ impl Producer {
     /// Copies `record` into its placement and commits it; publishes it if `publish`.
     #[inline]
     fn put(&mut self, place: Placement, record: &[u8], publish: bool) {
-        // SAFETY: the placement holds `record.len()` bytes in our own mapping, which
-        // nobody else writes and the consumer does not read before publication.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                record.as_ptr(),
-                self.engine.payload_ptr(place),
-                record.len(),
-            )
-        };
+        // Always Some: the placement was reserved for `record.len()` bytes.
+        if let Some(dst) = self.engine.payload_mut(place, record.len()) {
+            dst.copy_from_slice(record);
+        }
         self.engine.commit(place, record.len());
         if publish {
             self.publish();
@@ -222,12 +216,13 @@ pub struct Reservation<'a> {
 impl Reservation<'_> {
     /// The record's bytes, in the ring (initially whatever the ring held there).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        let ptr = self.producer.engine.payload_ptr(self.place);
-        // SAFETY: the reservation covers `len` bytes at `ptr` in the producer's own
-        // mapping; no other process can write it (FUTURE_WRITE seal), the consumer does
-        // not read it before it is published, and the `&mut self` borrow keeps the
-        // producer from reserving it again while the slice lives.
-        unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }
+        // Always Some: the placement was reserved for `len` bytes. The consumer does not
+        // read it before it is published, and the `&mut self` borrow keeps the producer
+        // from reserving it again while the slice lives.
+        self.producer
+            .engine
+            .payload_mut(self.place, self.len)
+            .unwrap_or_default()
     }
 
     /// A reservation published on commit.

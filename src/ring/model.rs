@@ -71,16 +71,17 @@ pub fn ring_ops(data: &[u8]) {
     );
     // SAFETY: `area` and the four atomics are declared before the engines, so they outlive
     // them; `base` is 8-aligned (a Vec<u64>) and valid for `cap` bytes; the data area is
-    // written only through `base` (by the producer engine and by the hostile writes below,
-    // all in this thread), and the consumer reads it by volatile copies.
+    // written only through pointers from `base` (the producer engine's slices, and the
+    // hostile writes below between engine calls, all in this thread), and the consumer
+    // reads it by volatile copies.
     let (mut p, mut c) = unsafe {
         (
             ByteProducer::new(
-                base,
-                cap,
+                crate::shm::SharedBytesMut::new(base.as_ptr(), cap as usize),
                 Words::new(&p_index, &p_wait, &c_index, &c_wait),
                 true,
-            ),
+            )
+            .expect("a valid capacity"),
             ByteConsumer::new(
                 crate::shm::SharedBytes::new(base.as_ptr(), cap as usize),
                 Words::new(&c_index, &c_wait, &p_index, &p_wait),
@@ -143,11 +144,9 @@ pub fn ring_ops(data: &[u8]) {
                         if let Some(e) = expect {
                             assert_eq!(e, Some((pad, offset, span)), "placement of {len} bytes");
                         }
-                        // SAFETY: the placement holds `len` payload bytes inside the ring
-                        // (asserted above), and `msg` is a separate allocation.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(msg.as_ptr(), p.payload_ptr(place), len)
-                        };
+                        p.payload_mut(place, len)
+                            .expect("the placement holds `len` bytes")
+                            .copy_from_slice(&msg);
                         p.commit(place, len);
                         if let Some(m) = model.as_mut() {
                             m.commit(msg, pad, span);
@@ -324,16 +323,21 @@ where
     );
     // SAFETY: `area` and the four atomics are declared before the engines, so they outlive
     // them; `base` is aligned for T (a Vec<T>) and valid for `cap` items; the slots are
-    // written only through `base` (by the producer engine and the hostile writes below, all
-    // in this thread), and the consumer reads them by volatile copies.
+    // written only through pointers from `base` (the producer engine's slices, and the
+    // hostile writes below between engine calls, all in this thread), and the consumer
+    // reads them by volatile copies.
     let (mut p, mut c) = unsafe {
         (
             PodProducer::new(
-                base,
+                crate::shm::SharedBytesMut::new(
+                    base.as_ptr().cast::<u8>(),
+                    cap as usize * std::mem::size_of::<T>(),
+                ),
                 cap,
                 Words::new(&p_index, &p_wait, &c_index, &c_wait),
                 true,
-            ),
+            )
+            .expect("a valid capacity, aligned"),
             PodConsumer::new(
                 crate::shm::SharedBytes::new(
                     base.as_ptr().cast::<u8>(),
@@ -371,15 +375,11 @@ where
                         (next..next + u64::from(free.min(n))).map(make).collect();
                     if op % 16 == 10 {
                         // In place (`PodProducer::try_reserve_slice`): the free slots up to
-                        // the end of the ring, written through the engine's pointer.
-                        let (slots, k) = p.contiguous(free.min(n));
+                        // the end of the ring, written through the engine's slice.
+                        let k = p.contiguous(free.min(n));
                         assert!(k <= free.min(n), "{k} contiguous of {free}");
                         items.truncate(k as usize);
-                        for (i, item) in items.iter().enumerate() {
-                            // SAFETY: slot i < k lies inside the free run `contiguous`
-                            // returned, in `area`.
-                            unsafe { slots.add(i).write(*item) };
-                        }
+                        p.slots_mut(k).copy_from_slice(&items);
                         p.advance(k);
                     } else {
                         p.write(&items);

@@ -1,7 +1,6 @@
 //! Building one side of a ring: [`RingOptions`], the [`Link`] between the two mappings,
 //! the setup handshake and the checks of each side's header.
 
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,7 @@ use super::layout::*;
 use super::wait;
 use super::wait::{RingStats, SpinPolicy};
 use crate::error::{Error, Result};
-use crate::shm::SharedBytes;
+use crate::shm::{SharedBytes, SharedBytesMut};
 use crate::{Channel, Message, Policy, ProducerWritableRegion, Region, RegionView};
 /// How to build one side of a ring.
 ///
@@ -220,8 +219,9 @@ impl Link {
 pub(super) struct Mapped {
     /// This side's control words.
     pub(super) words: Words<'static>,
-    /// The first byte after our own control page: a producer's data area.
-    pub(super) own_data: NonNull<u8>,
+    /// Our own mapping after the control page: a producer's data area (empty for a
+    /// consumer).
+    pub(super) own_data: SharedBytesMut<'static>,
     /// The peer's whole mapping, which the peer may write at any time.
     pub(super) peer: SharedBytes<'static>,
 }
@@ -230,15 +230,17 @@ pub(super) struct Mapped {
 /// mapping comes from one mutable borrow of it (a second borrow would invalidate the
 /// pointers taken from the first).
 pub(super) fn mapped(link: &mut Link) -> Mapped {
-    let own = link.own.as_mut_slice().as_mut_ptr();
+    let own = link.own.as_mut_slice();
+    let own_len = own.len();
+    let own = own.as_mut_ptr();
     let peer = link.peer.bytes();
     // SAFETY: both mappings are at least CONTROL_LEN bytes (checked at setup) and
     // page-aligned, so the words at INDEX_AT and WAIT_AT are in bounds and aligned for
-    // their atomics, and `own + CONTROL_LEN` is in bounds or one past the end; the
-    // mappings live as long as the link (see `Mapped`). Our own words are written only by
-    // us (the memfd is sealed against other writers); the peer's are only loaded (relaxed
-    // atomic loads of at most 8 bytes are allowed on its read-only mapping), and nothing
-    // takes a `&mut` to either control page.
+    // their atomics, and our data area is the rest of our mapping; the mappings live as
+    // long as the link (see `Mapped`). Our own memory is written only by us (the memfd is
+    // sealed against other writers), its data area only through `own_data`; the peer's
+    // words are only loaded (relaxed atomic loads of at most 8 bytes are allowed on its
+    // read-only mapping), and nothing takes a `&mut` to either control page.
     unsafe {
         Mapped {
             words: Words::new(
@@ -247,7 +249,7 @@ pub(super) fn mapped(link: &mut Link) -> Mapped {
                 &*peer.as_ptr().add(INDEX_AT).cast::<AtomicU32>(),
                 &*peer.as_ptr().add(WAIT_AT).cast::<AtomicU64>(),
             ),
-            own_data: NonNull::new_unchecked(own.add(CONTROL_LEN)),
+            own_data: SharedBytesMut::new(own.add(CONTROL_LEN), own_len - CONTROL_LEN),
             peer: SharedBytes::new(peer.as_ptr(), peer.len()),
         }
     }

@@ -26,24 +26,19 @@ impl<T: bytemuck::Pod> PodProducer<T> {
     /// As [`Producer::setup`](super::Producer::setup).
     pub fn setup(channel: Channel, options: &RingOptions) -> Result<PodProducer<T>> {
         let (link, cap, peer_flags) = producer_setup(channel, options, pod_kind::<T>()?)?;
-        Ok(PodProducer::from_link(link, cap, peer_flags))
+        PodProducer::from_link(link, cap, peer_flags)
     }
 
     /// The producer over a ring set up by `producer_setup` (or its async twin).
-    pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> PodProducer<T> {
+    pub(super) fn from_link(mut link: Link, cap: u32, peer_flags: u32) -> Result<PodProducer<T>> {
         let m = mapped(&mut link);
-        // SAFETY: `cap` slots of T follow the page-aligned control page of our own
-        // mapping (align_of::<T>() <= 4096 checked in pod_kind); written only by us; it
-        // lives as long as `link`, which is stored next to the engine.
-        let engine = unsafe {
-            core::PodProducer::new(
-                m.own_data.cast(),
-                cap,
-                m.words,
-                peer_flags & FLAG_PARKS != 0,
-            )
-        };
-        PodProducer { engine, link }
+        // `cap` slots of T follow the page-aligned control page (align_of::<T>() <= 4096
+        // checked in pod_kind): the memfd was made that size.
+        let engine = core::PodProducer::new(m.own_data, cap, m.words, peer_flags & FLAG_PARKS != 0)
+            .ok_or(Error::InvalidCapacity {
+                capacity: u64::from(cap),
+            })?;
+        Ok(PodProducer { engine, link })
     }
 
     /// This side's counters: units moved, waits, parks, wakes, index loads, peer
@@ -194,10 +189,9 @@ impl<T: bytemuck::Pod> PodProducer<T> {
                 Err(c) => Err(s.link.corrupt(c)),
             }
         })?;
-        let (slots, len) = self.engine.contiguous(want);
+        let len = self.engine.contiguous(want);
         Ok(PodReservation {
             producer: self,
-            slots,
             len: len as usize,
         })
     }
@@ -222,7 +216,6 @@ impl<T: bytemuck::Pod> Side for PodProducer<T> {
 #[derive(Debug)]
 pub struct PodReservation<'a, T: bytemuck::Pod> {
     producer: &'a mut PodProducer<T>,
-    slots: *mut T,
     len: usize,
 }
 
@@ -239,12 +232,10 @@ impl<T: bytemuck::Pod> PodReservation<'_, T> {
 
     /// The reserved slots, in the ring (initially whatever the ring held there).
     pub fn as_mut_slice(&mut self) -> &mut [T] {
-        // SAFETY: the reservation covers `len` free slots from `slots`, inside the data
-        // area of the producer's own mapping, aligned for T; no other process writes it
-        // (FUTURE_WRITE seal), the consumer does not read free slots before they are
-        // published, and the `&mut self` borrow keeps the producer from handing them
-        // out again while the slice lives. Any bit pattern is a valid T (Pod).
-        unsafe { std::slice::from_raw_parts_mut(self.slots, self.len) }
+        // The consumer does not read free slots before they are published, and the
+        // `&mut self` borrow keeps the producer from handing them out again while the
+        // slice lives.
+        self.producer.engine.slots_mut(self.len as u32)
     }
 
     /// Publishes the first `n` reserved slots (at most [`len`](Self::len); the rest are

@@ -1,19 +1,16 @@
 //! The byte ring's engines: [`ByteProducer`] and [`ByteConsumer`] of variable-length
 //! records.
 
-use std::ptr::NonNull;
-
 use super::*;
-use crate::shm::SharedBytes;
+use crate::shm::{SharedBytes, SharedBytesMut};
 
 /// Producer state of a byte ring.
 ///
-/// Invariants: `data` is valid for reads and writes of `cap` bytes, 8-aligned, and no
-/// other process writes it; `read <= published <= write <= read + cap` (wrapping), all
-/// multiples of 8.
+/// Invariants: `data` is `cap` bytes; `read <= published <= write <= read + cap`
+/// (wrapping), all multiples of 8.
 #[derive(Debug)]
 pub(crate) struct ByteProducer<'a> {
-    data: NonNull<u8>,
+    data: SharedBytesMut<'a>,
     cap: u32,
     /// Position after the last committed record (published or not).
     write: u32,
@@ -24,23 +21,19 @@ pub(crate) struct ByteProducer<'a> {
     pub(crate) counters: Counters,
 }
 
-// SAFETY: the engine owns its side of the ring; `data` is valid for its life wherever it
-// moves (the owner moves the mappings with it), and the words are shared references to
-// atomics, which are Sync.
-unsafe impl Send for ByteProducer<'_> {}
-
 impl<'a> ByteProducer<'a> {
-    /// # Safety
-    /// `data` must be 8-aligned and valid for reads and writes of `cap` bytes that no
-    /// one else writes, for the life of the value; `cap` must be a valid capacity.
-    pub(crate) unsafe fn new(
-        data: NonNull<u8>,
-        cap: u32,
+    /// The producer over `data`, whose length is its capacity (`None` if that is not a
+    /// valid capacity).
+    pub(crate) fn new(
+        data: SharedBytesMut<'a>,
         words: Words<'a>,
         peer_parks: bool,
-    ) -> Self {
-        debug_assert!(valid_capacity(u64::from(cap)) && data.as_ptr() as usize % 8 == 0);
-        ByteProducer {
+    ) -> Option<Self> {
+        let cap = u32::try_from(data.len()).ok()?;
+        if !valid_capacity(u64::from(cap)) {
+            return None;
+        }
+        Some(ByteProducer {
             data,
             cap,
             write: 0,
@@ -48,7 +41,7 @@ impl<'a> ByteProducer<'a> {
             words,
             peer_parks,
             counters: Counters::default(),
-        }
+        })
     }
 
     pub(crate) fn capacity(&self) -> u32 {
@@ -104,10 +97,12 @@ impl<'a> ByteProducer<'a> {
         Ok(placed)
     }
 
-    /// Pointer to the payload of a reserved record.
-    pub(crate) fn payload_ptr(&self, p: Placement) -> *mut u8 {
-        // SAFETY: offset + 8 + len <= cap (place() guarantees offset + span <= cap).
-        unsafe { self.data.as_ptr().add((p.offset + RECORD_HEADER) as usize) }
+    /// The `len` payload bytes of a reserved record, to write (`None` only if `p` did not
+    /// come from [`reserve`](Self::reserve) for `len` bytes).
+    #[inline]
+    pub(crate) fn payload_mut(&mut self, p: Placement, len: usize) -> Option<&mut [u8]> {
+        self.data
+            .range_mut((p.offset + RECORD_HEADER) as usize, len)
     }
 
     /// Writes the headers of a reserved record of `len` bytes and advances the local
@@ -115,24 +110,13 @@ impl<'a> ByteProducer<'a> {
     #[inline]
     pub(crate) fn commit(&mut self, p: Placement, len: usize) {
         if p.pad != 0 {
+            // In bounds: padding (at least 8 bytes) reaches the end of the ring.
             let at = self.write & (self.cap - 1);
-            // SAFETY: `at` is 8-aligned and at + 8 <= cap (pad >= 8 bytes reach the end).
-            unsafe {
-                self.data
-                    .as_ptr()
-                    .add(at as usize)
-                    .cast::<u64>()
-                    .write(pad_header().to_le())
-            };
+            self.data.write(at as usize, pad_header().to_le());
         }
-        // SAFETY: p.offset is 8-aligned and p.offset + span <= cap.
-        unsafe {
-            self.data
-                .as_ptr()
-                .add(p.offset as usize)
-                .cast::<u64>()
-                .write(record_header(len as u32).to_le())
-        };
+        // In bounds: place() guarantees offset + span <= cap.
+        self.data
+            .write(p.offset as usize, record_header(len as u32).to_le());
         self.write = self.write.wrapping_add(p.pad + p.span);
     }
 
@@ -222,14 +206,8 @@ impl<'a> ByteConsumer<'a> {
     #[inline]
     fn prefetch_tail(&self, pos: u32, avail: u32) {
         let next_line = (pos | 63) + 1;
-        if next_line - pos < avail && next_line < self.cap {
-            #[cfg(all(target_arch = "x86_64", not(miri)))]
-            // SAFETY: a prefetch is a hint: it never faults and is not a memory access
-            // of the program; the address is inside the mapping (next_line < cap).
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>(self.data.as_ptr().add(next_line as usize).cast());
-            }
+        if next_line - pos < avail {
+            self.data.prefetch(next_line as usize);
         }
     }
 

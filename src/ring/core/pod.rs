@@ -1,18 +1,17 @@
 //! The typed ring's engines: [`PodProducer`] and [`PodConsumer`] of `T` slots.
 
 use std::marker::PhantomData;
-use std::ptr::NonNull;
 
 use super::*;
-use crate::shm::SharedBytes;
+use crate::shm::{SharedBytes, SharedBytesMut};
 
 /// Producer state of a typed ring of `T` slots.
 ///
-/// Invariants: `data` is valid for reads and writes of `cap` `T`s, aligned for `T`, and
-/// no other process writes it; `cached_read <= published <= write <= cached_read + cap`.
+/// Invariants: `data` is `cap` `T`s, aligned for `T`; `cached_read <= published <= write
+/// <= cached_read + cap`.
 #[derive(Debug)]
 pub(crate) struct PodProducer<'a, T> {
-    data: NonNull<T>,
+    data: SharedBytesMut<'a>,
     cap: u32,
     write: u32,
     cached_read: u32,
@@ -22,20 +21,20 @@ pub(crate) struct PodProducer<'a, T> {
     _t: PhantomData<T>,
 }
 
-// SAFETY: see ByteProducer; T: Pod is Send.
-unsafe impl<T: bytemuck::Pod> Send for PodProducer<'_, T> {}
-
 impl<'a, T: bytemuck::Pod> PodProducer<'a, T> {
-    /// # Safety
-    /// As [`ByteProducer::new`], for `cap` elements of `T`, aligned for `T`.
-    pub(crate) unsafe fn new(
-        data: NonNull<T>,
+    /// The producer over `data`, `cap` slots of `T` (`None` if `cap` is not a valid
+    /// capacity, `data` is not `cap` `T`s long, or not aligned for `T`).
+    pub(crate) fn new(
+        data: SharedBytesMut<'a>,
         cap: u32,
         words: Words<'a>,
         peer_parks: bool,
-    ) -> Self {
-        debug_assert!(valid_capacity(u64::from(cap)) && data.as_ptr().is_aligned());
-        PodProducer {
+    ) -> Option<Self> {
+        let fits = (cap as usize).checked_mul(std::mem::size_of::<T>()) == Some(data.len());
+        if !valid_capacity(u64::from(cap)) || !fits || !data.as_ptr().cast::<T>().is_aligned() {
+            return None;
+        }
+        Some(PodProducer {
             data,
             cap,
             write: 0,
@@ -44,7 +43,7 @@ impl<'a, T: bytemuck::Pod> PodProducer<'a, T> {
             peer_parks,
             counters: Counters::default(),
             _t: PhantomData,
-        }
+        })
     }
 
     pub(crate) fn capacity(&self) -> u32 {
@@ -75,21 +74,38 @@ impl<'a, T: bytemuck::Pod> PodProducer<'a, T> {
         if self.write.wrapping_sub(self.cached_read) >= self.cap {
             return false;
         }
-        let pos = self.write & (self.cap - 1);
-        // SAFETY: pos < cap; the slot is free, so the consumer does not read it.
-        unsafe { self.data.as_ptr().add(pos as usize).write(item) };
-        self.write = self.write.wrapping_add(1);
+        self.put(item);
         true
     }
 
-    /// The slot at the write position and how many free slots follow it without
-    /// crossing the end of the ring, at most `max` (by the cached read index).
-    pub(crate) fn contiguous(&self, max: u32) -> (*mut T, u32) {
+    /// Writes `item` into the slot at the write position (free: the caller checked) and
+    /// advances the local write index.
+    #[inline]
+    fn put(&mut self, item: T) {
+        let pos = self.write & (self.cap - 1);
+        // In bounds: pos < cap. The consumer does not read a free slot.
+        self.data
+            .write(pos as usize * std::mem::size_of::<T>(), item);
+        self.write = self.write.wrapping_add(1);
+    }
+
+    /// How many free slots follow the write position without crossing the end of the
+    /// ring, at most `max` (by the cached read index).
+    pub(crate) fn contiguous(&self, max: u32) -> u32 {
         let pos = self.write & (self.cap - 1);
         let free = self.cap - self.write.wrapping_sub(self.cached_read);
-        let n = max.min(free).min(self.cap - pos);
-        // SAFETY: pos < cap, inside the data area.
-        (unsafe { self.data.as_ptr().add(pos as usize) }, n)
+        max.min(free).min(self.cap - pos)
+    }
+
+    /// The `n` slots from the write position, to write in place (at most what
+    /// [`contiguous`](Self::contiguous) returned; empty if more).
+    pub(crate) fn slots_mut(&mut self, n: u32) -> &mut [T] {
+        let size = std::mem::size_of::<T>();
+        let pos = (self.write & (self.cap - 1)) as usize;
+        self.data
+            .range_mut(pos * size, n as usize * size)
+            .and_then(|bytes| bytemuck::try_cast_slice_mut(bytes).ok())
+            .unwrap_or_default()
     }
 
     /// Advances the local write index over `n` slots written in place (at most what
@@ -101,12 +117,8 @@ impl<'a, T: bytemuck::Pod> PodProducer<'a, T> {
 
     /// Writes `items` (at most the free slots) and advances the local write index.
     pub(crate) fn write(&mut self, items: &[T]) {
-        for item in items {
-            let pos = self.write & (self.cap - 1);
-            // SAFETY: pos < cap; the slot is free (caller checked `free`), so the
-            // consumer does not read it.
-            unsafe { self.data.as_ptr().add(pos as usize).write(*item) };
-            self.write = self.write.wrapping_add(1);
+        for &item in items {
+            self.put(item);
         }
     }
 

@@ -146,13 +146,19 @@ impl Mem {
         let cap = (self.data.len() * 8) as u32;
         let data =
             NonNull::new(std::cell::UnsafeCell::raw_get(self.data.as_ptr()).cast::<u8>()).unwrap();
-        // SAFETY: the boxes and the Vec outlive the engines (the tests drop the engines
-        // first); only the producer writes `data`, the consumer reads by volatile copy.
+        // SAFETY: the boxes and the Vec outlive the engines (borrowed from `self`); only the
+        // producer writes `data`, through slices of ranges the consumer does not read; the
+        // consumer reads by volatile copy.
         unsafe {
             let pw = Words::new(&self.p_index, &self.p_wait, &self.c_index, &self.c_wait);
             let cw = Words::new(&self.c_index, &self.c_wait, &self.p_index, &self.p_wait);
             (
-                ByteProducer::new(data, cap, pw, true),
+                ByteProducer::new(
+                    crate::shm::SharedBytesMut::new(data.as_ptr(), cap as usize),
+                    pw,
+                    true,
+                )
+                .unwrap(),
                 ByteConsumer::new(
                     crate::shm::SharedBytes::new(data.as_ptr(), cap as usize),
                     cw,
@@ -167,8 +173,9 @@ impl Mem {
 fn send(p: &mut ByteProducer, msg: &[u8]) -> bool {
     match p.reserve(msg.len()).unwrap() {
         Ok(place) => {
-            // SAFETY: the reservation holds msg.len() bytes.
-            unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), p.payload_ptr(place), msg.len()) };
+            p.payload_mut(place, msg.len())
+                .unwrap()
+                .copy_from_slice(msg);
             p.commit(place, msg.len());
             p.publish();
             true
@@ -277,7 +284,13 @@ fn pod_ring_moves_items_in_order_across_the_wrap() {
     // SAFETY: locals outlive the engines; only the producer writes `data`.
     let (mut p, mut c) = unsafe {
         (
-            PodProducer::<u64>::new(ptr, 16, Words::new(&pi, &pw, &ci, &cw), false),
+            PodProducer::<u64>::new(
+                crate::shm::SharedBytesMut::new(ptr.as_ptr().cast(), 16 * 8),
+                16,
+                Words::new(&pi, &pw, &ci, &cw),
+                false,
+            )
+            .unwrap(),
             PodConsumer::<u64>::new(
                 crate::shm::SharedBytes::new(ptr.as_ptr().cast(), 16 * 8),
                 16,
