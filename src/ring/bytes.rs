@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::core::{self, Placement, Words};
+use super::core::{self, Placement};
 use super::layout::*;
 use super::setup::*;
 use super::wait::RingStats;
@@ -175,30 +175,16 @@ impl Producer {
         if len > max {
             return Err(Error::RecordTooLarge { len, max });
         }
-        match self.engine.reserve(len) {
-            Ok(Ok(place)) => {
-                self.link.unblocked();
-                Ok(Ok(place))
-            }
-            Ok(Err(blocked)) => {
-                // Never wait on a consumer that cannot see what we committed.
-                self.publish();
-                Ok(Err(blocked))
-            }
-            Err(c) => Err(self.link.corrupt(c)),
-        }
-    }
-
-    #[inline]
-    fn publish(&mut self) {
-        let wake = self.engine.publish();
-        self.link.wake(wake, self.engine.words.own_index());
+        let answer = self.engine.reserve(len);
+        self.settle(answer)
     }
 }
 
 impl Side for Producer {
-    fn link_and_words(&mut self) -> (&mut Link, &Words<'static>) {
-        (&mut self.link, &self.engine.words)
+    type Engine = core::ByteProducer<'static>;
+
+    fn parts(&mut self) -> (&mut Link, &mut Self::Engine) {
+        (&mut self.link, &mut self.engine)
     }
 }
 
@@ -486,17 +472,8 @@ impl Consumer {
     /// The next record if one is published, or what to wait for.
     pub(super) fn attempt_next(&mut self) -> Result<Attempt<core::Record>> {
         self.link.check_failed()?;
-        match self.engine.next() {
-            Ok(Ok(rec)) => {
-                self.link.unblocked();
-                Ok(Ok(rec))
-            }
-            Ok(Err(blocked)) => {
-                self.publish();
-                Ok(Err(blocked))
-            }
-            Err(c) => Err(self.link.corrupt(c)),
-        }
+        let answer = self.engine.next();
+        self.settle(answer)
     }
 
     fn consume(&mut self, rec: core::Record) {
@@ -511,16 +488,13 @@ impl Consumer {
             self.publish();
         }
     }
-
-    fn publish(&mut self) {
-        let wake = self.engine.publish();
-        self.link.wake(wake, self.engine.words.own_index());
-    }
 }
 
 impl Side for Consumer {
-    fn link_and_words(&mut self) -> (&mut Link, &Words<'static>) {
-        (&mut self.link, &self.engine.words)
+    type Engine = core::ByteConsumer<'static>;
+
+    fn parts(&mut self) -> (&mut Link, &mut Self::Engine) {
+        (&mut self.link, &mut self.engine)
     }
 }
 

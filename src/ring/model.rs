@@ -8,9 +8,9 @@
 //! reach these through `crate::fuzz`, whose tests also replay the committed corpora.
 //!
 //! Unsafe code (only in [`ring_ops`] and [`ring_pod_ops`]): the ring engines run over a `Vec`
-//! and local atomics that outlive them; every write to the data area goes through the one
-//! raw pointer the engines were given, within `0..cap`, and nothing else references that
-//! memory.
+//! and local atomics that outlive them; every write to the data area goes through pointers
+//! from the one raw pointer the engines were given, within `0..cap`, and nothing else
+//! references that memory.
 #![allow(unsafe_code)]
 #![cfg_attr(not(fuzzing), allow(unreachable_pub))] // public only to the fuzz crate, through `crate::fuzz`
 
@@ -20,8 +20,26 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::Error;
 use crate::ring::core::{
-    self as ring, ByteConsumer, ByteProducer, PodConsumer, PodProducer, Words,
+    self as ring, ByteConsumer, ByteProducer, Engine, PodConsumer, PodProducer, Words,
 };
+
+/// The four control words of a ring in one process, both sides' views of them.
+#[derive(Default)]
+struct Control {
+    p_index: AtomicU32,
+    p_wait: AtomicU64,
+    c_index: AtomicU32,
+    c_wait: AtomicU64,
+}
+
+impl Control {
+    fn producer_words(&self) -> Words<'_> {
+        Words::new(&self.p_index, &self.p_wait, &self.c_index, &self.c_wait)
+    }
+    fn consumer_words(&self) -> Words<'_> {
+        Words::new(&self.c_index, &self.c_wait, &self.p_index, &self.p_wait)
+    }
+}
 
 /// The most operations one `ring_ops` input performs.
 const RING_MAX_OPS: usize = 1024;
@@ -63,13 +81,14 @@ pub fn ring_ops(data: &[u8]) {
 
     let mut area = vec![0u64; cap as usize / 8];
     let base = NonNull::new(area.as_mut_ptr().cast::<u8>()).expect("Vec pointer is non-null");
-    let (p_index, p_wait, c_index, c_wait) = (
-        AtomicU32::new(0),
-        AtomicU64::new(0),
-        AtomicU32::new(0),
-        AtomicU64::new(0),
-    );
-    // SAFETY: `area` and the four atomics are declared before the engines, so they outlive
+    let control = Control::default();
+    let Control {
+        p_index,
+        p_wait,
+        c_index,
+        c_wait,
+    } = &control;
+    // SAFETY: `area` and the control words are declared before the engines, so they outlive
     // them; `base` is 8-aligned (a Vec<u64>) and valid for `cap` bytes; the data area is
     // written only through pointers from `base` (the producer engine's slices, and the
     // hostile writes below between engine calls, all in this thread), and the consumer
@@ -78,13 +97,13 @@ pub fn ring_ops(data: &[u8]) {
         (
             ByteProducer::new(
                 crate::shm::SharedBytesMut::new(base.as_ptr(), cap as usize),
-                Words::new(&p_index, &p_wait, &c_index, &c_wait),
+                control.producer_words(),
                 true,
             )
             .expect("a valid capacity"),
             ByteConsumer::new(
                 crate::shm::SharedBytes::new(base.as_ptr(), cap as usize),
-                Words::new(&c_index, &c_wait, &p_index, &p_wait),
+                control.consumer_words(),
                 true,
             )
             .expect("a valid capacity, 8-aligned"),
@@ -235,7 +254,7 @@ pub fn ring_ops(data: &[u8]) {
                 }
             }
             4 | 5 => {
-                let word = if op % 16 == 4 { &p_index } else { &c_index };
+                let word = if op % 16 == 4 { p_index } else { c_index };
                 let v = if op & 0x10 != 0 {
                     input.u32()
                 } else {
@@ -254,7 +273,7 @@ pub fn ring_ops(data: &[u8]) {
                 model = None;
             }
             _ => {
-                let word = if op & 0x10 != 0 { &p_wait } else { &c_wait };
+                let word = if op & 0x10 != 0 { p_wait } else { c_wait };
                 word.store(input.u64(), Ordering::Relaxed);
                 model = None;
             }
@@ -315,13 +334,14 @@ where
 {
     let mut area = vec![T::zeroed(); cap as usize];
     let base = NonNull::new(area.as_mut_ptr()).expect("Vec pointer is non-null");
-    let (p_index, p_wait, c_index, c_wait) = (
-        AtomicU32::new(0),
-        AtomicU64::new(0),
-        AtomicU32::new(0),
-        AtomicU64::new(0),
-    );
-    // SAFETY: `area` and the four atomics are declared before the engines, so they outlive
+    let control = Control::default();
+    let Control {
+        p_index,
+        p_wait,
+        c_index,
+        c_wait,
+    } = &control;
+    // SAFETY: `area` and the control words are declared before the engines, so they outlive
     // them; `base` is aligned for T (a Vec<T>) and valid for `cap` items; the slots are
     // written only through pointers from `base` (the producer engine's slices, and the
     // hostile writes below between engine calls, all in this thread), and the consumer
@@ -334,7 +354,7 @@ where
                     cap as usize * std::mem::size_of::<T>(),
                 ),
                 cap,
-                Words::new(&p_index, &p_wait, &c_index, &c_wait),
+                control.producer_words(),
                 true,
             )
             .expect("a valid capacity, aligned"),
@@ -344,7 +364,7 @@ where
                     cap as usize * std::mem::size_of::<T>(),
                 ),
                 cap,
-                Words::new(&c_index, &c_wait, &p_index, &p_wait),
+                control.consumer_words(),
                 true,
             )
             .expect("a valid capacity, aligned"),
@@ -443,7 +463,7 @@ where
             }
             5 => {}
             6 | 7 => {
-                let word = if op % 16 == 6 { &p_index } else { &c_index };
+                let word = if op % 16 == 6 { p_index } else { c_index };
                 let v = if publish {
                     input.u32()
                 } else {
@@ -463,7 +483,7 @@ where
                 continue;
             }
             9 => {
-                let word = if publish { &p_wait } else { &c_wait };
+                let word = if publish { p_wait } else { c_wait };
                 word.store(input.u64(), Ordering::Relaxed);
                 continue;
             }

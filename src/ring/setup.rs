@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
-use super::core::{self, Blocked, Corrupt, Words};
+use super::core::{self, Blocked, Corrupt, Engine, Words};
 use super::layout::*;
 use super::wait;
 use super::wait::{RingStats, SpinPolicy};
@@ -285,8 +285,43 @@ impl Patience {
 
 /// One side of a ring as the wait driver sees it: its link and its control words.
 pub(super) trait Side {
+    /// The engine of this side.
+    type Engine: Engine<'static>;
+
+    /// The link and the engine, borrowed together.
+    fn parts(&mut self) -> (&mut Link, &mut Self::Engine);
+
     /// The link and the control words, borrowed together.
-    fn link_and_words(&mut self) -> (&mut Link, &Words<'static>);
+    fn link_and_words(&mut self) -> (&mut Link, &Words<'static>) {
+        let (link, engine) = self.parts();
+        (link, engine.words())
+    }
+
+    /// Publishes this side's index, waking the peer if it asked to be.
+    #[inline]
+    fn publish(&mut self) {
+        let (link, engine) = self.parts();
+        let wake = engine.publish();
+        link.wake(wake, engine.words().own_index());
+    }
+
+    /// What an engine's answer means for an attempt: a value (the ring moves again),
+    /// `Blocked` after publishing this side's index (never wait on a peer that cannot see
+    /// what this side did), or the ring failed for good by a corrupt peer.
+    #[inline]
+    fn settle<T>(&mut self, answer: Result<Attempt<T>, Corrupt>) -> Result<Attempt<T>> {
+        match answer {
+            Ok(Ok(v)) => {
+                self.link_and_words().0.unblocked();
+                Ok(Ok(v))
+            }
+            Ok(Err(blocked)) => {
+                self.publish();
+                Ok(Err(blocked))
+            }
+            Err(c) => Err(self.link_and_words().0.corrupt(c)),
+        }
+    }
 
     /// The one wait loop of the blocking sides: runs `attempt` until it gives a value,
     /// waiting between tries for what it says (the peer's index to move from the value it

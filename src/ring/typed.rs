@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use super::core::{self, Words};
+use super::core;
 use super::layout::*;
 use super::setup::*;
 use super::wait::RingStats;
@@ -91,10 +91,9 @@ impl<T: bytemuck::Pod> PodProducer<T> {
                 self.publish();
                 return Ok(Ok(()));
             }
-            match self.engine.free(1) {
-                Ok(Ok(_)) => self.link.unblocked(),
-                Ok(Err(blocked)) => return Ok(Err(blocked)),
-                Err(c) => return Err(self.link.corrupt(c)),
+            let answer = self.engine.free(1);
+            if let Err(blocked) = self.settle(answer)? {
+                return Ok(Err(blocked));
             }
         }
     }
@@ -118,17 +117,15 @@ impl<T: bytemuck::Pod> PodProducer<T> {
         if items.is_empty() {
             return Ok(Ok(0));
         }
-        match self.engine.free(items.len().min(u32::MAX as usize) as u32) {
-            Ok(Ok(free)) => {
-                self.link.unblocked();
-                let n = items.len().min(free as usize);
-                self.engine.write(&items[..n]);
-                self.publish();
-                Ok(Ok(n))
-            }
-            Ok(Err(blocked)) => Ok(Err(blocked)),
-            Err(c) => Err(self.link.corrupt(c)),
-        }
+        let answer = self.engine.free(items.len().min(u32::MAX as usize) as u32);
+        let free = match self.settle(answer)? {
+            Ok(free) => free,
+            Err(blocked) => return Ok(Err(blocked)),
+        };
+        let n = items.len().min(free as usize);
+        self.engine.write(&items[..n]);
+        self.publish();
+        Ok(Ok(n))
     }
 
     /// Reserves up to `max` consecutive free slots, to be written in place and then
@@ -180,14 +177,8 @@ impl<T: bytemuck::Pod> PodProducer<T> {
             if want == 0 {
                 return Ok(Ok(()));
             }
-            match s.engine.free(want) {
-                Ok(Ok(_)) => {
-                    s.link.unblocked();
-                    Ok(Ok(()))
-                }
-                Ok(Err(blocked)) => Ok(Err(blocked)),
-                Err(c) => Err(s.link.corrupt(c)),
-            }
+            let answer = s.engine.free(want);
+            Ok(s.settle(answer)?.map(|_| ()))
         })?;
         let len = self.engine.contiguous(want);
         Ok(PodReservation {
@@ -195,17 +186,13 @@ impl<T: bytemuck::Pod> PodProducer<T> {
             len: len as usize,
         })
     }
-
-    #[inline]
-    fn publish(&mut self) {
-        let wake = self.engine.publish();
-        self.link.wake(wake, self.engine.words.own_index());
-    }
 }
 
 impl<T: bytemuck::Pod> Side for PodProducer<T> {
-    fn link_and_words(&mut self) -> (&mut Link, &Words<'static>) {
-        (&mut self.link, &self.engine.words)
+    type Engine = core::PodProducer<'static, T>;
+
+    fn parts(&mut self) -> (&mut Link, &mut Self::Engine) {
+        (&mut self.link, &mut self.engine)
     }
 }
 
@@ -349,13 +336,9 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
                 self.consumed();
                 return Ok(Ok(item));
             }
-            match self.engine.available() {
-                Ok(Ok(_)) => self.link.unblocked(),
-                Ok(Err(blocked)) => {
-                    self.publish();
-                    return Ok(Err(blocked));
-                }
-                Err(c) => return Err(self.link.corrupt(c)),
+            let answer = self.engine.available();
+            if let Err(blocked) = self.settle(answer)? {
+                return Ok(Err(blocked));
             }
         }
     }
@@ -371,20 +354,15 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
         if out.is_empty() {
             return Ok(Ok(0));
         }
-        match self.engine.available() {
-            Ok(Ok(avail)) => {
-                self.link.unblocked();
-                let n = out.len().min(avail as usize);
-                self.engine.read(&mut out[..n]);
-                self.consumed();
-                Ok(Ok(n))
-            }
-            Ok(Err(blocked)) => {
-                self.publish();
-                Ok(Err(blocked))
-            }
-            Err(c) => Err(self.link.corrupt(c)),
-        }
+        let answer = self.engine.available();
+        let avail = match self.settle(answer)? {
+            Ok(avail) => avail,
+            Err(blocked) => return Ok(Err(blocked)),
+        };
+        let n = out.len().min(avail as usize);
+        self.engine.read(&mut out[..n]);
+        self.consumed();
+        Ok(Ok(n))
     }
 
     /// Publishes the read index once a quarter of the ring has been consumed.
@@ -394,15 +372,12 @@ impl<T: bytemuck::Pod> PodConsumer<T> {
             self.publish();
         }
     }
-
-    fn publish(&mut self) {
-        let wake = self.engine.publish();
-        self.link.wake(wake, self.engine.words.own_index());
-    }
 }
 
 impl<T: bytemuck::Pod> Side for PodConsumer<T> {
-    fn link_and_words(&mut self) -> (&mut Link, &Words<'static>) {
-        (&mut self.link, &self.engine.words)
+    type Engine = core::PodConsumer<'static, T>;
+
+    fn parts(&mut self) -> (&mut Link, &mut Self::Engine) {
+        (&mut self.link, &mut self.engine)
     }
 }

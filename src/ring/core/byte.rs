@@ -124,10 +124,16 @@ impl<'a> ByteProducer<'a> {
     pub(crate) fn units(&self) -> u64 {
         self.counters.moved(self.write)
     }
+}
 
-    /// Publishes every committed record. Returns how to wake the consumer.
+impl<'a> Engine<'a> for ByteProducer<'a> {
+    fn words(&self) -> &Words<'a> {
+        &self.words
+    }
+
+    /// Publishes every committed record.
     #[inline]
-    pub(crate) fn publish(&mut self) -> Wake {
+    fn publish(&mut self) -> Wake {
         self.words.publish(self.write, self.peer_parks)
     }
 }
@@ -326,9 +332,16 @@ impl<'a> ByteConsumer<'a> {
     pub(crate) fn units(&self) -> u64 {
         self.counters.moved(self.read)
     }
+}
 
-    /// Publishes the read index. Returns how to wake the producer.
-    pub(crate) fn publish(&mut self) -> Wake {
+impl<'a> Engine<'a> for ByteConsumer<'a> {
+    fn words(&self) -> &Words<'a> {
+        &self.words
+    }
+
+    /// Publishes the read index.
+    #[inline]
+    fn publish(&mut self) -> Wake {
         self.words.publish(self.read, self.peer_parks)
     }
 }

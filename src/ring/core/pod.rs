@@ -126,9 +126,16 @@ impl<'a, T: bytemuck::Pod> PodProducer<'a, T> {
     pub(crate) fn units(&self) -> u64 {
         self.counters.moved(self.write)
     }
+}
 
-    /// Publishes written items. Returns how to wake the consumer.
-    pub(crate) fn publish(&mut self) -> Wake {
+impl<'a, T: bytemuck::Pod> Engine<'a> for PodProducer<'a, T> {
+    fn words(&self) -> &Words<'a> {
+        &self.words
+    }
+
+    /// Publishes written items.
+    #[inline]
+    fn publish(&mut self) -> Wake {
         self.words.publish(self.write, self.peer_parks)
     }
 }
@@ -237,9 +244,16 @@ impl<'a, T: bytemuck::Pod> PodConsumer<'a, T> {
     pub(crate) fn units(&self) -> u64 {
         self.counters.moved(self.read)
     }
+}
 
-    /// Publishes the read index. Returns how to wake the producer.
-    pub(crate) fn publish(&mut self) -> Wake {
+impl<'a, T: bytemuck::Pod> Engine<'a> for PodConsumer<'a, T> {
+    fn words(&self) -> &Words<'a> {
+        &self.words
+    }
+
+    /// Publishes the read index.
+    #[inline]
+    fn publish(&mut self) -> Wake {
         self.words.publish(self.read, self.peer_parks)
     }
 }

@@ -5,6 +5,16 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use super::{load_peer, publish, Wake};
 
+/// What every engine offers the side that drives it: its control words and the
+/// publication of its index.
+pub(crate) trait Engine<'a> {
+    /// This side's control words.
+    fn words(&self) -> &Words<'a>;
+
+    /// Publishes this side's index. Returns how to wake the peer.
+    fn publish(&mut self) -> Wake;
+}
+
 /// The four control words of a ring, seen from one side: `own_*` in memory only this side
 /// writes, `peer_*` in memory only the peer writes (mapped read-only here: only loaded).
 #[derive(Debug)]
