@@ -116,11 +116,7 @@ impl Producer {
     /// Copies `record` into its placement and commits it; publishes it if `publish`.
     #[inline]
     fn put(&mut self, place: Placement, record: &[u8], publish: bool) {
-        // Always Some: the placement was reserved for `record.len()` bytes.
-        if let Some(dst) = self.engine.payload_mut(place, record.len()) {
-            dst.copy_from_slice(record);
-        }
-        self.engine.commit(place, record.len());
+        self.engine.put(place, record);
         if publish {
             self.publish();
         }

@@ -109,15 +109,40 @@ impl<'a> ByteProducer<'a> {
     /// write position; the record becomes visible at the next [`publish`](Self::publish).
     #[inline]
     pub(crate) fn commit(&mut self, p: Placement, len: usize) {
+        self.pad(p);
+        // In bounds: place() guarantees offset + span <= cap.
+        self.data
+            .write(p.offset as usize, record_header(len as u32).to_le());
+        self.write = self.write.wrapping_add(p.pad + p.span);
+    }
+
+    /// Writes `record` into its reserved placement, header and payload through one
+    /// bounds check, and advances the local write position: [`payload_mut`] and
+    /// [`commit`] in one step, for a record copied in.
+    ///
+    /// [`payload_mut`]: Self::payload_mut
+    /// [`commit`]: Self::commit
+    #[inline]
+    pub(crate) fn put(&mut self, p: Placement, record: &[u8]) {
+        self.pad(p);
+        let span = RECORD_HEADER as usize + record.len();
+        // Always Some: place() guarantees offset + span <= cap.
+        if let Some(bytes) = self.data.range_mut(p.offset as usize, span) {
+            let (header, payload) = bytes.split_at_mut(RECORD_HEADER as usize);
+            header.copy_from_slice(&record_header(record.len() as u32).to_le_bytes());
+            payload.copy_from_slice(record);
+        }
+        self.write = self.write.wrapping_add(p.pad + p.span);
+    }
+
+    /// Writes the padding header a placement asks for, if any.
+    #[inline]
+    fn pad(&mut self, p: Placement) {
         if p.pad != 0 {
             // In bounds: padding (at least 8 bytes) reaches the end of the ring.
             let at = self.write & (self.cap - 1);
             self.data.write(at as usize, pad_header().to_le());
         }
-        // In bounds: place() guarantees offset + span <= cap.
-        self.data
-            .write(p.offset as usize, record_header(len as u32).to_le());
-        self.write = self.write.wrapping_add(p.pad + p.span);
     }
 
     /// Bytes committed so far (records with their headers, and padding).

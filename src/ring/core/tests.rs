@@ -170,13 +170,19 @@ impl Mem {
     }
 }
 
+/// Sends `msg` copied in (`put`) if its length is even, written in place (`payload_mut`
+/// and `commit`) if odd, so that both run.
 fn send(p: &mut ByteProducer, msg: &[u8]) -> bool {
     match p.reserve(msg.len()).unwrap() {
         Ok(place) => {
-            p.payload_mut(place, msg.len())
-                .unwrap()
-                .copy_from_slice(msg);
-            p.commit(place, msg.len());
+            if msg.len() % 2 == 0 {
+                p.put(place, msg);
+            } else {
+                p.payload_mut(place, msg.len())
+                    .unwrap()
+                    .copy_from_slice(msg);
+                p.commit(place, msg.len());
+            }
             p.publish();
             true
         }
