@@ -47,8 +47,8 @@
 //! pools sit on the channels (their async sides on `asyncio`). Memory shared with another
 //! process is read and written only through two internal types (`shm::SharedBytes` for
 //! memory a peer may write, `shm::SharedBytesMut` for memory only we write), and system
-//! calls that rustix does not wrap sit in one internal module (`sys`): that is where the
-//! crate's `unsafe` code lives.
+//! calls that rustix does not wrap sit in one internal module (`sys`): that is where most
+//! of the crate's `unsafe` code lives.
 //!
 //! See [Sharing descriptors safely](#sharing-descriptors-safely) for what sharing a
 //! descriptor shares, why sealpipe trusts seals and not descriptor modes, and which tool to
