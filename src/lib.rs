@@ -44,11 +44,11 @@
 //! Inside the crate, imports point one way: the channels ([`spawn`], [`Listener`],
 //! [`handshake`]) use the transport, which uses verification, which uses the regions; the
 //! error type, [`Seals`] and [`PeerCredentials`] sit below them all, and the ring and the
-//! pools sit on the channels (their async sides on `asyncio`). Memory shared with another
-//! process is read and written only through two internal types (`shm::SharedBytes` for
-//! memory a peer may write, `shm::SharedBytesMut` for memory only we write), and system
-//! calls that rustix does not wrap sit in one internal module (`sys`): that is where most
-//! of the crate's `unsafe` code lives.
+//! pools sit on the channels (their async sides on `asyncio`). Memory a peer may write is
+//! read only through one internal type, `shm::SharedBytes` (copies by volatile loads; a
+//! reference only behind an `unsafe` promise), and a ring producer writes its data area
+//! through `shm::SharedBytesMut`; system calls that rustix does not wrap sit in one
+//! internal module, `sys`. Most of the crate's `unsafe` code lives in those two modules.
 //!
 //! See [Sharing descriptors safely](#sharing-descriptors-safely) for what sharing a
 //! descriptor shares, why sealpipe trusts seals and not descriptor modes, and which tool to
