@@ -235,7 +235,8 @@ impl<'a> SharedBytes<'a> {
 }
 
 /// `len` bytes of a mapping that this process writes and other processes may only read: a
-/// ring producer's data area in its own memfd, sealed against every other writer.
+/// ring producer's data area, or a pool buffer being filled, in a memfd sealed against
+/// every other writer.
 ///
 /// Ordinary memory from this process's point of view (nobody else changes it), so it
 /// lends plain `&mut [u8]`, bounds-checked and only for the borrow of `&mut self`; it is
@@ -248,10 +249,13 @@ pub(crate) struct SharedBytesMut<'a> {
     _mapping: PhantomData<&'a mut [u8]>,
 }
 
-// SAFETY: the value lends its bytes only as `&mut [u8]` for the borrow of `&mut self`, and
-// nothing else touches a lent range (the constructor's contract): like a `&mut [u8]`, which
-// is Send.
+// SAFETY: the value lends its bytes only as `&mut [u8]` for the borrow of `&mut self` or
+// `&[u8]` for the borrow of `&self`, and nothing else touches a lent range (the
+// constructor's contract): like a `&mut [u8]`, which is Send and Sync.
 unsafe impl Send for SharedBytesMut<'_> {}
+// SAFETY: as for Send: through `&SharedBytesMut` only shared slices are lent, and nothing
+// writes while they live.
+unsafe impl Sync for SharedBytesMut<'_> {}
 
 impl<'a> SharedBytesMut<'a> {
     /// The `len` bytes at `ptr`.
@@ -291,6 +295,19 @@ impl<'a> SharedBytesMut<'a> {
         // only this value writes (the constructor's contract); the `&mut self` borrow keeps
         // any other slice of it from being made while this one lives.
         Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) })
+    }
+
+    /// The `len` bytes at `offset`, to read; `None` if they do not fit.
+    #[inline]
+    pub(crate) fn range(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `offset .. offset + len` lies inside the mapping (checked above), which
+        // only this value writes (the constructor's contract), and not while the `&self`
+        // borrow lasts.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.add(offset), len) })
     }
 
     /// Writes `value` at `offset` (any alignment); `false` if it does not fit.
@@ -530,6 +547,24 @@ mod tests {
             let want = u64::from_ne_bytes(src[start..start + 8].try_into().unwrap());
             assert_eq!(bytes.read::<u64>(start).unwrap(), want, "start {start}");
         }
+    }
+
+    #[test]
+    fn writable_bytes_lend_only_ranges_in_bounds() {
+        let mut buf = [0u8; 32];
+        // SAFETY: `buf` outlives `w`, and nothing else refers to it while `w` lives.
+        let mut w = unsafe { SharedBytesMut::new(buf.as_mut_ptr(), buf.len()) };
+        assert!(w.write(3, 0x0102_0304_0506_0708u64.to_le()));
+        assert!(w.write(24, u64::MAX));
+        assert!(!w.write(25, 0u64), "past the end");
+        w.range_mut(12, 4).unwrap().copy_from_slice(b"abcd");
+        assert!(w.range_mut(30, 3).is_none());
+        assert!(w.range_mut(usize::MAX, 2).is_none(), "overflow");
+        assert_eq!(w.range(3, 8).unwrap(), &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(w.range(12, 4).unwrap(), b"abcd");
+        assert!(w.range(0, 33).is_none());
+        assert_eq!(w.range(32, 0).unwrap(), b"");
+        assert_eq!(&buf[24..], &[0xff; 8]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::memory::{Memfd, SlotState};
 use super::producer::PoolShared;
 use super::sender::PoolSender;
 use crate::error::{Error, Result};
+use crate::shm::SharedBytesMut;
 use crate::transport::Wait;
 use crate::wire::PoolBufferRef;
 
@@ -26,11 +27,14 @@ pub struct Lease {
     slot: usize,
     offset: usize,
     len: usize,
+    /// The buffer: `len` bytes (as leased) at `offset` in `memfd`'s mapping.
+    bytes: SharedBytesMut<'static>,
     cursor: usize,
 }
 
 impl Lease {
     /// A lease of `slot` (in state `Leased`), `len` bytes at `offset` in `memfd`.
+    #[allow(unsafe_code)]
     pub(super) fn new(
         pool: Arc<PoolShared>,
         memfd: Arc<Memfd>,
@@ -38,12 +42,20 @@ impl Lease {
         offset: usize,
         len: usize,
     ) -> Lease {
+        // SAFETY: `offset..offset + len` lies inside the memfd's mapping (a slot of
+        // `buffer_len >= len` bytes at `offset`), which lives as long as `memfd`, held next
+        // to it (`'static` stands for that). The slot is in state `Leased` and this lease is
+        // its only owner: no other lease, no consumer (the pool never sends a leased slot)
+        // and no other process (the memfd is sealed FUTURE_WRITE; consumers map it
+        // read-only) writes it, and nothing else in this process refers to it.
+        let bytes = unsafe { SharedBytesMut::new(memfd.map.as_mut_ptr().add(offset), len) };
         Lease {
             pool,
             memfd,
             slot,
             offset,
             len,
+            bytes,
             cursor: 0,
         }
     }
@@ -80,17 +92,9 @@ impl Lease {
     }
 
     /// The buffer as a mutable byte slice.
-    #[allow(unsafe_code)]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `offset..offset + len` lies inside the memfd's mapping (a slot of
-        // `buffer_len >= len` bytes at `offset`), which lives as long as `self.memfd`. The
-        // slot is in state `Leased` and this lease is its only owner: no other lease, no
-        // consumer (the pool never sends a leased slot) and no other process (the memfd is
-        // sealed FUTURE_WRITE; consumers map it read-only) writes it while the borrow of
-        // `self` lasts.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.memfd.map.as_mut_ptr().add(self.offset), self.len)
-        }
+        // Always Some: `len` only shrinks (truncate).
+        self.bytes.range_mut(0, self.len).unwrap_or_default()
     }
 
     /// The buffer as `&mut [T]` (buffers are page-aligned).
@@ -273,11 +277,9 @@ impl Drop for Outgoing {
 
 impl std::ops::Deref for Lease {
     type Target = [u8];
-    #[allow(unsafe_code)]
     fn deref(&self) -> &[u8] {
-        // SAFETY: as in `as_mut_slice`: the range is mapped and only this lease writes it,
-        // and it cannot while this shared borrow lives.
-        unsafe { std::slice::from_raw_parts(self.memfd.map.as_ptr().add(self.offset), self.len) }
+        // Always Some: `len` only shrinks (truncate).
+        self.bytes.range(0, self.len).unwrap_or_default()
     }
 }
 
