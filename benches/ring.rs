@@ -1015,6 +1015,48 @@ fn rounds() -> usize {
         .unwrap_or(7)
 }
 
+/// One row alone, for comparing two builds row by row: `SEALPIPE_RING_ONLY=bytes64`,
+/// `bytes8`, `batched64` or `podb` runs that scenario ten times in each of
+/// `SEALPIPE_RING_ROUNDS` fresh child processes and prints one line per child: the rates
+/// (M records or items per second) and their median. Which regime a spinning pair settles
+/// in changes from one child process to the next, so compare medians over many children,
+/// alternating the builds.
+fn only(row: &str) {
+    const N: u64 = 1_000_000;
+    let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64() / 1e6;
+    for _ in 0..rounds() {
+        let runs: Vec<f64> = match row {
+            "bytes64" | "bytes8" => {
+                let len = if row == "bytes64" { 64 } else { 8 };
+                let mut s = BytesSession::new("spin", 1 << 16, false);
+                (0..10)
+                    .map(|_| rate(N, s.one_per_call(N, len).time))
+                    .collect()
+            }
+            "batched64" => {
+                let mut s = BytesSession::new("spin", 1 << 20, true);
+                (0..10)
+                    .map(|_| rate(N, s.batched(N, 64, 32).time))
+                    .collect()
+            }
+            "podb" => {
+                let mut s = PodSession::new(32);
+                (0..10).map(|_| rate(16 * N, s.run(16 * N, 32))).collect()
+            }
+            _ => {
+                eprintln!("SEALPIPE_RING_ONLY: one of bytes64, bytes8, batched64, podb");
+                return;
+            }
+        };
+        let shown: Vec<String> = runs.iter().map(|r| format!("{r:.1}")).collect();
+        println!(
+            "{row}: median {:.1} M/s; runs {}",
+            median(runs),
+            shown.join(" ")
+        );
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -1286,6 +1328,10 @@ fn main() {
     cpus(); // before anything pins this process
     if let Ok(role) = std::env::var(ROLE) {
         child_main(&role);
+        return;
+    }
+    if let Ok(row) = std::env::var("SEALPIPE_RING_ONLY") {
+        only(&row);
         return;
     }
     benches();
